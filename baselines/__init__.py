@@ -1,0 +1,1 @@
+"""What the paper's method is compared against: baseline trainers and verifiers."""

@@ -1,0 +1,25 @@
+"""``standard``: an MLP trained with cross-entropy and Adam, no Lipschitz control."""
+from __future__ import annotations
+
+import torch
+
+from bench.api import Budget, Trainer
+from bench.data import Dataset
+from bench.network import build_mlp
+from bench.registry import register
+from bench.training import fit
+
+
+@register
+class Standard(Trainer):
+    name = "standard"
+    description = "cross-entropy + Adam (no Lipschitz control)"
+    params = {"epochs": 30, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0}
+
+    def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
+        torch.manual_seed(seed)
+        net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
+        P = self.p
+        metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],
+                      seed=seed, weight_decay=P["weight_decay"])
+        return net.cpu(), metrics

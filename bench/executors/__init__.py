@@ -1,0 +1,1 @@
+"""Executors run jobs in worker processes with hard timeouts.  ``local``: this machine."""

@@ -1,0 +1,337 @@
+"""Canonical feed-forward networks.
+
+A network is a torch ``nn.Sequential`` of Linear, Conv2d, Flatten and activations.
+:func:`walk` turns it into a list of :class:`Affine` maps and :class:`Activation` s, so
+that every verifier asks one place what a layer is.  Activations from plug-ins describe
+themselves with a method ``lipbench_spec() -> dict`` (keys: ``name``, ``slope`` (lo, hi)
+for elementwise slope-restricted maps or None, ``lipschitz`` {p: constant},
+``out_factor`` (output width / input width), ``saturates`` (the p-norms for which every
+Jacobian of the activation has operator norm exactly 1)).
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import tempfile
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from .api import NORMS, Unsupported, UserError
+from .registry import register_activation
+
+#: Conv layers are unrolled into dense matrices only up to this many entries (float64).
+MAX_DENSE_ENTRIES = 25_000_000
+
+
+@dataclass
+class Affine:
+    """x -> W x + b on flattened vectors (a Linear or an unrolled Conv2d)."""
+
+    module: nn.Module
+    in_shape: tuple
+    out_shape: tuple
+    index: int
+    _dense: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
+
+    @property
+    def has_bias(self) -> bool:
+        b = getattr(self.module, "bias", None)
+        return b is not None and bool(torch.any(b != 0))
+
+    def _linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Apply the bias-free map (with ``weight`` in place of the module's) to a batch
+        of inputs shaped (n, *in_shape), in float64."""
+        m = self.module
+        w = (m.weight if weight is None else weight).detach().double()
+        if isinstance(m, nn.Linear):
+            return x @ w.T
+        return torch.nn.functional.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
+
+    def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
+        """Dense weight matrix, float64, shape (out_dim, in_dim); conv layers are unrolled."""
+        if self._dense is not None:
+            return self._dense
+        if isinstance(self.module, nn.Linear):
+            self._dense = self.module.weight.detach().double().cpu().numpy()
+            return self._dense
+        n_in, n_out = self.in_dim, self.out_dim
+        if n_in * n_out > max_entries:
+            raise Unsupported(f"layer {self.index} ({type(self.module).__name__}) unrolls to a "
+                              f"{n_out} x {n_in} matrix, above the dense limit of {max_entries:,} entries")
+        cols = []
+        with torch.no_grad():
+            for s in range(0, n_in, 512):
+                e = torch.zeros(min(512, n_in - s), n_in, dtype=torch.float64)
+                e[torch.arange(e.shape[0]), torch.arange(s, s + e.shape[0])] = 1.0
+                cols.append(self._linear_map(e.view(-1, *self.in_shape).to(self.module.weight.device)).reshape(e.shape[0], -1).cpu())
+        self._dense = torch.cat(cols).T.contiguous().numpy()
+        return self._dense
+
+    def bias(self) -> np.ndarray | None:
+        b = getattr(self.module, "bias", None)
+        if b is None:
+            return None
+        b = b.detach().double().cpu()
+        if self.is_conv:  # one bias per channel, broadcast over the spatial grid
+            b = b.view(-1, 1, 1).expand(*self.out_shape)
+        return b.reshape(-1).numpy()
+
+    def abs_row_sums(self) -> np.ndarray:
+        """sum_j |W_ij| for every output i, exactly, without unrolling a conv."""
+        if isinstance(self.module, nn.Linear):
+            return np.abs(self.matrix()).sum(axis=1)
+        with torch.no_grad():
+            ones = torch.ones(1, *self.in_shape, dtype=torch.float64, device=self.module.weight.device)
+            return self._linear_map(ones, self.module.weight.abs()).reshape(-1).cpu().numpy()
+
+    def abs_col_sums(self) -> np.ndarray:
+        """sum_i |W_ij| for every input j, exactly, without unrolling a conv."""
+        if isinstance(self.module, nn.Linear):
+            return np.abs(self.matrix()).sum(axis=0)
+        x = torch.zeros(1, *self.in_shape, dtype=torch.float64, device=self.module.weight.device,
+                        requires_grad=True)
+        out = self._linear_map(x, self.module.weight.abs())
+        (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
+        return g.reshape(-1).cpu().numpy()
+
+
+@dataclass
+class Activation:
+    """A (poly)activation.  ``slope`` is (lo, hi) for an elementwise map whose derivative
+    lies in [lo, hi]; ``lipschitz`` maps each p to the activation's Lipschitz constant
+    (an upper bound) from the p-norm to the p-norm."""
+
+    module: nn.Module
+    name: str
+    in_dim: int
+    out_dim: int
+    index: int
+    slope: tuple[float, float] | None
+    lipschitz: dict[float, float]
+    saturates: tuple[float, ...] = ()
+
+    @property
+    def elementwise(self) -> bool:
+        return self.slope is not None and self.in_dim == self.out_dim
+
+
+# name, slope range of the built-in elementwise activations
+def _builtin_spec(m: nn.Module) -> dict | None:
+    if isinstance(m, nn.ReLU):
+        return {"name": "relu", "slope": (0.0, 1.0)}
+    if isinstance(m, nn.LeakyReLU):
+        a = float(m.negative_slope)
+        return {"name": "leaky_relu", "slope": (min(a, 1.0), max(a, 1.0))}
+    if isinstance(m, nn.Tanh):
+        return {"name": "tanh", "slope": (0.0, 1.0)}
+    if isinstance(m, nn.Sigmoid):
+        return {"name": "sigmoid", "slope": (0.0, 0.25)}
+    if isinstance(m, nn.Hardtanh):
+        return {"name": "hardtanh", "slope": (0.0, 1.0)}
+    if isinstance(m, nn.Softplus):
+        return {"name": "softplus", "slope": (0.0, 1.0)}
+    return None
+
+
+_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
+
+
+def _flat_children(module: nn.Module) -> list[nn.Module]:
+    if isinstance(module, nn.Sequential):
+        out = []
+        for c in module:
+            out.extend(_flat_children(c))
+        return out
+    return [module]
+
+
+@dataclass
+class Net:
+    """A walked network: the module, its input shape, and its layers."""
+
+    module: nn.Sequential
+    input_shape: tuple
+    layers: list
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.input_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return self.layers[-1].out_dim if self.layers else self.in_dim
+
+    @property
+    def affines(self) -> list[Affine]:
+        return [l for l in self.layers if isinstance(l, Affine)]
+
+    @property
+    def activations(self) -> list[Activation]:
+        return [l for l in self.layers if isinstance(l, Activation)]
+
+    def hash(self) -> str:
+        return net_hash(self.module)
+
+    def describe(self) -> str:
+        parts = []
+        for l in self.layers:
+            if isinstance(l, Affine):
+                parts.append(f"{type(l.module).__name__}({l.in_dim}->{l.out_dim})")
+            else:
+                parts.append(l.name)
+        return " ".join(parts)
+
+
+def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
+    """Walk ``module`` (an ``nn.Sequential``) into affine maps and activations.
+
+    ``input_shape`` (without the batch dimension) is needed when the first layer is a
+    Conv2d; for a network that starts with Linear it is (in_features,).  Raises
+    :class:`Unsupported` naming the first layer it does not know."""
+    if not isinstance(module, nn.Module):
+        raise UserError(f"expected a torch nn.Sequential, got {type(module).__name__}")
+    children = _flat_children(module)
+    if input_shape is None:
+        first = next((c for c in children if not isinstance(c, _PASS_THROUGH)), None)
+        if isinstance(first, nn.Linear):
+            input_shape = (first.in_features,)
+        elif first is None:
+            raise Unsupported("the network has no layers")
+        else:
+            raise UserError(f"input_shape is needed for a network that starts with {type(first).__name__}")
+    input_shape = tuple(int(s) for s in input_shape)
+    # propagate shapes with a zero input through a float64 copy, checking each layer
+    layers: list = []
+    try:
+        dev = next(module.parameters()).device
+    except StopIteration:
+        dev = torch.device("cpu")
+    x = torch.zeros(1, *input_shape, device=dev)
+    with torch.no_grad():
+        for i, m in enumerate(children):
+            in_shape = tuple(x.shape[1:])
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+                    raise Unsupported(f"layer {i} (Conv2d): padding_mode {m.padding_mode!r} is not supported")
+                try:
+                    x = m(x.to(m.weight.dtype))
+                except RuntimeError as e:
+                    raise UserError(f"layer {i} ({type(m).__name__}) does not accept input of shape "
+                                    f"{in_shape}: {str(e).splitlines()[0]}") from None
+                layers.append(Affine(m, in_shape, tuple(x.shape[1:]), i))
+                continue
+            if isinstance(m, _PASS_THROUGH):
+                x = m.eval()(x) if isinstance(m, nn.Dropout) else m(x)
+                continue
+            spec = _builtin_spec(m)
+            if spec is None and hasattr(m, "lipbench_spec"):
+                spec = m.lipbench_spec()
+            if spec is None:
+                raise Unsupported(f"layer {i} ({type(m).__name__}) is not supported by the network walk")
+            x = m(x)
+            slope = spec.get("slope")
+            if spec.get("lipschitz") is not None:
+                lip = {float(k): float(v) for k, v in spec["lipschitz"].items()}
+            elif slope is not None:
+                lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
+            else:
+                raise Unsupported(f"layer {i} ({type(m).__name__}) declares neither a slope nor Lipschitz constants")
+            layers.append(Activation(m, spec["name"], int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
+                                     tuple(slope) if slope is not None else None, lip,
+                                     tuple(float(p) for p in spec.get("saturates", ()))))
+    if not any(isinstance(l, Affine) for l in layers):
+        raise Unsupported("the network has no Linear or Conv2d layer")
+    return Net(module, input_shape, layers)
+
+
+def net_hash(module: nn.Module) -> str:
+    """Content hash: structure (module reprs) and every parameter and buffer, bitwise."""
+    h = hashlib.sha256()
+    h.update(repr(module).encode())
+    for name, t in list(module.named_parameters()) + list(module.named_buffers()):
+        h.update(name.encode())
+        h.update(str(t.dtype).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save(module: nn.Module, input_shape: tuple, path: str) -> None:
+    """Save a network atomically (write to a temporary file, then rename)."""
+    d = os.path.dirname(os.path.abspath(path))
+    os.makedirs(d, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=d, suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"format": 1, "module": copy.deepcopy(module).cpu(), "input_shape": tuple(input_shape)}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load(path: str) -> tuple[nn.Module, tuple]:
+    """Load a network saved by :func:`save`: (module in eval mode, input_shape)."""
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    return obj["module"].eval(), tuple(obj["input_shape"])
+
+
+# --- architectures -------------------------------------------------------------------
+
+for _name, _cls in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid),
+                    ("leaky_relu", nn.LeakyReLU), ("hardtanh", nn.Hardtanh)):
+    register_activation(_name)(_cls)
+
+
+def activation_width_factor(m: nn.Module) -> int:
+    spec = m.lipbench_spec() if hasattr(m, "lipbench_spec") else {}
+    return int(spec.get("out_factor", 1))
+
+
+def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
+    """An MLP from an architecture spec ``{hidden: [h1, h2, ...], activation: name,
+    activation_params: {...}, bias: bool}``; inputs of more than one dimension are
+    flattened first."""
+    from .registry import get_activation
+    known = {"hidden", "activation", "activation_params", "bias"}
+    unknown = set(arch) - known
+    if unknown:
+        raise UserError(f"architecture: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
+    hidden = list(arch.get("hidden", []))
+    if not all(isinstance(h, int) and h > 0 for h in hidden):
+        raise UserError(f"architecture: hidden must be a list of positive integers, got {hidden!r}")
+    act = get_activation(arch.get("activation", "relu"))
+    bias = bool(arch.get("bias", True))
+    layers: list[nn.Module] = []
+    if len(input_shape) > 1:
+        layers.append(nn.Flatten())
+    d = int(np.prod(input_shape))
+    for h in hidden:
+        layers.append(nn.Linear(d, h, bias=bias))
+        a = act(**arch.get("activation_params", {}))
+        layers.append(a)
+        d = h * activation_width_factor(a)
+    layers.append(nn.Linear(d, n_out, bias=bias))
+    return nn.Sequential(*layers)
+
+
+def arch_name(arch: dict) -> str:
+    h = "-".join(str(x) for x in arch.get("hidden", [])) or "linear"
+    nb = "" if arch.get("bias", True) else "-nobias"
+    return f"mlp{h}-{arch.get('activation', 'relu')}{nb}"
+

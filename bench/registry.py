@@ -1,0 +1,94 @@
+"""Plug-in registry.
+
+Plug-ins register with a decorator in their own module::
+
+    from bench.registry import register
+    from bench.api import Verifier
+
+    @register
+    class MyVerifier(Verifier):
+        name = "mine"
+        ...
+
+and are found through the entry-point group ``lipbench.plugins``: each entry point names
+a module (or an object in one) whose import runs the decorators.  lipbench's own
+``methods`` and ``baselines`` are found this way too; ``bench`` never imports them by
+name.  Activations used in architecture specs register with :func:`register_activation`.
+"""
+from __future__ import annotations
+
+import logging
+from importlib import metadata, import_module
+from typing import Callable
+
+from .api import Trainer, UserError, Verifier
+
+log = logging.getLogger(__name__)
+
+VERIFIERS: dict[str, type[Verifier]] = {}
+TRAINERS: dict[str, type[Trainer]] = {}
+ACTIVATIONS: dict[str, Callable] = {}
+#: entry points that failed to load: name -> error text
+BROKEN: dict[str, str] = {}
+_loaded = False
+ENTRY_POINT_GROUP = "lipbench.plugins"
+
+
+def register(cls):
+    """Class decorator: register a Verifier or Trainer subclass under ``cls.name``."""
+    if not getattr(cls, "name", ""):
+        raise TypeError(f"{cls.__qualname__} has no name")
+    if issubclass(cls, Verifier):
+        table = VERIFIERS
+    elif issubclass(cls, Trainer):
+        table = TRAINERS
+    else:
+        raise TypeError(f"{cls.__qualname__} is neither a Verifier nor a Trainer")
+    old = table.get(cls.name)
+    if old is not None and old.__qualname__ != cls.__qualname__:
+        raise TypeError(f"plug-in name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}")
+    table[cls.name] = cls
+    return cls
+
+
+def register_activation(name: str):
+    """Decorator for a factory ``(**kwargs) -> nn.Module`` usable as ``activation: name``."""
+    def deco(factory):
+        ACTIVATIONS[name] = factory
+        return factory
+    return deco
+
+
+def load_plugins() -> None:
+    """Import every module named in the ``lipbench.plugins`` entry-point group, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    import_module("bench.network")  # built-in activations
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            ep.load()
+        except Exception as e:  # a broken third-party plug-in must not break the rest
+            BROKEN[ep.name] = f"{type(e).__name__}: {e}"
+            log.warning("plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
+
+
+def _get(table: dict, what: str, name: str):
+    load_plugins()
+    if name not in table:
+        valid = ", ".join(sorted(table)) or "(none)"
+        raise UserError(f"unknown {what} {name!r}; registered: {valid}")
+    return table[name]
+
+
+def get_verifier(name: str) -> type[Verifier]:
+    return _get(VERIFIERS, "verifier", name)
+
+
+def get_trainer(name: str) -> type[Trainer]:
+    return _get(TRAINERS, "trainer", name)
+
+
+def get_activation(name: str) -> Callable:
+    return _get(ACTIVATIONS, "activation", name)

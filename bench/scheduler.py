@@ -1,0 +1,111 @@
+"""Suite -> jobs (train, then verify, then audit), resume, dispatch, progress.
+
+A job's key is a hash of its spec (plug-in name, version and resolved parameters; for
+verification also the query and the network's content hash).  A key with a row in the
+store is final and is never run again, so rerunning a killed run finishes only the rest.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+
+from .api import Budget, UserError
+from .audit import audit
+from .executors.local import LocalExecutor, Task
+from .store import Store
+from .suite import Suite
+from .worker import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class Progress:
+    def __init__(self, total: int, done: int = 0):
+        self.total, self.done, self.t0 = total, done, time.perf_counter()
+
+    def stamp(self) -> str:
+        e = int(time.perf_counter() - self.t0)
+        return f"[{self.done:>{len(str(self.total))}}/{self.total} {e // 60:02d}:{e % 60:02d}]"
+
+    def start(self, t: Task):
+        log.info("%s start   %s", self.stamp(), t.label)
+
+    def finish(self, t: Task, out: dict):
+        self.done += 1
+        v = out.get("value")
+        extra = f" = {v:.6g}" if isinstance(v, float) else ""
+        if out.get("metrics"):
+            extra = f" acc {out['metrics'].get('clean_acc', float('nan')):.3f}"
+        err = f"  ({out.get('error')})" if out.get("error") and out["status"] != "ok" else ""
+        log.info("%s %-7s %s%s  %.2fs%s", self.stamp(), out["status"], t.label, extra, out.get("wall_s") or 0, err)
+
+
+def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu", data_dir: str | None = None,
+              timeout: float | None = None, threads: int | None = None) -> dict:
+    """Run (or resume) a suite into ``out_dir``; returns a summary."""
+    if device not in ("cpu", "cuda", "auto"):
+        raise UserError(f"--device must be cpu, cuda or auto, not {device!r}")
+    device = resolve_device(device)
+    n_gpu = 0
+    if device == "cuda":
+        import torch
+        n_gpu = torch.cuda.device_count()
+    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    store = Store(out_dir)
+    done = store.done_keys()
+    train_jobs = suite.train_jobs(out_dir, data_dir)
+    n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
+    verify_done = sum(1 for j in store.jobs("verify") if j["key"] in done)
+    total = len(train_jobs) * (1 + n_verify_each)
+    skipped_train = sum(1 for j in train_jobs if j["key"] in done)
+    prog = Progress(total, skipped_train + verify_done)
+    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s), device %s, out %s",
+             suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each, workers, device, out_dir)
+    ex = LocalExecutor(workers)
+    slot = [0]
+
+    def budget(t: float) -> Budget:
+        dev = device
+        if n_gpu:
+            dev = f"cuda:{slot[0] % n_gpu}"
+            slot[0] += 1
+        return Budget(timeout or t, dev, threads)
+
+    # 1. training
+    tasks = [Task(j["key"], j, budget(j["timeout"]),
+                  f"train  {j['network_id']}") for j in train_jobs if j["key"] not in done]
+
+    def train_done(t: Task, out: dict):
+        store.record_train(t.key, t.spec, out, t.spec["network_id"])
+        prog.finish(t, out)
+
+    ex.run(tasks, prog.start, train_done)
+
+    # 2. verification of every network this suite trained
+    nets = [store.network_by_job(j["key"]) for j in train_jobs]
+    nets = [dict(n) for n in nets if n is not None]
+    done = store.done_keys()
+    tasks = []
+    for n in nets:
+        for j in suite.verify_jobs(n):
+            if j["key"] in done:
+                continue
+            q = j["query"]
+            tgt = q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}"
+            tasks.append(Task(j["key"], j, budget(j["timeout"]),
+                              f"verify {j['verifier']:<8} p={q['p']:<3} {tgt:<4} {n['id']}"))
+
+    def verify_done(t: Task, out: dict):
+        store.record_verify(t.key, t.spec, out)
+        prog.finish(t, out)
+
+    ex.run(tasks, prog.start, verify_done)
+    # 3. audit
+    flagged = audit(store)
+    summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
+               "unsound": len(flagged), "wall_s": time.perf_counter() - prog.t0}
+    log.info("done: %d networks, %d results, %d unsound, %.1fs", summary["networks"], summary["results"],
+             summary["unsound"], summary["wall_s"])
+    store.close()
+    return summary

@@ -1,0 +1,153 @@
+"""The results store: one SQLite file (``lipbench.sqlite``) per output folder.
+
+Tables: ``jobs`` (every finished job, train or verify, with its spec, status, cost and
+versions), ``networks`` (trained networks: readable id, content hash, trainer, params,
+data set, seed, accuracy, file), ``results`` (one row per verification).  Each job is
+written in one transaction, so the store never holds half a job; only the scheduler's
+process writes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from typing import Any, Iterable
+
+from .api import UserError
+
+SCHEMA_VERSION = 1
+DB_NAME = "lipbench.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS jobs (
+    key TEXT PRIMARY KEY, type TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
+    error TEXT, wall_s REAL, cpu_s REAL, peak_mem_mb REAL, device TEXT, versions TEXT,
+    finished REAL);
+CREATE TABLE IF NOT EXISTS networks (
+    id TEXT PRIMARY KEY, job_key TEXT UNIQUE NOT NULL, net_hash TEXT NOT NULL,
+    trainer TEXT NOT NULL, trainer_params TEXT NOT NULL, dataset TEXT NOT NULL,
+    seed INTEGER NOT NULL, clean_acc REAL, metrics TEXT, path TEXT NOT NULL,
+    input_shape TEXT NOT NULL, description TEXT);
+CREATE TABLE IF NOT EXISTS results (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, job_key TEXT UNIQUE NOT NULL,
+    network TEXT NOT NULL, net_hash TEXT NOT NULL, verifier TEXT NOT NULL,
+    verifier_params TEXT NOT NULL, p TEXT NOT NULL, target TEXT NOT NULL, domain TEXT NOT NULL,
+    status TEXT NOT NULL, kind TEXT NOT NULL, value REAL, wall_s REAL, cpu_s REAL,
+    peak_mem_mb REAL, device TEXT, versions TEXT, stats TEXT, error TEXT, audit TEXT,
+    created REAL);
+CREATE INDEX IF NOT EXISTS results_query ON results (network, p, target, domain);
+"""
+
+EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "clean_acc",
+                  "verifier", "verifier_params", "p", "target", "status", "kind", "value",
+                  "wall_s", "cpu_s", "peak_mem_mb", "device",
+                  # beyond the stable core
+                  "domain", "net_hash", "error", "audit", "stats"]
+
+
+def dumps(x: Any) -> str:
+    return json.dumps(x, sort_keys=True, default=_json_default)
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+class Store:
+    def __init__(self, folder: str, create: bool = True):
+        self.folder = folder
+        self.path = os.path.join(folder, DB_NAME)
+        if not create and not os.path.exists(self.path):
+            raise UserError(f"no results store at {self.path}; run the suite first (python -m bench run ...) "
+                            f"or name the right folder with --out")
+        os.makedirs(folder, exist_ok=True)
+        self.db = sqlite3.connect(self.path, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        try:
+            with self.db:
+                self.db.executescript(_SCHEMA)
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path} is not a lipbench store ({e})") from None
+        v = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+        if int(v) != SCHEMA_VERSION:
+            raise UserError(f"{self.path} has store schema {v}, this lipbench reads {SCHEMA_VERSION}")
+
+    def close(self):
+        self.db.close()
+
+    # ---- reads
+    def done_keys(self) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT key FROM jobs")}
+
+    def network_by_job(self, job_key: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM networks WHERE job_key=?", (job_key,)).fetchone()
+
+    def networks(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM networks ORDER BY id").fetchall()
+
+    def results(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM results ORDER BY id").fetchall()
+
+    def jobs(self, type_: str | None = None) -> list[sqlite3.Row]:
+        if type_:
+            return self.db.execute("SELECT * FROM jobs WHERE type=? ORDER BY finished", (type_,)).fetchall()
+        return self.db.execute("SELECT * FROM jobs ORDER BY finished").fetchall()
+
+    def joined(self) -> list[dict]:
+        """Every result joined with its network: the export/report view."""
+        rows = self.db.execute(
+            """SELECT r.*, n.trainer, n.trainer_params, n.dataset, n.seed, n.clean_acc
+               FROM results r JOIN networks n ON r.network = n.id ORDER BY r.network, r.id""").fetchall()
+        return [dict(r) for r in rows]
+
+    # ---- writes: one transaction per job
+    def _job_row(self, key: str, type_: str, spec: dict, out: dict):
+        self.db.execute(
+            "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (key, type_, dumps(spec), out["status"], out.get("error"), out.get("wall_s"), out.get("cpu_s"),
+             out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})), time.time()))
+
+    def record_train(self, key: str, spec: dict, out: dict, network_id: str) -> None:
+        with self.db:
+            self._job_row(key, "train", spec, out)
+            if out["status"] == "ok":
+                m = out["metrics"]
+                self.db.execute(
+                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
+                    " clean_acc, metrics, path, input_shape, description) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (network_id, key, out["net_hash"], spec["trainer"],
+                     dumps({"arch": spec["arch"], **spec["params"]}), dumps(spec["dataset"]), spec["seed"],
+                     m.get("clean_acc"), dumps(m), out["path"], dumps(out["input_shape"]), out.get("description")))
+
+    def record_verify(self, key: str, spec: dict, out: dict) -> None:
+        q = spec["query"]
+        with self.db:
+            self._job_row(key, "verify", spec, out)
+            self.db.execute(
+                "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
+                " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (key, spec["network"], spec["net_hash"], spec["verifier"], dumps(spec["params"]), q["p"],
+                 q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}",
+                 dumps(q["domain"]), out["status"], out["kind"], out.get("value"), out.get("wall_s"),
+                 out.get("cpu_s"), out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})),
+                 dumps(out.get("stats", {})), out.get("error"), time.time()))
+
+    def mark_unsound(self, marks: Iterable[tuple[int, dict]]) -> None:
+        with self.db:
+            for rid, note in marks:
+                self.db.execute("UPDATE results SET status='unsound', audit=? WHERE id=?", (dumps(note), rid))

@@ -1,0 +1,165 @@
+"""The PDF report: a summary page, results tables, and bound tightness (upper bound /
+best sound lower bound) against verification time, log scale, per network and query."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from datetime import datetime, timezone
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from bench.store import Store  # noqa: E402
+
+ROWS_PER_PAGE = 28
+A4 = (8.27, 11.69)
+A4L = (11.69, 8.27)
+
+
+def _fmt(v, digits=4):
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "-"
+    return f"{v:.{digits}g}"
+
+
+def tightness(rows: list[dict]) -> dict:
+    """(network, p, target, domain) -> best sound lower bound (max of ok lower/exact)."""
+    best = {}
+    for r in rows:
+        if r["value"] is not None and r["kind"] in ("lower", "exact") and r["status"] in ("ok", "timeout"):
+            k = (r["network"], r["p"], r["target"], r["domain"])
+            best[k] = max(best.get(k, 0.0), r["value"])
+    return best
+
+
+def _table_pages(pdf, title: str, header: list[str], body: list[list[str]], colors=None, widths=None):
+    for start in range(0, max(len(body), 1), ROWS_PER_PAGE):
+        chunk = body[start:start + ROWS_PER_PAGE] or [["(no rows)"] + [""] * (len(header) - 1)]
+        fig = plt.figure(figsize=A4L)
+        fig.suptitle(title + (f" (rows {start + 1}-{start + len(chunk)} of {len(body)})" if len(body) > ROWS_PER_PAGE else ""),
+                     fontsize=11)
+        ax = fig.add_axes([0.02, 0.02, 0.96, 0.9])
+        ax.axis("off")
+        t = ax.table(cellText=chunk, colLabels=header, loc="upper center", cellLoc="left", colWidths=widths)
+        t.auto_set_font_size(False)
+        t.set_fontsize(6.5)
+        t.scale(1, 1.25)
+        if colors:
+            for i, row_colors in enumerate(colors[start:start + ROWS_PER_PAGE]):
+                for j, c in enumerate(row_colors):
+                    if c:
+                        t[i + 1, j].set_facecolor(c)
+        pdf.savefig(fig)
+        plt.close(fig)
+
+
+def write_report(out_dir: str, path: str | None = None, title: str | None = None) -> str:
+    store = Store(out_dir, create=False)
+    rows = store.joined()
+    nets = [dict(n) for n in store.networks()]
+    jobs = [dict(j) for j in store.jobs()]
+    store.close()
+    path = path or os.path.join(out_dir, "report.pdf")
+    best = tightness(rows)
+    status_counts = defaultdict(int)
+    for r in rows:
+        status_counts[r["status"]] += 1
+    unsound = [r for r in rows if r["status"] == "unsound"]
+    failed_train = [j for j in jobs if j["type"] == "train" and j["status"] != "ok"]
+    tmp = path + ".tmp"
+    with PdfPages(tmp) as pdf:
+        # --- page 1: summary
+        fig = plt.figure(figsize=A4)
+        lines = [title or f"lipbench report: {os.path.basename(os.path.abspath(out_dir))}",
+                 f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {os.path.abspath(store.path)}", "",
+                 f"networks: {len(nets)}   results: {len(rows)}   "
+                 + "   ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())), ""]
+        if unsound:
+            lines.append(f"AUDIT: {len(unsound)} UNSOUND result(s): an upper bound below a sound lower bound")
+            for r in unsound[:12]:
+                a = json.loads(r["audit"] or "{}")
+                lines.append(f"  {r['verifier']} on {r['network']} p={r['p']} {r['target']}: "
+                             f"{_fmt(r['value'], 6)} < lower {_fmt(a.get('lower'), 6)} ({a.get('lower_verifier')})")
+        else:
+            lines.append("audit: clean (no upper bound below a sound lower bound, rtol 1e-6)")
+        if failed_train:
+            lines.append("")
+            lines.append(f"{len(failed_train)} training job(s) failed:")
+            for j in failed_train[:8]:
+                lines.append(f"  {json.loads(j['spec']).get('network_id')}: {j['status']} {j['error'] or ''}"[:110])
+        lines += ["", "Tightness = upper bound / best sound lower bound of the same network and query",
+                  "(1 = tight; the lower bound is the norm of a real Jacobian, so the truth lies in between).",
+                  "p is the input and output norm; target 'full' bounds the whole output, 'i-j' the margin f_i - f_j.",
+                  "", "Networks:"]
+        for n in nets:
+            tp = json.loads(n["trainer_params"])
+            lines.append(f"  {n['id']}: acc {_fmt(n['clean_acc'], 3)}, {n['description']}"[:120])
+            lines.append(f"      {n['trainer']} {json.dumps(tp, sort_keys=True)}"[:120])
+        fig.text(0.06, 0.96, "\n".join(lines[:70]), va="top", ha="left", family="monospace", fontsize=6.8)
+        pdf.savefig(fig)
+        plt.close(fig)
+
+        # --- results table
+        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "wall s",
+                  "peak MB"]
+        body, colors = [], []
+        for r in rows:
+            lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
+            ratio = r["value"] / lb if (r["value"] is not None and lb and r["kind"] != "lower") else None
+            body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
+                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(r["wall_s"], 3),
+                         _fmt(r["peak_mem_mb"], 4)])
+            c = "#ffb3b3" if r["status"] == "unsound" else ("#fff2b3" if r["status"] != "ok" else None)
+            colors.append([c] * len(header))
+        _table_pages(pdf, "Results", header, body, colors,
+                     widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
+
+        # --- tightness vs time, one page per query, one panel per network
+        queries = sorted({(r["p"], r["target"], r["domain"]) for r in rows})
+        verifiers = sorted({r["verifier"] for r in rows if r["kind"] != "lower"})
+        markers = dict(zip(verifiers, "osD^vP*Xh<>"))
+        for (p, tgt, dom) in queries:
+            qnets = sorted({r["network"] for r in rows if (r["p"], r["target"], r["domain"]) == (p, tgt, dom)})
+            for start in range(0, len(qnets), 12):
+                chunk = qnets[start:start + 12]
+                ncol = min(3, len(chunk))
+                nrow = math.ceil(len(chunk) / ncol)
+                fig, axes = plt.subplots(nrow, ncol, figsize=A4L, squeeze=False)
+                dom_s = "global" if dom == '"global"' else "box"
+                fig.suptitle(f"Tightness (upper / best lower) vs verification time: p={p}, target {tgt}, {dom_s}",
+                             fontsize=11)
+                for ax, net in zip(axes.flat, chunk):
+                    lb = best.get((net, p, tgt, dom))
+                    for r in rows:
+                        if (r["network"], r["p"], r["target"], r["domain"]) != (net, p, tgt, dom):
+                            continue
+                        if r["kind"] == "lower" or r["value"] is None or not lb or not r["wall_s"]:
+                            continue
+                        bad = r["status"] == "unsound"
+                        ax.scatter([max(r["wall_s"], 1e-4)], [r["value"] / lb], marker=markers[r["verifier"]],
+                                   color="red" if bad else None, label=r["verifier"] + (" UNSOUND" if bad else ""),
+                                   s=36)
+                    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+                    ax.axhline(1.1, color="grey", lw=0.5, ls=":")
+                    ax.set_xscale("log")
+                    ax.set_yscale("log")
+                    ax.set_title(net[:48], fontsize=7)
+                    ax.tick_params(labelsize=6)
+                    ax.set_xlabel("wall time (s)", fontsize=7)
+                    ax.set_ylabel("upper / best lower", fontsize=7)
+                    if lb is None:
+                        ax.text(0.5, 0.5, "no lower bound", transform=ax.transAxes, ha="center", fontsize=8)
+                    elif ax.collections:
+                        ax.legend(fontsize=6)
+                for ax in list(axes.flat)[len(chunk):]:
+                    ax.axis("off")
+                fig.tight_layout(rect=(0, 0, 1, 0.95))
+                pdf.savefig(fig)
+                plt.close(fig)
+    os.replace(tmp, path)
+    return path
