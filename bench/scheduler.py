@@ -52,6 +52,9 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
         import torch
         n_gpu = torch.cuda.device_count()
     threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    from .data import check
+    for ds in suite.datasets:
+        check(ds, data_dir)  # a missing file is a one-line error before anything runs
     store = Store(out_dir)
     done = store.done_keys()
     train_jobs = suite.train_jobs(out_dir, data_dir)

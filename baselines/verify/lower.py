@@ -6,8 +6,11 @@ This verifier evaluates that norm at many points and keeps the largest; every re
 value is the norm of an actual Jacobian at an actual point, recomputed in float64 on a
 float64 copy of the network.
 
-1. ``samples`` points drawn uniformly from the domain (a box query: the box; the global
-   domain: the box [low, high]^n, which holds the [0, 1]-scaled data with margin).
+1. ``samples`` points drawn from the domain.  A box query: uniformly in the box.  The
+   global domain (all of R^n): a fraction ``1 - far`` uniformly in [low, high]^n, which
+   holds the [0, 1]-scaled data with margin, and a fraction ``far`` at random directions
+   and log-uniform radii up to ``far_radius`` (far from the data a ReLU network's linear
+   regions are different ones, and the global constant counts them too).
 2. From the best ``restarts`` of them, ``steps`` of projected gradient ascent on the
    Jacobian's operator norm.  The Jacobian of a piecewise-linear network is piecewise
    constant (zero gradient), so the ascent follows a smoothed surrogate (ReLU ->
@@ -80,7 +83,7 @@ class Lower(Verifier):
     kind = "lower"
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": 2000, "restarts": 16, "steps": 60, "lr": 0.02, "beta": 10.0,
-              "low": -1.0, "high": 2.0, "seed": 0, "batch": 256}
+              "low": -1.0, "high": 2.0, "far": 0.3, "far_radius": 1000.0, "seed": 0, "batch": 256}
 
     def supports(self, net: Net, query: Query) -> str | None:
         r = super().supports(net, query)
@@ -102,13 +105,17 @@ class Lower(Verifier):
         g = torch.Generator(device="cpu").manual_seed(int(P["seed"]))
         exact = copy.deepcopy(net.module).double().eval().to(dev)
         shape = net.input_shape
+        far = 0.0
         if query.domain == "global":
             lo = torch.full(shape, P["low"], dtype=torch.float64)
             hi = torch.full(shape, P["high"], dtype=torch.float64)
+            far = P["far"]
+            box_lo, box_hi = lo.clamp(max=-P["far_radius"]), hi.clamp(min=P["far_radius"])
         else:
             c = torch.tensor(query.domain[0], dtype=torch.float64).reshape(shape)
             lo, hi = c - query.domain[1], c + query.domain[1]
-        lo, hi = lo.to(dev), hi.to(dev)
+            box_lo, box_hi = lo, hi
+        lo, hi, box_lo, box_hi = lo.to(dev), hi.to(dev), box_lo.to(dev), box_hi.to(dev)
 
         best, evaluated = 0.0, 0
         # 1. uniform samples, scored on the exact network
@@ -117,6 +124,12 @@ class Lower(Verifier):
             for s in range(0, P["samples"], P["batch"]):
                 n = min(P["batch"], P["samples"] - s)
                 X = (lo + (hi - lo) * torch.rand(n, *shape, generator=g, dtype=torch.float64).to(dev))
+                n_far = int(round(far * n))
+                if n_far:
+                    u = torch.randn(n_far, *shape, generator=g, dtype=torch.float64)
+                    u /= u.reshape(n_far, -1).norm(dim=1).reshape(n_far, *([1] * len(shape)))
+                    r = torch.exp(torch.rand(n_far, generator=g, dtype=torch.float64) * math.log(P["far_radius"]))
+                    X[:n_far] = (u * r.reshape(n_far, *([1] * len(shape)))).to(dev).clamp(box_lo, box_hi)
                 v = jacobian_norms(exact, X, query)
                 evaluated += n
                 pool_x.append(X)
@@ -132,6 +145,7 @@ class Lower(Verifier):
         X = X[torch.topk(V, k).indices].clone()
         steps_done = 0
         span = (hi - lo)
+        center = (hi + lo) / 2
         for step in range(P["steps"]):
             if time.perf_counter() > deadline:
                 break
@@ -141,7 +155,10 @@ class Lower(Verifier):
             obj = jacobian_norms(surrogate, Xr, query).sum()
             (grad,) = torch.autograd.grad(obj, Xr)
             gn = grad.reshape(k, -1).norm(dim=1).clamp_min(1e-30).reshape(k, *([1] * len(shape)))
-            X = torch.minimum(torch.maximum(X + P["lr"] * span * grad / gn * math.sqrt(X[0].numel()), lo), hi)
+            # steps scale with the point's distance from the data box (far points move far)
+            scale = 1.0 + ((X - center).abs() / span).reshape(k, -1).amax(dim=1).reshape(gn.shape)
+            X = X + P["lr"] * span * scale * grad / gn * math.sqrt(X[0].numel())
+            X = torch.minimum(torch.maximum(X, box_lo), box_hi)
             with torch.no_grad():
                 v = jacobian_norms(exact, X, query)
             evaluated += k

@@ -81,6 +81,8 @@ class LocalExecutor:
                 for t in list(running):
                     out = self._poll(t)
                     if out is not None:
+                        out.setdefault("kind", t.spec.get("kind", "upper"))
+                        out.setdefault("device", t.budget.device)
                         running.remove(t)
                         t.result = out
                         if on_done:

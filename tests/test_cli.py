@@ -1,0 +1,218 @@
+"""The command line as a user runs it: run, list, show, export, report; bad input; resume."""
+import csv
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO
+from bench.store import EXPORT_COLUMNS
+
+TESTS = os.path.dirname(__file__)
+SMOKE_FAST = """\
+name: fast
+datasets: [{name: synthetic, n: 120, dim: 3, classes: 3}]
+seeds: [0]
+timeout: 60
+plugins: [testplugins]
+train:
+  - trainer: standard
+    archs: [{hidden: [4], activation: relu}]
+    params: {epochs: 2}
+queries: [{p: 2}, {p: inf, target: [0, 1]}]
+verify: %s
+"""
+
+
+def bench(*args, cwd=None, timeout=300, env_extra=None):
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def rows(out):
+    db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM results ORDER BY id")]
+    finally:
+        db.close()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("smoke"))
+    r = bench("run", "--suite", "smoke", "--out", out, "-j", "2")
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+@pytest.mark.slow
+def test_run_smoke_end_to_end(smoke):
+    out, r = smoke
+    res = rows(out)
+    assert len(res) == 2 * 3 * 2  # networks x queries x verifiers
+    assert {x["verifier"] for x in res} == {"trivial", "lower"}
+    assert all(x["status"] == "ok" for x in res)
+    assert os.path.getsize(os.path.join(out, "report.pdf")) > 10_000
+    assert "[12/14" in r.stderr or "[14/14" in r.stderr  # progress: done / total
+    assert "unsound" in r.stderr and "0 unsound" in r.stderr
+
+
+@pytest.mark.slow
+def test_export_csv_has_the_stable_columns(smoke, tmp_path):
+    out, _ = smoke
+    r = bench("export", "--suite", "smoke", "--out", out, "--format", "csv")
+    assert r.returncode == 0, r.stderr
+    table = list(csv.DictReader(io.StringIO(r.stdout)))
+    assert list(table[0].keys())[:17] == EXPORT_COLUMNS[:17]
+    assert len(table) == len(rows(out))
+    tp = json.loads(table[0]["trainer_params"])
+    assert "arch" in tp and "activation" in tp["arch"]
+    assert {t["seed"] for t in table} == {"0"} and all(float(t["value"]) > 0 for t in table)
+    f = tmp_path / "x.csv"
+    assert bench("export", "--out", out, "--format", "csv", "--file", str(f)).returncode == 0
+    assert f.read_text() == r.stdout
+
+
+@pytest.mark.slow
+def test_report_from_store_alone(smoke, tmp_path):
+    out, _ = smoke
+    pdf = tmp_path / "again.pdf"
+    r = bench("report", "--suite", "smoke", "--out", out, "--file", str(pdf))
+    assert r.returncode == 0, r.stderr
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    if subprocess.run(["which", "pdfinfo"], capture_output=True).returncode == 0:
+        info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True).stdout
+        assert int(info.split("Pages:")[1].split()[0]) >= 3
+
+
+@pytest.mark.slow
+def test_rerun_does_nothing_and_show_prints(smoke):
+    out, _ = smoke
+    before = rows(out)
+    r = bench("run", "--suite", "smoke", "--out", out, "--no-report")
+    assert r.returncode == 0 and "start" not in r.stderr
+    assert rows(out) == before
+    s = bench("show", "--out", out)
+    assert s.returncode == 0 and "trivial" in s.stdout
+
+
+def test_list_shows_plugins_and_missing_requirements():
+    r = bench("list")
+    assert r.returncode == 0
+    assert "trivial" in r.stdout and "lower" in r.stdout and "standard" in r.stdout
+    line = next(l for l in r.stdout.splitlines() if l.startswith("trivial"))
+    assert "upper" in line and "1,2,inf" in line and "yes" in line
+
+
+@pytest.mark.parametrize("args,words", [
+    (["run", "--suite", "nosuchsuite"], "unknown suite"),
+    (["report", "--suite", "nosuchsuite"], "no results store"),
+    (["run", "--suite", "smoke", "--device", "tpu"], "--device"),
+    (["run", "--suite", "smoke", "-j", "0"], "-j"),
+])
+def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
+    r = bench(*args, "--out", str(tmp_path / "o"))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+
+
+def test_bad_suite_files_keep_the_store(tmp_path):
+    out = tmp_path / "o"
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(SMOKE_FAST % "[trivial]")
+    assert bench("run", "--suite", str(ok), "--out", str(out), "--no-report").returncode == 0
+    before = rows(str(out))
+    assert len(before) == 2
+    cases = {"malformed": "name: [\n", "unknown verifier": SMOKE_FAST % "[trivail]",
+             "unknown trainer": (SMOKE_FAST % "[trivial]").replace("standard", "nope"),
+             "unknown data set": (SMOKE_FAST % "[trivial]").replace("synthetic", "mnist").replace(", n: 120, dim: 3, classes: 3", "")}
+    for what, text in cases.items():
+        f = tmp_path / "bad.yaml"
+        f.write_text(text)
+        r = bench("run", "--suite", str(f), "--out", str(out), "--data-dir", str(tmp_path / "nodata"))
+        assert r.returncode == 2, (what, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, (what, r.stderr)
+        assert rows(str(out)) == before, what
+    assert "train-images-idx3-ubyte" in r.stderr  # the missing data file is named
+
+
+def test_missing_requirement_and_unsound_rows(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SMOKE_FAST % "[trivial, lower, test-missing, test-unsound]")
+    out = str(tmp_path / "o")
+    r = bench("run", "--suite", str(f), "--out", out)
+    assert r.returncode == 1  # unsound results make the run fail loudly
+    res = {(x["verifier"], x["p"]): x for x in rows(out)}
+    miss = res[("test-missing", "2")]
+    assert miss["status"] == "not_installed" and "no_such_package_lipbench_xyz" in miss["error"]
+    assert miss["value"] is None
+    bad = res[("test-unsound", "2")]
+    assert bad["status"] == "unsound" and json.loads(bad["audit"])["lower_verifier"] == "lower"
+    assert res[("trivial", "2")]["status"] == "ok"
+    assert "UNSOUND" in r.stderr
+    lst = bench("--plugin", "testplugins", "list")
+    line = next(l for l in lst.stdout.splitlines() if l.startswith("test-missing"))
+    assert "no: missing no_such_package_lipbench_xyz" in line
+
+
+def test_hanging_job_is_killed_as_timeout_and_the_run_goes_on(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SMOKE_FAST % "[trivial, {verifier: test-sleep, timeout: 1}]")
+    out = str(tmp_path / "o")
+    t0 = time.perf_counter()
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert time.perf_counter() - t0 < 40
+    res = rows(out)
+    sleeps = [x for x in res if x["verifier"] == "test-sleep"]
+    assert len(sleeps) == 2 and all(x["status"] == "timeout" and x["value"] is None for x in sleeps)
+    assert all(1.0 <= x["wall_s"] < 10 for x in sleeps)
+    assert all(x["status"] == "ok" for x in res if x["verifier"] == "trivial")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path):
+    """Kill the whole run (SIGKILL) halfway; the rerun finishes only what is missing."""
+    f = tmp_path / "s.yaml"
+    f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 0.4}}]")
+                 .replace("seeds: [0]", "seeds: [0, 1, 2]"))
+    out = str(tmp_path / "o")
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = os.path.join(out, "lipbench.sqlite")
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        time.sleep(0.2)
+        if os.path.exists(db) and len(rows(out)) >= 4:
+            break
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = rows(out)
+    assert 4 <= len(first) < 12, len(first)
+    conn = sqlite3.connect(db)
+    jobs_before = conn.execute("SELECT key, finished FROM jobs").fetchall()
+    conn.close()
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report")
+    assert r.returncode == 0, r.stderr
+    final = rows(out)
+    assert len(final) == 12
+    assert len({x["job_key"] for x in final}) == 12
+    assert final[:len(first)] == first  # nothing redone, nothing rewritten
+    conn = sqlite3.connect(db)
+    jobs_after = dict(conn.execute("SELECT key, finished FROM jobs").fetchall())
+    conn.close()
+    assert all(jobs_after[k] == t for k, t in jobs_before)
+    started = r.stderr.count(" start ")
+    assert started == 3 + 12 - len(jobs_before)  # only the missing jobs ran

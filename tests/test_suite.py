@@ -1,0 +1,66 @@
+"""Suite parsing and validation: every mistake names its line and the valid choices."""
+import pytest
+
+from bench.api import UserError
+from bench.suite import load_suite, parse_suite, shipped_suites
+
+GOOD = """\
+name: t
+datasets: [{name: synthetic, n: 100}]
+seeds: [0, 1]
+train:
+  - trainer: standard
+    archs: [{hidden: [4], activation: relu}]
+    params: {epochs: 1}
+    grid: {lr: [0.001, 0.01]}
+queries:
+  - {p: 2}
+  - {p: inf, target: [0, 1]}
+verify:
+  - trivial
+  - verifier: lower
+    params: {samples: 10}
+"""
+
+
+def test_good_suite_expands_grid(tmp_path):
+    s = parse_suite(GOOD)
+    jobs = s.train_jobs(str(tmp_path))
+    assert len(jobs) == 2 * 2  # lr grid x seeds
+    assert len({j["key"] for j in jobs}) == 4
+    net = {"id": "n", "net_hash": "abc", "path": "x"}
+    assert len(s.verify_jobs(net)) == 2 * 2  # verifiers x queries
+
+
+@pytest.mark.parametrize("text,line,words", [
+    (GOOD.replace("seeds:", "sedes:"), 3, ["unknown key 'sedes'", "seeds"]),
+    (GOOD.replace("trainer: standard", "trainer: standrd"), 5, ["unknown trainer 'standrd'", "standard"]),
+    (GOOD.replace("  - trivial", "  - trivail"), 13, ["unknown verifier 'trivail'", "trivial"]),
+    (GOOD.replace("{samples: 10}", "{sample: 10}"), 15, ["unknown parameter 'sample'", "samples"]),
+    (GOOD.replace("{epochs: 1}", "{epochs: one}"), 7, ["'epochs' must be int"]),
+    (GOOD.replace("name: synthetic", "name: imagenet"), 2, ["unknown data set 'imagenet'", "digits"]),
+    (GOOD.replace("{p: 2}", "{p: 3}"), 10, ["p=3", "1, 2, inf"]),
+    (GOOD.replace("activation: relu", "activation: swish"), 6, ["unknown activation 'swish'", "relu"]),
+    (GOOD.replace("params: {epochs: 1}", "params: {epochs: 1"), None, ["malformed YAML"]),
+])
+def test_errors_name_the_line(text, line, words):
+    with pytest.raises(UserError) as e:
+        parse_suite(text)
+    msg = str(e.value)
+    if line is not None:
+        assert msg.startswith(f"line {line}:"), msg
+    for w in words:
+        assert w in msg, msg
+    assert "\n" not in msg
+
+
+def test_unknown_suite_lists_shipped():
+    with pytest.raises(UserError, match="unknown suite 'nope'.*digits"):
+        load_suite("nope")
+
+
+def test_shipped_suites_parse():
+    assert {"smoke", "digits"} <= set(shipped_suites())
+    for name in shipped_suites():
+        s = load_suite(name)
+        assert s.train and s.verify

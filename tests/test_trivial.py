@@ -1,0 +1,84 @@
+"""Soundness of the trivial bound: never below the exact constant, exact where it must be."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+from conftest import mlp
+from exact import exact_lipschitz
+
+P = [1.0, 2.0, math.inf]
+
+
+@pytest.mark.parametrize("p", P)
+@pytest.mark.parametrize("target", [None, (0, 2)])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_trivial_upper_bounds_exact_constant(p, target, seed):
+    net = mlp([2, 6, 5, 3], seed=seed)
+    exact = exact_lipschitz(net, p, target)
+    b = bench.verify(net, "trivial", p=p, target=target)
+    assert b.status == "ok" and b.kind == "upper"
+    assert b.value >= exact * (1 - 1e-12), (b.value, exact)
+
+
+@pytest.mark.parametrize("p", P)
+def test_trivial_is_exact_on_one_linear_layer(p):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(7, 5))
+    W = net[0].weight.detach().double().numpy()
+    truth = {1.0: np.abs(W).sum(0).max(), 2.0: np.linalg.norm(W, 2), math.inf: np.abs(W).sum(1).max()}[p]
+    b = bench.verify(net, "trivial", p=p)
+    assert truth <= b.value <= truth * (1 + 1e-9)
+
+
+def test_class_pair_trap():
+    """W0 = [[1]], W1 = [[1], [-1]], margin f_0 - f_1: the l_inf constant is 2, and a
+    product that used the same norm for the pair row and the layer would say 1."""
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0]]))
+        net[2].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    for p in P:
+        exact = exact_lipschitz(net, p, (0, 1))
+        assert exact == pytest.approx(2.0)
+        assert bench.verify(net, "trivial", p=p, target=(0, 1)).value >= 2.0
+
+
+def test_trivial_on_conv_matches_its_unrolled_matrix():
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 4 * 4, 4))
+    dense_net = bench.network.walk(conv, (2, 8, 8))
+    A = dense_net.affines[0].matrix()
+    x = torch.randn(5, 2, 8, 8)
+    with torch.no_grad():
+        ref = conv[0](x).reshape(5, -1).double() - conv[0].bias.repeat_interleave(16).double()
+    np.testing.assert_allclose(ref.numpy(), x.reshape(5, -1).double().numpy() @ A.T, rtol=1e-5, atol=1e-5)
+    W2 = conv[3].weight.detach().double().numpy()
+    for p, f in ((1.0, lambda M: np.abs(M).sum(0).max()), (2.0, lambda M: np.linalg.norm(M, 2)),
+                 (math.inf, lambda M: np.abs(M).sum(1).max())):
+        b = bench.verify(conv, "trivial", p=p, input_shape=(2, 8, 8))
+        assert b.value == pytest.approx(f(A) * f(W2), rel=1e-9)
+
+
+def test_conv_needs_input_shape():
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 4 * 4, 2))
+    with pytest.raises(bench.UserError, match="input_shape"):
+        bench.verify(conv, "trivial", p=2)
+
+
+def test_unsupported_layer_is_a_status_not_a_number():
+    net = nn.Sequential(nn.Linear(3, 3), nn.GELU(), nn.Linear(3, 2))
+    with pytest.raises(bench.Unsupported, match="GELU"):
+        bench.verify(net, "trivial", p=2)
+
+
+@pytest.mark.parametrize("p", P)
+def test_trivial_at_least_lower_on_random_nets(p):
+    for seed in range(3):
+        net = mlp([6, 16, 16, 4], act=nn.Tanh if seed == 2 else nn.ReLU, seed=seed)
+        lo = bench.lower_bound(net, p=p, samples=300, restarts=4, steps=10)
+        up = bench.verify(net, "trivial", p=p)
+        assert 0 < lo.value <= up.value
