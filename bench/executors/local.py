@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Callable, Iterable
 
-from ..api import Bound, Budget, Query, UserError
+from ..api import Bound, Budget, Query, Unsupported, UserError
 from .. import worker
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,10 @@ def run_one(net, verifier: str, query: Query, input_shape, timeout, device, thre
     from ..registry import get_verifier
     cls = get_verifier(verifier)
     cls.resolve_params(params)  # a bad parameter is the caller's error: raise it here
-    walked = netmod.walk(net, input_shape)
+    try:
+        walked = netmod.walk(net, input_shape)
+    except Unsupported as e:
+        return Bound(None, cls.kind, "unsupported", error=str(e))
     spec = {"type": "verify", "verifier": verifier, "params": params, "query": query.key(), "kind": cls.kind}
     budget = Budget(timeout, device, threads)
     if timeout is None:

@@ -1,0 +1,42 @@
+import math
+
+import pytest
+from torch import nn
+
+import bench
+from conftest import mlp
+
+
+def test_verify_returns_a_bound_with_costs():
+    b = bench.verify(mlp([4, 8, 3]), "trivial", p=2)
+    assert b.kind == "upper" and b.status == "ok" and b.value > 0
+    assert b.wall_s >= 0 and b.cpu_s >= 0 and b.peak_mem_mb > 0 and b.device == "cpu"
+    assert len(b.stats["layers"]) == 3
+
+
+def test_unknown_verifier_and_parameter_are_user_errors():
+    with pytest.raises(bench.UserError, match="unknown verifier 'nope'; registered: .*trivial"):
+        bench.verify(mlp([2, 2]), "nope")
+    with pytest.raises(bench.UserError, match="unknown parameter 'smaples'"):
+        bench.lower_bound(mlp([2, 2]), smaples=3)
+    with pytest.raises(bench.UserError, match="1, 2, inf"):
+        bench.verify(mlp([2, 2]), "trivial", p=3)
+
+
+def test_pair_out_of_range_is_unsupported():
+    b = bench.verify(mlp([2, 4, 3]), "trivial", p=2, target=(0, 5))
+    assert b.status == "unsupported" and b.value is None and "out of range" in b.error
+
+
+def test_timeout_kills_a_worker_and_says_timeout():
+    net = mlp([8, 64, 64, 4])
+    b = bench.lower_bound(net, p=2, timeout=1.0, samples=10**9, batch=64)
+    # lower honours its deadline itself, so it answers ok with what it found, in time
+    assert b.status == "ok" and b.wall_s < 4 and b.value > 0 and b.stats["stopped_early"]
+    b2 = bench.verify(net, "trivial", p=math.inf, timeout=30)
+    assert b2.status == "ok" and b2.value == pytest.approx(bench.verify(net, "trivial", p=math.inf).value)
+
+
+def test_not_a_module():
+    with pytest.raises(bench.UserError, match="nn.Sequential"):
+        bench.verify([[1.0]], "trivial")

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+from bench import network
+from conftest import mlp
+
+
+def test_walk_records_affines_activations_and_slopes():
+    net = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.LeakyReLU(0.1), nn.Linear(8, 4), nn.Tanh(),
+                        nn.Dropout(0.5), nn.Linear(4, 2, bias=False))
+    w = network.walk(net, (1, 4, 4))
+    assert [type(l).__name__ for l in w.layers] == ["Affine", "Activation", "Affine", "Activation", "Affine"]
+    assert w.activations[0].slope == (0.1, 1.0) and w.activations[1].slope == (0.0, 1.0)
+    assert w.activations[0].lipschitz[2.0] == 1.0
+    assert w.in_dim == 16 and w.out_dim == 2
+    assert w.affines[0].has_bias and not w.affines[2].has_bias
+    assert w.affines[0].matrix().dtype == np.float64
+
+
+def test_conv_row_and_column_sums_are_exact():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, dilation=1), nn.ReLU(),
+                        nn.Conv2d(3, 2, 2, padding=0), nn.Flatten(), nn.Linear(2 * 3 * 3, 2))
+    w = network.walk(net, (2, 8, 8))
+    for a in w.affines[:2]:
+        A = a.matrix()
+        np.testing.assert_allclose(a.abs_row_sums(), np.abs(A).sum(1), rtol=1e-12)
+        np.testing.assert_allclose(a.abs_col_sums(), np.abs(A).sum(0), rtol=1e-12)
+        assert len(a.bias()) == a.out_dim
+
+
+def test_dense_limit_is_unsupported_not_a_guess():
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Flatten(), nn.Linear(8 * 64 * 64, 2))
+    w = network.walk(net, (3, 64, 64))
+    with pytest.raises(bench.Unsupported, match="dense limit"):
+        w.affines[0].matrix(max_entries=1000)
+    b = bench.verify(net, "trivial", p=2, input_shape=(3, 64, 64))
+    assert b.status == "unsupported" and b.value is None and "dense limit" in b.error
+    # p = 1 and inf need no unrolling: exact row / column sums of |W|
+    assert bench.verify(net, "trivial", p=1, input_shape=(3, 64, 64)).status == "ok"
+
+
+def test_hash_save_load_roundtrip(tmp_path):
+    a, b = mlp([3, 5, 2], seed=0), mlp([3, 5, 2], seed=1)
+    assert network.net_hash(a) != network.net_hash(b)
+    assert network.net_hash(a) == network.net_hash(mlp([3, 5, 2], seed=0))
+    p = tmp_path / "n.pt"
+    network.save(a, (3,), str(p))
+    m, shape = network.load(str(p))
+    assert shape == (3,) and network.net_hash(m) == network.net_hash(a)
+
+
+def test_unsupported_layer_named():
+    with pytest.raises(bench.Unsupported, match=r"layer 1 \(GELU\)"):
+        network.walk(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 1)))
+
+
+def test_build_mlp_rejects_bad_arch():
+    with pytest.raises(bench.UserError, match="unknown key"):
+        network.build_mlp({"hidden": [4], "width": 3}, (2,), 2)
+    with pytest.raises(bench.UserError, match="positive integers"):
+        network.build_mlp({"hidden": [0]}, (2,), 2)

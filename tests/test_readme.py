@@ -1,0 +1,80 @@
+"""The README's examples, run exactly as written."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+README = open(os.path.join(REPO, "README.md")).read()
+
+
+def block(after: str) -> str:
+    m = re.search(re.escape(after) + r"\s*```\w*\n(.*?)```", README, re.S)
+    assert m, f"README has no code block after {after!r}"
+    return m.group(1)
+
+
+def run(args, cwd, pythonpath):
+    env = dict(os.environ, PYTHONPATH=pythonpath)
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_readme_starts_with_the_two_commands_and_ci_runs_them():
+    cmds = re.findall(r"```sh\n(.*?)\n```", README, re.S)[:2]
+    assert "bench run --suite digits" in cmds[0] and "pip install torch==2.13.0" in cmds[0]
+    assert "pytest" in cmds[1]
+    ci = open(os.path.join(REPO, ".ci", "run")).read()
+    setup = cmds[0].split(" && .venv/bin/python -m bench run")[0]
+    assert setup in ci and cmds[1] in ci
+
+
+def test_python_api_example():
+    code = re.search(r"## Python API\s*```python\n(.*?)```", README, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    assert "upper ok" in out.stdout
+
+
+@pytest.mark.slow
+def test_decorator_plugin_example(tmp_path):
+    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
+    (tmp_path / "mine.yaml").write_text(block("<!-- example: mine.yaml -->"))
+    r = run(["run", "--suite", "mine.yaml", "--no-report"], tmp_path, str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert "weight-decay" in r.stderr and "frobenius" in r.stderr
+    e = run(["export", "--suite", "mine"], tmp_path, str(tmp_path))
+    import csv
+    import io
+    ok = {r["verifier"] for r in csv.DictReader(io.StringIO(e.stdout)) if r["status"] == "ok"}
+    assert {"frobenius", "trivial", "lower"} <= ok
+    lst = run(["--plugin", "my_plugins", "list"], tmp_path, str(tmp_path))
+    assert "frobenius" in lst.stdout and "weight-decay" in lst.stdout
+    # the Frobenius bound is an upper bound at least as large as the trivial one
+    import bench
+    import sys as _s
+    _s.path.insert(0, str(tmp_path))
+    try:
+        import my_plugins  # noqa: F401
+        from torch import nn
+        net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+        assert bench.verify(net, "frobenius", p=2).value >= bench.verify(net, "trivial", p=2).value
+        assert bench.verify(net, "frobenius", p=2, target=(0, 1)).status == "unsupported"
+    finally:
+        _s.path.remove(str(tmp_path))
+
+
+def test_entry_point_plugin_example(tmp_path):
+    """What pip installs for a package that declares the README's entry point."""
+    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
+    toml = re.search(r'\[project\.entry-points\."lipbench\.plugins"\]\n(.*?)\n', README).group(1)
+    info = tmp_path / "my_plugins-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugins\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text('[lipbench.plugins]\n' + toml.replace('"', "") + "\n")
+    r = run(["list"], tmp_path, str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^frobenius\s+verifier\s+upper\s+2\s+yes", r.stdout, re.M), r.stdout
