@@ -144,8 +144,26 @@ def _verify(spec: dict, budget: Budget, net_module=None) -> dict:
     return {**res, "status": b.status, "kind": b.kind, "value": b.value, "stats": b.stats, "error": b.error}
 
 
-def child_main(conn, spec: dict, budget: Budget) -> None:
+def _watchdog(budget: Budget, grace: float) -> None:
+    """Second line of defence: leave if the process that forked us is gone (the scheduler
+    was killed) or long after the timeout (should the scheduler's kill never come)."""
+    import threading
+
+    parent, t0 = os.getppid(), time.monotonic()
+    limit = None if budget.timeout_s is None else budget.timeout_s + 3 * grace
+
+    def watch():
+        while True:
+            time.sleep(0.5)
+            if os.getppid() != parent or (limit is not None and time.monotonic() - t0 > limit):
+                os._exit(137)
+
+    threading.Thread(target=watch, daemon=True, name="lipbench-watchdog").start()
+
+
+def child_main(conn, spec: dict, budget: Budget, grace: float = 2.0) -> None:
     """Entry point of a worker process: run the job, send the outcome, exit."""
+    _watchdog(budget, grace)
     try:
         out = execute(spec, budget)
     except BaseException as e:  # pragma: no cover - last resort, keep the pipe protocol

@@ -3,6 +3,7 @@ best sound lower bound) against verification time, log scale, per network and qu
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from collections import defaultdict
@@ -13,9 +14,11 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from bench.store import Store  # noqa: E402
 
+log = logging.getLogger(__name__)
 ROWS_PER_PAGE = 28
 A4 = (8.27, 11.69)
 A4L = (11.69, 8.27)
@@ -35,6 +38,32 @@ def tightness(rows: list[dict]) -> dict:
             k = (r["network"], r["p"], r["target"], r["domain"])
             best[k] = max(best.get(k, 0.0), r["value"])
     return best
+
+
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
+
+def _log_axes(ax, title: str):
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.axhline(1.1, color="grey", lw=0.5, ls=":")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PLAIN)
+    ax.yaxis.set_minor_formatter(_PLAIN)
+    ax.set_title(title, fontsize=7)
+    ax.tick_params(labelsize=6, which="both")
+    ax.set_xlabel("wall time (s)", fontsize=7)
+    ax.set_ylabel("upper / best lower", fontsize=7)
+
+
+def _points(rows, best, key):
+    """(wall_s, tightness, verifier, unsound) for the upper/exact rows of one query."""
+    for r in rows:
+        if (r["p"], r["target"], r["domain"]) != key or r["kind"] == "lower" or r["value"] is None:
+            continue
+        lb = best.get((r["network"], *key))
+        if lb and r["wall_s"]:
+            yield r, max(r["wall_s"], 1e-4), r["value"] / lb, r["status"] == "unsound"
 
 
 def _table_pages(pdf, title: str, header: list[str], body: list[list[str]], colors=None, widths=None):
@@ -119,47 +148,58 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
         _table_pages(pdf, "Results", header, body, colors,
                      widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
 
-        # --- tightness vs time, one page per query, one panel per network
+        # --- overview: one panel per query, every network, marker = verifier
         queries = sorted({(r["p"], r["target"], r["domain"]) for r in rows})
         verifiers = sorted({r["verifier"] for r in rows if r["kind"] != "lower"})
-        markers = dict(zip(verifiers, "osD^vP*Xh<>"))
-        for (p, tgt, dom) in queries:
-            qnets = sorted({r["network"] for r in rows if (r["p"], r["target"], r["domain"]) == (p, tgt, dom)})
+        markers = dict(zip(verifiers, "osD^vP*Xh<>" * 3))
+        netnames = sorted({r["network"] for r in rows})
+        colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(netnames)}
+        for start in range(0, len(queries), 6):
+            chunk = queries[start:start + 6]
+            ncol = min(3, len(chunk))
+            fig, axes = plt.subplots(math.ceil(len(chunk) / ncol), ncol, figsize=A4L, squeeze=False)
+            fig.suptitle("Tightness vs verification time, all networks (colour = network, marker = verifier)",
+                         fontsize=11)
+            for ax, key in zip(axes.flat, chunk):
+                dom_s = "global" if key[2] == '"global"' else "box"
+                for r, x, y, bad in _points(rows, best, key):
+                    ax.scatter([x], [y], marker=markers[r["verifier"]], s=30,
+                               color="red" if bad else colors[r["network"]], edgecolors="black" if bad else None)
+                _log_axes(ax, f"p={key[0]}, target {key[1]}, {dom_s}")
+            for ax in list(axes.flat)[len(chunk):]:
+                ax.axis("off")
+            handles = [plt.Line2D([], [], marker=markers[v], ls="", color="grey", label=v) for v in verifiers]
+            handles += [plt.Line2D([], [], marker="o", ls="", color=colors[n], label=n[:40]) for n in netnames[:20]]
+            fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=6)
+            fig.tight_layout(rect=(0, 0.12, 1, 0.95))
+            pdf.savefig(fig)
+            plt.close(fig)
+
+        # --- one page per query, one panel per network
+        for key in queries:
+            qnets = sorted({r["network"] for r, *_ in _points(rows, best, key)})
+            dom_s = "global" if key[2] == '"global"' else "box"
             for start in range(0, len(qnets), 12):
                 chunk = qnets[start:start + 12]
                 ncol = min(3, len(chunk))
-                nrow = math.ceil(len(chunk) / ncol)
-                fig, axes = plt.subplots(nrow, ncol, figsize=A4L, squeeze=False)
-                dom_s = "global" if dom == '"global"' else "box"
-                fig.suptitle(f"Tightness (upper / best lower) vs verification time: p={p}, target {tgt}, {dom_s}",
-                             fontsize=11)
+                fig, axes = plt.subplots(math.ceil(len(chunk) / ncol), ncol, figsize=A4L, squeeze=False)
+                fig.suptitle(f"Tightness (upper / best lower) vs verification time: p={key[0]}, "
+                             f"target {key[1]}, {dom_s}", fontsize=11)
                 for ax, net in zip(axes.flat, chunk):
-                    lb = best.get((net, p, tgt, dom))
-                    for r in rows:
-                        if (r["network"], r["p"], r["target"], r["domain"]) != (net, p, tgt, dom):
-                            continue
-                        if r["kind"] == "lower" or r["value"] is None or not lb or not r["wall_s"]:
-                            continue
-                        bad = r["status"] == "unsound"
-                        ax.scatter([max(r["wall_s"], 1e-4)], [r["value"] / lb], marker=markers[r["verifier"]],
-                                   color="red" if bad else None, label=r["verifier"] + (" UNSOUND" if bad else ""),
-                                   s=36)
-                    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-                    ax.axhline(1.1, color="grey", lw=0.5, ls=":")
-                    ax.set_xscale("log")
-                    ax.set_yscale("log")
-                    ax.set_title(net[:48], fontsize=7)
-                    ax.tick_params(labelsize=6)
-                    ax.set_xlabel("wall time (s)", fontsize=7)
-                    ax.set_ylabel("upper / best lower", fontsize=7)
-                    if lb is None:
-                        ax.text(0.5, 0.5, "no lower bound", transform=ax.transAxes, ha="center", fontsize=8)
-                    elif ax.collections:
-                        ax.legend(fontsize=6)
+                    for r, x, y, bad in _points(rows, best, key):
+                        if r["network"] == net:
+                            ax.scatter([x], [y], marker=markers[r["verifier"]], color="red" if bad else None,
+                                       label=r["verifier"] + (" UNSOUND" if bad else ""), s=36)
+                    _log_axes(ax, net[:48])
+                    ax.legend(fontsize=6)
                 for ax in list(axes.flat)[len(chunk):]:
                     ax.axis("off")
                 fig.tight_layout(rect=(0, 0, 1, 0.95))
                 pdf.savefig(fig)
                 plt.close(fig)
+        missing_lb = sorted({r["network"] for r in rows if r["kind"] != "lower"
+                             and (r["network"], r["p"], r["target"], r["domain"]) not in best})
+        if missing_lb:
+            log.info("no sound lower bound for %d network(s): tightness not plotted for them", len(missing_lb))
     os.replace(tmp, path)
     return path

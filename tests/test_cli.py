@@ -118,6 +118,8 @@ def test_list_shows_plugins_and_missing_requirements():
     (["report", "--suite", "nosuchsuite"], "no results store"),
     (["run", "--suite", "smoke", "--device", "tpu"], "--device"),
     (["run", "--suite", "smoke", "-j", "0"], "-j"),
+    pytest.param(["run", "--suite", "smoke", "--device", "cuda"], "no CUDA device",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present")),
 ])
 def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
     r = bench(*args, "--out", str(tmp_path / "o"))
@@ -216,3 +218,12 @@ def test_resume_after_sigkill(tmp_path):
     assert all(jobs_after[k] == t for k, t in jobs_before)
     started = r.stderr.count(" start ")
     assert started == 3 + 12 - len(jobs_before)  # only the missing jobs ran
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+def test_smoke_on_gpu(tmp_path):
+    out = str(tmp_path / "o")
+    r = bench("run", "--suite", "smoke", "--out", out, "--device", "cuda", "--no-report")
+    assert r.returncode == 0, r.stderr
+    res = rows(out)
+    assert res and all(x["status"] == "ok" and x["device"].startswith("cuda") for x in res)
