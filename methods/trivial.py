@@ -7,7 +7,10 @@ sum for p = inf.  Activations contribute the constant the network walk reports. 
 class pair (i, j) the last affine layer is replaced by the row ``c^T W_L`` with
 ``c = e_i - e_j``, whose Lipschitz constant from the p-norm is the dual norm
 ``||W_L^T c||_{p*}``.  Conv layers use exact row/column sums of |W| for p in {1, inf}
-(no unrolling) and a dense SVD of the unrolled matrix for p = 2.
+(no unrolling) and the unrolled dense matrix for p = 2 (``unsupported`` above
+``bench.network.MAX_DENSE_ENTRIES``).  The spectral norm is the square root of the top
+eigenvalue of the smaller Gram matrix, with a proven rounding margin (see
+:func:`spectral_norm_upper`).
 
 Soundness and floating point: every computed norm is inflated by a bound on its
 rounding error (``(1 + c * n * eps)`` with n the summation length / matrix dimension,
@@ -48,9 +51,29 @@ def operator_norm(layer: Affine, p: float) -> float:
         return _inflate(layer.abs_col_sums().max(), layer.out_dim)
     if math.isinf(p):
         return _inflate(layer.abs_row_sums().max(), layer.in_dim)
-    W = layer.matrix()
-    s = scipy.linalg.svdvals(W, check_finite=True)[0]
-    return _inflate(s, max(W.shape))
+    return spectral_norm_upper(layer.matrix())
+
+
+def spectral_norm_upper(W: np.ndarray) -> float:
+    """A proven upper bound on the largest singular value of W (float64).
+
+    Computed as the largest eigenvalue of the smaller Gram matrix G = W W^T (or W^T W),
+    which LAPACK's symmetric solver gives about 4x faster than an SVD.  Rounding is
+    accounted for: the computed Gram matrix is G + E1 with ||E1||_2 <= gamma_k ||W||_F^2
+    (k the inner dimension), and the computed eigenvalue is exact for a matrix within
+    c n eps ||G||_2 of it (backward stability), so
+    sigma_max^2 <= lambda_hat (1 + 16 n eps) + 2 k eps ||W||_F^2 (1 + 1e-6)."""
+    W = np.asarray(W, dtype=np.float64)
+    if not np.all(np.isfinite(W)):
+        raise ValueError("weight matrix has non-finite entries")
+    m, k = W.shape
+    if m > k:
+        W, (m, k) = W.T, (k, m)
+    G = W @ W.T
+    lam = float(scipy.linalg.eigvalsh(G, check_finite=False)[-1])
+    fro2 = float(np.einsum("ij,ij->", W, W))
+    bound = max(lam, 0.0) * (1.0 + 16.0 * m * EPS) + 2.0 * k * EPS * fro2 * (1.0 + 1e-6)
+    return _inflate(math.sqrt(bound), 1)
 
 
 def pair_row(layer: Affine, target: tuple[int, int]) -> np.ndarray:

@@ -82,3 +82,17 @@ def test_trivial_at_least_lower_on_random_nets(p):
         lo = bench.lower_bound(net, p=p, samples=300, restarts=4, steps=10)
         up = bench.verify(net, "trivial", p=p)
         assert 0 < lo.value <= up.value
+
+
+def test_spectral_norm_upper_is_above_svd_and_close():
+    from methods.trivial import spectral_norm_upper
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (3, 9), (9, 3), (64, 64), (300, 40)]:
+        for scale in (1e-8, 1.0, 1e6):
+            W = rng.normal(size=shape) * scale
+            s = np.linalg.svd(W, compute_uv=False)[0]
+            u = spectral_norm_upper(W)
+            assert s <= u <= s * (1 + 1e-8), (shape, scale, s, u)
+    # rank one with a huge spread: the rounding margin must still cover it
+    W = np.outer(rng.normal(size=50), rng.normal(size=70))
+    assert np.linalg.svd(W, compute_uv=False)[0] <= spectral_norm_upper(W)
