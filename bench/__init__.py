@@ -4,6 +4,9 @@ __version__ = "0.1.0"
 from .api import Bound, Budget, Query, Trainer, UserError, Unsupported, Verifier  # noqa: E402
 from .registry import register, register_activation  # noqa: E402
 
+__all__ = ["Bound", "Budget", "Query", "Trainer", "UserError", "Unsupported", "Verifier", "register",
+           "register_activation", "verify", "lower_bound"]
+
 
 def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, timeout=None,
            domain="global", device: str = "cpu", threads: int = 1, **params) -> Bound:

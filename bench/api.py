@@ -12,8 +12,6 @@ from typing import Any, ClassVar
 #: Closed status vocabulary.  ``unsound`` is set by the audit only.
 STATUSES = ("ok", "timeout", "oom", "error", "unsupported", "not_installed",
             "license_limit", "unsound")
-#: Statuses after which a job is never redone on a rerun.
-FINAL_STATUSES = frozenset(STATUSES)
 KINDS = ("upper", "lower", "exact")
 NORMS = (1.0, 2.0, math.inf)
 
@@ -227,14 +225,24 @@ class Verifier(Plugin):
 
     kind: ClassVar[str] = "upper"
     norms: ClassVar[tuple[float, ...]] = NORMS
+    #: True if the verifier bounds p -> q norms with q != p (for the full output)
+    mixed_norms: ClassVar[bool] = False
 
     def __init__(self, **params):
         self.p = self.resolve_params(params)
 
     def supports(self, net, query: Query) -> str | None:
-        """None if this verifier can answer ``query`` on ``net``, else the reason."""
+        """None if this verifier can answer ``query`` on ``net``, else the reason.
+        The base class checks the norm, mixed norms, and that a class pair exists;
+        subclasses add their own checks and call ``super().supports``."""
         if query.p not in self.norms:
             return f"{self.name} supports p in {{{', '.join(p_name(p) for p in self.norms)}}}, not {p_name(query.p)}"
+        if query.q is not None and query.q != query.p and not query.is_pair and not self.mixed_norms:
+            return f"{self.name} bounds the p->p norm only (output norm q must equal p)"
+        if query.is_pair:
+            i, j = query.target
+            if not (0 <= i < net.out_dim and 0 <= j < net.out_dim):
+                return f"class pair {query.target} out of range for {net.out_dim} outputs"
         return None
 
     def run(self, net, query: Query, budget: Budget) -> Bound:  # pragma: no cover

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import import_module, resources
 
 import yaml
@@ -76,32 +76,33 @@ def _line(obj, key=None) -> int:
 
 # ---- the suite --------------------------------------------------------------------
 
+class _Grid:
+    params: dict
+    grid: dict
+
+    def combos(self):
+        """``params`` overlaid with each combination of the ``grid`` values."""
+        keys = sorted(self.grid)
+        for values in itertools.product(*(self.grid[k] for k in keys)):
+            yield {**self.params, **dict(zip(keys, values))}
+
+
 @dataclass(frozen=True)
-class TrainEntry:
+class TrainEntry(_Grid):
     trainer: str
     archs: tuple  # of dicts
     params: dict
     grid: dict
     timeout: float | None
 
-    def combos(self):
-        keys = sorted(self.grid)
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            yield {**self.params, **dict(zip(keys, values))}
-
 
 @dataclass(frozen=True)
-class VerifyEntry:
+class VerifyEntry(_Grid):
     verifier: str
     params: dict
     grid: dict
     queries: tuple | None
     timeout: float | None
-
-    def combos(self):
-        keys = sorted(self.grid)
-        for values in itertools.product(*(self.grid[k] for k in keys)):
-            yield {**self.params, **dict(zip(keys, values))}
 
 
 @dataclass(frozen=True)
@@ -146,8 +147,9 @@ class Suite:
                 resolved = cls.resolve_params(params)
                 for q in (entry.queries or self.queries):
                     ident = {"type": "verify", "verifier": cls.name, "version": cls.version,
-                             "params": resolved, "query": q.key(), "net_hash": network["net_hash"]}
-                    jobs.append({**ident, "key": job_key(ident), "network": network["id"], "kind": cls.kind,
+                             "params": resolved, "query": q.key(), "net_hash": network["net_hash"],
+                             "network": network["id"]}
+                    jobs.append({**ident, "key": job_key(ident), "kind": cls.kind,
                                  "net_path": network["path"], "plugins": list(self.plugins),
                                  "timeout": entry.timeout or self.timeout})
         return jobs

@@ -73,7 +73,8 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
         budget = Budget(budget.timeout_s, dev, budget.threads)
         if dev.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        with threadpool_limits(limits=max(1, budget.threads)):
+        # BLAS: one thread (faster than two here for eigendecompositions); torch: budget.threads
+        with threadpool_limits(limits=1, user_api="blas"):
             if spec["type"] == "train":
                 out = _train(spec, budget)
             else:

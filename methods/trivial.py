@@ -90,18 +90,6 @@ class Trivial(Verifier):
     kind = "upper"
     description = "product of layerwise operator norms (exact SVD / row and column sums)"
 
-    def supports(self, net: Net, query: Query) -> str | None:
-        r = super().supports(net, query)
-        if r:
-            return r
-        if query.q is not None and query.q != query.p and not query.is_pair:
-            return "trivial bounds the p->p norm only (output norm must equal input norm)"
-        if query.is_pair:
-            i, j = query.target
-            if not (0 <= i < net.out_dim and 0 <= j < net.out_dim):
-                return f"class pair {query.target} out of range for {net.out_dim} outputs"
-        return None
-
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         p = query.p
         layers = list(net.layers)

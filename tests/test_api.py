@@ -1,7 +1,6 @@
 import math
 
 import pytest
-from torch import nn
 
 import bench
 from conftest import mlp

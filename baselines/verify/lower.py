@@ -25,7 +25,6 @@ import copy
 import math
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -84,18 +83,6 @@ class Lower(Verifier):
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": 2000, "restarts": 16, "steps": 60, "lr": 0.02, "beta": 10.0,
               "low": -1.0, "high": 2.0, "far": 0.3, "far_radius": 1000.0, "seed": 0, "batch": 256}
-
-    def supports(self, net: Net, query: Query) -> str | None:
-        r = super().supports(net, query)
-        if r:
-            return r
-        if query.q is not None and query.q != query.p and not query.is_pair:
-            return "lower computes the p->p norm only (output norm must equal input norm)"
-        if query.is_pair:
-            i, j = query.target
-            if not (0 <= i < net.out_dim and 0 <= j < net.out_dim):
-                return f"class pair {query.target} out of range for {net.out_dim} outputs"
-        return None
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         t0 = time.perf_counter()
