@@ -104,8 +104,28 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
         prog.finish(t, out)
 
     ex.run(tasks, prog.start, verify_done)
-    # 3. audit
+
+    # 3. audit (before certification, so that no unsound bound certifies anything)
     flagged = audit(store)
+
+    # 4. certified accuracy of every network from its bounds (if the suite asks for it)
+    done = store.done_keys()
+    by_net: dict[str, list] = {}
+    for r in store.results():
+        by_net.setdefault(r["network"], []).append(dict(r))
+    tasks = []
+    for n in nets:
+        j = suite.certify_job(n, by_net.get(n["id"], []), data_dir)
+        if j is not None and j["key"] not in done:
+            tasks.append(Task(j["key"], j, budget(j["timeout"]), f"certify {n['id']}"))
+    if tasks:
+        prog.total += len(tasks)
+
+    def certify_done(t: Task, out: dict):
+        store.record_certify(t.key, t.spec, out)
+        prog.finish(t, out)
+
+    ex.run(tasks, prog.start, certify_done)
     summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
                "unsound": len(flagged), "wall_s": time.perf_counter() - prog.t0}
     log.info("done: %d networks, %d results, %d unsound, %.1fs", summary["networks"], summary["results"],

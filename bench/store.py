@@ -38,6 +38,10 @@ CREATE TABLE IF NOT EXISTS results (
     peak_mem_mb REAL, device TEXT, versions TEXT, stats TEXT, error TEXT, audit TEXT,
     created REAL);
 CREATE INDEX IF NOT EXISTS results_query ON results (network, p, target, domain);
+CREATE TABLE IF NOT EXISTS certified (
+    network TEXT NOT NULL, verifier TEXT NOT NULL, verifier_params TEXT NOT NULL, p TEXT NOT NULL,
+    eps REAL NOT NULL, certified_acc REAL NOT NULL, clean_acc REAL, source TEXT, job_key TEXT NOT NULL,
+    PRIMARY KEY (network, verifier, verifier_params, p, eps));
 """
 
 EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "clean_acc",
@@ -146,6 +150,24 @@ class Store:
                  dumps(q["domain"]), out["status"], out["kind"], out.get("value"), out.get("wall_s"),
                  out.get("cpu_s"), out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})),
                  dumps(out.get("stats", {})), out.get("error"), time.time()))
+
+    def record_certify(self, key: str, spec: dict, out: dict) -> None:
+        """Certified accuracy is derived data: a newer computation for the same network,
+        verifier and p replaces the older one (its job row stays as history)."""
+        small = {k: v for k, v in spec.items() if k != "rows"}
+        small["row_jobs"] = sorted(r["job_key"] for r in spec["rows"])
+        with self.db:
+            self._job_row(key, "certify", small, out)
+            for c in out.get("certified", []):
+                self.db.execute("DELETE FROM certified WHERE network=? AND verifier=? AND verifier_params=? AND p=?",
+                                (spec["network"], c["verifier"], c["verifier_params"], c["p"]))
+                for e, a in zip(c["eps"], c["certified_acc"]):
+                    self.db.execute("INSERT INTO certified VALUES (?,?,?,?,?,?,?,?,?)",
+                                    (spec["network"], c["verifier"], c["verifier_params"], c["p"], e, a,
+                                     c["clean_acc"], c["source"], key))
+
+    def certified(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]
 
     def mark_unsound(self, marks: Iterable[tuple[int, dict]]) -> None:
         with self.db:

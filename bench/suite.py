@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 from dataclasses import dataclass
 from importlib import import_module, resources
@@ -20,7 +21,8 @@ from .network import arch_name
 from .registry import VERIFIERS, get_trainer, get_verifier, load_plugins
 from .store import dumps
 
-TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins"}
+TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins",
+            "certify"}
 TRAIN_KEYS = {"trainer", "archs", "params", "grid", "timeout"}
 VERIFY_KEYS = {"verifier", "params", "grid", "queries", "timeout"}
 QUERY_KEYS = {"p", "target", "domain", "q"}
@@ -117,6 +119,7 @@ class Suite:
     queries: tuple
     plugins: tuple = ()
     path: str = ""
+    certify_eps: dict | None = None  # {p name: [eps, ...]}: certified accuracy after verification
 
     # -- jobs
     def train_jobs(self, out_dir: str, data_dir: str | None = None) -> list[dict]:
@@ -153,6 +156,22 @@ class Suite:
                                  "net_path": network["path"], "plugins": list(self.plugins),
                                  "timeout": entry.timeout or self.timeout})
         return jobs
+
+
+    def certify_job(self, network: dict, rows: list[dict], data_dir: str | None) -> dict | None:
+        """The certified-accuracy job of one network, given its stored result rows."""
+        if not self.certify_eps:
+            return None
+        use = [{k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}
+               for r in rows if r["status"] == "ok" and r["kind"] in ("upper", "exact") and r["value"] is not None
+               and r["domain"] == '"global"']
+        if not use:
+            return None
+        ident = {"type": "certify", "network": network["id"], "net_hash": network["net_hash"],
+                 "eps": self.certify_eps, "rows": sorted(r["job_key"] for r in use), "version": "1"}
+        return {"type": "certify", "key": job_key(ident), "network": network["id"], "net_path": network["path"],
+                "dataset": json.loads(network["dataset"]), "data_dir": data_dir, "eps": self.certify_eps,
+                "rows": use, "plugins": list(self.plugins), "timeout": self.timeout, "kind": "lower"}
 
 
 def job_key(ident: dict) -> str:
@@ -249,9 +268,20 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         qs = tuple(_queries(e, "queries", None)) if "queries" in e else None
         verify.append(VerifyEntry(cls.name, params, grid, qs, _num(e, "timeout", None)))
 
+    certify_eps = None
+    if "certify" in doc:
+        c = doc["certify"]
+        if not isinstance(c, dict) or set(c) != {"eps"}:
+            raise UserError(f"line {_line(doc, 'certify')}: certify is {{eps: [e1, e2, ...]}} or "
+                            f"{{eps: {{2: [...], inf: [...]}}}}")
+        from .certify import eps_by_p
+        try:
+            certify_eps = eps_by_p(c["eps"])
+        except (UserError, TypeError, ValueError) as err:
+            raise UserError(f"line {_line(c, 'eps')}: bad eps grid ({err})") from None
     name = doc.get("name") or os.path.splitext(os.path.basename(path))[0]
     return Suite(str(name), str(doc.get("description", "")), tuple(datasets), tuple(seeds), timeout,
-                 tuple(train), tuple(verify), queries, plugins, path)
+                 tuple(train), tuple(verify), queries, plugins, path, certify_eps)
 
 
 def _keys(d: dict, valid: set, what: str):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Callable
 
@@ -11,6 +12,7 @@ from torch import nn
 
 from .api import Budget
 from .data import Dataset
+from .network import Activation, walk
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,9 @@ def accuracy(module: nn.Module, X: np.ndarray, y: np.ndarray, device=None, batch
 
 def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: float, batch_size: int,
         seed: int, weight_decay: float = 0.0,
-        extra_loss: Callable[[nn.Module, int], torch.Tensor] | None = None) -> dict:
-    """Train ``module`` with Adam on cross-entropy (+ ``extra_loss(module, epoch)``).
-    Stops early, and says so, when 90% of the budget's time is spent."""
+        loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None) -> dict:
+    """Train ``module`` with Adam on ``loss_fn(module, logits, labels, epoch)`` (default:
+    cross-entropy).  Stops early, and says so, when 90% of the budget's time is spent."""
     t0 = time.perf_counter()
     deadline = t0 + 0.9 * budget.timeout_s if budget.timeout_s else float("inf")
     dev = device_of(budget)
@@ -56,9 +58,8 @@ def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: floa
         perm = torch.randperm(n, generator=gen).to(dev)
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
-            loss = lossf(module(X[idx]), y[idx])
-            if extra_loss is not None:
-                loss = loss + extra_loss(module, epoch)
+            logits = module(X[idx])
+            loss = lossf(logits, y[idx]) if loss_fn is None else loss_fn(module, logits, y[idx], epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -70,3 +71,51 @@ def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: floa
             "train_acc": accuracy(module, ds.X_train, ds.y_train, dev),
             "train_s": train_s, "epochs_done": done, "final_loss": last,
             "stopped_early": done < epochs, "device": str(dev)}
+
+
+# ---- diagnostics of a trained network (the obstructions to a tight trivial bound) ----
+
+def singular_spread(module: nn.Module) -> list[float]:
+    """sigma_max / sigma_min of each Linear layer's weight (inf if singular)."""
+    out = []
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            s = torch.linalg.svdvals(m.weight.detach().double())
+            out.append(float(s[0] / s[-1]) if s[-1] > 0 else math.inf)
+    return out
+
+
+def zero_derivative_fraction(module: nn.Module, input_shape, X: np.ndarray, limit: int = 512) -> float | None:
+    """Fraction of (test point, hidden unit) pairs whose activation Jacobian column is zero.
+
+    For each hidden unit i the column of the activation's Jacobian is read off blockwise:
+    the activations here map unit i to one output per block of width d (K = out / in
+    blocks; MaxMin permutes within pairs), so d(sum of block k)/dz_i is that column's
+    k-th entry (MaxMin: its single nonzero).  None if an activation is not of that kind."""
+    net = walk(module, input_shape)
+    x = torch.as_tensor(X[:limit], dtype=torch.float32)
+    dead, total = 0, 0
+    h = x
+    children = [c for c in module.modules() if not isinstance(c, nn.Sequential)]
+    by_module = {id(l.module): l for l in net.layers}
+    with torch.enable_grad():
+        for c in children:
+            l = by_module.get(id(c))
+            if isinstance(l, Activation):
+                z = h.detach().requires_grad_(True)
+                out = c(z)
+                K = out.shape[1] // z.shape[1]
+                if K * z.shape[1] != out.shape[1]:
+                    return None
+                sq = torch.zeros_like(z)
+                for k in range(K):
+                    (g,) = torch.autograd.grad(out[:, k * z.shape[1]:(k + 1) * z.shape[1]].sum(), z,
+                                               retain_graph=True)
+                    sq = sq + g * g
+                dead += int((sq < 1e-12).sum())
+                total += sq.numel()
+                h = out.detach()
+            else:
+                with torch.no_grad():
+                    h = c(h)
+    return dead / total if total else None

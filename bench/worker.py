@@ -77,6 +77,8 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
         with threadpool_limits(limits=1, user_api="blas"):
             if spec["type"] == "train":
                 out = _train(spec, budget)
+            elif spec["type"] == "certify":
+                out = _certify(spec)
             else:
                 out = _verify(spec, budget, net_module)
     except MemoryError:
@@ -113,9 +115,21 @@ def _train(spec: dict, budget: Budget) -> dict:
     module, metrics = trainer.train(ds, spec["arch"], spec["seed"], budget)
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
+    metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
+                              for a in net.activations]
     netmod.save(module, ds.input_shape, spec["out_path"])
     return {"status": "ok", "metrics": metrics, "net_hash": net.hash(), "path": spec["out_path"],
             "input_shape": list(ds.input_shape), "description": net.describe(), "versions": versions(cls)}
+
+
+def _certify(spec: dict) -> dict:
+    from .certify import certify_network
+    from .data import load as load_data
+    from .registry import VERIFIERS
+    module, _shape = netmod.load(spec["net_path"])
+    ds = load_data(spec["dataset"], spec.get("data_dir"))
+    rows = certify_network(module, ds, spec["rows"], spec["eps"], VERIFIERS)
+    return {"status": "ok", "kind": "lower", "certified": rows, "versions": versions()}
 
 
 def _verify(spec: dict, budget: Budget, net_module=None) -> dict:

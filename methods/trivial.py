@@ -117,3 +117,86 @@ class Trivial(Verifier):
         value = _inflate(math.prod(factors), len(factors))
         return Bound(value, "upper", "ok",
                      stats={"layers": per_layer, "p": p_name(p), "global": query.domain == "global"})
+
+    def pair_bounds(self, net: Net, p: float) -> np.ndarray:
+        """The bound of every class pair at once, (C, C): the same values as one run per
+        pair (the shared product of the other layers is computed once)."""
+        last = net.layers[-1]
+        if not isinstance(last, Affine):
+            raise ValueError("pair bounds need a network that ends with an affine layer")
+        rest = [operator_norm(l, p) if isinstance(l, Affine) else l.lipschitz[p] for l in net.layers[:-1]]
+        W = last.matrix()
+        C = W.shape[0]
+        K = np.zeros((C, C))
+        for i in range(C):
+            for j in range(C):
+                if i != j:
+                    K[i, j] = _inflate(vector_norm(W[i] - W[j], dual(p)) * math.prod(rest), len(rest) + 1)
+        return K
+
+
+# ---- the differentiable trivial bound (for training) --------------------------------
+
+class TorchTrivialBound:
+    """The trivial bound as a differentiable function of the network's weights.
+
+    Built once for a module (its structure must not change); each call reads the current
+    weights.  Values equal the ``trivial`` verifier's (up to its rounding margin, which
+    the training penalty does not need); for p = 2 the gradient flows through the top
+    singular value of each weight matrix (``torch.linalg.matrix_norm(W, 2)``).
+    Conv layers are supported for p in {1, inf} (row / column sums of |K| via the conv
+    itself); for p = 2 they raise (no differentiable dense unrolling here)."""
+
+    def __init__(self, module, input_shape, p: float):
+        from bench.api import parse_p, Unsupported
+        from bench.network import walk
+        self.p = parse_p(p)
+        net = walk(module, input_shape)
+        self.items = []
+        for l in net.layers:
+            if isinstance(l, Affine):
+                if l.is_conv and self.p == 2:
+                    raise Unsupported("differentiable p=2 trivial bound of a conv layer is not implemented")
+                self.items.append(l)
+            else:
+                self.items.append(float(l.lipschitz[self.p]))
+        self.last_is_affine = isinstance(self.items[-1], Affine)
+
+    def _norm(self, l: Affine):
+        import torch
+        W = l.module.weight.double()
+        if l.is_conv:
+            ones = torch.ones(1, *l.in_shape, dtype=torch.float64, device=W.device)
+            if self.p == 1:  # column sums: the adjoint applied to ones
+                x = torch.zeros_like(ones, requires_grad=True)
+                out = l._linear_map(x, W.abs())
+                (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
+                return g.max()
+            return l._linear_map(ones, W.abs()).max()
+        if self.p == 2:
+            return torch.linalg.matrix_norm(W, ord=2)
+        if self.p == 1:
+            return W.abs().sum(0).max()
+        return W.abs().sum(1).max()
+
+    def _prod(self, items):
+        out = 1.0
+        for it in items:
+            out = out * (it if isinstance(it, float) else self._norm(it))
+        return out
+
+    def full(self):
+        """TB of the whole output (a 0-dim float64 tensor)."""
+        return self._prod(self.items)
+
+    def pairs(self):
+        """(C, C) tensor: TB of every margin f_i - f_j (zero on the diagonal)."""
+        import torch
+        if not self.last_is_affine:
+            from bench.api import Unsupported
+            raise Unsupported("class-pair trivial bounds need a network that ends with an affine layer")
+        W = self.items[-1].module.weight.double()
+        D = W[:, None, :] - W[None, :, :]
+        q = dual(self.p)
+        rows = D.abs().amax(-1) if math.isinf(q) else torch.linalg.vector_norm(D, ord=q, dim=-1)
+        return rows * self._prod(self.items[:-1])

@@ -1,4 +1,5 @@
-"""Exact Lipschitz constants of tiny ReLU networks by enumerating activation regions.
+"""Exact Lipschitz constants of tiny piecewise-linear networks (ReLU, Abs, CReLU, MaxMin)
+by enumerating activation regions.
 
 For a piecewise-linear network the Lipschitz constant over a convex domain equals the
 largest Jacobian norm over the full-dimensional linear regions that meet the domain.
@@ -13,22 +14,46 @@ from scipy.optimize import linprog
 from torch import nn
 
 
-def _affine_relu_layers(module: nn.Sequential):
-    Ws, bs = [], []
-    kinds = []
+def _act_rules(m: nn.Module, d: int):
+    """(A, jac) for a piecewise-linear, positively homogeneous activation on width d:
+    the region is decided by the signs s of A z, and in that region act(z) = jac(s) z."""
+    name = type(m).__name__
+    I = np.eye(d)
+    if name == "ReLU":
+        return I, lambda s: np.diag((s > 0).astype(float))
+    if name == "Abs":
+        return I, lambda s: np.diag(s)
+    if name == "CReLU":
+        return I, lambda s: np.vstack([np.diag((s > 0).astype(float)), -np.diag((s < 0).astype(float))])
+    if name == "MaxMin":
+        A = np.zeros((d // 2, d))
+        A[np.arange(d // 2), 2 * np.arange(d // 2)] = 1.0
+        A[np.arange(d // 2), 2 * np.arange(d // 2) + 1] = -1.0
+
+        def jac(s):
+            J = np.zeros((d, d))
+            for k, sg in enumerate(s):
+                a, b = 2 * k, 2 * k + 1
+                hi, lo = (a, b) if sg > 0 else (b, a)
+                J[a, hi] = 1.0  # max
+                J[b, lo] = 1.0  # min
+            return J
+        return A, jac
+    raise TypeError(f"exact enumeration handles ReLU, Abs, CReLU, MaxMin, not {name}")
+
+
+def _layers(module: nn.Sequential):
+    out = []
     for m in module:
         if isinstance(m, nn.Linear):
-            Ws.append(m.weight.detach().double().numpy())
-            bs.append(np.zeros(m.out_features) if m.bias is None else m.bias.detach().double().numpy())
-            kinds.append("lin")
-        elif isinstance(m, nn.ReLU):
-            kinds.append("relu")
+            b = np.zeros(m.out_features) if m.bias is None else m.bias.detach().double().numpy()
+            out.append(("lin", m.weight.detach().double().numpy(), b))
         elif isinstance(m, nn.Flatten):
             continue
         else:
-            raise TypeError(f"exact enumeration handles Linear and ReLU only, not {type(m).__name__}")
-    assert kinds == ["lin"] + ["relu", "lin"] * (len(Ws) - 1), kinds
-    return Ws, bs
+            out.append(("act", m, None))
+    assert out[0][0] == "lin" and out[-1][0] == "lin"
+    return out
 
 
 def _interior(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> bool:
@@ -45,32 +70,35 @@ def _interior(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> b
 
 def regions(module: nn.Sequential, lo, hi):
     """Yield the Jacobian (as a matrix) of every full-dimensional linear region in the box."""
-    Ws, bs = _affine_relu_layers(module)
-    n = Ws[0].shape[1]
+    layers = _layers(module)
+    n = layers[0][1].shape[1]
     lo, hi = np.broadcast_to(np.asarray(lo, float), n), np.broadcast_to(np.asarray(hi, float), n)
 
-    def rec(layer: int, M: np.ndarray, v: np.ndarray, A: np.ndarray, c: np.ndarray):
-        # current affine map of the input: x -> M x + v (pre-activation of `layer` once W applied)
-        if layer == len(Ws) - 1:
-            yield Ws[-1] @ M
+    def rec(i: int, M: np.ndarray, v: np.ndarray, A: np.ndarray, c: np.ndarray):
+        # the current vector is the affine map x -> M x + v on the region {A x + c > 0}
+        if i == len(layers):
+            yield M
             return
-        Z, z = Ws[layer] @ M, Ws[layer] @ v + bs[layer]
+        kind, W, b = layers[i]
+        if kind == "lin":
+            yield from rec(i + 1, W @ M, W @ v + b, A, c)
+            return
+        Ad, jac = _act_rules(W, M.shape[0])
+        Z, z = Ad @ M, Ad @ v
         k = Z.shape[0]
 
-        def signs(i, A, c, s):
-            if i == k:
-                yield s
+        def signs(j, A, c, s):
+            if j == k:
+                yield s, A, c
                 return
             for sg in (1.0, -1.0):
-                A2, c2 = np.vstack([A, sg * Z[i]]), np.r_[c, sg * z[i]]
+                A2, c2 = np.vstack([A, sg * Z[j]]), np.r_[c, sg * z[j]]
                 if _interior(A2, c2, lo, hi):
-                    yield from signs(i + 1, A2, c2, s + [sg])
+                    yield from signs(j + 1, A2, c2, s + [sg])
 
-        for s in signs(0, A, c, []):
-            d = (np.array(s) > 0).astype(float)
-            A_new = np.vstack([A, np.array(s)[:, None] * Z])
-            c_new = np.r_[c, np.array(s) * z]
-            yield from rec(layer + 1, d[:, None] * Z, d * z, A_new, c_new)
+        for s, A2, c2 in signs(0, A, c, []):
+            J = jac(np.array(s))
+            yield from rec(i + 1, J @ M, J @ v, A2, c2)
 
     yield from rec(0, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0))
 

@@ -62,7 +62,10 @@ def test_run_smoke_end_to_end(smoke):
     assert {x["verifier"] for x in res} == {"trivial", "lower"}
     assert all(x["status"] == "ok" for x in res)
     assert os.path.getsize(os.path.join(out, "report.pdf")) > 10_000
-    assert "[12/14" in r.stderr or "[14/14" in r.stderr  # progress: done / total
+    assert "[16/16" in r.stderr  # progress: done / total (2 train, 12 verify, 2 certify)
+    cert = sqlite3.connect(os.path.join(out, "lipbench.sqlite")).execute(
+        "SELECT COUNT(*), MIN(certified_acc), MAX(certified_acc) FROM certified").fetchone()
+    assert cert[0] == 2 * 3 * 3 and 0 <= cert[1] <= cert[2] <= 1  # networks x p x eps
     assert "unsound" in r.stderr and "0 unsound" in r.stderr
 
 

@@ -7,7 +7,7 @@ from bench.api import Budget, Trainer
 from bench.data import Dataset
 from bench.network import build_mlp
 from bench.registry import register
-from bench.training import fit
+from bench.training import fit, singular_spread, zero_derivative_fraction
 
 
 @register
@@ -20,6 +20,11 @@ class Standard(Trainer):
         torch.manual_seed(seed)
         net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
         P = self.p
+        spread_before = singular_spread(net)
         metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],
                       seed=seed, weight_decay=P["weight_decay"])
-        return net.cpu(), metrics
+        net = net.cpu().eval()
+        metrics.update({"spread_before": spread_before, "spread_after": singular_spread(net),
+                        "zero_derivative_fraction": zero_derivative_fraction(net, dataset.input_shape,
+                                                                             dataset.X_test)})
+        return net, metrics

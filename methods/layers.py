@@ -1,0 +1,137 @@
+"""Norm-saturating polyactivations and the bias-free sinusoidal layer.
+
+Each module describes itself to the network walk with ``lipbench_spec()``:
+``lipschitz`` (its Lipschitz constant from the p-norm to the p-norm, for each p),
+``saturates`` (the p for which the operator norm of its Jacobian equals 1 at every point
+where it is differentiable: the Jacobian lies on the boundary of the unit operator-norm
+ball, so the activation never shrinks the trivial bound's product), ``slope`` for
+elementwise slope-restricted maps, and ``out_factor`` (output width / input width).
+
+- :class:`Abs`: ``|x|``; Jacobian diag(+-1), a signed identity: saturates p = 1, 2, inf.
+- :class:`CReLU`: ``x -> (relu(x), relu(-x))`` (width doubles).  Each input coordinate
+  lands in exactly one output coordinate with slope +-1, so ``||J v||_p = ||v||_p`` for
+  every p; the Jacobian is an extreme point of the unit ball for p in [1, inf)
+  (columns are signed unit vectors / it is an isometry), and for p = inf it has norm 1 but
+  zero rows, so it is declared saturating for p in {1, 2} (as DESIGN.md reads the paper).
+- :class:`SinSplit`: ``x -> ((x + sin x)/2, (x - sin x)/2)`` (width doubles).  The column
+  of unit i is ((1 + cos x)/2, (1 - cos x)/2) >= 0, whose l1 norm is exactly 1:
+  saturates p = 1; Lipschitz 1 for p = 2 and inf too (column l2 norm <= 1, rows have
+  one entry <= 1), not saturating there.
+- :class:`MaxMin` (GroupSort with groups of 2): sorts each pair (x_2k, x_2k+1) into
+  (max, min); the Jacobian is a permutation: saturates every p (needs an even width).
+- :class:`SinCos`: ``z -> (sin z, cos z)`` (width doubles).  After a bias-free Linear W this
+  is the sinusoidal layer ``h -> (sin(W h), cos(W h))``: each unit's Jacobian column
+  (cos z, -sin z) is a unit l2 vector, so ``||J v||_2 = ||v||_2``: saturates p = 2 and the
+  layer's exact l2 constant is ||W||_2.  For p = inf its rows have one entry |cos| or
+  |sin| <= 1 with equality at z = 0 (h = 0), so the layer's exact l_inf constant is
+  ||W||_inf.  For p = 1 the column l1 norm |cos z| + |sin z| lies in [1, sqrt 2], so the
+  layer's constant lies in [||W||_1, sqrt 2 ||W||_1]; the walk reports sqrt 2 (sound, and
+  not exact in general).  A bias would only rotate each (sin, cos) pair, which the next
+  layer can absorb, so the layer has none (``bias: false`` in the architecture).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from bench.registry import register_activation
+
+INF = math.inf
+SQRT2_UP = math.nextafter(math.sqrt(2.0), INF)  # a float >= sqrt 2
+
+
+@register_activation("abs")
+class Abs(nn.Module):
+    def forward(self, x):
+        return x.abs()
+
+    def lipbench_spec(self):
+        return {"name": "abs", "slope": (-1.0, 1.0), "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
+                "saturates": (1, 2, INF), "out_factor": 1}
+
+    def lipbench_smooth(self, beta: float) -> nn.Module:
+        """A smooth surrogate for gradient search (never used for a bound)."""
+        return _SmoothAbs(beta)
+
+
+class _SmoothAbs(nn.Module):
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        return torch.sqrt(x * x + 1.0 / self.beta ** 2)
+
+
+@register_activation("crelu")
+class CReLU(nn.Module):
+    def forward(self, x):
+        return torch.cat([torch.relu(x), torch.relu(-x)], dim=1)
+
+    def lipbench_spec(self):
+        return {"name": "crelu", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
+                "saturates": (1, 2), "out_factor": 2}
+
+    def lipbench_smooth(self, beta: float) -> nn.Module:
+        return _SmoothCReLU(beta)
+
+
+class _SmoothCReLU(nn.Module):
+    def __init__(self, beta):
+        super().__init__()
+        self.sp = nn.Softplus(beta=beta)
+
+    def forward(self, x):
+        return torch.cat([self.sp(x), self.sp(-x)], dim=1)
+
+
+@register_activation("sinsplit")
+class SinSplit(nn.Module):
+    def forward(self, x):
+        s = torch.sin(x)
+        return torch.cat([(x + s) / 2, (x - s) / 2], dim=1)
+
+    def lipbench_spec(self):
+        return {"name": "sinsplit", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
+                "saturates": (1,), "out_factor": 2}
+
+
+@register_activation("maxmin")
+class MaxMin(nn.Module):
+    def forward(self, x):
+        if x.shape[1] % 2:
+            raise ValueError(f"MaxMin needs an even width, got {x.shape[1]}")
+        a, b = x[:, 0::2], x[:, 1::2]
+        out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)
+        return out.reshape(x.shape)
+
+    def lipbench_spec(self):
+        return {"name": "maxmin", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
+                "saturates": (1, 2, INF), "out_factor": 1}
+
+    def lipbench_smooth(self, beta: float) -> nn.Module:
+        return _SmoothMaxMin(beta)
+
+
+class _SmoothMaxMin(nn.Module):
+    def __init__(self, beta):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        a, b = x[:, 0::2], x[:, 1::2]
+        d = torch.sqrt((a - b) ** 2 + 1.0 / self.beta ** 2)
+        out = torch.stack([(a + b + d) / 2, (a + b - d) / 2], dim=2)
+        return out.reshape(x.shape)
+
+
+@register_activation("sincos")
+class SinCos(nn.Module):
+    def forward(self, x):
+        return torch.cat([torch.sin(x), torch.cos(x)], dim=1)
+
+    def lipbench_spec(self):
+        return {"name": "sincos", "slope": None, "lipschitz": {1: SQRT2_UP, 2: 1.0, INF: 1.0},
+                "saturates": (2,), "out_factor": 2}

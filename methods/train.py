@@ -1,0 +1,82 @@
+"""``tb-penalty``: training so that the trivial bound is small and tight.
+
+loss = task loss + lambda_t * penalty(TB_p(net)), where TB_p is the differentiable
+trivial bound (:class:`methods.trivial.TorchTrivialBound`) in the norm ``p``.
+
+Choices the paper's abstract leaves open, all suite parameters:
+
+- ``penalty``: ``log`` (lambda * log TB: scale-free, the default), ``tb`` (lambda * TB) or
+  ``hinge`` (lambda * max(0, TB - target)).
+- ``schedule``: ``constant`` lambda, or ``warmup`` (lambda ramps linearly from 0 over
+  the first ``warmup`` fraction of the epochs, so the network first learns the task).
+- ``margin_eps`` > 0 switches the task loss to the certified-margin loss: the logit of
+  every wrong class j is raised by eps * TB_pair(y, j) before the cross-entropy, so the
+  network learns margins that certify radius eps in the p-norm (Tsuzuku et al.'s
+  Lipschitz-margin training with the trivial bound as the Lipschitz estimate).
+- The architecture (``activation`` abs / crelu / sinsplit / maxmin / sincos / relu,
+  ``bias``, widths) comes from the suite's ``archs``.
+
+Metrics recorded beside clean accuracy: the trivial bound before and after training,
+each Linear layer's singular value spread (sigma_max / sigma_min) before and after, and
+the fraction of hidden units with a zero activation derivative on the test set (the
+"dead neuron" obstruction).
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from bench.api import Budget, Trainer, UserError, parse_p
+from bench.data import Dataset
+from bench.network import build_mlp
+from bench.registry import register
+from bench.training import fit, singular_spread, zero_derivative_fraction
+from methods.trivial import TorchTrivialBound
+
+
+@register
+class TBPenalty(Trainer):
+    name = "tb-penalty"
+    description = "task loss + lambda * penalty(trivial bound) (arXiv 2603.28113)"
+    params = {"epochs": 30, "lr": 2e-3, "batch_size": 64, "p": 2.0, "lam": 0.05, "penalty": "log",
+              "target": 1.0, "schedule": "warmup", "warmup": 0.3, "margin_eps": 0.0, "weight_decay": 0.0}
+
+    def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
+        P = self.p
+        p = parse_p(P["p"])
+        if P["penalty"] not in ("log", "tb", "hinge"):
+            raise UserError(f"tb-penalty: penalty must be log, tb or hinge, not {P['penalty']!r}")
+        if P["schedule"] not in ("constant", "warmup"):
+            raise UserError(f"tb-penalty: schedule must be constant or warmup, not {P['schedule']!r}")
+        torch.manual_seed(seed)
+        net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
+        tb = TorchTrivialBound(net, dataset.input_shape, p)
+        before = {"tb": float(tb.full().detach()), "spread": singular_spread(net)}
+        ce = nn.CrossEntropyLoss()
+        warm = max(1e-9, P["warmup"] * P["epochs"])
+
+        def lam_at(epoch: int) -> float:
+            return P["lam"] if P["schedule"] == "constant" else P["lam"] * min(1.0, (epoch + 1) / warm)
+
+        def penalty(value):
+            if P["penalty"] == "log":
+                return torch.log(value)
+            if P["penalty"] == "tb":
+                return value
+            return torch.relu(value - P["target"])
+
+        def loss_fn(module, logits, y, epoch):
+            if P["margin_eps"] > 0:
+                K = tb.pairs().to(logits.dtype)  # (C, C), K[y, j] bounds the margin f_y - f_j
+                task = ce(logits + P["margin_eps"] * K[y], y)
+                return task + lam_at(epoch) * penalty(K.max()).to(logits.dtype)
+            return ce(logits, y) + lam_at(epoch) * penalty(tb.full()).to(logits.dtype)
+
+        metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],
+                      seed=seed, weight_decay=P["weight_decay"], loss_fn=loss_fn)
+        net = net.cpu().eval()
+        with torch.no_grad():
+            metrics.update({"tb_before": before["tb"], "tb_after": float(tb.full().detach()), "tb_p": P["p"],
+                            "spread_before": before["spread"], "spread_after": singular_spread(net)})
+        metrics["zero_derivative_fraction"] = zero_derivative_fraction(net, dataset.input_shape, dataset.X_test)
+        return net, metrics
