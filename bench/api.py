@@ -82,7 +82,14 @@ class Query:
             object.__setattr__(self, "target", (i, j))
         d = self.domain
         if isinstance(d, dict):
-            d = (tuple(float(x) for x in d["center"]), float(d["radius"]))
+            if set(d) != {"center", "radius"}:
+                raise UserError(f"domain {dict(d)!r}: a box is {{center: [x1, x2, ...], radius: r}}")
+            try:
+                d = (tuple(float(x) for x in d["center"]), float(d["radius"]))
+            except (TypeError, ValueError):
+                raise UserError(f"domain {dict(self.domain)!r}: center is a list of numbers, radius a number") from None
+            if not (d[1] > 0 and math.isfinite(d[1]) and all(math.isfinite(x) for x in d[0])):
+                raise UserError(f"domain: radius must be positive and finite, center finite (got radius {d[1]})")
             object.__setattr__(self, "domain", d)
         elif d != "global" and not (isinstance(d, tuple) and len(d) == 2):
             raise UserError(f"domain {d!r} is neither 'global' nor {{center, radius}}")
@@ -101,6 +108,12 @@ class Query:
                 "target": self.target if self.target == "full" else list(self.target),
                 "domain": self.domain if self.domain == "global"
                 else {"center": list(self.domain[0]), "radius": self.domain[1]}}
+
+    def p_str(self) -> str:
+        """The norm as stored: "2", or "2->inf" when the output norm differs."""
+        if self.q is None or self.q == self.p:
+            return p_name(self.p)
+        return f"{p_name(self.p)}->{p_name(self.q)}"
 
     def target_str(self) -> str:
         return "full" if self.target == "full" else f"{self.target[0]}-{self.target[1]}"
@@ -174,14 +187,20 @@ class Plugin:
 
     @classmethod
     def resolve_params(cls, given: dict | None) -> dict:
-        """Defaults overlaid with ``given``; unknown names and wrong types are a UserError."""
+        """Defaults overlaid with ``given``; unknown names, wrong types and values that
+        :meth:`check_params` rejects are a UserError."""
         out = dict(cls.params)
         for k, v in (given or {}).items():
             if k not in cls.params:
                 valid = ", ".join(sorted(cls.params)) or "(none)"
                 raise UserError(f"{cls.name}: unknown parameter {k!r}; valid: {valid}")
             out[k] = _coerce(cls.name, k, v, cls.params[k])
+        cls.check_params(out)
         return out
+
+    @classmethod
+    def check_params(cls, params: dict) -> None:
+        """Raise UserError for parameter values out of range (override as needed)."""
 
 
 def _coerce(owner: str, key: str, value: Any, default: Any) -> Any:
@@ -243,6 +262,8 @@ class Verifier(Plugin):
             i, j = query.target
             if not (0 <= i < net.out_dim and 0 <= j < net.out_dim):
                 return f"class pair {query.target} out of range for {net.out_dim} outputs"
+        if query.domain != "global" and len(query.domain[0]) != net.in_dim:
+            return f"domain center has {len(query.domain[0])} coordinates, the network {net.in_dim} inputs"
         return None
 
     def run(self, net, query: Query, budget: Budget) -> Bound:  # pragma: no cover

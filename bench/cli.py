@@ -34,9 +34,11 @@ def cmd_run(args) -> int:
         suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + tuple(args.plugin))))
     if args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
     out = _out(args)
     summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
-                        timeout=args.timeout, threads=args.threads)
+                        timeout=args.timeout, threads=args.threads, retry=args.retry)
     if not args.no_report:
         from reports import write_report
         path = write_report(out, title=f"lipbench report: suite {suite.name}")
@@ -147,6 +149,8 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=int, help="torch/BLAS threads per job (default: cores / workers)")
     r.add_argument("--data-dir", help="folder with mnist / cifar files (default $LIPBENCH_DATA or ./data)")
     r.add_argument("--no-report", action="store_true", help="do not write the PDF at the end")
+    r.add_argument("--retry", action="store_true",
+                   help="run again the jobs that ended in timeout, error or oom (their rows are replaced)")
     r.set_defaults(func=cmd_run)
 
     l = sub.add_parser("list", help="registered trainers and verifiers, and whether they are installed")
@@ -186,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `show | head`
         sys.stderr.close()
         return 0
+    except OSError as e:  # a file or folder the user named: unwritable, missing, a directory
+        print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted; finished jobs are stored, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -65,6 +65,25 @@ def _subset(X, y, n):
     return (X[:n], y[:n]) if n and n < len(X) else (X, y)
 
 
+def check_params(name: str, given: dict) -> dict:
+    """The loader's parameters: defaults overlaid with ``given``, names and types checked."""
+    params = dict(PARAMS[name])
+    for k, v in given.items():
+        if k not in params:
+            raise UserError(f"data set {name}: unknown parameter {k!r}; valid: {', '.join(params)}")
+        default = params[k]
+        ok = (isinstance(v, (int, float)) and not isinstance(v, bool)) if isinstance(default, float) else \
+            (isinstance(v, int) and not isinstance(v, bool))
+        if not ok or v < 0:
+            raise UserError(f"data set {name}: {k} must be a non-negative {type(default).__name__}, got {v!r}")
+        params[k] = type(default)(v)
+    if "test_fraction" in params and not 0 < params["test_fraction"] < 1:
+        raise UserError(f"data set {name}: test_fraction must lie in (0, 1)")
+    if name == "synthetic" and min(params["n"], params["dim"], params["classes"]) < 1:
+        raise UserError("data set synthetic: n, dim and classes must be >= 1")
+    return params
+
+
 def load(spec: str | dict, data_folder: str | None = None) -> Dataset:
     """Load a data set from its spec: a name, or ``{name: ..., <params>}``."""
     if isinstance(spec, str):
@@ -73,11 +92,7 @@ def load(spec: str | dict, data_folder: str | None = None) -> Dataset:
     name = spec.pop("name", None)
     if name not in DATASETS:
         raise UserError(f"unknown data set {name!r}; valid: {', '.join(DATASETS)}")
-    params = dict(PARAMS[name])
-    for k, v in spec.items():
-        if k not in params:
-            raise UserError(f"data set {name}: unknown parameter {k!r}; valid: {', '.join(params)}")
-        params[k] = v
+    params = check_params(name, spec)
     ds = _LOADERS[name](params, data_dir(data_folder))
     Xtr, ytr = _subset(ds.X_train, ds.y_train, params.get("subset", 0))
     Xte, yte = _subset(ds.X_test, ds.y_test, params.get("test_subset", 0))

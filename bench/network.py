@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .api import NORMS, Unsupported, UserError
 from .registry import register_activation
@@ -226,6 +227,10 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
     with torch.no_grad():
         for i, m in enumerate(children):
             in_shape = tuple(x.shape[1:])
+            if parametrize.is_parametrized(m):
+                raise Unsupported(f"layer {i} ({type(m).__name__}) is parametrized (e.g. spectral_norm): its weight "
+                                  f"is recomputed on every access; materialise it first "
+                                  f"(torch.nn.utils.parametrize.remove_parametrizations(m, 'weight'))")
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
                     raise Unsupported(f"layer {i} (Conv2d): padding_mode {m.padding_mode!r} is not supported")
@@ -237,7 +242,8 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 layers.append(Affine(m, in_shape, tuple(x.shape[1:]), i))
                 continue
             if isinstance(m, _PASS_THROUGH):
-                x = m.eval()(x) if isinstance(m, nn.Dropout) else m(x)
+                if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
+                    x = m(x)
                 continue
             spec = _builtin_spec(m)
             if spec is None and hasattr(m, "lipbench_spec"):
@@ -246,8 +252,14 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 raise Unsupported(f"layer {i} ({type(m).__name__}) is not supported by the network walk")
             x = m(x)
             slope = spec.get("slope")
+            same_width = int(np.prod(in_shape)) == int(np.prod(x.shape[1:]))
+            if slope is not None and not same_width:
+                raise Unsupported(f"layer {i} ({type(m).__name__}) declares a slope but changes the width: "
+                                  f"a slope describes an elementwise map; declare 'lipschitz' per p instead")
             if spec.get("lipschitz") is not None:
                 lip = {float(k): float(v) for k, v in spec["lipschitz"].items()}
+                if set(lip) != set(NORMS):
+                    raise Unsupported(f"layer {i} ({type(m).__name__}) must declare Lipschitz constants for p = 1, 2, inf")
             elif slope is not None:
                 lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
             else:
@@ -316,7 +328,9 @@ def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise UserError(f"architecture: hidden must be a list of positive integers, got {hidden!r}")
     act = get_activation(arch.get("activation", "relu"))
-    bias = bool(arch.get("bias", True))
+    bias = arch.get("bias", True)
+    if not isinstance(bias, bool):
+        raise UserError(f"architecture: bias must be true or false, got {bias!r}")
     layers: list[nn.Module] = []
     if len(input_shape) > 1:
         layers.append(nn.Flatten())

@@ -41,9 +41,25 @@ class Progress:
         log.info("%s %-7s %s%s  %.2fs%s", self.stamp(), out["status"], t.label, extra, out.get("wall_s") or 0, err)
 
 
+RETRYABLE = ("timeout", "error", "oom")
+
+
+def _unique(jobs: list[dict]) -> list[dict]:
+    """Drop jobs whose key repeats (e.g. seeds [0, 0], or p 2 and 2.0): one row per key."""
+    seen, out = set(), []
+    for j in jobs:
+        if j["key"] not in seen:
+            seen.add(j["key"])
+            out.append(j)
+    return out
+
+
 def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu", data_dir: str | None = None,
-              timeout: float | None = None, threads: int | None = None) -> dict:
-    """Run (or resume) a suite into ``out_dir``; returns a summary."""
+              timeout: float | None = None, threads: int | None = None, retry: bool = False) -> dict:
+    """Run (or resume) a suite into ``out_dir``; returns a summary.  Finished jobs are
+    never redone, except, with ``retry``, those that ended in timeout, error or oom."""
+    if timeout is not None and not (0 < timeout < float("inf")):
+        raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device must be cpu, cuda or auto, not {device!r}")
     device = resolve_device(device)
@@ -56,8 +72,9 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     for ds in suite.datasets:
         check(ds, data_dir)  # a missing file is a one-line error before anything runs
     store = Store(out_dir)
-    done = store.done_keys()
-    train_jobs = suite.train_jobs(out_dir, data_dir)
+    skip = RETRYABLE if retry else ()
+    done = store.done_keys(skip)
+    train_jobs = _unique(suite.train_jobs(out_dir, data_dir))
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     verify_done = sum(1 for j in store.jobs("verify") if j["key"] in done)
     total = len(train_jobs) * (1 + n_verify_each)
@@ -65,15 +82,10 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     prog = Progress(total, skipped_train + verify_done)
     log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s), device %s, out %s",
              suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each, workers, device, out_dir)
-    ex = LocalExecutor(workers)
-    slot = [0]
+    ex = LocalExecutor(workers, gpus=n_gpu)
 
     def budget(t: float) -> Budget:
-        dev = device
-        if n_gpu:
-            dev = f"cuda:{slot[0] % n_gpu}"
-            slot[0] += 1
-        return Budget(timeout or t, dev, threads)
+        return Budget(timeout or t, device, threads)  # "cuda" becomes a free "cuda:k" at dispatch
 
     # 1. training
     tasks = [Task(j["key"], j, budget(j["timeout"]),
@@ -88,10 +100,10 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     # 2. verification of every network this suite trained
     nets = [store.network_by_job(j["key"]) for j in train_jobs]
     nets = [dict(n) for n in nets if n is not None]
-    done = store.done_keys()
+    done = store.done_keys(skip)
     tasks = []
     for n in nets:
-        for j in suite.verify_jobs(n):
+        for j in _unique(suite.verify_jobs(n)):
             if j["key"] in done:
                 continue
             q = j["query"]
@@ -109,7 +121,7 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     flagged = audit(store)
 
     # 4. certified accuracy of every network from its bounds (if the suite asks for it)
-    done = store.done_keys()
+    done = store.done_keys(skip)
     by_net: dict[str, list] = {}
     for r in store.results():
         by_net.setdefault(r["network"], []).append(dict(r))

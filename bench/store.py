@@ -52,7 +52,21 @@ EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "cl
 
 
 def dumps(x: Any) -> str:
-    return json.dumps(x, sort_keys=True, default=_json_default)
+    """JSON with sorted keys; non-finite floats become the strings "inf", "-inf", "nan"
+    (strict JSON has no such numbers, and CSV readers choke on Infinity)."""
+    return json.dumps(_finite(x), sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and x != x:
+        return "nan"
+    if isinstance(x, float) and x in (float("inf"), float("-inf")):
+        return "inf" if x > 0 else "-inf"
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
 
 
 def _json_default(o):
@@ -76,8 +90,11 @@ class Store:
         if not create and not os.path.exists(self.path):
             raise UserError(f"no results store at {self.path}; run the suite first (python -m bench run ...) "
                             f"or name the right folder with --out")
-        os.makedirs(folder, exist_ok=True)
-        self.db = sqlite3.connect(self.path, timeout=30)
+        try:
+            os.makedirs(folder, exist_ok=True)
+            self.db = sqlite3.connect(self.path, timeout=30)
+        except (OSError, sqlite3.OperationalError) as e:
+            raise UserError(f"cannot open the results folder {folder}: {e}") from None
         self.db.row_factory = sqlite3.Row
         try:
             with self.db:
@@ -93,8 +110,9 @@ class Store:
         self.db.close()
 
     # ---- reads
-    def done_keys(self) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT key FROM jobs")}
+    def done_keys(self, retry: tuple = ()) -> set[str]:
+        """Keys of finished jobs, except those whose status is in ``retry``."""
+        return {r[0] for r in self.db.execute("SELECT key, status FROM jobs") if r[1] not in retry}
 
     def network_by_job(self, job_key: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM networks WHERE job_key=?", (job_key,)).fetchone()
@@ -119,6 +137,10 @@ class Store:
 
     # ---- writes: one transaction per job
     def _job_row(self, key: str, type_: str, spec: dict, out: dict):
+        # a retried job replaces its earlier (failed) rows in the same transaction
+        self.db.execute("DELETE FROM results WHERE job_key=?", (key,))
+        self.db.execute("DELETE FROM networks WHERE job_key=?", (key,))
+        self.db.execute("DELETE FROM jobs WHERE key=?", (key,))
         self.db.execute(
             "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
@@ -145,7 +167,8 @@ class Store:
                 "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
                 " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (key, spec["network"], spec["net_hash"], spec["verifier"], dumps(spec["params"]), q["p"],
+                (key, spec["network"], spec["net_hash"], spec["verifier"], dumps(spec["params"]),
+                 q["p"] if q.get("q") in (None, q["p"]) else f"{q['p']}->{q['q']}",
                  q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}",
                  dumps(q["domain"]), out["status"], out["kind"], out.get("value"), out.get("wall_s"),
                  out.get("cpu_s"), out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})),

@@ -186,7 +186,13 @@ def load_suite(name_or_path: str) -> Suite:
     """A shipped suite by name, or a YAML file by path."""
     if os.path.exists(name_or_path):
         path = name_or_path
-        text = open(path).read()
+        if not os.path.isfile(path):
+            raise UserError(f"suite {path} is not a file")
+        try:
+            with open(path, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError:
+            raise UserError(f"suite {path} is not a UTF-8 text file") from None
     elif name_or_path.endswith((".yaml", ".yml")) or os.sep in name_or_path:
         raise UserError(f"suite file {name_or_path} does not exist")
     else:
@@ -198,7 +204,7 @@ def load_suite(name_or_path: str) -> Suite:
     try:
         return parse_suite(text, path)
     except UserError as e:
-        raise UserError(f"{os.path.basename(path)}:{e}" if str(e).startswith("line") else f"{path}: {e}") from None
+        raise UserError(f"{os.path.basename(path)}, {e}" if str(e).startswith("line") else f"{path}: {e}") from None
 
 
 def parse_suite(text: str, path: str = "<suite>") -> Suite:
@@ -227,11 +233,16 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
             raise UserError(f"line {ln}: unknown data set {name!r}; valid: {', '.join(DATASETS)}")
         if isinstance(ds, dict):
             _keys(ds, {"name"} | set(DATA_PARAMS[name]), f"data set {name}")
+            from .data import check_params
+            try:
+                check_params(name, {k: v for k, v in ds.items() if k != "name"})
+            except UserError as err:
+                raise UserError(f"line {ln}: {err}") from None
             ds = {k: v for k, v in ds.items()}
         datasets.append(ds)
     seeds = _list(doc, "seeds", [0])
-    if not all(isinstance(s, int) for s in seeds):
-        raise UserError(f"line {_line(doc, 'seeds')}: seeds must be integers, got {list(seeds)!r}")
+    if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        raise UserError(f"line {_line(doc, 'seeds')}: seeds must be integers in [0, 2^32), got {list(seeds)!r}")
     timeout = _num(doc, "timeout", DEFAULT_TIMEOUT)
 
     train = []
@@ -307,8 +318,8 @@ def _num(d: dict, key: str, default):
     if key not in d:
         return default
     v = d[key]
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0:
-        raise UserError(f"line {_line(d, key)}: {key} must be a positive number of seconds, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+        raise UserError(f"line {_line(d, key)}: {key} must be a positive, finite number of seconds, got {v!r}")
     return float(v)
 
 

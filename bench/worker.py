@@ -72,7 +72,8 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
         dev = resolve_device(budget.device)
         budget = Budget(budget.timeout_s, dev, budget.threads)
         if dev.startswith("cuda"):
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.set_device(torch.device(dev))
+            torch.cuda.reset_peak_memory_stats(dev)
         # BLAS: one thread (faster than two here for eigendecompositions); torch: budget.threads
         with threadpool_limits(limits=1, user_api="blas"):
             if spec["type"] == "train":
@@ -97,7 +98,7 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
     out["peak_mem_mb"] = max(_maxrss_mb(), _rss_mb())
     out.setdefault("stats", {})["base_mem_mb"] = base_mem
     if dev.startswith("cuda"):
-        out["stats"]["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        out["stats"]["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     out["device"] = dev
     return out
 
@@ -142,6 +143,9 @@ def _verify(spec: dict, budget: Budget, net_module=None) -> dict:
                          + (f"; {cls.install_hint}" if getattr(cls, "install_hint", "") else "")}
     if net_module is None:
         module, shape = netmod.load(spec["net_path"])
+        if spec.get("net_hash") and netmod.net_hash(module) != spec["net_hash"]:
+            return {**res, "status": "error", "error": f"{spec['net_path']} does not hold the network of hash "
+                    f"{spec['net_hash']} (it was changed after training)"}
     else:
         module, shape = net_module
     query = Query(**spec["query"]) if isinstance(spec["query"], dict) else spec["query"]

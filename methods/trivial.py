@@ -143,7 +143,8 @@ class TorchTrivialBound:
     Built once for a module (its structure must not change); each call reads the current
     weights.  Values equal the ``trivial`` verifier's (up to its rounding margin, which
     the training penalty does not need); for p = 2 the gradient flows through the top
-    singular value of each weight matrix (``torch.linalg.matrix_norm(W, 2)``).
+    singular value of each weight matrix, computed as the square root of the top
+    eigenvalue of its smaller Gram matrix.
     Conv layers are supported for p in {1, inf} (row / column sums of |K| via the conv
     itself); for p = 2 they raise (no differentiable dense unrolling here)."""
 
@@ -173,8 +174,9 @@ class TorchTrivialBound:
                 (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
                 return g.max()
             return l._linear_map(ones, W.abs()).max()
-        if self.p == 2:
-            return torch.linalg.matrix_norm(W, ord=2)
+        if self.p == 2:  # top eigenvalue of the smaller Gram matrix: ~3x faster than an SVD
+            G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
+            return torch.linalg.eigvalsh(G)[-1].clamp_min(0).sqrt()
         if self.p == 1:
             return W.abs().sum(0).max()
         return W.abs().sum(1).max()

@@ -18,6 +18,8 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from bench.store import Store  # noqa: E402
 
+from . import evidence  # noqa: E402
+
 log = logging.getLogger(__name__)
 ROWS_PER_PAGE = 28
 A4 = (8.27, 11.69)
@@ -92,6 +94,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     rows = store.joined()
     nets = [dict(n) for n in store.networks()]
     jobs = [dict(j) for j in store.jobs()]
+    certified = store.certified()
     store.close()
     path = path or os.path.join(out_dir, "report.pdf")
     best = tightness(rows)
@@ -132,6 +135,8 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
         fig.text(0.06, 0.96, "\n".join(lines[:70]), va="top", ha="left", family="monospace", fontsize=6.8)
         pdf.savefig(fig)
         plt.close(fig)
+
+        _evidence_pages(pdf, nets, rows, certified)
 
         # --- results table
         header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "wall s",
@@ -203,3 +208,83 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
             log.info("no sound lower bound for %d network(s): tightness not plotted for them", len(missing_lb))
     os.replace(tmp, path)
     return path
+
+
+def _text_page(pdf, title: str, lines: list[str], size=7.5):
+    fig = plt.figure(figsize=A4L)
+    fig.suptitle(title, fontsize=11)
+    import textwrap
+    wrapped = []
+    for l in lines:
+        wrapped += textwrap.wrap(l, 150, subsequent_indent="      ") or [""]
+    fig.text(0.04, 0.92, "\n".join(wrapped[:60]), va="top", ha="left", family="monospace", fontsize=size)
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def _evidence_pages(pdf, nets, rows, certified):
+    """The paper's claims with their numbers, the per-configuration table, the ablation
+    of the obstructions, and certified accuracy against eps."""
+    if not nets or not rows:
+        return
+    claim_lines = evidence.claims(nets, rows)
+    intro = ["What the numbers say about the claims of arXiv 2603.28113 (measured on this store; "
+             "TB = trivial bound, lower = best sound lower bound of the same network and query).", ""]
+    if not claim_lines:
+        claim_lines = ["(no tb-penalty networks with saturating activations, or no lower bounds: "
+                       "the claims are not tested by this suite)"]
+    _text_page(pdf, "Evidence: the paper's claims", intro + claim_lines)
+
+    table = evidence.config_table(nets, rows, certified)
+    header = ["configuration", "seeds", "acc", "TB p=2", "lower p=2", "TB/lower p=2", "TB p=inf", "lower p=inf",
+              "TB/lower p=inf", "cert. acc p=2", "cert. acc p=inf"]
+
+    def cert(d):
+        return " ".join(f"{e:g}:{a:.2f}" for e, a in d.items()) or "-"
+    body, colors = [], []
+    for r in table:
+        body.append([r["config"][:52], str(r["n"]), _fmt(r["clean_acc"], 3), _fmt(r["tb_2"]), _fmt(r["lower_2"]),
+                     _fmt(r["ratio_2"], 3) + (f" (max {_fmt(r['ratio_max_2'], 3)})" if r["ratio_max_2"] else ""),
+                     _fmt(r["tb_inf"]), _fmt(r["lower_inf"]),
+                     _fmt(r["ratio_inf"], 3) + (f" (max {_fmt(r['ratio_max_inf'], 3)})" if r["ratio_max_inf"] else ""),
+                     cert(r["cert_2"]), cert(r["cert_inf"])])
+        colors.append([None] * 5 + [("#c8f0c8" if (r["ratio_max_2"] or 9) <= evidence.TIGHT else None)] + [None] * 2
+                      + [("#c8f0c8" if (r["ratio_max_inf"] or 9) <= evidence.TIGHT else None)] + [None] * 2)
+    _table_pages(pdf, "Per configuration (mean over seeds; green: TB within 10% of the lower bound on every seed)",
+                 header, body, colors, widths=[0.22, 0.03, 0.04, 0.06, 0.06, 0.09, 0.06, 0.06, 0.09, 0.145, 0.145])
+
+    abl = evidence.ablation(nets, rows)
+    _table_pages(pdf, "Obstructions: dead neurons (zero-derivative fraction), biases, conditioning "
+                 "(sigma_max/sigma_min, median over layers: init -> trained)",
+                 ["configuration", "zero-derivative fraction", "spread init -> trained", "TB/lower p=2",
+                  "TB/lower p=inf"], abl, widths=[0.34, 0.14, 0.24, 0.14, 0.14])
+
+    # certified accuracy vs eps, one panel per (data set, p), one line per configuration
+    panels = defaultdict(lambda: defaultdict(list))
+    for r in table:
+        ds = r["members"][0]["dataset"]
+        for p in ("2", "inf"):
+            for e, a in r[f"cert_{p}"].items():
+                panels[(ds, p)][r["config"]].append((e, a))
+    if panels:
+        keys = sorted(panels)
+        ncol = min(2, len(keys))
+        fig, axes = plt.subplots(math.ceil(len(keys) / ncol), ncol, figsize=A4L, squeeze=False)
+        fig.suptitle("Certified robust accuracy from the trivial bound (all class pairs), mean over seeds",
+                     fontsize=11)
+        for ax, key in zip(axes.flat, keys):
+            for i, (config, pts) in enumerate(sorted(panels[key].items())):
+                pts.sort()
+                ax.plot([e for e, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1,
+                        color=plt.cm.tab20(i % 20), label=config.split(" ", 1)[1][:36])
+            ax.set_title(f"{key[0]}, p={key[1]}", fontsize=8)
+            ax.set_xlabel("eps (input p-norm radius)", fontsize=7)
+            ax.set_ylabel("certified accuracy", fontsize=7)
+            ax.set_ylim(0, 1)
+            ax.tick_params(labelsize=6)
+            ax.legend(fontsize=4.5, ncol=2)
+        for ax in list(axes.flat)[len(keys):]:
+            ax.axis("off")
+        fig.tight_layout(rect=(0, 0, 1, 0.95))
+        pdf.savefig(fig)
+        plt.close(fig)

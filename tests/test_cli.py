@@ -121,6 +121,10 @@ def test_list_shows_plugins_and_missing_requirements():
     (["report", "--suite", "nosuchsuite"], "no results store"),
     (["run", "--suite", "smoke", "--device", "tpu"], "--device"),
     (["run", "--suite", "smoke", "-j", "0"], "-j"),
+    (["run", "--suite", "smoke", "--timeout", "-5"], "--timeout"),
+    (["run", "--suite", "smoke", "--timeout", "inf"], "--timeout"),
+    (["run", "--suite", "/"], "not a file"),
+    (["export", "--suite", "smoke", "--file", "/nonexistent/dir/x.csv"], "no results store"),
     pytest.param(["run", "--suite", "smoke", "--device", "cuda"], "no CUDA device",
                  marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present")),
 ])
@@ -230,3 +234,42 @@ def test_smoke_on_gpu(tmp_path):
     assert r.returncode == 0, r.stderr
     res = rows(out)
     assert res and all(x["status"] == "ok" and x["device"].startswith("cuda") for x in res)
+
+
+def test_more_bad_suites_name_their_line(tmp_path):
+    base = SMOKE_FAST % "[trivial]"
+    cases = {
+        "seeds must be integers": base.replace("seeds: [0]", "seeds: [-1]"),
+        "bias": base.replace("activation: relu}", "activation: relu, bias: maybe}"),
+        "radius": base.replace("{p: 2}", "{p: 2, domain: {center: [0, 0, 0], radius: -1}}"),
+        "a box is": base.replace("{p: 2}", "{p: 2, domain: {centre: [0, 0, 0], radius: 1}}"),
+        "non-negative int": base.replace("n: 120", "n: abc"),
+        "finite": base.replace("timeout: 60", "timeout: .inf"),
+    }
+    for words, text in cases.items():
+        f = tmp_path / "bad.yaml"
+        f.write_text(text)
+        r = bench("run", "--suite", str(f), "--out", str(tmp_path / "o"))
+        assert r.returncode == 2 and words in r.stderr and "line" in r.stderr, (words, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+    f = tmp_path / "latin1.yaml"
+    f.write_bytes("name: caf\xe9\n".encode("latin-1"))
+    r = bench("run", "--suite", str(f), "--out", str(tmp_path / "o"))
+    assert r.returncode == 2 and "UTF-8" in r.stderr
+
+
+def test_duplicate_jobs_and_retry(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, timeout: 1, params: {seconds: 0.1}}]")
+                 .replace("seeds: [0]", "seeds: [0, 0]").replace("[{p: 2}, ", "[{p: 2}, {p: 2.0}, "))
+    out = str(tmp_path / "o")
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report", "--timeout", "0.05")
+    assert r.returncode == 0, r.stderr
+    first = rows(out)
+    assert len(first) == 2 * 2 or all(x["status"] == "timeout" for x in first)
+    # with --retry, the timed-out jobs run again, and their rows are replaced (not duplicated)
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report", "--retry")
+    assert r.returncode == 0, r.stderr
+    again = rows(out)
+    assert len(again) == 4 and len({x["job_key"] for x in again}) == 4
+    assert all(x["status"] == "ok" for x in again if x["verifier"] == "trivial")

@@ -63,3 +63,27 @@ def test_build_mlp_rejects_bad_arch():
         network.build_mlp({"hidden": [4], "width": 3}, (2,), 2)
     with pytest.raises(bench.UserError, match="positive integers"):
         network.build_mlp({"hidden": [0]}, (2,), 2)
+
+
+def test_walk_leaves_the_callers_module_alone():
+    net = nn.Sequential(nn.Linear(3, 4), nn.Dropout(0.5), nn.ReLU(), nn.Linear(4, 2))
+    net.train()
+    network.walk(net)
+    assert net[1].training
+
+
+def test_vector_activation_must_not_use_a_slope():
+    class Dup(nn.Module):  # x -> (relu x, relu x): Lipschitz 2^(1/p), not 1
+        def forward(self, x):
+            return torch.cat([torch.relu(x), torch.relu(x)], dim=1)
+
+        def lipbench_spec(self):
+            return {"name": "dup", "slope": (0.0, 1.0), "out_factor": 2}
+    with pytest.raises(bench.Unsupported, match="changes the width"):
+        network.walk(nn.Sequential(nn.Linear(1, 1), Dup(), nn.Linear(2, 2)))
+
+
+def test_parametrized_layers_are_unsupported():
+    lin = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 3))
+    b = bench.verify(nn.Sequential(lin, nn.ReLU(), nn.Linear(3, 1)), "trivial", p=2)
+    assert b.status == "unsupported" and "parametrized" in b.error

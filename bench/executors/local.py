@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from typing import Callable, Iterable
 
-from ..api import Bound, Budget, Query, Unsupported, UserError
+from ..api import Bound, Budget, Query, Unsupported
 from .. import worker
 
 log = logging.getLogger(__name__)
@@ -50,8 +50,12 @@ class Task:
 
 
 class LocalExecutor:
-    def __init__(self, workers: int = 1):
+    """At most ``workers`` jobs at once; with ``gpus`` > 0, a job whose budget names
+    device "cuda" gets a GPU of its own ("cuda:k") for as long as it runs."""
+
+    def __init__(self, workers: int = 1, gpus: int = 0):
         self.workers = max(1, int(workers))
+        self.gpus = int(gpus)
 
     def run(self, tasks: Iterable[Task], on_start: Callable[[Task], None] | None = None,
             on_done: Callable[[Task, dict], None] | None = None) -> None:
@@ -60,9 +64,16 @@ class LocalExecutor:
         pending = list(tasks)[::-1]
         running: list[Task] = []
         ctx = context()
+        free_gpus = list(range(self.gpus))
         try:
             while pending or running:
                 while pending and len(running) < self.workers:
+                    if pending[-1].budget.device == "cuda" and self.gpus:
+                        if not free_gpus:
+                            break
+                        k = free_gpus.pop(0)
+                        pending[-1].budget = Budget(pending[-1].budget.timeout_s, f"cuda:{k}",
+                                                    pending[-1].budget.threads)
                     t = pending.pop()
                     recv, send = ctx.Pipe(duplex=False)
                     t.proc = ctx.Process(target=worker.child_main, args=(send, t.spec, t.budget), daemon=True)
@@ -81,6 +92,8 @@ class LocalExecutor:
                 for t in list(running):
                     out = self._poll(t)
                     if out is not None:
+                        if t.budget.device.startswith("cuda:") and self.gpus:
+                            free_gpus.append(int(t.budget.device.split(":")[1]))
                         out.setdefault("kind", t.spec.get("kind", "upper"))
                         out.setdefault("device", t.budget.device)
                         running.remove(t)
@@ -104,6 +117,7 @@ class LocalExecutor:
                 t.proc.join(5)
                 if t.proc.is_alive():
                     t.proc.kill()
+                    t.proc.join()
                 return out
         if not t.proc.is_alive():
             t.proc.join()
@@ -146,7 +160,5 @@ def run_one(net, verifier: str, query: Query, input_shape, timeout, device, thre
             done: list[dict] = []
             LocalExecutor(1).run([Task("api", spec, budget)], on_done=lambda t, o: done.append(o))
             out = done[0]
-    if out["status"] == "error" and out.get("error", "").startswith("UserError"):
-        raise UserError(out["error"])
     return Bound(out.get("value"), out.get("kind", cls.kind), out["status"], out.get("wall_s"), out.get("cpu_s"),
                  out.get("peak_mem_mb"), out.get("device", device), out.get("stats", {}), out.get("error"))

@@ -1,0 +1,181 @@
+"""The paper's claims, measured from the store: tightness, size, the obstructions
+(dead neurons, biases, conditioning) and accuracy.  Pure functions over store rows; the
+PDF pages that show them are in :mod:`reports.pdf`.
+
+A network's *configuration* is everything but its seed: data set, trainer, activation,
+bias, the trainer's norm p and margin; numbers are the mean (and range) over seeds.
+An activation *saturates* p when the network walk says so (recorded at training time).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from statistics import mean, median
+
+TIGHT = 1.10  # the paper's "within 10% of the ground truth"
+
+
+def _p(v) -> str:
+    if v is None:
+        return "-"
+    s = str(v).lower()
+    if s in ("inf", "infinity"):
+        return "inf"
+    try:
+        f = float(s)
+    except ValueError:
+        return s
+    return "inf" if math.isinf(f) else str(int(f))
+
+
+def network_info(n: dict) -> dict:
+    tp = json.loads(n["trainer_params"])
+    arch = tp.get("arch", {})
+    m = json.loads(n["metrics"] or "{}")
+    acts = m.get("activations", [])
+    sat = None
+    if acts:
+        sat = set.intersection(*[{_p(x) for x in a.get("saturates", [])} for a in acts])
+    ds = json.loads(n["dataset"])
+    ds = ds if isinstance(ds, str) else ds.get("name")
+    trained_p = _p(tp.get("p")) if n["trainer"] == "tb-penalty" else "-"
+    margin = tp.get("margin_eps", 0.0) or 0.0
+    act = arch.get("activation", "relu")
+    bias = bool(arch.get("bias", True))
+    config = (f"{ds} {n['trainer']} {act}{'' if bias else ' nobias'}"
+              + (f" p={trained_p}" if trained_p != "-" else "") + (f" margin={margin:g}" if margin else ""))
+    return {"id": n["id"], "dataset": ds, "trainer": n["trainer"], "activation": act, "bias": bias,
+            "hidden": tuple(arch.get("hidden", [])), "trained_p": trained_p, "margin": margin,
+            "saturates": sat or set(), "clean_acc": n["clean_acc"], "metrics": m, "config": config,
+            "seed": n["seed"]}
+
+
+def bounds_by_network(rows: list[dict]) -> dict:
+    """{(network, p, target): {"trivial": v, "lower": best lower, "best_upper": (v, verifier)}}."""
+    out: dict = defaultdict(dict)
+    for r in rows:
+        if r["value"] is None or r["domain"] != '"global"':
+            continue
+        k = (r["network"], r["p"], r["target"])
+        d = out[k]
+        if r["kind"] in ("lower", "exact") and r["status"] in ("ok", "timeout"):
+            d["lower"] = max(d.get("lower", 0.0), r["value"])
+        if r["kind"] in ("upper", "exact") and r["status"] == "ok":
+            if r["verifier"] == "trivial":
+                d["trivial"] = r["value"]
+            if "best_upper" not in d or r["value"] < d["best_upper"][0]:
+                d["best_upper"] = (r["value"], r["verifier"])
+    return out
+
+
+def config_table(nets: list[dict], rows: list[dict], certified: list[dict], ps=("2", "inf")) -> list[dict]:
+    """One row per configuration: accuracy, TB, best lower, TB / lower, certified accuracy."""
+    infos = [network_info(n) for n in nets]
+    b = bounds_by_network(rows)
+    cert = defaultdict(dict)  # (network, p) -> {eps: acc} from trivial
+    for c in certified:
+        if c["verifier"] == "trivial":
+            cert[(c["network"], c["p"])][c["eps"]] = c["certified_acc"]
+    groups = defaultdict(list)
+    for i in infos:
+        groups[i["config"]].append(i)
+    table = []
+    for config, members in sorted(groups.items()):
+        row = {"config": config, "n": len(members), "clean_acc": mean(m["clean_acc"] or 0 for m in members),
+               "members": members}
+        for p in ps:
+            tbs = [b[(m["id"], p, "full")].get("trivial") for m in members]
+            lows = [b[(m["id"], p, "full")].get("lower") for m in members]
+            ratios = [t / l for t, l in zip(tbs, lows) if t and l]
+            row[f"tb_{p}"] = mean(t for t in tbs if t) if any(tbs) else None
+            row[f"lower_{p}"] = mean(l for l in lows if l) if any(lows) else None
+            row[f"ratio_{p}"] = mean(ratios) if ratios else None
+            row[f"ratio_max_{p}"] = max(ratios) if ratios else None
+            accs = defaultdict(list)
+            for m in members:
+                for e, a in cert.get((m["id"], p), {}).items():
+                    accs[e].append(a)
+            row[f"cert_{p}"] = {e: mean(v) for e, v in sorted(accs.items())}
+        table.append(row)
+    return table
+
+
+def claims(nets: list[dict], rows: list[dict]) -> list[str]:
+    """The claims, each as lines of text with the numbers; 'HOLDS' or 'DOES NOT HOLD'."""
+    infos = {i["id"]: i for i in (network_info(n) for n in nets)}
+    b = bounds_by_network(rows)
+    out = []
+    # 1. tightness of TB for tb-penalty networks with activations that saturate p
+    for p in ("2", "inf"):
+        tight, contrast = [], []
+        for (nid, qp, tgt), d in b.items():
+            if qp != p or tgt != "full" or "trivial" not in d or not d.get("lower"):
+                continue
+            i = infos.get(nid)
+            if i is None:
+                continue
+            r = d["trivial"] / d["lower"]
+            if i["trainer"] == "tb-penalty" and i["trained_p"] == p and p in i["saturates"] and not i["margin"]:
+                tight.append((r, i))
+            if i["trainer"] == "standard" and i["activation"] == "relu" and i["bias"]:
+                contrast.append(r)
+        if not tight:
+            continue
+        rs = [r for r, _ in tight]
+        ok = sum(r <= TIGHT for r in rs)
+        verdict = "HOLDS" if ok == len(rs) else ("HOLDS FOR SOME" if ok else "DOES NOT HOLD")
+        worst = max(tight, key=lambda t: t[0])
+        out.append(f"Tightness, p={p}: TB / best sound lower bound <= {TIGHT:.2f} for tb-penalty networks with "
+                   f"saturating activations: {verdict} ({ok} of {len(rs)}; median {median(rs):.3f}, "
+                   f"max {max(rs):.3f} on {worst[1]['config']} seed {worst[1]['seed']}).")
+        if contrast:
+            out.append(f"    contrast, standard-trained ReLU networks (with bias): median {median(contrast):.3f}, "
+                       f"range {min(contrast):.3f}-{max(contrast):.3f}.")
+        out.append("    The lower bound is sampled, so a ratio above 1.10 may be a weak lower bound as much as "
+                   "a loose TB; exact verifiers settle it where they finish.")
+    # 2. size: TB of tb-penalty (saturating) vs standard, same data set and widths
+    for p in ("2", "inf"):
+        by = defaultdict(lambda: {"pen": [], "std": [], "std_best": []})
+        for (nid, qp, tgt), d in b.items():
+            i = infos.get(nid)
+            if i is None or qp != p or tgt != "full" or "trivial" not in d:
+                continue
+            key = (i["dataset"], i["hidden"])
+            if i["trainer"] == "tb-penalty" and i["trained_p"] == p and p in i["saturates"] and not i["margin"]:
+                by[key]["pen"].append(d["trivial"])
+            elif i["trainer"] == "standard" and i["activation"] == "relu" and i["bias"]:
+                by[key]["std"].append(d["trivial"])
+                by[key]["std_best"].append(d["best_upper"][0])
+        for (ds, hidden), v in sorted(by.items()):
+            if not v["pen"] or not v["std"]:
+                continue
+            f = median(v["std"]) / median(v["pen"])
+            fb = median(v["std_best"]) / median(v["pen"])
+            verdict = "HOLDS" if fb >= 10 else "DOES NOT HOLD"
+            out.append(f"Size, {ds} {'-'.join(map(str, hidden))}, p={p}: median TB of tb-penalty networks "
+                       f"{median(v['pen']):.4g} vs standard ReLU {median(v['std']):.4g} (TB) and "
+                       f"{median(v['std_best']):.4g} (best upper bound of any verifier): {f:.1f}x and {fb:.1f}x "
+                       f"smaller, 10^{math.log10(fb):.1f}. 'Orders of magnitude' (>= 10x against the best "
+                       f"verifier): {verdict}.")
+    return out
+
+
+def ablation(nets: list[dict], rows: list[dict]) -> list[list[str]]:
+    """Rows: configuration, zero-derivative fraction, bias, spread before -> after
+    (median over layers and seeds), TB / lower at p = 2 and inf."""
+    table = config_table(nets, rows, [])
+    out = []
+    for r in table:
+        ms = [m["metrics"] for m in r["members"]]
+        zdf = [m.get("zero_derivative_fraction") for m in ms if m.get("zero_derivative_fraction") is not None]
+        sb = [x for m in ms for x in m.get("spread_before", []) if x is not None and math.isfinite(x)]
+        sa = [x for m in ms for x in m.get("spread_after", []) if x is not None and math.isfinite(x)]
+        out.append([r["config"], f"{mean(zdf):.2f}" if zdf else "-",
+                    f"{median(sb):.3g} -> {median(sa):.3g}" if sb and sa else "-",
+                    _fmt(r.get("ratio_2")), _fmt(r.get("ratio_inf"))])
+    return out
+
+
+def _fmt(v, d=4):
+    return "-" if v is None else f"{v:.{d}g}"
