@@ -1,0 +1,73 @@
+"""The report's evidence pages: the claims are computed from the store, with numbers."""
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from bench.store import Store
+from reports import evidence
+from test_cli import bench
+
+MINI = """\
+name: mini-paper
+datasets: [{name: synthetic, n: 300, dim: 6, classes: 3}]
+seeds: [0]
+timeout: 120
+train:
+  - trainer: standard
+    archs: [{hidden: [16, 16], activation: relu, bias: true}]
+    params: {epochs: 15}
+  - trainer: tb-penalty
+    archs: [{hidden: [16, 16], activation: abs, bias: false}, {hidden: [16, 16], activation: relu, bias: false}]
+    params: {epochs: 15, lam: 0.1, p: 2}
+queries: [{p: 2}, {p: inf}]
+verify:
+  - trivial
+  - verifier: lower
+    params: {samples: 500, restarts: 8, steps: 20}
+certify:
+  eps: {2: [0.05, 0.1], inf: [0.01]}
+"""
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mini")
+    (d / "mini.yaml").write_text(MINI)
+    r = bench("run", "--suite", str(d / "mini.yaml"), "--out", str(d / "o"))
+    assert r.returncode == 0, r.stderr
+    return str(d / "o")
+
+
+@pytest.mark.slow
+def test_claims_are_measured(mini):
+    s = Store(mini, create=False)
+    nets, rows = [dict(n) for n in s.networks()], s.joined()
+    s.close()
+    lines = evidence.claims(nets, rows)
+    tight = [l for l in lines if l.startswith("Tightness, p=2")]
+    assert len(tight) == 1 and ("1 of 1" in tight[0] or "0 of 1" in tight[0])
+    assert any(l.startswith("    contrast, standard-trained ReLU") for l in lines)
+    size = [l for l in lines if l.startswith("Size, synthetic 16-16, p=2")]
+    assert len(size) == 1 and "x smaller" in size[0]
+    # the numbers in the claim are the store's numbers
+    ab = next(n for n in nets if "abs" in n["id"])
+    tb = next(r["value"] for r in rows if r["network"] == ab["id"] and r["verifier"] == "trivial" and r["p"] == "2")
+    lo = next(r["value"] for r in rows if r["network"] == ab["id"] and r["verifier"] == "lower" and r["p"] == "2")
+    assert f"median {tb / lo:.3f}" in tight[0]
+    table = evidence.config_table(nets, rows, [])
+    assert {r["config"] for r in table} == {"synthetic standard relu", "synthetic tb-penalty abs nobias p=2",
+                                             "synthetic tb-penalty relu nobias p=2"}
+    abl = {r[0]: r for r in evidence.ablation(nets, rows)}
+    assert abl["synthetic tb-penalty abs nobias p=2"][1] == "0.00"  # |x| has no dead units
+    assert float(abl["synthetic standard relu"][1]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+def test_report_shows_the_evidence(mini):
+    subprocess.run(["pdftotext", os.path.join(mini, "report.pdf"), os.path.join(mini, "r.txt")], check=True)
+    text = open(os.path.join(mini, "r.txt")).read()
+    assert "Evidence: the paper's claims" in text and "Tightness, p=2" in text
+    assert "Certified robust accuracy" in text and "Obstructions" in text
