@@ -135,6 +135,28 @@ class LocalExecutor:
         return None
 
 
+class _main_not_reimported:
+    """multiprocessing re-imports a script's ``__main__`` in every worker, which runs the
+    caller's top-level code again (a script calling ``bench.verify(..., timeout=...)``
+    without an ``if __name__ == "__main__"`` guard would recurse).  While the API's worker
+    starts, make ``__main__`` look like a module that is never re-imported; plug-ins must
+    then live in importable modules, not in the script itself."""
+
+    def __enter__(self):
+        import sys
+        import types
+        self.main = sys.modules.get("__main__")
+        self.spec = getattr(self.main, "__spec__", None)
+        if self.main is not None and self.spec is None:
+            self.main.__spec__ = types.SimpleNamespace(name="__main__")
+        return self
+
+    def __exit__(self, *exc):
+        if self.main is not None and self.spec is None:
+            self.main.__spec__ = None
+        return False
+
+
 def run_one(net, verifier: str, query: Query, input_shape, timeout, device, threads, params) -> Bound:
     """The Python API's path: verify one in-memory network, in-process without a timeout,
     in a worker process that is killed at the timeout otherwise."""
@@ -158,7 +180,8 @@ def run_one(net, verifier: str, query: Query, input_shape, timeout, device, thre
             mods = {type(m).__module__ for m in net.modules()} | {cls.__module__}
             spec["plugins"] = sorted(m for m in mods if m != "__main__" and not m.startswith("torch."))
             done: list[dict] = []
-            LocalExecutor(1).run([Task("api", spec, budget)], on_done=lambda t, o: done.append(o))
+            with _main_not_reimported():
+                LocalExecutor(1).run([Task("api", spec, budget)], on_done=lambda t, o: done.append(o))
             out = done[0]
     return Bound(out.get("value"), out.get("kind", cls.kind), out["status"], out.get("wall_s"), out.get("cpu_s"),
                  out.get("peak_mem_mb"), out.get("device", device), out.get("stats", {}), out.get("error"))

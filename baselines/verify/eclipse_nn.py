@@ -1,0 +1,57 @@
+"""``eclipse-nn``: the authors' ``eclipse-nn`` package (PyPI), as an external reference
+beside our ``eclipse`` / ``eclipse-fast``, so both can be compared on the same networks.
+
+Its value is the package's own, *not* certified here (the package returns a number, not
+its multipliers): the row says so in its stats, and the audit checks it against the
+sound lower bounds like every other upper bound.  Beware: the package's ECLipsE returns
+its Fast value whenever an SCS sub-solution is slightly infeasible (``exit_code`` 1); we
+report that case as ``error`` rather than pass the Fast value off as ECLipsE's.
+"""
+from __future__ import annotations
+
+import time
+
+from bench.api import Bound, Budget, Query, Verifier
+from bench.network import Net
+from bench.registry import register
+
+from .sdp_common import chain
+
+
+@register
+class ECLipsENN(Verifier):
+    name = "eclipse-nn"
+    kind = "upper"
+    norms = (2.0,)
+    requires = ("eclipse_nn",)
+    install_hint = "pip install 'lipbench[eclipse]' (the eclipse-nn package)"
+    description = "reference: the eclipse-nn package's ECLipsE / ECLipsE_Fast (uncertified)"
+    params = {"method": "fast"}
+
+    @classmethod
+    def check_params(cls, P):
+        from bench.api import UserError
+        if P["method"] not in ("fast", "eclipse"):
+            raise UserError(f"eclipse-nn: method must be fast or eclipse, not {P['method']!r}")
+
+    def run(self, net: Net, query: Query, budget: Budget) -> Bound:
+        import torch
+        ch = chain(net, query, self.name)
+        if any(a < 0 for a in ch.a):
+            return Bound(None, "upper", "unsupported", error="ECLipsE needs activations with lower slope >= 0")
+        ws = [torch.tensor(W, dtype=torch.float64) for W in ch.Ws]
+        t0 = time.perf_counter()
+        if self.p["method"] == "fast":
+            from eclipse_nn.eclipsE_fast import ECLipsE_Fast
+            value = float(ECLipsE_Fast(ws, ch.a, ch.b))
+            code = 0
+        else:
+            from eclipse_nn.eclipsE import ECLipsE
+            v, code = ECLipsE(ws, ch.a, ch.b)
+            value = None if v is None else float(v)
+        stats = {"certified": False, "package_exit_code": int(code), "solve_s": time.perf_counter() - t0}
+        if code != 0 or value is None:
+            return Bound(None, "upper", "error", stats=stats,
+                         error="eclipse-nn reported a numerical issue (exit code 1): it would have fallen back to "
+                               "its Fast value")
+        return Bound(value, "upper", "ok", stats=stats)

@@ -1,0 +1,150 @@
+"""``lipsdp``: LipSDP-Neuron and LipSDP-Layer (Fazlyab et al., NeurIPS 2019) through cvxpy.
+
+The SDP of :mod:`baselines.verify.sdp_common` is solved in a well-conditioned, smaller
+but equivalent form, and the answer is certified on the original network:
+
+- each weight is divided by its spectral norm (the LMI is invariant under this rescaling
+  with T_k scaled by d_k^2, d_k = prod_{j >= k} s_j; rho scales by (prod s_j)^2);
+- the input block is reduced exactly to the rank of W_0 (with W_0 = U S V^T, the LMI
+  only sees W_0 through U S: directions orthogonal to V meet -rho I alone);
+- the solver's multipliers, mapped back, are certified in float64 on the full,
+  unreduced matrix (``sdp_common.certify``): the reported value is that certificate, the
+  solver's own value is in the stats.
+
+``form``: ``neuron`` (one multiplier per neuron) or ``layer`` (one per layer).  ``solver``:
+SCS (first order, scales), CLARABEL (interior point, accurate, memory-hungry above a few
+hundred rows), MOSEK (needs its licence); ``eps`` is the solver's tolerance.
+Conv layers are unrolled into dense matrices (``unsupported`` above the dense limit).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from bench.api import Bound, Budget, Query, Verifier
+from bench.network import Net
+from bench.registry import register
+
+from .sdp_common import Chain, RepairError, certify, chain
+
+SOLVERS = ("SCS", "CLARABEL", "MOSEK")
+
+
+def scaled(ch: Chain) -> tuple[Chain, list[float]]:
+    s = [float(np.linalg.norm(W, 2)) or 1.0 for W in ch.Ws]
+    return Chain([W / si for W, si in zip(ch.Ws, s)], ch.a, ch.b), s
+
+
+def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
+    """Multipliers of the rescaled LMI -> multipliers of the original one."""
+    d0 = float(np.prod(s))
+    out, d = [], d0
+    for k, t in enumerate(T):
+        d /= s[k]  # d_{k+1} = d_0 / (s_0 ... s_k)
+        out.append(np.asarray(t) * d * d)
+    return out
+
+
+def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_limit: float | None,
+          verbose: bool = False) -> tuple[list[np.ndarray], dict]:
+    """Solve the rescaled, reduced LipSDP; returns the multipliers (for the rescaled
+    chain, full size) and solver statistics."""
+    import cvxpy as cp
+    W0 = ch.Ws[0]
+    U, S, _ = np.linalg.svd(W0, full_matrices=False)
+    W0r = U * S  # n1 x r: the input block reduced to the rank of W_0
+    Ws = [W0r] + ch.Ws[1:]
+    sizes = [W0r.shape[1]] + ch.hidden
+    rho = cp.Variable(nonneg=True)
+    if form == "neuron":
+        lams = [cp.Variable(n, nonneg=True) for n in ch.hidden]
+        Ts = [cp.diag(l) for l in lams]
+    else:
+        lams = [cp.Variable(nonneg=True) for _ in ch.hidden]
+        Ts = [l * np.eye(n) for l, n in zip(lams, ch.hidden)]
+    nb = len(sizes)
+    blocks = [[None] * nb for _ in range(nb)]
+    for i in range(nb):
+        for j in range(nb):
+            blocks[i][j] = np.zeros((sizes[i], sizes[j]))
+    blocks[0][0] = -rho * np.eye(sizes[0])
+    for k in range(len(ch.hidden)):
+        W, T = Ws[k], Ts[k]
+        ab, apb = ch.a[k] * ch.b[k], ch.a[k] + ch.b[k]
+        if ab != 0:
+            blocks[k][k] = blocks[k][k] - 2 * ab * (W.T @ T @ W)
+        blocks[k][k + 1] = apb * (W.T @ T)
+        blocks[k + 1][k] = apb * (T @ W)
+        blocks[k + 1][k + 1] = -2 * T
+    blocks[-1][-1] = blocks[-1][-1] + Ws[-1].T @ Ws[-1]
+    M = cp.bmat(blocks)
+    prob = cp.Problem(cp.Minimize(rho), [(M + M.T) / 2 << 0])
+    opts: dict = {}
+    if solver == "SCS":
+        opts = {"eps_abs": eps, "eps_rel": eps, "max_iters": max_iters}
+        if time_limit:
+            opts["time_limit_secs"] = time_limit
+    elif solver == "CLARABEL":
+        opts = {"tol_gap_abs": eps, "tol_gap_rel": eps, "tol_feas": eps, "max_iter": max_iters}
+        if time_limit:
+            opts["time_limit"] = time_limit
+    t0 = time.perf_counter()
+    prob.solve(solver=getattr(cp, solver), verbose=verbose, **opts)
+    stats = {"solver": solver, "solver_status": prob.status, "solve_s": time.perf_counter() - t0,
+             "lmi_size": int(sum(sizes)), "input_block": int(sizes[0]), "raw_rho_scaled": float(rho.value)
+             if rho.value is not None else None}
+    if any(l.value is None for l in lams):
+        raise RepairError(f"{solver} returned no multipliers (status {prob.status})")
+    T = [np.asarray(l.value, dtype=np.float64) * (np.ones(n) if form == "layer" else 1.0)
+         for l, n in zip(lams, ch.hidden)]
+    return T, stats
+
+
+@register
+class LipSDP(Verifier):
+    name = "lipsdp"
+    kind = "upper"
+    norms = (2.0,)
+    requires = ("cvxpy", "scs", "clarabel")
+    install_hint = "pip install 'lipbench[sdp]'"
+    description = "LipSDP-Neuron / -Layer through cvxpy, certified in float64"
+    params = {"form": "neuron", "solver": "SCS", "eps": 1e-6, "max_iters": 100000}
+
+    @classmethod
+    def check_params(cls, P):
+        from bench.api import UserError
+        if P["form"] not in ("neuron", "layer"):
+            raise UserError(f"lipsdp: form must be neuron or layer, not {P['form']!r}")
+        if P["solver"].upper() not in SOLVERS:
+            raise UserError(f"lipsdp: solver must be one of {', '.join(SOLVERS)}, not {P['solver']!r}")
+        if not 0 < P["eps"] < 1:
+            raise UserError("lipsdp: eps must lie in (0, 1)")
+
+    def supports(self, net: Net, query: Query) -> str | None:
+        r = super().supports(net, query)
+        if r:
+            return r
+        if self.p["solver"].upper() == "MOSEK":
+            try:
+                import mosek  # noqa: F401
+            except ImportError:
+                return "solver MOSEK needs the mosek package and its licence"
+        return None
+
+    def run(self, net: Net, query: Query, budget: Budget) -> Bound:
+        ch = chain(net, query, self.name)
+        sch, s = scaled(ch)
+        P = self.p
+        try:
+            T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"],
+                             0.8 * budget.timeout_s if budget.timeout_s else None)
+            t0 = time.perf_counter()
+            value, cert = certify(ch, unscale_T(T, s))
+        except RepairError as e:
+            return Bound(None, "upper", "error", error=f"not certified: {e}")
+        stats.update(cert)
+        stats["certify_s"] = time.perf_counter() - t0
+        if stats["raw_rho_scaled"] is not None:
+            stats["raw_value"] = float(np.sqrt(max(stats["raw_rho_scaled"], 0.0)) * np.prod(s))
+        return Bound(value, "upper", "ok", stats=stats)
