@@ -159,12 +159,13 @@ class Suite:
 
 
     def certify_job(self, network: dict, rows: list[dict], data_dir: str | None) -> dict | None:
-        """The certified-accuracy job of one network, given its stored result rows."""
+        """The certified-accuracy job of one network, given its stored result rows (only
+        sound bounds certify: a row whose stats say ``certified: false`` is left out)."""
         if not self.certify_eps:
             return None
         use = [{k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}
                for r in rows if r["status"] == "ok" and r["kind"] in ("upper", "exact") and r["value"] is not None
-               and r["domain"] == '"global"']
+               and r["domain"] == '"global"' and json.loads(r["stats"] or "{}").get("certified", True)]
         if not use:
             return None
         ident = {"type": "certify", "network": network["id"], "net_hash": network["net_hash"],

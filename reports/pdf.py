@@ -22,6 +22,7 @@ from . import evidence  # noqa: E402
 
 log = logging.getLogger(__name__)
 ROWS_PER_PAGE = 28
+PER_NETWORK_PAGES_UP_TO = 36  # beyond this many networks the overview pages stand alone
 A4 = (8.27, 11.69)
 A4L = (11.69, 8.27)
 
@@ -138,21 +139,6 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
 
         _evidence_pages(pdf, nets, rows, certified)
 
-        # --- results table
-        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "wall s",
-                  "peak MB"]
-        body, colors = [], []
-        for r in rows:
-            lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
-            ratio = r["value"] / lb if (r["value"] is not None and lb and r["kind"] != "lower") else None
-            body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
-                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(r["wall_s"], 3),
-                         _fmt(r["peak_mem_mb"], 4)])
-            c = "#ffb3b3" if r["status"] == "unsound" else ("#fff2b3" if r["status"] != "ok" else None)
-            colors.append([c] * len(header))
-        _table_pages(pdf, "Results", header, body, colors,
-                     widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
-
         # --- overview: one panel per query, every network, marker = verifier
         queries = sorted({(r["p"], r["target"], r["domain"]) for r in rows})
         verifiers = sorted({r["verifier"] for r in rows if r["kind"] != "lower"})
@@ -180,8 +166,8 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
             pdf.savefig(fig)
             plt.close(fig)
 
-        # --- one page per query, one panel per network
-        for key in queries:
+        # --- one page per query, one panel per network (for suites small enough to read so)
+        for key in (queries if len(netnames) <= PER_NETWORK_PAGES_UP_TO else []):
             qnets = sorted({r["network"] for r, *_ in _points(rows, best, key)})
             dom_s = "global" if key[2] == '"global"' else "box"
             for start in range(0, len(qnets), 12):
@@ -202,6 +188,21 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 fig.tight_layout(rect=(0, 0, 1, 0.95))
                 pdf.savefig(fig)
                 plt.close(fig)
+        # --- appendix: every result
+        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "wall s",
+                  "peak MB"]
+        body, colors = [], []
+        for r in rows:
+            lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
+            ratio = r["value"] / lb if (r["value"] is not None and lb and r["kind"] != "lower") else None
+            body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
+                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(r["wall_s"], 3),
+                         _fmt(r["peak_mem_mb"], 4)])
+            c = "#ffb3b3" if r["status"] == "unsound" else ("#fff2b3" if r["status"] != "ok" else None)
+            colors.append([c] * len(header))
+        _table_pages(pdf, "Appendix: every result", header, body, colors,
+                     widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
+
         missing_lb = sorted({r["network"] for r in rows if r["kind"] != "lower"
                              and (r["network"], r["p"], r["target"], r["domain"]) not in best})
         if missing_lb:
