@@ -62,7 +62,7 @@ def _stage_sdp(K: np.ndarray, Wn: np.ndarray, solver: str, eps: float) -> np.nda
     return None if lam.value is None else np.maximum(np.asarray(lam.value), 0.0)
 
 
-def eclipse(ch: Chain, fast: bool, solver: str = "SCS", eps: float = 1e-7) -> tuple[list[np.ndarray], float, dict]:
+def eclipse(ch: Chain, fast: bool, solver: str = "SCS", eps: float = 1e-6) -> tuple[list[np.ndarray], float, dict]:
     """Multipliers T (for LipSDP-Neuron), ECLipsE's own value, and what each stage did."""
     Xinv = np.eye(ch.Ws[0].shape[1])
     Ls, stages = [], []
@@ -130,5 +130,5 @@ class ECLipsE(_ECLipsEBase):
     description = "ECLipsE: LipSDP-Neuron layer by layer, one small SDP per layer, certified"
     requires = ("cvxpy", "scs")
     install_hint = "pip install 'lipbench[sdp]'"
-    params = {"solver": "SCS", "eps": 1e-7}
+    params = {"solver": "SCS", "eps": 1e-6}
     fast = False
