@@ -284,7 +284,7 @@ def _evidence_pages(pdf, nets, rows, certified):
             for i, (config, pts) in enumerate(sorted(panels[key].items())):
                 pts.sort()
                 ax.plot([e for e, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1,
-                        color=plt.cm.tab20(i % 20), label=config.split(" ", 1)[1][:36])
+                        color=plt.cm.tab20(i % 20), label=config.split(" ", 1)[1][:44])
             ax.set_title(f"{key[0]}, p={key[1]}", fontsize=8)
             ax.set_xlabel("eps (input p-norm radius)", fontsize=7)
             ax.set_ylabel("certified accuracy", fontsize=7)
