@@ -29,7 +29,7 @@ def from_mat(name):
 
 
 @pytest.mark.skipif(not os.path.isdir(LIPSDP), reason="../shared/reference/lipsdp absent")
-@pytest.mark.parametrize("solver", ["CLARABEL", "SCS"])
+@pytest.mark.parametrize("solver", ["CLARABEL", "SCS", "NATIVE"])
 def test_reproduces_the_published_lipsdp_values(solver):
     """The LipSDP authors publish, for random_weights.mat (2-10-30-20-2):
     LipSDP-Neuron 36.482 and LipSDP-Layer 39.839."""
@@ -62,6 +62,8 @@ def test_ordering_on_random_networks(seed):
     v = {name: bench.verify(net, name, p=2, **kw).value for name, kw in
          [("lipsdp", {"form": "neuron"}), ("eclipse", {}), ("eclipse-fast", {}), ("trivial", {})]}
     v["layer"] = bench.verify(net, "lipsdp", p=2, form="layer").value
+    v["native"] = bench.verify(net, "lipsdp", p=2, solver="NATIVE").value
+    assert abs(v["native"] / v["lipsdp"] - 1) < 1e-2  # the same SDP, two solvers
     low = bench.lower_bound(net, p=2, samples=1000, restarts=8, steps=20).value
     tol = 1 + 1e-2  # SCS at eps 1e-5 reaches the SDP's optimum to ~0.1%
     assert low <= v["lipsdp"] <= v["layer"] * tol and v["layer"] <= v["trivial"] * tol
@@ -131,3 +133,10 @@ def test_our_fast_equals_the_eclipse_nn_package():
         assert ref.stats["certified"] is False
         assert ours.stats["raw_value"] == pytest.approx(ref.value, rel=1e-10)
         assert ours.value == pytest.approx(ref.value, rel=1e-8)
+
+
+def test_native_solver_on_abs_says_why():
+    from methods.layers import Abs
+    net = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 2))
+    b = bench.verify(net, "lipsdp", p=2, solver="NATIVE")
+    assert b.status == "error" and "use SCS" in b.error
