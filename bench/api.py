@@ -155,9 +155,6 @@ class Budget:
     device: str = "cpu"
     threads: int = 1
 
-    def deadline(self, start: float) -> float:
-        return math.inf if self.timeout_s is None else start + self.timeout_s
-
 
 class Plugin:
     """Shared machinery of verifiers and trainers: name, version, requirements and typed
