@@ -19,8 +19,10 @@ depend on it for soundness, only for tightness).  NATIVE is ours, for scale: it 
 rho(T) = lambda_max(-2ab W_0^T T_1 W_0 + O_0 (-C(T))^{-1}_11 O_0^T) (the least feasible rho
 for multipliers T, by the Schur complement) over log T with Adam, from ECLipsE-Fast's
 multipliers, with a Cholesky factor of the block-tridiagonal -C(T) per step instead of
-an eigendecomposition of the whole LMI; it stops after ``max_iters`` steps, at the time
-limit, or when 50 steps gain less than ``eps`` relatively.  Its answer is no optimum
+an eigendecomposition of the whole LMI.  When 30 steps gain less than ``eps``
+relatively (lambda_max is not smooth, so Adam stalls), it restarts from the best point
+with half the step size; it stops below a step size of 1e-4, after ``max_iters`` steps,
+or at the time limit.  Its answer is no optimum
 certificate: it is a feasible point, certified like any other, and at most slightly
 above the SDP's optimum (e.g. +0.06% on a 784-64-64-10 network, 1.4 s against SCS's 2.6 s).
 Conv layers are unrolled into dense matrices (``unsupported`` above the dense limit).
@@ -106,30 +108,44 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
         return [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(params, sizes)]
     opt = torch.optim.Adam(params, lr=0.05)
     t0 = time.perf_counter()
-    best, best_p, history, steps, backtracks = np.inf, [p.detach().clone() for p in params], [], 0, 0
+    best, best_p, steps, backtracks, since, restarts = np.inf, [p.detach().clone() for p in params], 0, 0, 0, 0
+
+    def back_to_best_with_smaller_steps():
+        with torch.no_grad():
+            for p, b in zip(params, best_p):
+                p.copy_(b)
+        for g in opt.param_groups:
+            g["lr"] *= 0.5
+        opt.state.clear()
+
     for steps in range(1, max_iters + 1):
         opt.zero_grad()
         r = _rho_torch(ch, W0r, Ts())
-        if r is None:  # stepped out of the feasible set: back to the best point, smaller steps
-            with torch.no_grad():
-                for p, b in zip(params, best_p):
-                    p.copy_(b)
-            for g in opt.param_groups:
-                g["lr"] *= 0.5
+        if r is None:  # stepped out of the feasible set
+            back_to_best_with_smaller_steps()
             backtracks += 1
             continue
         v = float(r.detach())
+        if v < best * (1 - eps):
+            since = 0
+        else:
+            since += 1
         if v < best:
             best, best_p = v, [p.detach().clone() for p in params]
-        history.append(best)
-        if len(history) > 50 and history[-51] - best <= eps * best:
-            break
+        if since >= 30:  # a plateau (lambda_max is not smooth): restart from the best point, smaller steps
+            back_to_best_with_smaller_steps()
+            restarts += 1
+            since = 0
+            if opt.param_groups[0]["lr"] < 1e-4:
+                break
+            continue
         if time_limit and time.perf_counter() - t0 > time_limit:
             break
         r.backward()
         opt.step()
     T = [np.exp(p.numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
-    return T, {"solver": "NATIVE", "solver_status": f"{steps} steps, {backtracks} backtracks",
+    return T, {"solver": "NATIVE", "solver_status": f"{steps} steps, {restarts} step-size halvings, "
+                                                    f"{backtracks} backtracks",
                "solve_s": time.perf_counter() - t0, "lmi_size": int(W0r.shape[1] + sum(sizes)),
                "input_block": int(W0r.shape[1]), "raw_rho_scaled": best}
 
@@ -194,6 +210,7 @@ def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_li
 @register
 class LipSDP(Verifier):
     name = "lipsdp"
+    version = "2"  # 2: NATIVE restarts with smaller steps on a plateau
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
