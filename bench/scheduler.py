@@ -76,10 +76,9 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     done = store.done_keys(skip)
     train_jobs = _unique(suite.train_jobs(out_dir, data_dir))
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
-    verify_done = sum(1 for j in store.jobs("verify") if j["key"] in done)
-    total = len(train_jobs) * (1 + n_verify_each)
+    total = len(train_jobs) * (1 + n_verify_each)  # refined once the networks are known
     skipped_train = sum(1 for j in train_jobs if j["key"] in done)
-    prog = Progress(total, skipped_train + verify_done)
+    prog = Progress(total, skipped_train)
     log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s), device %s, out %s",
              suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each, workers, device, out_dir)
     ex = LocalExecutor(workers, gpus=n_gpu)
@@ -110,6 +109,10 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
             tgt = q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}"
             tasks.append(Task(j["key"], j, budget(j["timeout"]),
                               f"verify {j['verifier']:<8} p={q['p']:<3} {tgt:<4} {n['id']}"))
+    # now that the networks are known, count exactly: this suite's jobs, done and to do
+    n_verify = sum(len(_unique(suite.verify_jobs(n))) for n in nets)
+    prog.total = len(train_jobs) + n_verify
+    prog.done = len(train_jobs) + n_verify - len(tasks)
 
     def verify_done(t: Task, out: dict):
         store.record_verify(t.key, t.spec, out)
