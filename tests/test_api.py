@@ -30,9 +30,9 @@ def test_pair_out_of_range_is_unsupported():
 
 def test_timeout_kills_a_worker_and_says_timeout():
     net = mlp([8, 64, 64, 4])
-    b = bench.lower_bound(net, p=2, timeout=3.0, samples=10**9, batch=64)
-    # lower honours its deadline itself, so it answers ok with what it found, in time
-    assert b.status == "ok" and b.wall_s < 3.0 and b.value > 0 and b.stats["stopped_early"]
+    b = bench.lower_bound(net, p=2, timeout=5.0, samples=10**9, batch=64)
+    # lower honours its deadline itself (searching 75% of it), so it answers ok, in time
+    assert b.status == "ok" and b.wall_s < 5.0 and b.value > 0 and b.stats["stopped_early"]
     hung = bench.verify(net, "test-sleep", p=2, timeout=1.0, seconds=30.0)
     assert hung.status == "timeout" and hung.value is None and 1.0 <= hung.wall_s < 6
     b2 = bench.verify(net, "trivial", p=math.inf, timeout=30)
