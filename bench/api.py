@@ -109,15 +109,6 @@ class Query:
                 "domain": self.domain if self.domain == "global"
                 else {"center": list(self.domain[0]), "radius": self.domain[1]}}
 
-    def p_str(self) -> str:
-        """The norm as stored: "2", or "2->inf" when the output norm differs."""
-        if self.q is None or self.q == self.p:
-            return p_name(self.p)
-        return f"{p_name(self.p)}->{p_name(self.q)}"
-
-    def target_str(self) -> str:
-        return "full" if self.target == "full" else f"{self.target[0]}-{self.target[1]}"
-
 
 @dataclass
 class Bound:

@@ -3,7 +3,6 @@ same network and query.  Offending rows get status ``unsound`` and a note naming
 lower bound that refutes them; the original status is kept in the note."""
 from __future__ import annotations
 
-import json
 import logging
 from collections import defaultdict
 
@@ -39,11 +38,3 @@ def audit(store: Store) -> list[dict]:
                             r["verifier"], r["value"], best["verifier"], best["value"], key[0], key[1], key[2])
     store.mark_unsound(marks)
     return found
-
-
-def unsound_rows(store: Store) -> list[dict]:
-    out = []
-    for r in store.results():
-        if r["status"] == "unsound":
-            out.append({**dict(r), "audit": json.loads(r["audit"] or "{}")})
-    return out
