@@ -1,0 +1,236 @@
+"""``bab``: branch and bound over the input domain and the activation patterns, in the
+style of LipBaB (Bhowmick, D'Souza and Raghavan, 2021), batched in torch.
+
+The Lipschitz constant of a piecewise-linear network over a box is the largest norm of
+its Jacobian over the activation regions that meet the box (see ``pwl``).  A node is a
+sub-box of the (homogenised) input domain.
+
+* Upper bound of a node: interval bounds on every unit's pre-activation (interval
+  arithmetic, float64, widened outward) fix the units that are stable on the box; the
+  Jacobian ``C J(a)`` over all patterns consistent with them is bounded by interval
+  arithmetic on the backward pass, and its norm by the norm of the entrywise majorant.
+* Lower bound: the Jacobian at the centre of every node, counted only where the pattern
+  there is strict (no unit within 1e-9 of its kink), so it is the Jacobian of a real
+  region: a certified lower bound.
+* Leaves: a node with at most ``leaf_units`` unstable units is solved exactly: the
+  Jacobians of all 2^k patterns are computed in one batch and, from the largest norm
+  down, each pattern's region is tested for an interior point in the box by an LP
+  (``pwl.region_point``).  The first pattern with one gives the node's exact value and a
+  certified lower bound at that point.  Patterns below the current lower bound are never
+  tested.  A leaf that needs more than ``leaf_lps`` LPs is split instead.
+* Branching: the ``batch`` nodes with the largest upper bounds are each split in two
+  along the input coordinate that is widest relative to the domain.  Nodes whose upper
+  bound is below the lower bound are dropped.
+
+It stops when the gap closes (``upper - lower <= rtol * upper``; kind ``exact``) or at
+the budget (status ``timeout``, kind ``upper``, the lower bound in the stats).  The
+stats hold the trace of both bounds over time.  p in {1, 2, inf}, full output or class
+pair, box or global domain; on ``budget.device`` (CPU or CUDA).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from bench.api import Bound, Budget, Query, Unsupported, UserError, Verifier
+from bench.network import Net
+from bench.registry import register
+
+from . import pwl
+
+DEFLATE = 1e-12   # a certified lower bound is the computed norm less this relative margin
+
+
+@register
+class BaB(Verifier):
+    name = "bab"
+    kind = "exact"
+    description = "branch and bound over input boxes and activation patterns (exact when it closes)"
+    params = {"rtol": 1e-9, "batch": 256, "leaf_units": 10, "leaf_lps": 64, "margin_s": 0.5,
+              "max_nodes": 2_000_000}
+
+    @classmethod
+    def check_params(cls, P):
+        if not (0 <= P["rtol"] < 1):
+            raise UserError(f"bab: rtol must be in [0, 1), got {P['rtol']}")
+        for k in ("batch", "leaf_lps", "max_nodes"):
+            if P[k] < 1:
+                raise UserError(f"bab: {k} must be >= 1, got {P[k]}")
+        if not (0 <= P["leaf_units"] <= 16):
+            raise UserError(f"bab: leaf_units must be in 0..16 (2^k patterns per leaf), got {P['leaf_units']}")
+
+    def run(self, net: Net, query: Query, budget: Budget) -> Bound:
+        try:
+            pw = pwl.pwl(net)
+        except Unsupported as e:
+            return Bound(None, "upper", "unsupported", error=str(e))
+        return solve(pw, query, budget, **self.p)
+
+
+class _Trace:
+    def __init__(self, t0):
+        self.t0, self.rows, self.last = t0, [], None
+
+    def add(self, lb, ub, force=False):
+        cur = (lb, ub)
+        if cur != self.last or force:
+            self.rows.append([round(time.perf_counter() - self.t0, 4), lb, ub])
+            self.last = cur
+
+    def thinned(self, n=200):
+        r = self.rows
+        if len(r) <= n:
+            return r
+        idx = np.unique(np.r_[np.linspace(0, len(r) - 1, n).round().astype(int), len(r) - 1])
+        return [r[i] for i in idx]
+
+
+def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, leaf_units=10, leaf_lps=64,
+          margin_s=0.5, max_nodes=2_000_000) -> Bound:
+    t0 = time.perf_counter()
+    deadline = math.inf if budget.timeout_s is None else t0 + max(0.1, budget.timeout_s - margin_s)
+    dev = budget.device if budget.device not in ("auto", None) else "cpu"
+    T = pwl.Torch(pw, dev)
+    pair = query.is_pair
+    p = query.p
+    C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64, device=dev)
+    lo0, hi0 = pwl.domain_boxes(pw, query)
+    width0 = torch.as_tensor(np.maximum((hi0 - lo0).max(0), 1e-300), dtype=torch.float64, device=dev)
+    trace = _Trace(t0)
+    st = {"nodes": 0, "leaves": 0, "lps": 0, "pruned": 0, "lower_point": None}
+    lb = [0.0]
+
+    def raise_lower(val: float, point):
+        v = float(val) * (1 - DEFLATE)
+        if v > lb[0]:
+            lb[0] = v
+            st["lower_point"] = point
+
+    def centres_lower(lo, hi):
+        X = (lo + hi) / 2
+        pats, ok = pwl.strict_pattern(T, X)
+        if ok.any():
+            J = T.jacobians(C, [a[ok] for a in pats])
+            v = pwl.norms(J, p, pair)
+            k = int(torch.argmax(v))
+            raise_lower(float(v[k]), X[ok][k])
+
+    def leaf(lo, hi, status) -> float | None:
+        """Exact value of a node, -inf if no pattern above the lower bound has a region
+        in it, None if it needs more than leaf_lps LPs."""
+        flat = torch.cat(status)
+        unst = torch.nonzero(flat == 0).flatten()
+        k = unst.numel()
+        base = (flat > 0).to(torch.float64)
+        combos = torch.tensor(list(np.ndindex(*(2,) * k)) if k else [[]], dtype=torch.float64, device=dev)
+        pats = base.expand(combos.shape[0], -1).clone()
+        if k:
+            pats[:, unst] = combos
+        sizes = [s.numel() for s in status]
+        per_layer = list(torch.split(pats, sizes, dim=1))
+        vals = pwl.norms(T.jacobians(C, per_layer), p, pair)
+        order = torch.argsort(vals, descending=True)
+        lo_np, hi_np = lo.cpu().numpy(), hi.cpu().numpy()
+        free = [(s == 0).cpu().numpy() for s in status]
+        tried = 0
+        for i in order.tolist():
+            v = float(vals[i])
+            if v <= lb[0] * (1 + rtol):
+                return -math.inf
+            if tried >= leaf_lps:
+                return None
+            tried += 1
+            st["lps"] += 1
+            pat = [a[i].cpu().numpy() for a in per_layer]
+            x = pwl.region_point(pw, pat, lo_np, hi_np, free)
+            if x is None:
+                continue
+            X = torch.as_tensor(x, dtype=torch.float64, device=dev)[None]
+            got, ok = pwl.strict_pattern(T, X)
+            if bool(ok[0]) and all(torch.equal(g[0], torch.as_tensor(a, device=dev)) for g, a in zip(got, pat)):
+                raise_lower(v, X[0])
+            return v * (1 + pwl.REPORT_INFLATE)
+        return -math.inf
+
+    def evaluate(lo, hi):
+        """Bounds of a batch of nodes; returns open (lo, hi, ub) and the best closed value."""
+        st["nodes"] += lo.shape[0]
+        status = pwl.status_from(T.crown(lo, hi))
+        centres_lower(lo, hi)
+        n_unst = sum((s == 0).sum(1) for s in status) if status else torch.zeros(lo.shape[0], device=dev)
+        keep = torch.ones(lo.shape[0], dtype=torch.bool, device=dev)
+        closed = -math.inf
+        for i in torch.nonzero(n_unst <= leaf_units).flatten().tolist():
+            v = leaf(lo[i], hi[i], [s[i] for s in status])
+            if v is not None:
+                keep[i] = False
+                st["leaves"] += 1
+                closed = max(closed, v)
+        if not keep.any():
+            return lo[:0], hi[:0], lo.new_zeros(0), closed
+        lo, hi = lo[keep], hi[keep]
+        status = [s[keep] for s in status]
+        Jl, Ju = T.jacobian_interval(C, status)
+        ub = pwl.norm_upper(Jl, Ju, p, pair)
+        return lo, hi, ub, closed
+
+    root_lo = torch.as_tensor(lo0, dtype=torch.float64, device=dev)
+    root_hi = torch.as_tensor(hi0, dtype=torch.float64, device=dev)
+    O_lo, O_hi, O_ub, closed_best = evaluate(root_lo, root_hi)
+    status = "ok"
+    while True:
+        # drop what cannot beat the lower bound
+        live = O_ub > lb[0] * (1 + rtol)
+        st["pruned"] += int((~live).sum())
+        O_lo, O_hi, O_ub = O_lo[live], O_hi[live], O_ub[live]
+        ub = max(closed_best, float(O_ub.max()) if O_ub.numel() else -math.inf)
+        ub = max(ub, lb[0])   # every node closed below the lower bound: the lower bound is the value
+        trace.add(lb[0], ub)
+        if O_ub.numel() == 0 or ub - lb[0] <= rtol * ub:
+            break
+        if time.perf_counter() > deadline:
+            status = "timeout"
+            break
+        if st["nodes"] >= max_nodes:
+            status = "timeout"
+            st["stopped"] = f"max_nodes {max_nodes} reached"
+            break
+        k = min(batch, O_ub.numel())
+        top = torch.topk(O_ub, k).indices
+        rest = torch.ones(O_ub.numel(), dtype=torch.bool, device=dev)
+        rest[top] = False
+        lo, hi = O_lo[top], O_hi[top]
+        dim = torch.argmax((hi - lo) / width0, 1)
+        mid = ((lo + hi) / 2).gather(1, dim[:, None]).squeeze(1)
+        r = torch.arange(k, device=dev)
+        lo2, hi2 = lo.clone(), hi.clone()
+        hi1 = hi.clone()
+        hi1[r, dim] = mid
+        lo2[r, dim] = mid
+        c_lo, c_hi, c_ub, c_closed = evaluate(torch.cat([lo, lo2]), torch.cat([hi1, hi2]))
+        closed_best = max(closed_best, c_closed)
+        O_lo = torch.cat([O_lo[rest], c_lo])
+        O_hi = torch.cat([O_hi[rest], c_hi])
+        O_ub = torch.cat([O_ub[rest], c_ub])
+    trace.add(lb[0], ub, force=True)
+    point = st.pop("lower_point")
+    stats = {**st, "lower": lb[0], "upper": ub, "gap": (ub - lb[0]) / ub if ub > 0 else 0.0,
+             "open_nodes": int(O_ub.numel()), "trace": trace.thinned(), "device": dev,
+             "units": pw.n_units}
+    if point is not None:
+        stats["lower_at"] = _as_x(point.cpu().numpy(), query)
+    if status == "ok":
+        return Bound(ub, "exact", "ok", stats=stats)
+    return Bound(ub, "upper", "timeout", stats=stats,
+                 error=stats.get("stopped", f"budget reached with gap {stats['gap']:.3g} "
+                                             f"(lower {lb[0]:.6g}, upper {ub:.6g})"))
+
+
+def _as_x(yt: np.ndarray, query: Query) -> list[float] | None:
+    """The input point x = y / t where a lower bound was attained (short inputs only)."""
+    if yt.size > 65:
+        return None
+    return [float(v) for v in yt[:-1] / yt[-1]]

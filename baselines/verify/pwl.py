@@ -1,0 +1,412 @@
+"""Piecewise-linear networks in one form, shared by the exact verifiers ``mip`` and ``bab``.
+
+Every supported activation is written as ``h = P z + Q relu(A z)``: one binary *unit*
+per row of ``A`` (ReLU, leaky ReLU and Abs have one unit per neuron, CReLU one per input,
+MaxMin one per pair, deciding which of the two is larger).  In a region where unit k is
+on (``A_k z >= 0``) or off, the activation is linear with Jacobian
+``P + Q diag(a) A``, so the network's Jacobian is a product fixed by the pattern ``a``.
+Each coordinate of z belongs to exactly one unit (``unit_of``), which keeps interval
+arithmetic on the backward pass tight: a coordinate's gradient is affine in one binary.
+
+Domains, homogenised.  Inputs are ``(y, t)``: the last coordinate ``t`` multiplies every
+bias (``z_l = W_l h + b_l t``).  A box query fixes ``t = 1`` and ``y`` in the box.  The
+global domain (all of R^n) is the box ``y in [-1, 1]^n``, ``t in [0, 1]``: a ReLU-type
+network is positively homogeneous in ``(y, t)``, so the point ``(y, t)`` with ``t > 0``
+has the activation pattern of ``x = y / t``, and every x of R^n is reached by
+``t = 1 / max(1, ||x||_inf)``.  The reachable patterns of R^n are thus those of a bounded
+box, on which interval bounds are finite; no box is guessed.  (Without biases ``t`` plays
+no role and is fixed at 1.)
+
+Floating point: interval bounds are widened by a relative 1e-12 of their magnitude at
+every layer (float64 rounding is ~1e-16 per operation), so the stability of a unit is
+never decided by a rounding error; reported bounds add a relative 1e-10.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from bench.api import Query, Unsupported, dual
+from bench.network import Activation, Affine, Net
+
+WIDEN = 1e-12
+REPORT_INFLATE = 1e-10
+
+
+def _act_matrices(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(P, Q, A) with h = P z + Q relu(A z), float64."""
+    d = act.in_dim
+    I = np.eye(d)
+    name = act.name
+    if name in ("relu",):
+        return np.zeros((d, d)), I, I
+    if name == "leaky_relu":
+        a = float(act.module.negative_slope)
+        if a < 0:
+            raise Unsupported(f"leaky_relu with a negative slope {a} is not monotone")
+        return a * I, (1.0 - a) * I, I
+    if name == "abs":
+        return -I, 2.0 * I, I
+    if name == "crelu":   # [relu(z), relu(-z)] = [relu(z), relu(z) - z]
+        return np.vstack([np.zeros((d, d)), -I]), np.vstack([I, I]), I
+    if name == "maxmin":  # (max, min) of pairs (z_2k, z_2k+1): max = b + relu(a - b), min = a - relu(a - b)
+        if d % 2:
+            raise Unsupported(f"maxmin on an odd width {d}")
+        k = d // 2
+        A = np.zeros((k, d))
+        A[np.arange(k), 2 * np.arange(k)] = 1.0
+        A[np.arange(k), 2 * np.arange(k) + 1] = -1.0
+        P = np.zeros((d, d))
+        P[2 * np.arange(k), 2 * np.arange(k) + 1] = 1.0
+        P[2 * np.arange(k) + 1, 2 * np.arange(k)] = 1.0
+        Q = np.zeros((d, k))
+        Q[2 * np.arange(k), np.arange(k)] = 1.0
+        Q[2 * np.arange(k) + 1, np.arange(k)] = -1.0
+        return P, Q, A
+    raise Unsupported(f"activation {name!r} is not piecewise linear with one kink per unit "
+                      "(supported: relu, leaky_relu, abs, crelu, maxmin)")
+
+
+@dataclass
+class Hidden:
+    W: np.ndarray        # (d_z, d_h_prev)
+    b: np.ndarray        # (d_z,)
+    name: str
+    P: np.ndarray
+    Q: np.ndarray
+    A: np.ndarray
+    unit_of: np.ndarray  # (d_z,) unit index of each z coordinate
+
+    @property
+    def units(self) -> int:
+        return self.A.shape[0]
+
+
+@dataclass
+class PWLNet:
+    hidden: list[Hidden]
+    W_out: np.ndarray
+    b_out: np.ndarray
+    in_dim: int
+
+    @property
+    def has_bias(self) -> bool:
+        return any(np.any(h.b != 0) for h in self.hidden) or bool(np.any(self.b_out != 0))
+
+    @property
+    def n_units(self) -> int:
+        return sum(h.units for h in self.hidden)
+
+    @property
+    def out_dim(self) -> int:
+        return self.W_out.shape[0]
+
+
+def pwl(net: Net) -> PWLNet:
+    """The network in PWL form; consecutive affine maps are composed."""
+    W = np.eye(net.in_dim)
+    b = np.zeros(net.in_dim)
+    hidden = []
+    for layer in net.layers:
+        if isinstance(layer, Affine):
+            M = layer.matrix()
+            bb = layer.bias()
+            W, b = M @ W, M @ b + (0.0 if bb is None else bb)
+        else:
+            P, Q, A = _act_matrices(layer)
+            unit_of = np.argmax(np.abs(A), axis=0)
+            hidden.append(Hidden(W, b, layer.name, P, Q, A, unit_of))
+            W, b = np.eye(P.shape[0]), np.zeros(P.shape[0])
+    return PWLNet(hidden, W, b, net.in_dim)
+
+
+def targets(pw: PWLNet, query: Query) -> np.ndarray:
+    """The rows c whose gradients c^T J are bounded: e_i - e_j for a class pair, the
+    identity for the full output (t x m)."""
+    m = pw.out_dim
+    if query.is_pair:
+        i, j = query.target
+        c = np.zeros((1, m))
+        c[0, i], c[0, j] = 1.0, -1.0
+        return c
+    return np.eye(m)
+
+
+def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (lo, hi), each (K, n + 1), of the homogenised input (y, t) that together hold
+    a point of every activation region of the query's domain (see the module doc).
+
+    A box query: one box, t = 1.  The global domain: the faces of the cube
+    max(||y||_inf, t) = 1 with t >= 0, i.e. {t = 1, y in [-1, 1]^n} (the points with
+    ||x||_inf <= 1) and {y_i = +-1, t in [0, 1]} (x = y / t with ||x||_inf >= 1).  Faces,
+    not the solid cube: every region's hyperplane passes through the cube's centre
+    (y, t) = 0, where no box could ever separate them.  Without biases the pattern of x
+    is that of every positive multiple, so the 2n faces y_i = +-1 (t = 1) suffice."""
+    n = pw.in_dim
+    if query.domain != "global":
+        c, r = query.domain
+        c = np.asarray(c, dtype=np.float64)
+        return np.r_[c - r, 1.0][None], np.r_[c + r, 1.0][None]
+    lo, hi = [], []
+    t_lo = 0.0 if pw.has_bias else 1.0
+    for i in range(n):
+        for s in (-1.0, 1.0):
+            l, h = np.r_[-np.ones(n), t_lo], np.r_[np.ones(n), 1.0]
+            l[i] = h[i] = s
+            lo.append(l)
+            hi.append(h)
+    if pw.has_bias:
+        lo.append(np.r_[-np.ones(n), 1.0])
+        hi.append(np.r_[np.ones(n), 1.0])
+    return np.array(lo), np.array(hi)
+
+
+def domain_box(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
+    """One box (lo, hi) of (y, t) holding the query's domain: the solid cube
+    [-1, 1]^n x [0, 1] for the global domain (a MIP needs no faces)."""
+    n = pw.in_dim
+    if query.domain == "global":
+        return np.r_[-np.ones(n), 0.0 if pw.has_bias else 1.0], np.r_[np.ones(n), 1.0]
+    lo, hi = domain_boxes(pw, query)
+    return lo[0], hi[0]
+
+
+# --------------------------------------------------------------------------- torch side
+class Torch:
+    """The PWL network's matrices as float64 tensors on one device, for batched bounds."""
+
+    def __init__(self, pw: PWLNet, device: str = "cpu"):
+        t = lambda a: torch.as_tensor(np.ascontiguousarray(a), dtype=torch.float64, device=device)
+        self.device = device
+        self.layers = []
+        for h in pw.hidden:
+            Wt = t(np.hstack([h.W, h.b[:, None]]))      # acts on (h_prev, t)
+            self.layers.append(dict(W=Wt, Wabs=Wt.abs(), P=t(h.P), Q=t(h.Q), A=t(h.A), Aabs=t(np.abs(h.A)),
+                                    Mon=t(h.P + h.Q @ h.A), Moff=t(h.P), Monabs=t(np.abs(h.P + h.Q @ h.A)),
+                                    Moffabs=t(np.abs(h.P)), unit_of=torch.as_tensor(h.unit_of, device=device),
+                                    I=t(np.eye(h.W.shape[0])), A_is_I=bool(np.array_equal(h.A, np.eye(h.W.shape[0]))),
+                                    name=h.name, alpha=float(h.P[0, 0]) if h.name == "leaky_relu" else 0.0))
+        self.W_out = t(pw.W_out)
+        self.in_dim = pw.in_dim
+
+    # ---- forward
+    def forward(self, X: torch.Tensor):
+        """Pre-activations d of every unit at points X (B, n+1): list of (B, k_l)."""
+        tcol = X[:, -1:]
+        h = X[:, :-1]
+        ds = []
+        for L in self.layers:
+            z = torch.cat([h, tcol], 1) @ L["W"].T
+            d = z @ L["A"].T
+            ds.append(d)
+            h = z @ L["P"].T + torch.relu(d) @ L["Q"].T
+        return ds
+
+    def ibp(self, lo: torch.Tensor, hi: torch.Tensor):
+        """Interval bounds on the unit pre-activations d over boxes (B, n+1): list of
+        (dl, du) per layer, widened outward."""
+        out = []
+        hl, hu = lo[:, :-1], hi[:, :-1]
+        tl, tu = lo[:, -1:], hi[:, -1:]
+        for L in self.layers:
+            xl, xu = torch.cat([hl, tl], 1), torch.cat([hu, tu], 1)
+            c, r = (xl + xu) / 2, (xu - xl) / 2
+            zc, zr = c @ L["W"].T, r @ L["Wabs"].T
+            zr = zr + WIDEN * (zc.abs() + zr) + 1e-300
+            zl, zu = zc - zr, zc + zr
+            dc, dr = zc @ L["A"].T, zr @ L["Aabs"].T
+            dr = dr + WIDEN * (dc.abs() + dr)
+            dl, du = dc - dr, dc + dr
+            out.append((dl, du))
+            hl, hu = _act_interval(L["name"], zl, zu, L["alpha"])
+        return out
+
+    def crown(self, lo: torch.Tensor, hi: torch.Tensor):
+        """Bounds on the unit pre-activations over boxes (B, n+1), as :meth:`ibp` returns
+        them, tightened by linear relaxation (CROWN, Zhang et al. 2018): each z_l is
+        bounded by back-substituting a linear function through the earlier layers, each
+        unit relu(d) relaxed between s_l d and s_u d + m from its own bounds; the result
+        is the intersection with the interval bounds."""
+        c, r = (lo + hi) / 2, (hi - lo) / 2
+        B = lo.shape[0]
+        out, relax = [], []
+        hl, hu = lo[:, :-1], hi[:, :-1]
+        tl, tu = lo[:, -1:], hi[:, -1:]
+        for li, L in enumerate(self.layers):
+            # interval bounds of z from the previous layer's (tightened) interval image
+            xl, xu = torch.cat([hl, tl], 1), torch.cat([hu, tu], 1)
+            xc, xr = (xl + xu) / 2, (xu - xl) / 2
+            zc, zr = xc @ L["W"].T, xr @ L["Wabs"].T
+            zl, zu = zc - zr, zc + zr
+            if li > 0:
+                dz = L["W"].shape[0]
+                rows = L["I"] if L["A_is_I"] else torch.cat([L["I"], L["A"]], 0)
+                lin = []
+                for sign in (1.0, -1.0):
+                    lam = rows.expand(B, -1, -1) @ L["W"]                  # over (h_prev, t)
+                    lam_h, lam_t = lam[:, :, :-1], lam[:, :, -1]
+                    const = torch.zeros(B, rows.shape[0], dtype=lo.dtype, device=lo.device)
+                    for J, (sl, su, mu) in zip(reversed(self.layers[:li]), reversed(relax)):
+                        G = lam_h @ J["Q"]                                    # (B, rows, units)
+                        use_up = (G >= 0) if sign > 0 else (G < 0)
+                        slope = torch.where(use_up, su.unsqueeze(1), sl.unsqueeze(1))
+                        const = const + (G * torch.where(use_up, mu.unsqueeze(1), 0.0)).sum(2)
+                        lam_z = lam_h @ J["P"] + (G * slope) @ J["A"]
+                        lam_h, lam_t = lam_z @ J["W"][:, :-1], lam_t + lam_z @ J["W"][:, -1]
+                    lam_x = torch.cat([lam_h, lam_t.unsqueeze(2)], 2)
+                    val = (lam_x @ c.unsqueeze(2)).squeeze(2) + sign * (lam_x.abs() @ r.unsqueeze(2)).squeeze(2) + const
+                    lin.append(val)
+                up, low = lin
+                zl, zu = torch.maximum(zl, low[:, :dz]), torch.minimum(zu, up[:, :dz])
+            w = WIDEN * (zl.abs() + zu.abs()) + 1e-300
+            zl, zu = zl - w, zu + w
+            dc, dr = (zl + zu) / 2 @ L["A"].T, (zu - zl) / 2 @ L["Aabs"].T
+            dl, du = dc - dr, dc + dr
+            if li > 0 and not L["A_is_I"]:
+                dl, du = torch.maximum(dl, low[:, dz:] - WIDEN * low[:, dz:].abs()), torch.minimum(du, up[:, dz:] + WIDEN * up[:, dz:].abs())
+            out.append((dl, du))
+            # relaxation of this layer's units
+            on, off = dl >= 0, du <= 0
+            den = torch.where(on | off, 1.0, du - dl)
+            su = torch.where(on, 1.0, torch.where(off, 0.0, du / den))
+            mu = torch.where(on | off, 0.0, -du * dl / den)
+            sl = torch.where(on, 1.0, torch.where(off, 0.0, (du >= -dl).to(lo.dtype)))
+            relax.append((sl, su, mu))
+            hl, hu = _act_interval(L["name"], zl, zu, L["alpha"])
+        return out
+
+    # ---- Jacobians
+    def jacobians(self, C: torch.Tensor, pats: list[torch.Tensor]) -> torch.Tensor:
+        """C J(a) for patterns a (list of (B, k_l) in {0, 1}): (B, t, n)."""
+        V = (C @ self.W_out).unsqueeze(0).expand(pats[0].shape[0] if pats else 1, -1, -1)
+        for L, a in zip(reversed(self.layers), reversed(pats)):
+            Vz = V @ L["P"] + ((V @ L["Q"]) * a.unsqueeze(1)) @ L["A"]
+            V = Vz @ L["W"][:, :-1]
+        return V
+
+    def jacobian_interval(self, C: torch.Tensor, status: list[torch.Tensor], c_rad: torch.Tensor | None = None,
+                          keep: bool = False):
+        """Interval (lo, hi) of C J(a) over every pattern a consistent with ``status``
+        (per layer (B, k_l): +1 on, -1 off, 0 either).  ``c_rad``: C is an interval
+        (center C, radius c_rad).  With ``keep`` also the intervals of Q^T v at each
+        layer (the products the MIP linearises), last layer first."""
+        B = status[0].shape[0] if status else 1
+        Vc = (C @ self.W_out).unsqueeze(0).expand(B, -1, -1)
+        Vr = torch.zeros_like(Vc) if c_rad is None else (c_rad @ self.W_out.abs()).unsqueeze(0).expand(B, -1, -1)
+        kept = []
+        for L, s in zip(reversed(self.layers), reversed(status)):
+            if keep:
+                wc, wr = Vc @ L["Q"], Vr @ L["Q"].abs()
+                kept.append((wc - wr, wc + wr))
+            onc, onr = Vc @ L["Mon"], Vr @ L["Monabs"]
+            offc, offr = Vc @ L["Moff"], Vr @ L["Moffabs"]
+            sz = s[:, L["unit_of"]].unsqueeze(1)      # (B, 1, d_z)
+            lo_on, hi_on, lo_off, hi_off = onc - onr, onc + onr, offc - offr, offc + offr
+            lo = torch.where(sz > 0, lo_on, torch.where(sz < 0, lo_off, torch.minimum(lo_on, lo_off)))
+            hi = torch.where(sz > 0, hi_on, torch.where(sz < 0, hi_off, torch.maximum(hi_on, hi_off)))
+            Vc, Vr = (lo + hi) / 2, (hi - lo) / 2
+            W = L["W"][:, :-1]
+            Vc, Vr = Vc @ W, Vr @ W.abs()
+            Vr = Vr + WIDEN * (Vc.abs() + Vr)
+        return (Vc - Vr, Vc + Vr, kept) if keep else (Vc - Vr, Vc + Vr)
+
+
+def _act_interval(name: str, l: torch.Tensor, u: torch.Tensor, alpha: float = 0.0):
+    """Exact interval image of an activation on the box [l, u] (per coordinate)."""
+    if name == "relu":
+        return torch.relu(l), torch.relu(u)
+    if name == "leaky_relu":   # monotone
+        f = lambda z: alpha * z + (1 - alpha) * torch.relu(z)
+        return f(l), f(u)
+    if name == "abs":
+        hi = torch.maximum(l.abs(), u.abs())
+        lo = torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.minimum(l.abs(), u.abs()))
+        return lo, hi
+    if name == "crelu":
+        return torch.cat([torch.relu(l), torch.relu(-u)], 1), torch.cat([torch.relu(u), torch.relu(-l)], 1)
+    if name == "maxmin":
+        a_l, b_l, a_u, b_u = l[:, 0::2], l[:, 1::2], u[:, 0::2], u[:, 1::2]
+        lo = torch.stack([torch.maximum(a_l, b_l), torch.minimum(a_l, b_l)], 2).reshape(l.shape)
+        hi = torch.stack([torch.maximum(a_u, b_u), torch.minimum(a_u, b_u)], 2).reshape(u.shape)
+        return lo, hi
+    raise AssertionError(name)
+
+
+def norms(J: torch.Tensor, p: float, pair: bool) -> torch.Tensor:
+    """Operator norm of each C J in the batch (B, t, n): the dual norm of the single row
+    for a class pair, the p -> p matrix norm for the full output."""
+    if pair:
+        g = J[:, 0, :]
+        q = dual(p)
+        if math.isinf(q):
+            return g.abs().amax(1)
+        return torch.linalg.vector_norm(g, ord=q, dim=1)
+    if p == 2:
+        return torch.linalg.matrix_norm(J, ord=2)
+    if p == 1:
+        return J.abs().sum(1).amax(1)
+    return J.abs().sum(2).amax(1)
+
+
+def norm_upper(lo: torch.Tensor, hi: torch.Tensor, p: float, pair: bool) -> torch.Tensor:
+    """An upper bound on the norm of every matrix in the interval [lo, hi]: the norm of the
+    entrywise majorant (monotone in |entries| for these norms)."""
+    return norms(torch.maximum(lo.abs(), hi.abs()), p, pair) * (1 + REPORT_INFLATE)
+
+
+def status_from(bounds) -> list[torch.Tensor]:
+    return [torch.where(dl > 0, 1, torch.where(du < 0, -1, 0)).to(torch.int8) for dl, du in bounds]
+
+
+# --------------------------------------------------------------------------- regions
+def region_point(pw: PWLNet, pattern: list[np.ndarray], lo: np.ndarray, hi: np.ndarray,
+                 free: list[np.ndarray] | None = None) -> np.ndarray | None:
+    """A point (y, t) of the box, with t > 0, strictly inside the region of ``pattern``
+    (every unit of ``free``, or all units, at a margin from its kink), or None when the
+    region has no interior there.  An LP (HiGHS): maximise the smallest margin."""
+    from scipy.optimize import linprog
+    n1 = lo.size
+    M = np.eye(n1)[:-1]          # h as an affine function of (y, t): rows (d_h, n+1)
+    rows = []
+    for li, (h, a) in enumerate(zip(pw.hidden, pattern)):
+        Z = h.W @ M
+        Z[:, -1] += h.b
+        D = h.A @ Z
+        sel = np.ones(h.units, bool) if free is None else np.asarray(free[li], bool)
+        s = np.where(a > 0, 1.0, -1.0)
+        if sel.any():
+            rows.append(-(s[sel, None] * D[sel]))       # -s D x + eps <= 0
+        M = (h.P + h.Q @ (a[:, None] * h.A)) @ Z
+    if not rows:
+        x = (lo + hi) / 2
+        return x
+    G = np.vstack(rows)
+    scale = np.abs(G).sum(1, keepdims=True) + 1e-300
+    G = G / scale
+    A_ub = np.hstack([G, np.ones((G.shape[0], 1))])
+    b_ub = np.zeros(G.shape[0])
+    if lo[-1] < hi[-1]:          # t > 0 as one more margin
+        tr = np.zeros(n1 + 1)
+        tr[-2], tr[-1] = -1.0, 1.0
+        A_ub, b_ub = np.vstack([A_ub, tr]), np.r_[b_ub, 0.0]
+    res = linprog(np.r_[np.zeros(n1), -1.0], A_ub=A_ub, b_ub=b_ub,
+                  bounds=[(a, b) for a, b in zip(lo, hi)] + [(None, 1.0)], method="highs")
+    if res.status != 0 or -res.fun <= 1e-9:
+        return None
+    return res.x[:-1]
+
+
+def strict_pattern(T: Torch, X: torch.Tensor, rel: float = 1e-9):
+    """Patterns at points X (B, n+1) and whether each is strict (every unit's
+    pre-activation away from its kink by more than ``rel`` of its scale)."""
+    ds = T.forward(X)
+    pats, ok = [], torch.ones(X.shape[0], dtype=torch.bool, device=X.device)
+    scale = X.abs().amax(1) + 1.0
+    for d in ds:
+        pats.append((d > 0).to(torch.float64))
+        sc = scale * (1.0 + d.abs().amax(1))
+        ok &= (d.abs().amin(1) > rel * sc) if d.shape[1] else ok
+    return pats, ok
