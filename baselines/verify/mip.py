@@ -1,0 +1,444 @@
+"""``mip``: the exact Lipschitz constant of a piecewise-linear network as a mixed-integer
+linear program, in the style of LipMIP (Jordan and Dimakis, NeurIPS 2020).
+
+One program holds the forward pass and the backward pass of the same activation
+pattern (see ``pwl`` for the network form and the homogenised domains):
+
+* forward: input (y, t) in the domain box; for every unit that interval/linear bounds
+  (``pwl.Torch.crown``) cannot fix, a binary a and r = relu(d) by the big-M constraints
+  r >= d, r >= 0, r <= d - l (1 - a), r <= u a, with [l, u] the unit's sound bounds;
+* backward: v = W_out^T c, then per layer w = Q^T v, u = a w (linearised with the sound
+  interval bounds of w from ``pwl.Torch.jacobian_interval``), v <- W^T (P^T v + A^T u);
+  the gradient g = c^T J(a) is the last v;
+* objective: ||g||_1 (input norm l_inf) with a sign binary per coordinate whose sign is
+  not fixed by its bounds, or ||g||_inf (input norm l1) with one binary per coordinate
+  and sign choosing which attains the maximum.
+* targets: a class pair fixes c = e_i - e_j; the full output takes c = e_i over a
+  binary choice of i (l_inf: ||J||_inf->inf is the largest row l1 norm) or c in
+  {-1, 1}^m (l1: ||J||_1->1 = max over c of ||J^T c||_inf).
+* global domain: the faces of the cube max(||y||_inf, t) = 1 (2n + 1 face binaries),
+  never its centre, where every unit has a tie and any pattern would be allowed.
+
+Backends: HiGHS (``highspy``, or scipy's ``milp`` without it), which needs no licence,
+and Gurobi (``gurobipy``; a size-limited licence refusing the model is reported as
+``license_limit`` with the model's size).  Both get the time left in the budget and the
+relative gap ``rtol / 10``.
+
+The reported value is the solver's dual bound (an upper bound).  The incumbent's pattern
+is then checked: an LP finds a point strictly inside its region (``pwl.region_point``),
+where the norm of its Jacobian is a certified lower bound.  Kind ``exact`` when the two
+meet within ``rtol``; otherwise kind ``upper`` with the lower bound in the stats (at a
+timeout, or when the incumbent's pattern has no interior: a tie the program allowed).
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from bench.api import Bound, Budget, Query, Unsupported, UserError, Verifier, dual
+from bench.network import Net
+from bench.registry import register
+
+from . import pwl
+
+DEFLATE = 1e-12
+
+
+@register
+class MIP(Verifier):
+    name = "mip"
+    kind = "exact"
+    norms = (1.0, math.inf)
+    description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
+    params = {"backend": "highs", "rtol": 1e-7, "margin_s": 0.5}
+    install_hint = "pip install 'lipbench[mip]' (gurobipy, highspy)"
+
+    @classmethod
+    def check_params(cls, P):
+        if P["backend"] not in ("highs", "gurobi"):
+            raise UserError(f"mip: backend must be highs or gurobi, not {P['backend']!r}")
+        if not (0 < P["rtol"] < 1):
+            raise UserError(f"mip: rtol must be in (0, 1), got {P['rtol']}")
+
+    def run(self, net: Net, query: Query, budget: Budget) -> Bound:
+        if self.p["backend"] == "gurobi":
+            import importlib.util
+            if importlib.util.find_spec("gurobipy") is None:
+                return Bound(None, "upper", "not_installed",
+                             error=f"mip backend gurobi needs the Python package gurobipy; {self.install_hint}")
+        try:
+            pw = pwl.pwl(net)
+        except Unsupported as e:
+            return Bound(None, "upper", "unsupported", error=str(e))
+        return solve(pw, query, budget, **self.p)
+
+
+class _Model:
+    """A MILP in matrix form: variables with bounds and integrality, rows lo <= A x <= hi."""
+
+    def __init__(self):
+        self.lb, self.ub, self.integer, self.names = [], [], [], []
+        self.rows, self.rlo, self.rhi = [], [], []
+
+    def var(self, n, lb, ub, integer=False, name=""):
+        start = len(self.lb)
+        self.lb += list(np.broadcast_to(lb, n).astype(float))
+        self.ub += list(np.broadcast_to(ub, n).astype(float))
+        self.integer += [integer] * n
+        self.names += [name] * n
+        return np.arange(start, start + n)
+
+    def row(self, coef: dict | np.ndarray, lo=-np.inf, hi=np.inf):
+        self.rows.append(coef)
+        self.rlo.append(lo)
+        self.rhi.append(hi)
+
+    @property
+    def n(self):
+        return len(self.lb)
+
+    def matrix(self):
+        data, ri, ci = [], [], []
+        for i, r in enumerate(self.rows):
+            nz = np.nonzero(r)[0]
+            data.append(r[nz])
+            ri.append(np.full(nz.size, i))
+            ci.append(nz)
+        A = sp.csr_matrix((np.concatenate(data) if data else [], (np.concatenate(ri) if ri else [],
+                           np.concatenate(ci) if ci else [])), shape=(len(self.rows), self.n))
+        return A, np.array(self.rlo, float), np.array(self.rhi, float)
+
+
+class _Expr:
+    """Affine expressions E x + k over the model's variables (rows of a dense matrix)."""
+
+    def __init__(self, E: np.ndarray, k: np.ndarray):
+        self.E, self.k = E, k
+
+    def map(self, M: np.ndarray) -> "_Expr":
+        return _Expr(M @ self.E, M @ self.k)
+
+    def __add__(self, o: "_Expr") -> "_Expr":
+        return _Expr(self.E + o.E, self.k + o.k)
+
+
+def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_kind: str):
+    """The program; returns (model, objective vector, layout)."""
+    n = pw.in_dim
+    lo, hi = pwl.domain_box(pw, query)
+    # count variables first: the expressions are dense over all of them
+    unst = [np.nonzero(s == 0)[0] for s in status]
+    m = pw.out_dim
+    gl, gu = g_bounds
+    G = np.maximum(np.abs(gl), np.abs(gu))
+    q = dual(query.p)
+    M = _Model()
+    X = M.var(n + 1, lo, hi, name="x")
+    glob = query.domain == "global"
+    faces = M.var(2 * n + (1 if pw.has_bias else 0), 0, 1, True, "face") if glob else None
+    R = [M.var(len(u), 0, np.inf, name=f"r{li}") for li, u in enumerate(unst)]
+    Abin = [M.var(len(u), 0, 1, True, f"a{li}") for li, u in enumerate(unst)]
+    beta = M.var(m, 0, 1, True, "c") if c_kind != "pair" else None
+    U = [M.var(len(u), -np.inf, np.inf, name=f"u{li}") for li, u in enumerate(unst)]
+    if math.isinf(q):
+        mu = M.var(1, 0, float(G.max()), name="mu")
+        gam = M.var(2 * n, 0, 1, True, "gamma")
+    else:
+        mixed = np.nonzero((gl < 0) & (gu > 0))[0]
+        gp = M.var(mixed.size, 0, gu[mixed], name="gp")
+        gn = M.var(mixed.size, 0, -gl[mixed], name="gn")
+        sig = M.var(mixed.size, 0, 1, True, "sigma")
+    NV = M.n
+
+    def unit(idx, coef=1.0):
+        e = np.zeros(NV)
+        e[idx] = coef
+        return e
+
+    def rows_of(ex: _Expr, i):
+        return ex.E[i], ex.k[i]
+
+    if glob:   # max(||y||_inf, t) = 1: one face is chosen and lies on it
+        M.row(unit(faces), 1, 1)
+        for i in range(n):
+            r = unit(X[i]); r[faces[2 * i + 1]] = -2.0            # y_i >= 2 phi - 1
+            M.row(r, -1, np.inf)
+            r = unit(X[i]); r[faces[2 * i]] = 2.0                 # y_i <= 1 - 2 phi
+            M.row(r, -np.inf, 1)
+        if pw.has_bias:
+            r = unit(X[n]); r[faces[2 * n]] = -1.0                # t >= phi
+            M.row(r, 0, np.inf)
+
+    # forward
+    E = np.zeros((n, NV))
+    E[np.arange(n), X[:n]] = 1.0
+    h = _Expr(E, np.zeros(n))
+    tvec = unit(X[n])
+    for li, (L, (dl, du), s) in enumerate(zip(pw.hidden, bounds, status)):
+        z = h.map(L.W)
+        z.E = z.E + np.outer(L.b, tvec)
+        d = z.map(L.A)
+        k = L.units
+        rE, rk = np.zeros((k, NV)), np.zeros(k)
+        on = s > 0
+        rE[on], rk[on] = d.E[on], d.k[on]
+        for j, ui in enumerate(unst[li]):
+            r, a = R[li][j], Abin[li][j]
+            de, dk = rows_of(d, ui)
+            l_, u_ = float(dl[ui]), float(du[ui])
+            M.row(unit(r) - de, dk, np.inf)                        # r >= d
+            row = unit(r) - de
+            row[a] -= l_
+            M.row(row, -np.inf, dk - l_)                           # r <= d - l (1 - a)
+            M.row(unit(r) - u_ * unit(a), -np.inf, 0.0)            # r <= u a
+            rE[ui] = unit(r)
+        h = z.map(L.P) + _Expr(L.Q @ rE, L.Q @ rk)
+
+    # backward
+    C = pwl.targets(pw, query)
+    if c_kind == "pair":
+        c = _Expr(np.zeros((m, NV)), C[0].copy())
+    else:
+        cE = np.zeros((m, NV))
+        cE[np.arange(m), beta] = 1.0 if c_kind == "select" else 2.0
+        c = _Expr(cE, np.zeros(m) if c_kind == "select" else -np.ones(m))
+        if c_kind == "select":
+            M.row(unit(beta), 1, 1)
+    v = c.map(pw.W_out.T)
+    for li in reversed(range(len(pw.hidden))):
+        L, s = pw.hidden[li], status[li]
+        wl, wu = w_bounds[li]
+        w = v.map(L.Q.T)
+        k = L.units
+        uE, uk = np.zeros((k, NV)), np.zeros(k)
+        on = s > 0
+        uE[on], uk[on] = w.E[on], w.k[on]
+        for j, ui in enumerate(unst[li]):
+            uu, a = U[li][j], Abin[li][j]
+            we, wk = rows_of(w, ui)
+            l_, h_ = float(wl[ui]), float(wu[ui])
+            row = unit(uu) - we; row[a] -= l_
+            M.row(row, -np.inf, wk - l_)                           # u <= w - wl (1 - a)
+            row = unit(uu) - we; row[a] -= h_
+            M.row(row, wk - h_, np.inf)                            # u >= w - wu (1 - a)
+            M.row(unit(uu) - l_ * unit(a), 0.0, np.inf)            # u >= wl a
+            M.row(unit(uu) - h_ * unit(a), -np.inf, 0.0)           # u <= wu a
+            uE[ui] = unit(uu)
+        vz = v.map(L.P.T) + _Expr(L.A.T @ uE, L.A.T @ uk)
+        v = vz.map(L.W.T)
+    g = v                                   # (n, NV): the gradient, an expression
+
+    obj = np.zeros(NV)
+    const = 0.0
+    if math.isinf(q):                       # max_i |g_i|
+        Mbig = 2.0 * float(G.max()) + 1.0
+        M.row(unit(gam), 1, 1)
+        for i in range(n):
+            for sgn, gi in ((1.0, gam[2 * i]), (-1.0, gam[2 * i + 1])):
+                row = unit(mu) - sgn * g.E[i]
+                row[gi] += Mbig
+                M.row(row, -np.inf, sgn * g.k[i] + Mbig)           # mu <= s g_i + M (1 - gamma)
+        obj[mu] = 1.0
+    else:                                   # sum_i |g_i|
+        mixed_set = {int(i): j for j, i in enumerate(mixed)}
+        for i in range(n):
+            if i in mixed_set:
+                j = mixed_set[i]
+                M.row(g.E[i] - unit(gp[j]) + unit(gn[j]), -g.k[i], -g.k[i])   # g = gp - gn
+                M.row(unit(gp[j]) - gu[i] * unit(sig[j]), -np.inf, 0.0)
+                M.row(unit(gn[j]) - gl[i] * unit(sig[j]), -np.inf, -gl[i])   # gn <= -gl (1 - sigma)
+                obj[gp[j]] += 1.0
+                obj[gn[j]] += 1.0
+            else:
+                sgn = 1.0 if gl[i] >= 0 else -1.0
+                obj += sgn * g.E[i]
+                const += sgn * g.k[i]
+    layout = {"x": X, "a": Abin, "unst": unst}
+    return M, obj, const, layout
+
+
+def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-7, margin_s=0.5) -> Bound:
+    t0 = time.perf_counter()
+    if query.p == 2:
+        raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
+    T = pwl.Torch(pw, "cpu")
+    lo, hi = pwl.domain_box(pw, query)
+    Lo = torch.as_tensor(lo, dtype=torch.float64)[None]
+    Hi = torch.as_tensor(hi, dtype=torch.float64)[None]
+    bnds = T.crown(Lo, Hi)
+    status = pwl.status_from(bnds)
+    C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
+    if query.is_pair:
+        c_kind, c_rad = "pair", None
+        Cc = C
+    elif math.isinf(query.p):
+        c_kind = "select"
+        Cc, c_rad = torch.full((1, pw.out_dim), 0.5, dtype=torch.float64), torch.full((1, pw.out_dim), 0.5, dtype=torch.float64)
+    else:
+        c_kind = "signs"
+        Cc, c_rad = torch.zeros((1, pw.out_dim), dtype=torch.float64), torch.ones((1, pw.out_dim), dtype=torch.float64)
+    gl, gu, kept = T.jacobian_interval(Cc, status, c_rad, keep=True)
+    w_bounds = [(a[0, 0].numpy(), b[0, 0].numpy()) for a, b in reversed(kept)]
+    np_bounds = [(dl[0].numpy(), du[0].numpy()) for dl, du in bnds]
+    np_status = [s[0].numpy() for s in status]
+    model, obj, const, layout = build(pw, query, np_bounds, np_status, w_bounds,
+                                      (gl[0, 0].numpy(), gu[0, 0].numpy()), c_kind)
+    A, rlo, rhi = model.matrix()
+    size = {"variables": model.n, "binaries": int(sum(model.integer)), "constraints": A.shape[0],
+            "unstable_units": int(sum(len(u) for u in layout["unst"])), "units": pw.n_units}
+    left = math.inf if budget.timeout_s is None else budget.timeout_s - margin_s - (time.perf_counter() - t0)
+    if left <= 0:
+        return Bound(None, "upper", "timeout", stats=size, error="the budget ran out while building the program")
+    run = _gurobi if backend == "gurobi" else _highs
+    out = run(model, A, rlo, rhi, obj, left, rtol / 10, budget.threads)
+    stats = {**size, "backend": out["backend"], "nodes": out.get("nodes"), "build_s": out["t_start"] - t0,
+             "solver_status": out["status_text"]}
+    if out.get("license_limit"):
+        return Bound(None, "upper", "license_limit", stats=stats,
+                     error=f"the size-limited Gurobi licence refused the model ({model.n} variables, "
+                           f"{A.shape[0]} constraints; limit 2,000 each): use backend highs")
+    if out["upper"] is None:
+        status_ = "timeout" if out["timed_out"] else "error"
+        return Bound(None, "upper", status_, stats=stats, error=f"{out['backend']}: {out['status_text']}, no bound")
+    upper = (out["upper"] + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
+    lower = None
+    if out["x"] is not None:
+        lower = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
+    stats.update(upper=upper, lower=lower, incumbent=None if out["obj"] is None else out["obj"] + const)
+    stats["gap"] = None if lower is None else (upper - lower) / upper if upper > 0 else 0.0
+    if out["timed_out"]:
+        return Bound(upper, "upper", "timeout", stats=stats,
+                     error=f"budget reached: upper {upper:.6g}, lower {lower if lower is None else f'{lower:.6g}'}")
+    if lower is not None and upper - lower <= rtol * upper + 1e-12:
+        return Bound(upper, "exact", "ok", stats=stats)
+    stats["note"] = ("the solver closed, but the incumbent's activation pattern has no interior point in the "
+                     "domain (a tie): the value is a sound upper bound, not certified exact")
+    return Bound(upper, "upper", "ok", stats=stats)
+
+
+def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> float | None:
+    pattern = []
+    for li, L in enumerate(pw.hidden):
+        a = np.zeros(L.units)
+        # stable units: their status from the bounds is what the program used; recompute from x
+        pattern.append(a)
+    # the program's own pattern: stable units from the forward pass at x, unstable from the binaries
+    yt = np.asarray(x)[layout["x"]]
+    ds = T.forward(torch.as_tensor(yt, dtype=torch.float64)[None])
+    free = []
+    for li, (d, u, ab) in enumerate(zip(ds, layout["unst"], layout["a"])):
+        a = (d[0].numpy() > 0).astype(float)
+        a[u] = np.round(np.asarray(x)[ab])
+        pattern[li] = a
+        f = np.zeros(a.size, bool)
+        f[u] = True
+        free.append(f)
+    pt = pwl.region_point(pw, pattern, lo, hi, free)
+    if pt is None:
+        return None
+    X = torch.as_tensor(pt, dtype=torch.float64)[None]
+    got, ok = pwl.strict_pattern(T, X)
+    if not bool(ok[0]) or not all(np.array_equal(g[0].numpy(), a) for g, a in zip(got, pattern)):
+        return None
+    C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
+    J = T.jacobians(C, [torch.as_tensor(a)[None] for a in pattern])
+    return float(pwl.norms(J, query.p, query.is_pair)[0]) * (1 - DEFLATE)
+
+
+def _highs(model, A, rlo, rhi, obj, time_limit, gap, threads):
+    t_start = time.perf_counter()
+    try:
+        import highspy
+    except ImportError:
+        return _scipy_milp(model, A, rlo, rhi, obj, time_limit, gap, t_start)
+    h = highspy.Highs()
+    h.setOptionValue("output_flag", False)
+    h.setOptionValue("time_limit", float(time_limit))
+    h.setOptionValue("mip_rel_gap", float(gap))
+    h.setOptionValue("mip_abs_gap", 1e-12)
+    h.setOptionValue("mip_feasibility_tolerance", 1e-9)
+    h.setOptionValue("threads", int(max(1, threads)))
+    lp = highspy.HighsLp()
+    lp.num_col_, lp.num_row_ = model.n, A.shape[0]
+    lp.col_cost_ = np.asarray(obj, float)
+    lp.col_lower_, lp.col_upper_ = np.array(model.lb), np.array(model.ub)
+    lp.row_lower_, lp.row_upper_ = rlo, rhi
+    Acsc = A.tocsc()
+    lp.a_matrix_.format_ = highspy.MatrixFormat.kColwise
+    lp.a_matrix_.start_, lp.a_matrix_.index_, lp.a_matrix_.value_ = Acsc.indptr, Acsc.indices, Acsc.data
+    lp.a_matrix_.num_col_, lp.a_matrix_.num_row_ = model.n, A.shape[0]
+    lp.integrality_ = [highspy.HighsVarType.kInteger if i else highspy.HighsVarType.kContinuous
+                       for i in model.integer]
+    lp.sense_ = highspy.ObjSense.kMaximize
+    h.passModel(lp)
+    h.run()
+    ms = h.getModelStatus()
+    info = h.getInfo()
+    text = h.modelStatusToString(ms)
+    timed_out = ms == highspy.HighsModelStatus.kTimeLimit
+    has_sol = info.primal_solution_status == 2
+    upper = info.mip_dual_bound if math.isfinite(info.mip_dual_bound) else None
+    if ms == highspy.HighsModelStatus.kOptimal:
+        upper = max(upper if upper is not None else -math.inf, info.objective_function_value)
+    return {"backend": "highs (highspy)", "upper": upper, "obj": info.objective_function_value if has_sol else None,
+            "x": np.array(h.getSolution().col_value) if has_sol else None, "timed_out": timed_out,
+            "status_text": text, "nodes": int(info.mip_node_count), "t_start": t_start}
+
+
+def _scipy_milp(model, A, rlo, rhi, obj, time_limit, gap, t_start):
+    from scipy.optimize import Bounds, LinearConstraint, milp
+    res = milp(-np.asarray(obj), integrality=np.array(model.integer, int),
+               bounds=Bounds(np.array(model.lb), np.array(model.ub)),
+               constraints=LinearConstraint(A, rlo, rhi),
+               options={"time_limit": float(time_limit), "mip_rel_gap": float(gap), "disp": False})
+    dual_b = getattr(res, "mip_dual_bound", None)
+    upper = None if dual_b is None or not np.isfinite(dual_b) else -float(dual_b)
+    return {"backend": "highs (scipy milp)", "upper": upper, "obj": None if res.x is None else -float(res.fun),
+            "x": res.x, "timed_out": res.status == 1, "status_text": res.message,
+            "nodes": getattr(res, "mip_node_count", None), "t_start": t_start}
+
+
+def _gurobi(model, A, rlo, rhi, obj, time_limit, gap, threads):
+    import gurobipy as gp
+    from gurobipy import GRB
+    t_start = time.perf_counter()
+    env = gp.Env(empty=True)
+    env.setParam("OutputFlag", 0)
+    env.start()
+    try:
+        m = gp.Model(env=env)
+        vt = np.where(np.array(model.integer), GRB.BINARY, GRB.CONTINUOUS)
+        x = m.addMVar(model.n, lb=np.array(model.lb), ub=np.array(model.ub), vtype=vt)
+        fin_hi, fin_lo = np.isfinite(rhi), np.isfinite(rlo)
+        eq = fin_hi & fin_lo & (rhi == rlo)
+        if (fin_hi & ~eq).any():
+            m.addMConstr(A[fin_hi & ~eq], x, GRB.LESS_EQUAL, rhi[fin_hi & ~eq])
+        if (fin_lo & ~eq).any():
+            m.addMConstr(A[fin_lo & ~eq], x, GRB.GREATER_EQUAL, rlo[fin_lo & ~eq])
+        if eq.any():
+            m.addMConstr(A[eq], x, GRB.EQUAL, rhi[eq])
+        m.setObjective(gp.quicksum([]) + np.asarray(obj) @ x, GRB.MAXIMIZE)
+        m.Params.TimeLimit = float(time_limit)
+        m.Params.MIPGap = float(gap)
+        m.Params.MIPGapAbs = 1e-12
+        m.Params.IntFeasTol = 1e-9
+        m.Params.FeasibilityTol = 1e-9
+        m.Params.Threads = int(max(1, threads))
+        try:
+            m.optimize()
+        except gp.GurobiError as e:
+            if getattr(e, "errno", None) == 10010:
+                return {"backend": "gurobi", "license_limit": True, "status_text": str(e), "t_start": t_start}
+            raise
+        has_sol = m.SolCount > 0
+        upper = float(m.ObjBound) if math.isfinite(m.ObjBound) else None
+        return {"backend": "gurobi", "upper": upper, "obj": float(m.ObjVal) if has_sol else None,
+                "x": np.array(x.X) if has_sol else None, "timed_out": m.Status == GRB.TIME_LIMIT,
+                "status_text": {2: "optimal", 9: "time limit"}.get(m.Status, f"status {m.Status}"),
+                "nodes": int(m.NodeCount), "t_start": t_start}
+    finally:
+        env.dispose()
