@@ -67,7 +67,9 @@ class BaB(Verifier):
             pw = pwl.pwl(net)
         except Unsupported as e:
             return Bound(None, "upper", "unsupported", error=str(e))
-        return solve(pw, query, budget, **self.p)
+        from bench.registry import get_verifier
+        cap = get_verifier("trivial")().run(net, query, budget)
+        return solve(pw, query, budget, cap=cap.value if cap.status == "ok" else math.inf, **self.p)
 
 
 class _Trace:
@@ -89,7 +91,9 @@ class _Trace:
 
 
 def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, leaf_units=10, leaf_lps=64,
-          margin_s=0.5, max_nodes=2_000_000) -> Bound:
+          margin_s=0.5, max_nodes=2_000_000, cap=math.inf) -> Bound:
+    """Branch and bound; ``cap`` is a sound global upper bound (the trivial bound) that
+    no reported upper bound exceeds."""
     t0 = time.perf_counter()
     deadline = math.inf if budget.timeout_s is None else t0 + max(0.1, budget.timeout_s - margin_s)
     dev = budget.device if budget.device not in ("auto", None) else "cpu"
@@ -187,7 +191,7 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         st["pruned"] += int((~live).sum())
         O_lo, O_hi, O_ub = O_lo[live], O_hi[live], O_ub[live]
         ub = max(closed_best, float(O_ub.max()) if O_ub.numel() else -math.inf)
-        ub = max(ub, lb[0])   # every node closed below the lower bound: the lower bound is the value
+        ub = max(min(ub, cap), lb[0])   # all closed below the lower bound: the lower bound is the value
         trace.add(lb[0], ub)
         if O_ub.numel() == 0 or ub - lb[0] <= rtol * ub:
             break

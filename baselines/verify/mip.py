@@ -26,7 +26,8 @@ relative gap ``rtol / 10``.
 
 The reported value is the solver's dual bound (an upper bound).  The incumbent's pattern
 is then checked: an LP finds a point strictly inside its region (``pwl.region_point``),
-where the norm of its Jacobian is a certified lower bound.  Kind ``exact`` when the two
+where the norm of its Jacobian is a certified lower bound; so is the largest Jacobian
+norm at 256 random points with strict patterns, kept when the solver has no incumbent.  Kind ``exact`` when the two
 meet within ``rtol``; otherwise kind ``upper`` with the lower bound in the stats (at a
 timeout, or when the incumbent's pattern has no interior: a tie the program allowed).
 """
@@ -288,6 +289,7 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     model, obj, const, layout = build(pw, query, np_bounds, np_status, w_bounds,
                                       (gl[0, 0].numpy(), gu[0, 0].numpy()), c_kind)
     A, rlo, rhi = model.matrix()
+    sampled = _sampled_lower(pw, T, query)
     size = {"variables": model.n, "binaries": int(sum(model.integer)), "constraints": A.shape[0],
             "unstable_units": int(sum(len(u) for u in layout["unst"])), "units": pw.n_units}
     left = math.inf if budget.timeout_s is None else budget.timeout_s - margin_s - (time.perf_counter() - t0)
@@ -305,9 +307,11 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
         status_ = "timeout" if out["timed_out"] else "error"
         return Bound(None, "upper", status_, stats=stats, error=f"{out['backend']}: {out['status_text']}, no bound")
     upper = (out["upper"] + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
-    lower = None
+    lower = sampled
     if out["x"] is not None:
-        lower = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
+        inc = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
+        if inc is not None and (lower is None or inc > lower):
+            lower = inc
     stats.update(upper=upper, lower=lower, incumbent=None if out["obj"] is None else out["obj"] + const)
     stats["gap"] = None if lower is None else (upper - lower) / upper if upper > 0 else 0.0
     if out["timed_out"]:
@@ -320,20 +324,33 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     return Bound(upper, "upper", "ok", stats=stats)
 
 
+def _sampled_lower(pw, T, query, n=256, seed=0) -> float | None:
+    """A certified lower bound that does not depend on the solver finding an incumbent:
+    the largest Jacobian norm at ``n`` random points of the domain where the pattern is
+    strict (faces of the homogenised cube for the global domain)."""
+    lo, hi = pwl.domain_boxes(pw, query)
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randint(0, lo.shape[0], (n,), generator=g)
+    Lo, Hi = torch.as_tensor(lo)[k], torch.as_tensor(hi)[k]
+    X = Lo + (Hi - Lo) * torch.rand(n, lo.shape[1], generator=g, dtype=torch.float64)
+    pats, ok = pwl.strict_pattern(T, X)
+    if not ok.any():
+        return None
+    C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
+    v = pwl.norms(T.jacobians(C, [a[ok] for a in pats]), query.p, query.is_pair)
+    return float(v.max()) * (1 - DEFLATE)
+
+
 def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> float | None:
-    pattern = []
-    for li, L in enumerate(pw.hidden):
-        a = np.zeros(L.units)
-        # stable units: their status from the bounds is what the program used; recompute from x
-        pattern.append(a)
-    # the program's own pattern: stable units from the forward pass at x, unstable from the binaries
+    # the program's pattern: stable units as the forward pass at x has them (their bounds
+    # fix them on the whole domain), unstable ones from the binaries
     yt = np.asarray(x)[layout["x"]]
     ds = T.forward(torch.as_tensor(yt, dtype=torch.float64)[None])
-    free = []
-    for li, (d, u, ab) in enumerate(zip(ds, layout["unst"], layout["a"])):
+    pattern, free = [], []
+    for d, u, ab in zip(ds, layout["unst"], layout["a"]):
         a = (d[0].numpy() > 0).astype(float)
         a[u] = np.round(np.asarray(x)[ab])
-        pattern[li] = a
+        pattern.append(a)
         f = np.zeros(a.size, bool)
         f[u] = True
         free.append(f)
@@ -355,8 +372,7 @@ def _highs(model, A, rlo, rhi, obj, time_limit, gap, threads):
         import highspy
     except ImportError:
         return _scipy_milp(model, A, rlo, rhi, obj, time_limit, gap, t_start)
-    h = highspy.Highs()
-    h.setOptionValue("output_flag", False)
+    h = _quiet_highs(highspy)
     h.setOptionValue("time_limit", float(time_limit))
     h.setOptionValue("mip_rel_gap", float(gap))
     h.setOptionValue("mip_abs_gap", 1e-12)
@@ -387,6 +403,23 @@ def _highs(model, A, rlo, rhi, obj, time_limit, gap, threads):
     return {"backend": "highs (highspy)", "upper": upper, "obj": info.objective_function_value if has_sol else None,
             "x": np.array(h.getSolution().col_value) if has_sol else None, "timed_out": timed_out,
             "status_text": text, "nodes": int(info.mip_node_count), "t_start": t_start}
+
+
+def _quiet_highs(highspy):
+    """A Highs object, without the banner its constructor prints on the process's stdout."""
+    import os
+    import sys
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            h = highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    h.setOptionValue("output_flag", False)
+    return h
 
 
 def _scipy_milp(model, A, rlo, rhi, obj, time_limit, gap, t_start):

@@ -1,0 +1,202 @@
+"""The exact verifiers ``mip`` (both backends) and ``bab`` against region enumeration,
+the class-pair trap, the soundness chain, budgets, and the LipBaB reference networks."""
+import glob
+import importlib.util
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+from conftest import REFERENCE, mlp
+from exact import norm, regions
+from methods.layers import Abs, CReLU, MaxMin
+
+INF = math.inf
+HAS_GUROBI = importlib.util.find_spec("gurobipy") is not None
+BACKENDS = ["highs", pytest.param("gurobi", marks=pytest.mark.skipif(not HAS_GUROBI, reason="gurobipy absent"))]
+BOX = {"center": [0.1, -0.2], "radius": 0.5}
+DOMAINS = {"global": ("global", -100.0, 100.0), "box": (BOX, np.array([-0.4, -0.7]), np.array([0.6, 0.3]))}
+
+
+def tiny(act, seed):
+    """2-6-6-3 with biases; CReLU doubles the width it feeds."""
+    torch.manual_seed(seed)
+    layers, d = [], 2
+    for i, w in enumerate([6, 6, 3]):
+        layers.append(nn.Linear(d, w))
+        d = w
+        if i < 2:
+            layers.append(act())
+            d = 2 * w if act is CReLU else w
+    return nn.Sequential(*layers)
+
+
+_truth = {}
+
+
+def truth(act, seed, dom, p, target):
+    """Exact constant from every linear region of the domain (tests/exact.py)."""
+    key = (act.__name__, seed, dom)
+    if key not in _truth:
+        _, lo, hi = DOMAINS[dom]
+        _truth[key] = list(regions(tiny(act, seed), lo, hi))
+    return max(norm(J, p, target) for J in _truth[key])
+
+
+ACTS = [nn.ReLU, Abs, CReLU, MaxMin]
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("dom", ["global", "box"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mip_equals_enumeration(act, dom, backend):
+    net = tiny(act, 1)
+    for p in (1.0, INF):
+        for target in (None, (0, 2)):
+            exact = truth(act, 1, dom, p, target)
+            b = bench.verify(net, "mip", p=p, target=target, domain=DOMAINS[dom][0], backend=backend)
+            assert b.status == "ok" and b.kind == "exact", (p, target, b)
+            assert b.value == pytest.approx(exact, rel=1e-6), (p, target, b.value, exact)
+            assert b.stats["lower"] <= exact * (1 + 1e-9) <= b.value * (1 + 2e-9)
+
+
+@pytest.mark.parametrize("act", ACTS, ids=lambda a: a.__name__)
+@pytest.mark.parametrize("dom", ["global", "box"])
+def test_bab_equals_enumeration(act, dom):
+    net = tiny(act, 2)
+    for p in (1.0, 2.0, INF):
+        for target in (None, (0, 2)):
+            exact = truth(act, 2, dom, p, target)
+            b = bench.verify(net, "bab", p=p, target=target, domain=DOMAINS[dom][0])
+            assert b.status == "ok" and b.kind == "exact", (p, target, b)
+            assert b.value == pytest.approx(exact, rel=1e-6), (p, target, b.value, exact)
+            assert exact * (1 - 1e-9) <= b.value
+            assert b.stats["lower"] <= exact * (1 + 1e-9)
+            tr = b.stats["trace"]
+            assert tr[-1][1] == b.stats["lower"] and tr[-1][2] == b.value
+            assert all(r1[0] <= r2[0] and r1[1] <= r2[1] for r1, r2 in zip(tr, tr[1:]))  # time, lower grow
+
+
+def trap():
+    net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 2, bias=False))
+    with torch.no_grad():
+        net[0].weight.fill_(1.0)
+        net[2].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+    return net
+
+
+@pytest.mark.parametrize("verifier,params", [("mip", {"backend": "highs"}), ("bab", {}), ("trivial", {}),
+                                             ("mip", {"backend": "gurobi"})])
+def test_class_pair_trap(verifier, params):
+    """f = (relu(x), -relu(x)), margin f_0 - f_1 = 2 relu(x): l_inf constant 2."""
+    if params.get("backend") == "gurobi" and not HAS_GUROBI:
+        pytest.skip("gurobipy absent")
+    for dom in ("global", {"center": [0.5], "radius": 1.0}):
+        b = bench.verify(trap(), verifier, p=INF, target=(0, 1), domain=dom, **params)
+        assert b.value >= 2.0 * (1 - 1e-12), b
+        if verifier != "trivial":
+            assert b.kind == "exact" and b.value == pytest.approx(2.0, rel=1e-9)
+    # a box where the neuron is off: the constant is 0 there
+    b = bench.verify(trap(), verifier, p=INF, target=(0, 1), domain={"center": [-2.0], "radius": 1.0}, **params)
+    assert b.value >= 0.0
+    if verifier != "trivial":
+        assert b.value == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_soundness_chain_on_random_networks(seed):
+    """lower <= mip = bab <= trivial where they close; lower <= exact <= bab's upper <=
+    trivial on a budget where bab does not close (``max_nodes``)."""
+    net = mlp([3, 10, 10, 4], seed=seed)
+    dom = {"center": [0.2, -0.1, 0.3], "radius": 0.8}
+    for p, target in [(INF, None), (1.0, (1, 3)), (INF, (0, 2))]:
+        lo = bench.verify(net, "lower", p=p, target=target, domain=dom).value
+        tb = bench.verify(net, "trivial", p=p, target=target, domain=dom).value
+        m = bench.verify(net, "mip", p=p, target=target, domain=dom)
+        bb = bench.verify(net, "bab", p=p, target=target, domain=dom)
+        assert m.kind == bb.kind == "exact"
+        assert m.value == pytest.approx(bb.value, rel=1e-6)
+        assert lo <= m.value * (1 + 1e-9) and m.value <= tb * (1 + 1e-9)
+        g = bench.verify(net, "bab", p=p, target=target, max_nodes=8)       # global: does not close
+        gm = bench.verify(net, "mip", p=p, target=target)
+        assert g.status == "timeout" and g.kind == "upper" and gm.kind == "exact"
+        assert g.stats["lower"] <= gm.value * (1 + 1e-9) <= g.value * (1 + 2e-9)
+        assert g.value <= bench.verify(net, "trivial", p=p, target=target).value
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("verifier,params", [("bab", {}), ("mip", {"backend": "highs"})])
+def test_budget_is_honoured_and_bounds_kept(verifier, params):
+    """5 s on a network neither closes (4 inputs, 3 x 48 units, global): status timeout,
+    returned within the budget plus a small margin, both bounds kept."""
+    net = mlp([4, 48, 48, 48, 2], seed=3)
+    t = time.perf_counter()
+    b = bench.verify(net, verifier, p=INF, target=(0, 1), timeout=5.0, **params)
+    wall = time.perf_counter() - t
+    assert b.status == "timeout" and b.kind == "upper", b
+    assert wall < 5.0 + 3.0, wall           # + worker start and the result's trip home
+    tb = bench.verify(net, "trivial", p=INF, target=(0, 1)).value
+    assert b.value is not None and b.value <= tb * (1 + 1e-9) or verifier == "bab"
+    assert b.stats["lower"] is not None and 0 < b.stats["lower"] <= b.value
+
+
+def test_mip_rejects_l2_and_non_pwl():
+    net = mlp([2, 4, 2], seed=0)
+    b = bench.verify(net, "mip", p=2)
+    assert b.status == "unsupported" and "p in {1, inf}" in b.error
+    tnet = mlp([2, 4, 2], act=nn.Tanh, seed=0)
+    for v in ("mip", "bab"):
+        b = bench.verify(tnet, v, p=INF)
+        assert b.status == "unsupported" and "tanh" in b.error
+
+
+def test_gurobi_size_limit_is_a_status():
+    """The pip licence of gurobipy refuses models above 2,000 variables or constraints."""
+    if not HAS_GUROBI:
+        pytest.skip("gurobipy absent")
+    net = mlp([4, 200, 200, 2], seed=0)
+    b = bench.verify(net, "mip", p=INF, target=(0, 1), backend="gurobi", timeout=60)
+    if b.status == "ok":
+        pytest.skip("this gurobipy has an unrestricted licence")
+    assert b.status == "license_limit", b
+    assert b.stats["variables"] > 0 and "2,000" in b.error and "backend highs" in b.error
+
+
+LIPBAB = os.path.join(REFERENCE, "lipbab")
+
+
+def load_npz(path):
+    z = np.load(path)
+    layers, k = [], 0
+    while f"W{k}" in z:
+        lin = nn.Linear(z[f"W{k}"].shape[1], z[f"W{k}"].shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(z[f"W{k}"]))
+            lin.bias.copy_(torch.from_numpy(z[f"b{k}"]))
+        layers += [lin, nn.ReLU()]
+        k += 1
+    return nn.Sequential(*layers[:-1])
+
+
+@pytest.mark.skipif(not os.path.isdir(LIPBAB), reason="../shared/reference/lipbab absent")
+@pytest.mark.parametrize("name", ["iris_net_4-5-5-3", "SDnet_10-15-10-3", "SDnet_10-20-15-10-3"])
+def test_lipbab_reference_networks(name):
+    """mip and bab agree for p = inf on the box [0, 0.1]^n; bab closes p = 1, 2 too and
+    lower / trivial bracket it.  (SDnet_10-30-30-30-3 is in benchmarks/exact_scaling.py:
+    ~20-30 s per norm.)"""
+    net = load_npz(os.path.join(LIPBAB, name + ".npz"))
+    n = net[0].in_features
+    dom = {"center": [0.05] * n, "radius": 0.05}
+    for p in (INF, 1.0, 2.0):
+        bb = bench.verify(net, "bab", p=p, domain=dom)
+        assert bb.status == "ok" and bb.kind == "exact", bb
+        if p != 2.0:
+            m = bench.verify(net, "mip", p=p, domain=dom)
+            assert m.kind == "exact" and m.value == pytest.approx(bb.value, rel=1e-6)
+        assert bench.verify(net, "lower", p=p, domain=dom).value <= bb.value * (1 + 1e-9)
+        assert bb.value <= bench.verify(net, "trivial", p=p, domain=dom).value * (1 + 1e-9)
