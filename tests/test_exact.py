@@ -200,3 +200,33 @@ def test_lipbab_reference_networks(name):
             assert m.kind == "exact" and m.value == pytest.approx(bb.value, rel=1e-6)
         assert bench.verify(net, "lower", p=p, domain=dom).value <= bb.value * (1 + 1e-9)
         assert bb.value <= bench.verify(net, "trivial", p=p, domain=dom).value * (1 + 1e-9)
+
+
+HAS_LIRPA = importlib.util.find_spec("auto_LiRPA") is not None
+
+
+def test_lirpa_absent_or_too_old_says_not_installed(monkeypatch):
+    from baselines.verify import lirpa
+    net = mlp([2, 8, 1], seed=0)
+    if not HAS_LIRPA:
+        b = bench.verify(net, "lirpa", p=INF, domain={"center": [0.0, 0.0], "radius": 1.0})
+        assert b.status == "not_installed" and b.value is None
+        assert "auto_LiRPA" in b.error and "pip install --no-deps" in b.error and "Verified-Intelligence" in b.error
+    # a release without the Jacobian API (PyPI's 0.3) is reported as such
+    monkeypatch.setattr(lirpa.Verifier, "missing", classmethod(lambda cls: []))
+    monkeypatch.setattr(lirpa, "_installed_version", lambda: "0.3")
+    assert lirpa.LiRPA.missing() == ["auto_LiRPA >= 0.5 (installed: 0.3, which has no Jacobian API)"]
+
+
+@pytest.mark.skipif(not HAS_LIRPA, reason="auto_LiRPA absent (install: " + "pip install --no-deps "
+                    "'auto_LiRPA @ git+https://github.com/Verified-Intelligence/auto_LiRPA')")
+def test_lirpa_bounds_the_exact_constant():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))
+    dom = {"center": [0.0, 0.0], "radius": 1.0}
+    for p, target in [(INF, None), (1.0, None), (2.0, None), (INF, (0, 2))]:
+        ex = bench.verify(net, "bab", p=p, target=target, domain=dom)
+        b = bench.verify(net, "lirpa", p=p, target=target, domain=dom)
+        assert ex.kind == "exact" and b.status == "ok"
+        assert ex.value * (1 - 1e-9) <= b.value
+    assert bench.verify(net, "lirpa", p=INF).status == "unsupported"   # global: no box

@@ -1,0 +1,146 @@
+"""``lirpa``: sound bounds on the Jacobian over a box from auto_LiRPA's Jacobian API
+(Shi et al., "Efficiently computing local Lipschitz constants of neural networks via
+bound propagation", NeurIPS 2022).
+
+The network is wrapped so that its output is ``JacobianOP.apply(f(x), x)``; auto_LiRPA
+expands the backward pass into a graph it can bound, and ``compute_jacobian_bounds``
+(alpha-CROWN on the forward network for the intermediate bounds, then CROWN on the
+gradient graph) returns elementwise bounds lo <= J <= hi over the box.  The reported
+value is the norm of the entrywise majorant max(|lo|, |hi|) (sound for p = 1, 2, inf).
+For a class pair the network is first composed with the row e_i - e_j, so the bounds are
+those of the margin's gradient.  Computed in float64 (auto_LiRPA builds its gradient
+graph in torch's default dtype, so the default is switched for the call).
+
+auto_LiRPA is not installable from PyPI in a working version: PyPI's ``auto-lirpa`` is
+0.3 (2022), which has no Jacobian API (0.5 is the first release with this one).  Its
+repository pins torch < 2.9, yet runs on torch 2.13; install it with ``--no-deps``:
+
+    pip install packaging appdirs tqdm graphviz
+    pip install --no-deps 'auto_LiRPA @ git+https://github.com/Verified-Intelligence/auto_LiRPA'
+
+Without it (or with an older release) ``bench list`` and every row say ``not_installed``
+with the reason and these commands.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.api import Bound, Budget, Query, Verifier, dual
+from bench.network import Net
+from bench.registry import register
+
+MIN_VERSION = (0, 5)
+INSTALL = ("pip install packaging appdirs tqdm graphviz && pip install --no-deps "
+           "'auto_LiRPA @ git+https://github.com/Verified-Intelligence/auto_LiRPA'")
+
+
+def _installed_version() -> str | None:
+    from importlib import metadata
+    for dist in ("auto_LiRPA", "auto-lirpa", "auto_lirpa"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return None
+
+
+@register
+class LiRPA(Verifier):
+    name = "lirpa"
+    kind = "upper"
+    description = "auto_LiRPA's Jacobian bounds (local Lipschitz constant over a box)"
+    requires = ("auto_LiRPA",)
+    install_hint = INSTALL
+    params = {"optimize": True}
+
+    @classmethod
+    def missing(cls) -> list[str]:
+        miss = super().missing()
+        if miss:
+            return miss
+        v = _installed_version()
+        try:
+            parts = tuple(int(x) for x in (v or "0").split(".")[:2])
+        except ValueError:
+            parts = (0, 0)
+        if parts < MIN_VERSION:
+            return [f"auto_LiRPA >= {MIN_VERSION[0]}.{MIN_VERSION[1]} (installed: {v}, which has no Jacobian API)"]
+        return []
+
+    def supports(self, net: Net, query: Query) -> str | None:
+        if query.domain == "global":
+            return "lirpa bounds the Jacobian over a box: give the query a domain {center, radius}"
+        return super().supports(net, query)
+
+    def run(self, net: Net, query: Query, budget: Budget) -> Bound:
+        import logging
+        from auto_LiRPA import BoundedModule, BoundedTensor, PerturbationLpNorm
+        from auto_LiRPA.jacobian import JacobianOP
+        for name in ("auto_LiRPA", "auto_LiRPA.utils"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+        class JacobianOf(nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                return JacobianOP.apply(self.model(x), x)
+
+        model = copy.deepcopy(net.module).cpu().eval()
+        if query.is_pair:
+            i, j = query.target
+            row = nn.Linear(net.out_dim, 1, bias=False)
+            with torch.no_grad():
+                row.weight.zero_()
+                row.weight[0, i], row.weight[0, j] = 1.0, -1.0
+            model = nn.Sequential(model, row)
+        c, r = query.domain
+        t0 = time.perf_counter()
+        with _default_dtype(torch.float64):
+            model = model.double()
+            center = torch.tensor(c, dtype=torch.float64).reshape(1, *net.input_shape)
+            x_L, x_U = center - r, center + r
+            try:
+                bm = BoundedModule(JacobianOf(model), center, device="cpu")
+            except Exception as e:   # an operator auto_LiRPA cannot parse or bound
+                return Bound(None, "upper", "unsupported",
+                             error=f"auto_LiRPA cannot bound this network: {type(e).__name__}: {e}".splitlines()[0])
+            x = BoundedTensor(center, PerturbationLpNorm(norm=np.inf, x_L=x_L, x_U=x_U))
+            with contextlib.redirect_stdout(None):
+                lb, ub = bm.compute_jacobian_bounds(x, optimize=self.p["optimize"])
+        lb = lb.detach().reshape(lb.shape[1], -1)
+        ub = ub.detach().reshape(ub.shape[1], -1)
+        M = torch.maximum(lb.abs(), ub.abs()).double()
+        value = _majorant_norm(M, query)
+        import auto_LiRPA
+        return Bound(value * (1 + 1e-10), "upper", "ok",
+                     stats={"auto_lirpa_version": getattr(auto_LiRPA, "__version__", None),
+                            "bound_s": time.perf_counter() - t0, "optimize": self.p["optimize"]})
+
+
+def _majorant_norm(M: torch.Tensor, query: Query) -> float:
+    """Norm of the nonnegative majorant of the Jacobian (rows: outputs, or the margin)."""
+    if query.is_pair:
+        return float(torch.linalg.vector_norm(M[0], ord=dual(query.p)))
+    if query.p == 1:
+        return float(M.sum(0).max())
+    if query.p == 2:
+        return float(torch.linalg.matrix_norm(M, ord=2))
+    return float(M.sum(1).max())
+
+
+@contextlib.contextmanager
+def _default_dtype(dt):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dt)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
