@@ -70,6 +70,8 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
             importlib.import_module(mod)
         load_plugins()
         dev = resolve_device(budget.device)
+        if dev == "cuda":   # the API has no scheduler handing out GPUs: the current one
+            dev = f"cuda:{torch.cuda.current_device()}"
         budget = Budget(budget.timeout_s, dev, budget.threads)
         if dev.startswith("cuda"):
             torch.cuda.set_device(torch.device(dev))

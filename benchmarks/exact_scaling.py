@@ -25,7 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import bench  # noqa: E402
 
-LIPBAB = os.path.join(HERE, "..", "..", "shared", "reference", "lipbab")
+LIPBAB = os.environ.get("LIPBAB_DIR", os.path.join(HERE, "..", "..", "shared", "reference", "lipbab"))
 RUNS = [("bab", {}), ("mip", {"backend": "highs"}), ("mip", {"backend": "gurobi"})]
 
 
@@ -57,7 +57,9 @@ def row(label, net, verifier, params, p, domain, budget, device="cpu"):
             return None
     b = bench.verify(net, verifier, p=p, domain=domain, timeout=budget, device=device, **params)
     s = b.stats or {}
-    if b.kind == "exact":
+    if b.value is None:
+        val = b.error or ""
+    elif b.kind == "exact":
         val = f"{b.value:.6f}"
     elif b.value is not None:
         val = f"<= {b.value:.4g} (>= {s.get('lower') or 0:.4g})"
@@ -81,7 +83,7 @@ def targets(args):
         net = load_npz(path)
         dom = {"center": [0.05] * 10, "radius": 0.05}
         for p in (math.inf, 1.0, 2.0):
-            row(f"SDnet_10-30-30-30-3 p={bench.api.p_name(p)}", net, "bab", {}, p, dom, args.budget, args.device)
+            row(f"SDnet_10-30-30-30-3 p={bench.api.p_name(p)}", net, *RUNS[0], p, dom, args.budget, args.device)
             if p != 2.0 and args.device == "cpu":
                 for v, kw in RUNS[1:]:
                     row(f"SDnet_10-30-30-30-3 p={bench.api.p_name(p)}", net, v, kw, p, dom, args.budget)
@@ -113,7 +115,10 @@ def main():
     ap.add_argument("--budget", type=float, default=60.0)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--batch", type=int, default=None, help="bab: nodes split per step")
     args = ap.parse_args()
+    if args.batch:
+        RUNS[0] = ("bab", {"batch": args.batch})
     if args.what == "targets":
         targets(args)
     elif args.what == "width":

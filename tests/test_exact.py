@@ -82,6 +82,18 @@ def test_bab_equals_enumeration(act, dom):
             assert all(r1[0] <= r2[0] and r1[1] <= r2[1] for r1, r2 in zip(tr, tr[1:]))  # time, lower grow
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_bab_on_gpu_equals_cpu():
+    net = mlp([3, 16, 16, 4], seed=5)
+    dom = {"center": [0.1, 0.2, -0.3], "radius": 1.0}
+    for p in (1.0, 2.0, INF):
+        cpu = bench.verify(net, "bab", p=p, domain=dom)
+        gpu = bench.verify(net, "bab", p=p, domain=dom, device="cuda", timeout=120)
+        assert gpu.status == "ok", (gpu.error, gpu.stats.get("traceback"))
+        assert cpu.kind == gpu.kind == "exact" and gpu.device.startswith("cuda") and gpu.stats["device"].startswith("cuda")
+        assert gpu.value == pytest.approx(cpu.value, rel=1e-9)
+
+
 def trap():
     net = nn.Sequential(nn.Linear(1, 1, bias=False), nn.ReLU(), nn.Linear(1, 2, bias=False))
     with torch.no_grad():
