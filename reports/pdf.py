@@ -166,6 +166,8 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
             pdf.savefig(fig)
             plt.close(fig)
 
+        _anytime_pages(pdf, rows)
+
         # --- one page per query, one panel per network (for suites small enough to read so)
         for key in (queries if len(netnames) <= PER_NETWORK_PAGES_UP_TO else []):
             qnets = sorted({r["network"] for r, *_ in _points(rows, best, key)})
@@ -209,6 +211,55 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
             log.info("no sound lower bound for %d network(s): tightness not plotted for them", len(missing_lb))
     os.replace(tmp, path)
     return path
+
+
+ANYTIME_PANELS = 24
+
+
+def _anytime_pages(pdf, rows):
+    """Upper and lower bounds over time of the anytime verifiers: bab's trace (stats
+    ``trace``: [t, lower, upper] rows), mip's final bounds as points.  The runs that did
+    not close come first, then the slowest; at most ANYTIME_PANELS panels."""
+    runs = []
+    for r in rows:
+        if r["verifier"] not in ("bab", "mip") or r["value"] is None:
+            continue
+        st = json.loads(r["stats"] or "{}")
+        if r["verifier"] == "bab" and st.get("trace"):
+            runs.append((r, st))
+        elif r["verifier"] == "mip" and st.get("upper") is not None:
+            runs.append((r, st))
+    if not runs:
+        return
+    runs.sort(key=lambda x: (x[0]["kind"] == "exact", -(x[0]["wall_s"] or 0)))
+    runs = runs[:ANYTIME_PANELS]
+    for start in range(0, len(runs), 6):
+        chunk = runs[start:start + 6]
+        fig, axes = plt.subplots(3, 2, figsize=A4, squeeze=False)
+        fig.suptitle("Anytime bounds of the exact verifiers (upper: solid, lower: dashed); not closed first",
+                     fontsize=10)
+        for ax, (r, st) in zip(axes.flat, chunk):
+            if r["verifier"] == "bab":
+                tr = [(float(t), float(lo), float(up)) for t, lo, up in st["trace"]]
+                ts = [max(t, 1e-3) for t, _, _ in tr]
+                ax.step(ts, [u for _, _, u in tr], where="post", color="tab:blue", label="bab upper")
+                ax.step(ts, [lo for _, lo, _ in tr], where="post", ls="--", color="tab:blue", label="bab lower")
+            else:
+                t = max(r["wall_s"] or 1e-3, 1e-3)
+                ax.scatter([t], [st["upper"]], color="tab:red", marker="v", label="mip upper")
+                if st.get("lower"):
+                    ax.scatter([t], [st["lower"]], color="tab:red", marker="^", label="mip lower")
+            ax.set_xscale("log")
+            ax.set_xlabel("seconds", fontsize=7)
+            ax.tick_params(labelsize=6)
+            state = "exact" if r["kind"] == "exact" else r["status"]
+            ax.set_title(f"{r['network'][:40]}\n{r['verifier']} p={r['p']} {r['target']}: {state}", fontsize=7)
+            ax.legend(fontsize=6)
+        for ax in list(axes.flat)[len(chunk):]:
+            ax.axis("off")
+        fig.tight_layout(rect=(0, 0, 1, 0.96))
+        pdf.savefig(fig)
+        plt.close(fig)
 
 
 def _text_page(pdf, title: str, lines: list[str], size=7.5):
