@@ -242,3 +242,20 @@ def test_lirpa_bounds_the_exact_constant():
         assert ex.kind == "exact" and b.status == "ok"
         assert ex.value * (1 - 1e-9) <= b.value
     assert bench.verify(net, "lirpa", p=INF).status == "unsupported"   # global: no box
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, Abs, MaxMin], ids=lambda a: a.__name__)
+def test_box_around_the_origin_of_a_bias_free_net(act):
+    """Every region of a bias-free network is a cone at 0: a box holding the origin meets
+    them all, where every unit has a tie.  Both verifiers still close, and equal the
+    enumeration over the box."""
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 8, bias=False), act(), nn.Linear(8, 8, bias=False), act(),
+                        nn.Linear(8, 3, bias=False))
+    dom = {"center": [0.1, -0.1, 0.0], "radius": 0.5}
+    reg = list(regions(net, np.array([-0.4, -0.6, -0.5]), np.array([0.6, 0.4, 0.5])))
+    for p, target in [(INF, None), (1.0, (0, 2))]:
+        exact = max(norm(J, p, target) for J in reg)
+        for v in ("mip", "bab"):
+            b = bench.verify(net, v, p=p, target=target, domain=dom)
+            assert b.kind == "exact" and b.value == pytest.approx(exact, rel=1e-6), (v, p, b, exact)

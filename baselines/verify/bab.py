@@ -47,6 +47,7 @@ DEFLATE = 1e-12   # a certified lower bound is the computed norm less this relat
 @register
 class BaB(Verifier):
     name = "bab"
+    version = "2"
     kind = "exact"
     description = "branch and bound over input boxes and activation patterns (exact when it closes)"
     params = {"rtol": 1e-9, "batch": 256, "leaf_units": 10, "leaf_lps": 64, "margin_s": 0.5,

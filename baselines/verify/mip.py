@@ -52,6 +52,7 @@ DEFLATE = 1e-12
 @register
 class MIP(Verifier):
     name = "mip"
+    version = "2"
     kind = "exact"
     norms = (1.0, math.inf)
     description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
@@ -139,7 +140,7 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
     q = dual(query.p)
     M = _Model()
     X = M.var(n + 1, lo, hi, name="x")
-    glob = query.domain == "global"
+    glob = pwl.is_global(pw, query)
     faces = M.var(2 * n + (1 if pw.has_bias else 0), 0, 1, True, "face") if glob else None
     R = [M.var(len(u), 0, np.inf, name=f"r{li}") for li, u in enumerate(unst)]
     Abin = [M.var(len(u), 0, 1, True, f"a{li}") for li, u in enumerate(unst)]

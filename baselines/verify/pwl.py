@@ -135,6 +135,20 @@ def targets(pw: PWLNet, query: Query) -> np.ndarray:
     return np.eye(m)
 
 
+def is_global(pw: PWLNet, query: Query) -> bool:
+    """The global domain, or a box that amounts to it: a network without biases is
+    positively homogeneous, every one of its regions is a cone at the origin, so a box
+    with the origin in its interior meets every region (and its local constant is the
+    global one).  Such a box is solved as the global domain: around the origin every unit
+    is at its kink and no sub-box would ever separate the regions."""
+    if query.domain == "global":
+        return True
+    if pw.has_bias:
+        return False
+    c, r = query.domain
+    return bool(np.all(np.abs(np.asarray(c, dtype=np.float64)) < r))
+
+
 def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (lo, hi), each (K, n + 1), of the homogenised input (y, t) that together hold
     a point of every activation region of the query's domain (see the module doc).
@@ -146,7 +160,7 @@ def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     (y, t) = 0, where no box could ever separate them.  Without biases the pattern of x
     is that of every positive multiple, so the 2n faces y_i = +-1 (t = 1) suffice."""
     n = pw.in_dim
-    if query.domain != "global":
+    if not is_global(pw, query):
         c, r = query.domain
         c = np.asarray(c, dtype=np.float64)
         return np.r_[c - r, 1.0][None], np.r_[c + r, 1.0][None]
@@ -168,7 +182,7 @@ def domain_box(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     """One box (lo, hi) of (y, t) holding the query's domain: the solid cube
     [-1, 1]^n x [0, 1] for the global domain (a MIP needs no faces)."""
     n = pw.in_dim
-    if query.domain == "global":
+    if is_global(pw, query):
         return np.r_[-np.ones(n), 0.0 if pw.has_bias else 1.0], np.r_[np.ones(n), 1.0]
     lo, hi = domain_boxes(pw, query)
     return lo[0], hi[0]
