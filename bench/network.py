@@ -315,6 +315,26 @@ def activation_width_factor(m: nn.Module) -> int:
     return int(spec.get("out_factor", 1))
 
 
+def from_npz(path: str, activation=nn.ReLU) -> nn.Sequential:
+    """A float64 MLP from an npz of weights ``W0, b0, W1, b1, ...`` (torch convention,
+    out x in), ``activation`` between layers and none after the last: the format in which
+    networks of other projects (e.g. LipBaB's) are kept for checks."""
+    z = np.load(path)
+    layers, k = [], 0
+    while f"W{k}" in z:
+        W, b = z[f"W{k}"], z[f"b{k}"] if f"b{k}" in z else None
+        lin = nn.Linear(W.shape[1], W.shape[0], bias=b is not None).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.from_numpy(np.asarray(W, dtype=np.float64)))
+            if b is not None:
+                lin.bias.copy_(torch.from_numpy(np.asarray(b, dtype=np.float64)))
+        layers += [lin, activation()]
+        k += 1
+    if not layers:
+        raise UserError(f"{path}: no weight matrix W0 in it")
+    return nn.Sequential(*layers[:-1])
+
+
 def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     """An MLP from an architecture spec ``{hidden: [h1, h2, ...], activation: name,
     activation_params: {...}, bias: bool}``; inputs of more than one dimension are

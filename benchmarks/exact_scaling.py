@@ -24,6 +24,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 import bench  # noqa: E402
+from bench.network import from_npz  # noqa: E402
 
 LIPBAB = os.environ.get("LIPBAB_DIR", os.path.join(HERE, "..", "..", "shared", "reference", "lipbab"))
 RUNS = [("bab", {}), ("mip", {"backend": "highs"}), ("mip", {"backend": "gurobi"})]
@@ -34,19 +35,6 @@ def mlp(sizes, seed):
     layers = []
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
-
-
-def load_npz(path):
-    z = np.load(path)
-    layers, k = [], 0
-    while f"W{k}" in z:
-        lin = nn.Linear(z[f"W{k}"].shape[1], z[f"W{k}"].shape[0]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(z[f"W{k}"]))
-            lin.bias.copy_(torch.from_numpy(z[f"b{k}"]))
-        layers += [lin, nn.ReLU()]
-        k += 1
     return nn.Sequential(*layers[:-1])
 
 
@@ -80,7 +68,7 @@ def targets(args):
     print(HEADER)
     path = os.path.join(LIPBAB, "SDnet_10-30-30-30-3.npz")
     if os.path.exists(path):
-        net = load_npz(path)
+        net = from_npz(path)
         dom = {"center": [0.05] * 10, "radius": 0.05}
         for p in (math.inf, 1.0, 2.0):
             row(f"SDnet_10-30-30-30-3 p={bench.api.p_name(p)}", net, *RUNS[0], p, dom, args.budget, args.device)

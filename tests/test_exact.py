@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 import bench
+from bench.network import from_npz
 from conftest import REFERENCE, mlp
 from exact import norm, regions
 from methods.layers import Abs, CReLU, MaxMin
@@ -182,26 +183,13 @@ def test_gurobi_size_limit_is_a_status():
 LIPBAB = os.path.join(REFERENCE, "lipbab")
 
 
-def load_npz(path):
-    z = np.load(path)
-    layers, k = [], 0
-    while f"W{k}" in z:
-        lin = nn.Linear(z[f"W{k}"].shape[1], z[f"W{k}"].shape[0]).double()
-        with torch.no_grad():
-            lin.weight.copy_(torch.from_numpy(z[f"W{k}"]))
-            lin.bias.copy_(torch.from_numpy(z[f"b{k}"]))
-        layers += [lin, nn.ReLU()]
-        k += 1
-    return nn.Sequential(*layers[:-1])
-
-
 @pytest.mark.skipif(not os.path.isdir(LIPBAB), reason="../shared/reference/lipbab absent")
 @pytest.mark.parametrize("name", ["iris_net_4-5-5-3", "SDnet_10-15-10-3", "SDnet_10-20-15-10-3"])
 def test_lipbab_reference_networks(name):
     """mip and bab agree for p = inf on the box [0, 0.1]^n; bab closes p = 1, 2 too and
     lower / trivial bracket it.  (SDnet_10-30-30-30-3 is in benchmarks/exact_scaling.py:
     ~20-30 s per norm.)"""
-    net = load_npz(os.path.join(LIPBAB, name + ".npz"))
+    net = from_npz(os.path.join(LIPBAB, name + ".npz"))
     n = net[0].in_features
     dom = {"center": [0.05] * n, "radius": 0.05}
     for p in (INF, 1.0, 2.0):

@@ -87,3 +87,17 @@ def test_parametrized_layers_are_unsupported():
     lin = nn.utils.parametrizations.spectral_norm(nn.Linear(3, 3))
     b = bench.verify(nn.Sequential(lin, nn.ReLU(), nn.Linear(3, 1)), "trivial", p=2)
     assert b.status == "unsupported" and "parametrized" in b.error
+
+
+def test_from_npz_reads_weights_and_rejects_an_empty_file(tmp_path):
+    import numpy as np
+    from bench.api import UserError
+    from bench.network import from_npz
+    W0, b0, W1, b1 = np.ones((3, 2)), np.zeros(3), np.arange(3.0)[None], np.array([0.5])
+    np.savez(tmp_path / "n.npz", W0=W0, b0=b0, W1=W1, b1=b1)
+    net = from_npz(str(tmp_path / "n.npz"))
+    x = torch.tensor([[1.0, -3.0]], dtype=torch.float64)
+    assert float(net(x)[0, 0]) == float((W1 @ np.maximum(W0 @ x[0].numpy() + b0, 0) + b1)[0])
+    np.savez(tmp_path / "e.npz", x=np.zeros(1))
+    with pytest.raises(UserError, match="no weight matrix W0"):
+        from_npz(str(tmp_path / "e.npz"))
