@@ -217,18 +217,16 @@ ANYTIME_PANELS = 24
 
 
 def _anytime_pages(pdf, rows):
-    """Upper and lower bounds over time of the anytime verifiers: bab's trace (stats
-    ``trace``: [t, lower, upper] rows), mip's final bounds as points.  The runs that did
-    not close come first, then the slowest; at most ANYTIME_PANELS panels."""
+    """bab's upper and lower bounds over time (stats ``trace``: [t, lower, upper] rows),
+    divided by the final value so that 1 is where a closed run ends.  The runs that did
+    not close come first, then the slowest; at most ANYTIME_PANELS panels.  (mip keeps
+    no trace: its solver reports only the final bounds, in the stats.)"""
     runs = []
     for r in rows:
-        if r["verifier"] not in ("bab", "mip") or r["value"] is None:
-            continue
-        st = json.loads(r["stats"] or "{}")
-        if r["verifier"] == "bab" and st.get("trace"):
-            runs.append((r, st))
-        elif r["verifier"] == "mip" and st.get("upper") is not None:
-            runs.append((r, st))
+        if r["verifier"] == "bab" and r["value"]:
+            st = json.loads(r["stats"] or "{}")
+            if st.get("trace"):
+                runs.append((r, st))
     if not runs:
         return
     runs.sort(key=lambda x: (x[0]["kind"] == "exact", -(x[0]["wall_s"] or 0)))
@@ -236,24 +234,20 @@ def _anytime_pages(pdf, rows):
     for start in range(0, len(runs), 6):
         chunk = runs[start:start + 6]
         fig, axes = plt.subplots(3, 2, figsize=A4, squeeze=False)
-        fig.suptitle("Anytime bounds of the exact verifiers (upper: solid, lower: dashed); not closed first",
+        fig.suptitle("bab: upper (solid) and lower (dashed) bound over time, / final value; not closed first",
                      fontsize=10)
         for ax, (r, st) in zip(axes.flat, chunk):
-            if r["verifier"] == "bab":
-                tr = [(float(t), float(lo), float(up)) for t, lo, up in st["trace"]]
-                ts = [max(t, 1e-3) for t, _, _ in tr]
-                ax.step(ts, [u for _, _, u in tr], where="post", color="tab:blue", label="bab upper")
-                ax.step(ts, [lo for _, lo, _ in tr], where="post", ls="--", color="tab:blue", label="bab lower")
-            else:
-                t = max(r["wall_s"] or 1e-3, 1e-3)
-                ax.scatter([t], [st["upper"]], color="tab:red", marker="v", label="mip upper")
-                if st.get("lower"):
-                    ax.scatter([t], [st["lower"]], color="tab:red", marker="^", label="mip lower")
+            v = float(r["value"])
+            tr = [(max(float(t), 1e-3), float(lo) / v, float(up) / v) for t, lo, up in st["trace"]]
+            ax.step([t for t, _, _ in tr], [u for _, _, u in tr], where="post", color="tab:blue", label="upper")
+            ax.step([t for t, _, _ in tr], [lo for _, lo, _ in tr], where="post", ls="--", color="tab:orange",
+                    label="lower")
             ax.set_xscale("log")
+            ax.ticklabel_format(axis="y", useOffset=False)
             ax.set_xlabel("seconds", fontsize=7)
             ax.tick_params(labelsize=6)
-            state = "exact" if r["kind"] == "exact" else r["status"]
-            ax.set_title(f"{r['network'][:40]}\n{r['verifier']} p={r['p']} {r['target']}: {state}", fontsize=7)
+            state = f"exact {v:.6g}" if r["kind"] == "exact" else f"{r['status']}: {v:.4g} (gap {st.get('gap', 0):.2g})"
+            ax.set_title(f"{r['network'][:44]}\np={r['p']} {r['target']}: {state}", fontsize=7)
             ax.legend(fontsize=6)
         for ax in list(axes.flat)[len(chunk):]:
             ax.axis("off")

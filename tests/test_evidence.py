@@ -74,7 +74,7 @@ def test_report_shows_the_evidence(mini):
 
 
 def test_anytime_pages_plot_traces_unclosed_first(tmp_path):
-    """bab's trace and mip's final bounds become panels; unclosed runs come first."""
+    """bab's traces become panels (mip has none); unclosed runs come first."""
     import json
     from matplotlib.backends.backend_pdf import PdfPages
     from reports import pdf as rp
@@ -82,7 +82,7 @@ def test_anytime_pages_plot_traces_unclosed_first(tmp_path):
         {"verifier": "bab", "value": 2.0, "kind": "exact", "status": "ok", "wall_s": 1.0, "network": "a", "p": "inf",
          "target": "full", "stats": json.dumps({"trace": [[0.01, 0.5, 3.0], [0.9, 2.0, 2.0]]})},
         {"verifier": "bab", "value": 4.0, "kind": "upper", "status": "timeout", "wall_s": 5.0, "network": "b",
-         "p": "1", "target": "0-1", "stats": json.dumps({"trace": [[0.01, 0.5, 9.0], [4.9, 1.0, 4.0]]})},
+         "p": "1", "target": "0-1", "stats": json.dumps({"trace": [[0.01, 0.5, 9.0], [4.9, 1.0, 4.0]], "gap": 0.75})},
         {"verifier": "mip", "value": 3.0, "kind": "exact", "status": "ok", "wall_s": 0.5, "network": "a", "p": "inf",
          "target": "full", "stats": json.dumps({"upper": 3.0, "lower": 3.0})},
         {"verifier": "trivial", "value": 9.0, "kind": "upper", "status": "ok", "wall_s": 0.1, "network": "a",
@@ -103,4 +103,4 @@ def test_anytime_pages_plot_traces_unclosed_first(tmp_path):
     finally:
         rp.plt.subplots = orig
     titles = [ax.get_title() for ax in seen[0].flat if ax.axison]
-    assert len(titles) == 3 and "timeout" in titles[0] and titles[0].startswith("b")
+    assert len(titles) == 2 and "timeout" in titles[0] and titles[0].startswith("b") and "exact 2" in titles[1]

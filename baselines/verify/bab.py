@@ -160,8 +160,9 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
             return v * (1 + pwl.REPORT_INFLATE)
         return -math.inf
 
-    def evaluate(lo, hi):
-        """Bounds of a batch of nodes; returns open (lo, hi, ub) and the best closed value."""
+    def evaluate(lo, hi, parent_ub=None):
+        """Bounds of a batch of nodes; returns open (lo, hi, ub) and the best closed value.
+        A child's bound is never above its parent's (both are sound for the child)."""
         st["nodes"] += lo.shape[0]
         status = pwl.status_from(T.crown(lo, hi))
         centres_lower(lo, hi)
@@ -180,6 +181,8 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         status = [s[keep] for s in status]
         Jl, Ju = T.jacobian_interval(C, status)
         ub = pwl.norm_upper(Jl, Ju, p, pair)
+        if parent_ub is not None:
+            ub = torch.minimum(ub, parent_ub[keep])
         return lo, hi, ub, closed
 
     root_lo = torch.as_tensor(lo0, dtype=torch.float64, device=dev)
@@ -215,7 +218,8 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         hi1 = hi.clone()
         hi1[r, dim] = mid
         lo2[r, dim] = mid
-        c_lo, c_hi, c_ub, c_closed = evaluate(torch.cat([lo, lo2]), torch.cat([hi1, hi2]))
+        c_lo, c_hi, c_ub, c_closed = evaluate(torch.cat([lo, lo2]), torch.cat([hi1, hi2]),
+                                              torch.cat([O_ub[top], O_ub[top]]))
         closed_best = max(closed_best, c_closed)
         O_lo = torch.cat([O_lo[rest], c_lo])
         O_hi = torch.cat([O_hi[rest], c_hi])
