@@ -2,7 +2,8 @@
 
     python benchmarks/exact_scaling.py targets            # the speed targets
     python benchmarks/exact_scaling.py width [--budget 60] # 2-w-w-1 over [-5, 5]^2, l_inf
-    python benchmarks/exact_scaling.py depth [--budget 60] # 2-16x d-1 over [-5, 5]^2, l_inf
+    python benchmarks/exact_scaling.py depth [--budget 60] [--width 16]  # 2-w x d-1 over [-5, 5]^2
+    ... [--only bab]                                       # one verifier
     python benchmarks/exact_scaling.py targets --device cuda   # bab on a GPU
 
 Every run is one job in a fresh worker with a hard budget (``bench.verify(timeout=)``),
@@ -104,15 +105,19 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch", type=int, default=None, help="bab: nodes split per step")
+    ap.add_argument("--width", type=int, default=16, help="depth: the hidden width")
+    ap.add_argument("--only", choices=["bab", "mip-highs", "mip-gurobi"], default=None)
     args = ap.parse_args()
     if args.batch:
         RUNS[0] = ("bab", {"batch": args.batch})
+    if args.only:
+        RUNS[:] = [r for r in RUNS if r[0] + (f"-{r[1]['backend']}" if "backend" in r[1] else "") == args.only]
     if args.what == "targets":
         targets(args)
     elif args.what == "width":
         grow(args, [[2, w, w, 1] for w in (8, 16, 24, 32, 48, 64, 96, 128)])
     else:
-        grow(args, [[2] + [16] * d + [1] for d in (1, 2, 3, 4, 5, 6, 8)])
+        grow(args, [[2] + [args.width] * d + [1] for d in (1, 2, 3, 4, 5, 6, 8, 12, 16)])
 
 
 if __name__ == "__main__":
