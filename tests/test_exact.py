@@ -159,6 +159,22 @@ def test_budget_is_honoured_and_bounds_kept(verifier, params):
     assert b.stats["lower"] is not None and 0 < b.stats["lower"] <= b.value
 
 
+@pytest.mark.parametrize("verifier", ["mip", "bab"])
+def test_affine_and_dead_networks(verifier):
+    """No hidden layer: the matrix norm itself; a last ReLU that never fires: 0."""
+    torch.manual_seed(0)
+    lin = nn.Sequential(nn.Linear(3, 2))
+    W = lin[0].weight.detach().double().numpy()
+    for p, truth in [(1.0, np.abs(W).sum(0).max()), (INF, np.abs(W).sum(1).max())]:
+        b = bench.verify(lin, verifier, p=p)
+        assert b.kind == "exact" and b.value == pytest.approx(truth, rel=1e-9)
+    dead = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
+    with torch.no_grad():
+        dead[0].bias.fill_(-10.0)
+    b = bench.verify(dead, verifier, p=INF, domain={"center": [0.0, 0.0], "radius": 1.0})
+    assert b.kind == "exact" and b.value == pytest.approx(0.0, abs=1e-12)
+
+
 def test_mip_rejects_l2_and_non_pwl():
     net = mlp([2, 4, 2], seed=0)
     b = bench.verify(net, "mip", p=2)

@@ -185,6 +185,12 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
             ub = torch.minimum(ub, parent_ub[keep])
         return lo, hi, ub, closed
 
+    if not pw.hidden:   # an affine network: one Jacobian everywhere
+        v = float(pwl.norms(T.jacobians(C, []), p, pair)[0])
+        return Bound(v * (1 + pwl.REPORT_INFLATE), "exact", "ok",
+                     stats={"lower": v * (1 - DEFLATE), "upper": v * (1 + pwl.REPORT_INFLATE), "gap": 0.0,
+                            "nodes": 0, "trace": [[0.0, v * (1 - DEFLATE), v * (1 + pwl.REPORT_INFLATE)]],
+                            "device": dev, "units": 0})
     root_lo = torch.as_tensor(lo0, dtype=torch.float64, device=dev)
     root_hi = torch.as_tensor(hi0, dtype=torch.float64, device=dev)
     O_lo, O_hi, O_ub, closed_best = evaluate(root_lo, root_hi)
