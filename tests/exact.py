@@ -61,7 +61,9 @@ def _interior(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> b
     n = A.shape[1]
     if A.shape[0] == 0:
         return True
-    # variables (x, t): maximise t subject to -(A x) + t <= c, t <= 1
+    # variables (x, t): maximise t subject to -(A x) + t <= c, t <= 1 (rows L1-normalised)
+    nrm = np.abs(A).sum(1) + np.abs(c) + 1e-300
+    A, c = A / nrm[:, None], c / nrm
     A_ub = np.hstack([-A, np.ones((A.shape[0], 1))])
     res = linprog(np.r_[np.zeros(n), -1.0], A_ub=A_ub, b_ub=c,
                   bounds=[(l, h) for l, h in zip(lo, hi)] + [(None, 1.0)], method="highs")
@@ -90,6 +92,9 @@ def regions(module: nn.Sequential, lo, hi):
         def signs(j, A, c, s):
             if j == k:
                 yield s, A, c
+                return
+            if np.abs(Z[j]).sum() + abs(z[j]) <= 1e-14:   # identically 0 here: either state, same J
+                yield from signs(j + 1, A, c, s + [-1.0])
                 return
             for sg in (1.0, -1.0):
                 A2, c2 = np.vstack([A, sg * Z[j]]), np.r_[c, sg * z[j]]

@@ -159,6 +159,36 @@ def test_budget_is_honoured_and_bounds_kept(verifier, params):
     assert b.stats["lower"] is not None and 0 < b.stats["lower"] <= b.value
 
 
+def test_review_cases():
+    """Found by review: (1) a unit identically 0 on a region (Abs fed by an off ReLU) set an
+    LP constraint no point meets, and bab dropped the region (said exact 1, truth 2); (2) a
+    box 1e-7 wide: the LP's fixed 1e-9 margin accepted an empty pattern (bab said 3); (3)
+    HiGHS with mip_feasibility_tolerance 1e-9 returned a too-low optimum (0.125 < 0.283)."""
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.ReLU(), Abs(), nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        net[3].weight.copy_(torch.tensor([[-1.0, 1.0]]))
+    for dom in ("global", {"center": [-1.0, 2.0], "radius": 0.5}):
+        b = bench.verify(net, "bab", p=INF, domain=dom)
+        assert b.kind == "exact" and b.value == pytest.approx(2.0, rel=1e-9), (dom, b)
+        m = bench.verify(net, "mip", p=INF, domain=dom)
+        assert m.value >= 2.0 * (1 - 1e-9) and (m.kind == "upper" or m.value == pytest.approx(2.0, rel=1e-9))
+    kink = nn.Sequential(nn.Linear(1, 2), nn.ReLU(), nn.Linear(2, 1, bias=False)).double()
+    with torch.no_grad():   # f = 2 relu(x - 1) - relu(1 - x): slopes 1 and 2, kink at 1
+        kink[0].weight.copy_(torch.tensor([[1.0], [-1.0]]))
+        kink[0].bias.copy_(torch.tensor([-1.0, 1.0]))
+        kink[2].weight.copy_(torch.tensor([[2.0, -1.0]]))
+    for r in (1e-6, 1e-7, 3e-8, 1e-9):
+        b = bench.verify(kink, "bab", p=INF, domain={"center": [1.0], "radius": r})
+        assert b.value >= 2.0 * (1 - 1e-9) and (b.kind != "exact" or b.value == pytest.approx(2.0, rel=1e-9)), (r, b)
+    torch.manual_seed(115)
+    net = nn.Sequential(nn.Linear(2, 6), nn.ReLU(), nn.Linear(6, 2)).double()
+    dom = {"center": [0.357, 0.28], "radius": 1.0}
+    m = bench.verify(net, "mip", p=INF, target=(0, 1), domain=dom)
+    b = bench.verify(net, "bab", p=INF, target=(0, 1), domain=dom)
+    assert m.kind == b.kind == "exact" and m.value == pytest.approx(b.value, rel=1e-6) and m.value > 0.28
+
+
 @pytest.mark.parametrize("verifier", ["mip", "bab"])
 def test_affine_and_dead_networks(verifier):
     """No hidden layer: the matrix norm itself; a last ReLU that never fires: 0."""

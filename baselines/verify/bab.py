@@ -47,7 +47,7 @@ DEFLATE = 1e-12   # a certified lower bound is the computed norm less this relat
 @register
 class BaB(Verifier):
     name = "bab"
-    version = "2"
+    version = "3"
     kind = "exact"
     description = "branch and bound over input boxes and activation patterns (exact when it closes)"
     params = {"rtol": 1e-9, "batch": 256, "leaf_units": 10, "leaf_lps": 64, "margin_s": 0.5,
@@ -143,20 +143,19 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         tried = 0
         for i in order.tolist():
             v = float(vals[i])
-            if v <= lb[0] * (1 + rtol):
-                return -math.inf
+            if v <= lb[0] * (1 + rtol):    # cannot matter: the gap test counts it
+                return v * (1 + pwl.REPORT_INFLATE)
             if tried >= leaf_lps:
                 return None
             tried += 1
             st["lps"] += 1
             pat = [a[i].cpu().numpy() for a in per_layer]
-            x = pwl.region_point(pw, pat, lo_np, hi_np, free)
-            if x is None:
+            state, x = pwl.region_point(pw, pat, lo_np, hi_np, free)
+            if state == "empty":
                 continue
-            X = torch.as_tensor(x, dtype=torch.float64, device=dev)[None]
-            got, ok = pwl.strict_pattern(T, X)
-            if bool(ok[0]) and all(torch.equal(g[0], torch.as_tensor(a, device=dev)) for g, a in zip(got, pat)):
-                raise_lower(v, X[0])
+            if state == "undecided":     # too thin to tell here: split the box
+                return None
+            raise_lower(v, torch.as_tensor(x, dtype=torch.float64, device=dev))
             return v * (1 + pwl.REPORT_INFLATE)
         return -math.inf
 
@@ -198,7 +197,9 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
     while True:
         # drop what cannot beat the lower bound
         live = O_ub > lb[0] * (1 + rtol)
-        st["pruned"] += int((~live).sum())
+        if not live.all():     # within rtol of the lower bound: kept in the upper bound
+            st["pruned"] += int((~live).sum())
+            closed_best = max(closed_best, float(O_ub[~live].max()))
         O_lo, O_hi, O_ub = O_lo[live], O_hi[live], O_ub[live]
         ub = max(closed_best, float(O_ub.max()) if O_ub.numel() else -math.inf)
         ub = max(min(ub, cap), lb[0])   # all closed below the lower bound: the lower bound is the value
@@ -237,8 +238,11 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
              "units": pw.n_units}
     if point is not None:
         stats["lower_at"] = _as_x(point.cpu().numpy(), query)
-    if status == "ok":
+    if status == "ok" and ub - lb[0] <= rtol * ub:
         return Bound(ub, "exact", "ok", stats=stats)
+    if status == "ok":   # every node closed, yet some leaf value has no certified point
+        stats["note"] = "search closed without a certified lower bound at the upper bound: a sound upper bound"
+        return Bound(ub, "upper", "ok", stats=stats)
     return Bound(ub, "upper", "timeout", stats=stats,
                  error=stats.get("stopped", f"budget reached with gap {stats['gap']:.3g} "
                                              f"(lower {lb[0]:.6g}, upper {ub:.6g})"))

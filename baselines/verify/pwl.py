@@ -376,11 +376,26 @@ def status_from(bounds) -> list[torch.Tensor]:
 
 
 # --------------------------------------------------------------------------- regions
+#: an LP margin (in box-normalised units) at least this certifies an interior point ...
+REGION_EPS = 1e-6
+#: ... and at most this (or infeasibility) shows there is none; in between the solver's
+#: tolerances (1e-7) could decide either way, and the caller must not rely on the answer
+EMPTY_EPS = 1e-9
+
+
 def region_point(pw: PWLNet, pattern: list[np.ndarray], lo: np.ndarray, hi: np.ndarray,
-                 free: list[np.ndarray] | None = None) -> np.ndarray | None:
-    """A point (y, t) of the box, with t > 0, strictly inside the region of ``pattern``
-    (every unit of ``free``, or all units, at a margin from its kink), or None when the
-    region has no interior there.  An LP (HiGHS): maximise the smallest margin."""
+                 free: list[np.ndarray] | None = None) -> tuple[str, np.ndarray | None]:
+    """Is there a point (y, t) of the box, with t > 0, strictly inside the region of
+    ``pattern`` (every unit of ``free``, or all units, away from its kink)?
+
+    An LP (HiGHS) in box-normalised coordinates u in [0, 1] maximises the smallest margin
+    of the (L1-normalised) region constraints.  Returns ``("in", x)`` when that margin is
+    >= REGION_EPS and the point's margins, recomputed in float64, are positive: the
+    Jacobian of ``pattern`` is then the network's Jacobian around x; ``("empty", None)``
+    when the LP is infeasible or its margin <= EMPTY_EPS; ``("undecided", None)`` in
+    between.  A unit whose pre-activation is identically zero on the region (a zero row,
+    e.g. an Abs fed by a ReLU that is off) sets no constraint: its state cannot change the
+    Jacobian there."""
     from scipy.optimize import linprog
     n1 = lo.size
     M = np.eye(n1)[:-1]          # h as an affine function of (y, t): rows (d_h, n+1)
@@ -389,28 +404,50 @@ def region_point(pw: PWLNet, pattern: list[np.ndarray], lo: np.ndarray, hi: np.n
         Z = h.W @ M
         Z[:, -1] += h.b
         D = h.A @ Z
-        sel = np.ones(h.units, bool) if free is None else np.asarray(free[li], bool)
+        sel = np.ones(h.units, bool) if free is None else np.asarray(free[li], bool).copy()
+        size = np.abs(D).sum(1)
+        sel &= size > 1e-14 * (1.0 + size.max(initial=0.0))
         s = np.where(a > 0, 1.0, -1.0)
         if sel.any():
-            rows.append(-(s[sel, None] * D[sel]))       # -s D x + eps <= 0
+            rows.append(s[sel, None] * D[sel])          # s D x > 0 inside the region
         M = (h.P + h.Q @ (a[:, None] * h.A)) @ Z
-    if not rows:
-        x = (lo + hi) / 2
-        return x
-    G = np.vstack(rows)
-    scale = np.abs(G).sum(1, keepdims=True) + 1e-300
-    G = G / scale
-    A_ub = np.hstack([G, np.ones((G.shape[0], 1))])
-    b_ub = np.zeros(G.shape[0])
+    w = hi - lo
+    var = w > 0
     if lo[-1] < hi[-1]:          # t > 0 as one more margin
-        tr = np.zeros(n1 + 1)
-        tr[-2], tr[-1] = -1.0, 1.0
-        A_ub, b_ub = np.vstack([A_ub, tr]), np.r_[b_ub, 0.0]
-    res = linprog(np.r_[np.zeros(n1), -1.0], A_ub=A_ub, b_ub=b_ub,
-                  bounds=[(a, b) for a, b in zip(lo, hi)] + [(None, 1.0)], method="highs")
-    if res.status != 0 or -res.fun <= 1e-9:
-        return None
-    return res.x[:-1]
+        e = np.zeros(n1)
+        e[-1] = 1.0
+        rows.append(e[None])
+    if not rows:
+        return "in", (lo + hi) / 2
+    G = np.vstack(rows)                                  # want G x > 0
+    Gu, g0 = G[:, var] * w[var], G @ lo                  # G x = Gu u + g0
+    norm = np.abs(Gu).sum(1)
+    const = norm <= 1e-14 * (1.0 + np.abs(g0))
+    if np.any(const & (g0 <= 0)):
+        return "empty", None
+    Gu, g0, norm = Gu[~const], g0[~const], norm[~const]
+    if Gu.shape[0] == 0:
+        return "in", (lo + hi) / 2
+    Gu, g0 = Gu / norm[:, None], g0 / norm
+    # maximise eps subject to -(Gu u + g0) + eps <= 0, u in [0, 1], eps <= 1
+    k = int(var.sum())
+    res = linprog(np.r_[np.zeros(k), -1.0], A_ub=np.hstack([-Gu, np.ones((Gu.shape[0], 1))]), b_ub=g0,
+                  bounds=[(0.0, 1.0)] * k + [(None, 1.0)], method="highs")
+    if res.status == 2:
+        return "empty", None
+    if res.status != 0:
+        return "undecided", None
+    eps = -res.fun
+    if eps <= EMPTY_EPS:
+        return "empty", None
+    if eps < REGION_EPS:
+        return "undecided", None
+    u = np.clip(res.x[:-1], 0.0, 1.0)
+    if np.min(Gu @ u + g0) < eps / 2:
+        return "undecided", None
+    x = lo.copy()
+    x[var] = lo[var] + w[var] * u
+    return "in", x
 
 
 def strict_pattern(T: Torch, X: torch.Tensor, rel: float = 1e-9):
