@@ -56,7 +56,7 @@ class MIP(Verifier):
     kind = "exact"
     norms = (1.0, math.inf)
     description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
-    params = {"backend": "highs", "rtol": 1e-7, "margin_s": 0.5}
+    params = {"backend": "highs", "rtol": 1e-6, "margin_s": 0.5}
     install_hint = "pip install 'lipbench[mip]' (gurobipy, highspy)"
 
     @classmethod
@@ -263,7 +263,7 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
     return M, obj, const, layout
 
 
-def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-7, margin_s=0.5) -> Bound:
+def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5) -> Bound:
     t0 = time.perf_counter()
     if query.p == 2:
         raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
