@@ -97,7 +97,7 @@ def test_from_npz_reads_weights_and_rejects_an_empty_file(tmp_path):
     np.savez(tmp_path / "n.npz", W0=W0, b0=b0, W1=W1, b1=b1)
     net = from_npz(str(tmp_path / "n.npz"))
     x = torch.tensor([[1.0, -3.0]], dtype=torch.float64)
-    assert float(net(x)[0, 0]) == float((W1 @ np.maximum(W0 @ x[0].numpy() + b0, 0) + b1)[0])
+    assert float(net(x).detach()[0, 0]) == float((W1 @ np.maximum(W0 @ x[0].numpy() + b0, 0) + b1)[0])
     np.savez(tmp_path / "e.npz", x=np.zeros(1))
     with pytest.raises(UserError, match="no weight matrix W0"):
         from_npz(str(tmp_path / "e.npz"))
