@@ -238,6 +238,9 @@ class LipSDP(Verifier):
                 import mosek  # noqa: F401
             except ImportError:
                 return "solver MOSEK needs the mosek package and its licence"
+        if self.p["solver"].upper() == "NATIVE" and any(
+                a.slope is not None and a.slope[0] < 0 for a in net.activations):
+            return "solver NATIVE starts from ECLipsE-Fast, which needs activation slopes >= 0; use solver SCS"
         return None
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
