@@ -139,4 +139,4 @@ def test_native_solver_on_abs_says_why():
     from methods.layers import Abs
     net = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 2))
     b = bench.verify(net, "lipsdp", p=2, solver="NATIVE")
-    assert b.status == "error" and "use SCS" in b.error
+    assert b.status == "unsupported" and "use solver SCS" in b.error
