@@ -294,3 +294,5 @@ def test_box_around_the_origin_of_a_bias_free_net(act):
         for v in ("mip", "bab"):
             b = bench.verify(net, v, p=p, target=target, domain=dom)
             assert b.kind == "exact" and b.value == pytest.approx(exact, rel=1e-6), (v, p, b, exact)
+            if v == "bab":   # the point of the lower bound lies in the box
+                assert np.all(np.abs(np.array(b.stats["lower_at"]) - dom["center"]) <= dom["radius"])

@@ -249,7 +249,14 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
 
 
 def _as_x(yt: np.ndarray, query: Query) -> list[float] | None:
-    """The input point x = y / t where a lower bound was attained (short inputs only)."""
+    """The input point x = y / t where a lower bound was attained (short inputs only).  A
+    bias-free network on a box around the origin is solved as global (``pwl.is_global``):
+    its pattern is constant along rays, so the point is brought into the box along its ray."""
     if yt.size > 65:
         return None
-    return [float(v) for v in yt[:-1] / yt[-1]]
+    x = yt[:-1] / yt[-1]
+    if query.domain != "global":
+        c, r = np.asarray(query.domain[0], dtype=np.float64), query.domain[1]
+        if np.any(np.abs(x - c) > r):
+            x = x * 0.5 * float(np.min((r - np.abs(c)) / (np.abs(x) + 1e-300)))
+    return [float(v) for v in x]
