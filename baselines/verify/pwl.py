@@ -219,28 +219,9 @@ class Torch:
             h = z @ L["P"].T + torch.relu(d) @ L["Q"].T
         return ds
 
-    def ibp(self, lo: torch.Tensor, hi: torch.Tensor):
-        """Interval bounds on the unit pre-activations d over boxes (B, n+1): list of
-        (dl, du) per layer, widened outward."""
-        out = []
-        hl, hu = lo[:, :-1], hi[:, :-1]
-        tl, tu = lo[:, -1:], hi[:, -1:]
-        for L in self.layers:
-            xl, xu = torch.cat([hl, tl], 1), torch.cat([hu, tu], 1)
-            c, r = (xl + xu) / 2, (xu - xl) / 2
-            zc, zr = c @ L["W"].T, r @ L["Wabs"].T
-            zr = zr + WIDEN * (zc.abs() + zr) + 1e-300
-            zl, zu = zc - zr, zc + zr
-            dc, dr = zc @ L["A"].T, zr @ L["Aabs"].T
-            dr = dr + WIDEN * (dc.abs() + dr)
-            dl, du = dc - dr, dc + dr
-            out.append((dl, du))
-            hl, hu = _act_interval(L["name"], zl, zu, L["alpha"])
-        return out
-
     def crown(self, lo: torch.Tensor, hi: torch.Tensor):
-        """Bounds on the unit pre-activations over boxes (B, n+1), as :meth:`ibp` returns
-        them, tightened by linear relaxation (CROWN, Zhang et al. 2018): each z_l is
+        """Bounds (dl, du) on the unit pre-activations d over boxes (B, n+1), one pair per
+        layer, widened outward: interval arithmetic tightened by linear relaxation (CROWN, Zhang et al. 2018): each z_l is
         bounded by back-substituting a linear function through the earlier layers, each
         unit relu(d) relaxed between s_l d and s_u d + m from its own bounds; the result
         is the intersection with the interval bounds."""
