@@ -17,11 +17,48 @@ def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, t
     f_i - f_j); ``input_shape`` is needed only when the network starts with a conv
     layer.  With ``timeout`` (seconds) the job runs in a worker process that is killed
     when the time is up (status ``timeout``); without it, in this process."""
-    from .executors.local import run_one
-    return run_one(net, verifier, Query(p=p, target=target or "full", domain=domain), input_shape,
+    return _verify(net, verifier, Query(p=p, target=target or "full", domain=domain), input_shape,
                    timeout, device, threads, params)
 
 
 def lower_bound(net, p=2, target=None, input_shape=None, timeout=None, **params) -> Bound:
     """A sound lower bound (verifier ``lower``); same arguments as :func:`verify`."""
     return verify(net, "lower", p=p, target=target, input_shape=input_shape, timeout=timeout, **params)
+
+
+def _verify(net, verifier: str, query: Query, input_shape, timeout, device, threads, params) -> Bound:
+    """The API's path: one in-memory network, in this process without a timeout
+    (:class:`~bench.executors.base.InlineExecutor`), else in a worker process killed at
+    the timeout (:class:`~bench.executors.local.LocalExecutor`)."""
+    import os
+    import tempfile
+
+    from . import network as netmod
+    from .executors.base import InlineExecutor, Task
+    from .executors.local import LocalExecutor
+    from .jobs import VerifyJob
+    from .registry import get_verifier
+    if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
+        raise UserError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    cls = get_verifier(verifier)
+    params = cls.resolve_params(params)  # a bad parameter is the caller's error: raise it here
+    try:
+        walked = netmod.walk(net, input_shape)
+    except Unsupported as e:
+        return Bound(None, cls.kind, "unsupported", error=str(e))
+    done: list = []
+    collect = lambda t, o: done.append(o)  # noqa: E731
+    budget = Budget(timeout, device, threads)
+    if timeout is None:
+        job = VerifyJob(cls.name, cls.version, params, query, "api", "", "", cls.kind, key="api")
+        InlineExecutor(net_module=(net, walked.input_shape)).run([Task(job, budget)], on_done=collect)
+    else:
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "net.pt")
+            netmod.save(net, walked.input_shape, path)
+            mods = {type(m).__module__ for m in net.modules()} | {cls.__module__}
+            plugins = tuple(sorted(m for m in mods if m != "__main__" and not m.startswith("torch.")))
+            job = VerifyJob(cls.name, cls.version, params, query, "api", "", path, cls.kind, plugins=plugins,
+                            key="api")
+            LocalExecutor(1).run([Task(job, budget)], on_done=collect)
+    return done[0].bound()

@@ -102,6 +102,11 @@ class Query:
     def is_pair(self) -> bool:
         return self.target != "full"
 
+    @classmethod
+    def from_key(cls, d: dict) -> "Query":
+        """The query a :meth:`key` describes."""
+        return cls(p=d["p"], target=d["target"], domain=d["domain"], q=d.get("q"))
+
     def key(self) -> dict:
         """JSON-able description, used in job keys and the store."""
         return {"p": p_name(self.p), "q": None if self.q is None else p_name(self.q),
@@ -147,10 +152,54 @@ class Budget:
     threads: int = 1
 
 
+@dataclass(frozen=True)
+class Param:
+    """A declared plug-in parameter: its default (whose type is the parameter's type:
+    ints accept ints, floats accept ints and floats, ...), the allowed values
+    (``choices``; strings match case-insensitively) or bounds (``gt``, ``ge``, ``lt``,
+    ``le``), and one line of documentation.  Suites are checked against these when they
+    are parsed, so a bad value is an error before anything runs."""
+
+    default: Any
+    doc: str = ""
+    choices: tuple = ()
+    gt: float | None = None
+    ge: float | None = None
+    lt: float | None = None
+    le: float | None = None
+
+    def check(self, owner: str, key: str, value: Any) -> Any:
+        """The value coerced to the parameter's type; a UserError if it is not allowed."""
+        v = _coerce(owner, key, value, self.default)
+        if v is None:
+            return v
+        if self.choices:
+            # strings match case-insensitively and take the declared spelling
+            match = [c for c in self.choices if c == v or (isinstance(c, str) and isinstance(v, str)
+                                                           and c.lower() == v.lower())]
+            if not match:
+                raise UserError(f"{owner}: parameter {key!r} must be one of {', '.join(map(str, self.choices))}, "
+                                f"not {value!r}")
+            v = match[0]
+        for bound, ok, word in ((self.gt, lambda x, b: x > b, ">"), (self.ge, lambda x, b: x >= b, ">="),
+                                (self.lt, lambda x, b: x < b, "<"), (self.le, lambda x, b: x <= b, "<=")):
+            if bound is not None and not ok(v, bound):
+                raise UserError(f"{owner}: parameter {key!r} must be {self.describe_range()}, got {value!r}")
+        return v
+
+    def describe_range(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(map(str, self.choices))
+        lo = f"> {self.gt:g}" if self.gt is not None else (f">= {self.ge:g}" if self.ge is not None else "")
+        hi = f"< {self.lt:g}" if self.lt is not None else (f"<= {self.le:g}" if self.le is not None else "")
+        return " and ".join(x for x in (lo, hi) if x) or "any"
+
+
 class Plugin:
-    """Shared machinery of verifiers and trainers: name, version, requirements and typed
-    parameters.  ``params`` maps each parameter name to its default; the default's type
-    is the parameter's type (ints accept ints, floats accept ints and floats, ...)."""
+    """Shared machinery of verifiers and trainers: name, version, requirements and
+    declared parameters.  ``params`` maps each parameter name to a :class:`Param` (or,
+    for a parameter without constraints, just its default).  An instance holds its
+    resolved parameter values in ``self.opts``."""
 
     name: ClassVar[str] = ""
     version: ClassVar[str] = "1"
@@ -159,6 +208,22 @@ class Plugin:
     description: ClassVar[str] = ""
     #: how a user installs what ``requires`` names, shown when it is missing
     install_hint: ClassVar[str] = ""
+
+    def __init__(self, **params):
+        self.opts = self.resolve_params(params)
+
+    @property
+    def p(self) -> dict:  # TEMPORARY alias while plug-ins move to self.opts
+        return self.opts
+
+    @classmethod
+    def declared(cls) -> dict[str, Param]:
+        """Every parameter as a :class:`Param`."""
+        return {k: v if isinstance(v, Param) else Param(v) for k, v in cls.params.items()}
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        return {k: p.default for k, p in cls.declared().items()}
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -175,20 +240,23 @@ class Plugin:
 
     @classmethod
     def resolve_params(cls, given: dict | None) -> dict:
-        """Defaults overlaid with ``given``; unknown names, wrong types and values that
-        :meth:`check_params` rejects are a UserError."""
-        out = dict(cls.params)
+        """Defaults overlaid with ``given``; unknown names, wrong types, values outside
+        the declared choices or bounds, and combinations that :meth:`check_params`
+        rejects are a UserError."""
+        decl = cls.declared()
+        out = {k: p.default for k, p in decl.items()}
         for k, v in (given or {}).items():
-            if k not in cls.params:
-                valid = ", ".join(sorted(cls.params)) or "(none)"
+            if k not in decl:
+                valid = ", ".join(sorted(decl)) or "(none)"
                 raise UserError(f"{cls.name}: unknown parameter {k!r}; valid: {valid}")
-            out[k] = _coerce(cls.name, k, v, cls.params[k])
+            out[k] = decl[k].check(cls.name, k, v)
         cls.check_params(out)
         return out
 
     @classmethod
     def check_params(cls, params: dict) -> None:
-        """Raise UserError for parameter values out of range (override as needed)."""
+        """Raise UserError for a combination of values that is not allowed (override
+        for rules that involve several parameters; single values are declared)."""
 
 
 def _coerce(owner: str, key: str, value: Any, default: Any) -> Any:
@@ -235,9 +303,6 @@ class Verifier(Plugin):
     #: True if the verifier bounds p -> q norms with q != p (for the full output)
     mixed_norms: ClassVar[bool] = False
 
-    def __init__(self, **params):
-        self.p = self.resolve_params(params)
-
     def supports(self, net, query: Query) -> str | None:
         """None if this verifier can answer ``query`` on ``net``, else the reason.
         The base class checks the norm, mixed norms, and that a class pair exists;
@@ -261,9 +326,6 @@ class Verifier(Plugin):
 class Trainer(Plugin):
     """Trains a network.  ``train`` returns ``(nn.Sequential, metrics)``; metrics hold at
     least ``clean_acc`` (test accuracy) and ``train_s``."""
-
-    def __init__(self, **params):
-        self.p = self.resolve_params(params)
 
     def train(self, dataset, arch: dict, seed: int, budget: Budget):  # pragma: no cover
         raise NotImplementedError

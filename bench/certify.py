@@ -15,6 +15,7 @@ import math
 import numpy as np
 
 from .api import dual, parse_p, p_name
+from .results import parse_target
 
 
 def pair_factor(p: float) -> float:
@@ -83,7 +84,7 @@ def certify_network(module, dataset, rows: list[dict], eps: dict, verifiers: dic
         if r["target"] == "full":
             g["full"] = r["value"] if g["full"] is None else min(g["full"], r["value"])
         else:
-            i, j = (int(t) for t in r["target"].split("-"))
+            i, j = parse_target(r["target"])
             g["pairs"][(i, j)] = min(g["pairs"].get((i, j), math.inf), r["value"])
     net = walk(module, dataset.input_shape)
     out = []

@@ -77,11 +77,8 @@ def cmd_report(args) -> int:
 
 
 def _rows(args) -> list[dict]:
-    from .store import Store
-    store = Store(_out(args), create=False)
-    rows = store.joined()
-    store.close()
-    return rows
+    from .results import rows
+    return rows(_out(args))
 
 
 def _export_row(r: dict) -> dict:
@@ -115,13 +112,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_show(args) -> int:
+    from .results import best_lower_values, tightness
     rows = _rows(args)
-    from reports.pdf import tightness
-    best = tightness(rows)
+    best = best_lower_values(rows)
     print(f"{'network':<46} {'p':<3} {'target':<6} {'verifier':<9} {'status':<11} {'value':>12} {'tight':>7} {'wall_s':>8}")
     for r in rows:
-        lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
-        ratio = f"{r['value'] / lb:.3f}" if r["value"] is not None and lb and r["kind"] != "lower" else "-"
+        t = tightness(r, best)
+        ratio = "-" if t is None else f"{t:.3f}"
         val = f"{r['value']:.6g}" if r["value"] is not None else "-"
         print(f"{r['network'][:46]:<46} {r['p']:<3} {r['target']:<6} {r['verifier']:<9} {r['status']:<11} "
               f"{val:>12} {ratio:>7} {r['wall_s'] or 0:>8.3f}")

@@ -1,4 +1,5 @@
-"""Suite -> jobs (train, then verify, then audit), resume, dispatch, progress.
+"""Suite -> jobs (train, then verify, then audit, then certify), resume, dispatch to an
+executor, progress.
 
 A job's key is a hash of its spec (plug-in name, version and resolved parameters; for
 verification also the query and the network's content hash).  A key with a row in the
@@ -10,12 +11,15 @@ import logging
 import os
 import time
 
-from .api import Budget, UserError
+from .api import Budget, Unsupported, UserError
 from .audit import audit
-from .executors.local import LocalExecutor, Task
+from .executors.base import Executor, Task
+from .executors.local import LocalExecutor
+from .jobs import Outcome, VerifyJob
+from .registry import get_verifier
 from .store import Store
 from .suite import Suite
-from .worker import resolve_device
+from .worker import not_installed_reason, resolve_device, versions
 
 log = logging.getLogger(__name__)
 
@@ -31,33 +35,61 @@ class Progress:
     def start(self, t: Task):
         log.info("%s start   %s", self.stamp(), t.label)
 
-    def finish(self, t: Task, out: dict):
+    def finish(self, t: Task, out: Outcome):
         self.done += 1
-        v = out.get("value")
-        extra = f" = {v:.6g}" if isinstance(v, float) else ""
-        if out.get("metrics"):
-            extra = f" acc {out['metrics'].get('clean_acc', float('nan')):.3f}"
-        err = f"  ({out.get('error')})" if out.get("error") and out["status"] != "ok" else ""
-        log.info("%s %-7s %s%s  %.2fs%s", self.stamp(), out["status"], t.label, extra, out.get("wall_s") or 0, err)
+        extra = f" = {out.value:.6g}" if isinstance(out.value, float) else ""
+        if out.network is not None:
+            extra = f" acc {out.network.metrics.get('clean_acc', float('nan')):.3f}"
+        err = f"  ({out.error})" if out.error and out.status != "ok" else ""
+        log.info("%s %-7s %s%s  %.2fs%s", self.stamp(), out.status, t.label, extra, out.wall_s or 0, err)
 
 
 RETRYABLE = ("timeout", "error", "oom")
 
 
-def _unique(jobs: list[dict]) -> list[dict]:
+def _unique(jobs: list) -> list:
     """Drop jobs whose key repeats (e.g. seeds [0, 0], or p 2 and 2.0): one row per key."""
     seen, out = set(), []
     for j in jobs:
-        if j["key"] not in seen:
-            seen.add(j["key"])
+        if j.key not in seen:
+            seen.add(j.key)
             out.append(j)
     return out
 
 
+def precheck(job: VerifyJob, net) -> Outcome | None:
+    """What the driver can answer without a worker: a verifier that is not installed, or
+    one whose :meth:`~bench.api.Verifier.supports` refuses the network or query.  ``net``
+    is the walked network (or the :class:`Unsupported` raised walking it)."""
+    t0 = time.perf_counter()
+    cls = get_verifier(job.verifier)
+    vers = versions(cls)
+    if cls.missing():
+        return Outcome("not_installed", cls.kind, versions=vers, error=not_installed_reason(cls),
+                       wall_s=time.perf_counter() - t0, device="cpu")
+    reason = str(net) if isinstance(net, Exception) else cls(**job.params).supports(net, job.query)
+    if reason:
+        return Outcome("unsupported", cls.kind, versions=vers, error=reason, wall_s=time.perf_counter() - t0,
+                       device="cpu")
+    return None
+
+
+def _walked(path: str):
+    from . import network as netmod
+    module, shape = netmod.load(path)
+    try:
+        return netmod.walk(module, shape)
+    except Unsupported as e:
+        return e
+
+
 def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu", data_dir: str | None = None,
-              timeout: float | None = None, threads: int | None = None, retry: bool = False) -> dict:
+              timeout: float | None = None, threads: int | None = None, retry: bool = False,
+              executor: Executor | None = None) -> dict:
     """Run (or resume) a suite into ``out_dir``; returns a summary.  Finished jobs are
-    never redone, except, with ``retry``, those that ended in timeout, error or oom."""
+    never redone, except, with ``retry``, those that ended in timeout, error or oom.
+    ``executor`` runs the jobs (default: a :class:`LocalExecutor` with ``workers``
+    processes and the machine's GPUs when ``device`` is cuda)."""
     if timeout is not None and not (0 < timeout < float("inf")):
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
     if device not in ("cpu", "cuda", "auto"):
@@ -77,48 +109,42 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     train_jobs = _unique(suite.train_jobs(out_dir, data_dir))
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     total = len(train_jobs) * (1 + n_verify_each)  # refined once the networks are known
-    skipped_train = sum(1 for j in train_jobs if j["key"] in done)
+    skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(total, skipped_train)
     log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s), device %s, out %s",
              suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each, workers, device, out_dir)
-    ex = LocalExecutor(workers, gpus=n_gpu)
+    ex = executor or LocalExecutor(workers, gpus=n_gpu)
 
     def budget(t: float) -> Budget:
         return Budget(timeout or t, device, threads)  # "cuda" becomes a free "cuda:k" at dispatch
 
-    # 1. training
-    tasks = [Task(j["key"], j, budget(j["timeout"]),
-                  f"train  {j['network_id']}") for j in train_jobs if j["key"] not in done]
-
-    def train_done(t: Task, out: dict):
-        store.record_train(t.key, t.spec, out, t.spec["network_id"])
+    def record(t: Task, out: Outcome):
+        store.record(t.job, out)
         prog.finish(t, out)
 
-    ex.run(tasks, prog.start, train_done)
+    # 1. training
+    ex.run([Task(j, budget(j.timeout), j.label) for j in train_jobs if j.key not in done], prog.start, record)
 
     # 2. verification of every network this suite trained
-    nets = [store.network_by_job(j["key"]) for j in train_jobs]
+    nets = [store.network_by_job(j.key) for j in train_jobs]
     nets = [dict(n) for n in nets if n is not None]
     done = store.done_keys(skip)
-    tasks = []
+    tasks, n_verify = [], 0
     for n in nets:
-        for j in _unique(suite.verify_jobs(n)):
-            if j["key"] in done:
-                continue
-            q = j["query"]
-            tgt = q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}"
-            tasks.append(Task(j["key"], j, budget(j["timeout"]),
-                              f"verify {j['verifier']:<8} p={q['p']:<3} {tgt:<4} {n['id']}"))
+        jobs = _unique(suite.verify_jobs(n))
+        n_verify += len(jobs)
+        todo = [j for j in jobs if j.key not in done]
+        walked = _walked(n["path"]) if todo else None
+        for j in todo:
+            out = precheck(j, walked)
+            if out is None:
+                tasks.append(Task(j, budget(j.timeout), j.label))
+            else:
+                store.record(j, out)
     # now that the networks are known, count exactly: this suite's jobs, done and to do
-    n_verify = sum(len(_unique(suite.verify_jobs(n))) for n in nets)
     prog.total = len(train_jobs) + n_verify
     prog.done = len(train_jobs) + n_verify - len(tasks)
-
-    def verify_done(t: Task, out: dict):
-        store.record_verify(t.key, t.spec, out)
-        prog.finish(t, out)
-
-    ex.run(tasks, prog.start, verify_done)
+    ex.run(tasks, prog.start, record)
 
     # 3. audit (before certification, so that no unsound bound certifies anything)
     flagged = audit(store)
@@ -131,16 +157,10 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     tasks = []
     for n in nets:
         j = suite.certify_job(n, by_net.get(n["id"], []), data_dir)
-        if j is not None and j["key"] not in done:
-            tasks.append(Task(j["key"], j, budget(j["timeout"]), f"certify {n['id']}"))
-    if tasks:
-        prog.total += len(tasks)
-
-    def certify_done(t: Task, out: dict):
-        store.record_certify(t.key, t.spec, out)
-        prog.finish(t, out)
-
-    ex.run(tasks, prog.start, certify_done)
+        if j is not None and j.key not in done:
+            tasks.append(Task(j, budget(j.timeout), j.label))
+    prog.total += len(tasks)
+    ex.run(tasks, prog.start, record)
     summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
                "unsound": len(flagged), "wall_s": time.perf_counter() - prog.t0}
     log.info("done: %d networks, %d results, %d unsound, %.1fs", summary["networks"], summary["results"],

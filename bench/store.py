@@ -15,6 +15,8 @@ import time
 from typing import Any, Iterable
 
 from .api import UserError
+from .jobs import CertifyJob, Job, Outcome, TrainJob, VerifyJob, dumps, spec
+from .results import p_label, target_label
 
 SCHEMA_VERSION = 1
 DB_NAME = "lipbench.sqlite"
@@ -49,38 +51,6 @@ EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "cl
                   "wall_s", "cpu_s", "peak_mem_mb", "device",
                   # beyond the stable core
                   "domain", "net_hash", "error", "audit", "stats"]
-
-
-def dumps(x: Any) -> str:
-    """JSON with sorted keys; non-finite floats become the strings "inf", "-inf", "nan"
-    (strict JSON has no such numbers, and CSV readers choke on Infinity)."""
-    return json.dumps(_finite(x), sort_keys=True, default=_json_default, allow_nan=False)
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float) and x != x:
-        return "nan"
-    if isinstance(x, float) and x in (float("inf"), float("-inf")):
-        return "inf" if x > 0 else "-inf"
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_finite(v) for v in x]
-    return x
-
-
-def _json_default(o):
-    try:
-        import numpy as np
-        if isinstance(o, np.generic):
-            return o.item()
-        if isinstance(o, np.ndarray):
-            return o.tolist()
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(o, tuple):
-        return list(o)
-    return str(o)
 
 
 class Store:
@@ -136,58 +106,50 @@ class Store:
         return [dict(r) for r in rows]
 
     # ---- writes: one transaction per job
-    def _job_row(self, key: str, type_: str, spec: dict, out: dict):
+    def record(self, job: Job, out: Outcome) -> None:
+        """Store a finished job and what it produced, in one transaction."""
+        with self.db:
+            self._job_row(job, out)
+            if isinstance(job, TrainJob) and out.status == "ok":
+                n = out.network
+                self.db.execute(
+                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
+                    " clean_acc, metrics, path, input_shape, description) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.network_id, job.key, n.net_hash, job.trainer, dumps({"arch": job.arch, **job.params}),
+                     dumps(job.dataset), job.seed, n.metrics.get("clean_acc"), dumps(n.metrics), n.path,
+                     dumps(list(n.input_shape)), n.description))
+            elif isinstance(job, VerifyJob):
+                q = job.query
+                self.db.execute(
+                    "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
+                    " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.key, job.network, job.net_hash, job.verifier, dumps(job.params), p_label(q),
+                     target_label(q), dumps(q.key()["domain"]), out.status, out.kind, out.value, out.wall_s,
+                     out.cpu_s, out.peak_mem_mb, out.device, dumps(out.versions), dumps(out.stats), out.error,
+                     time.time()))
+            elif isinstance(job, CertifyJob):
+                # certified accuracy is derived data: a newer computation for the same network,
+                # verifier and p replaces the older one (its job row stays as history)
+                for c in out.certified:
+                    self.db.execute("DELETE FROM certified WHERE network=? AND verifier=? AND verifier_params=? "
+                                    "AND p=?", (job.network, c["verifier"], c["verifier_params"], c["p"]))
+                    for e, a in zip(c["eps"], c["certified_acc"]):
+                        self.db.execute("INSERT INTO certified VALUES (?,?,?,?,?,?,?,?,?)",
+                                        (job.network, c["verifier"], c["verifier_params"], c["p"], e, a,
+                                         c["clean_acc"], c["source"], job.key))
+
+    def _job_row(self, job: Job, out: Outcome):
         # a retried job replaces its earlier (failed) rows in the same transaction
+        key = job.key
         self.db.execute("DELETE FROM results WHERE job_key=?", (key,))
         self.db.execute("DELETE FROM networks WHERE job_key=?", (key,))
         self.db.execute("DELETE FROM jobs WHERE key=?", (key,))
         self.db.execute(
             "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished)"
             " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-            (key, type_, dumps(spec), out["status"], out.get("error"), out.get("wall_s"), out.get("cpu_s"),
-             out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})), time.time()))
-
-    def record_train(self, key: str, spec: dict, out: dict, network_id: str) -> None:
-        with self.db:
-            self._job_row(key, "train", spec, out)
-            if out["status"] == "ok":
-                m = out["metrics"]
-                self.db.execute(
-                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
-                    " clean_acc, metrics, path, input_shape, description) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (network_id, key, out["net_hash"], spec["trainer"],
-                     dumps({"arch": spec["arch"], **spec["params"]}), dumps(spec["dataset"]), spec["seed"],
-                     m.get("clean_acc"), dumps(m), out["path"], dumps(out["input_shape"]), out.get("description")))
-
-    def record_verify(self, key: str, spec: dict, out: dict) -> None:
-        q = spec["query"]
-        with self.db:
-            self._job_row(key, "verify", spec, out)
-            self.db.execute(
-                "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
-                " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (key, spec["network"], spec["net_hash"], spec["verifier"], dumps(spec["params"]),
-                 q["p"] if q.get("q") in (None, q["p"]) else f"{q['p']}->{q['q']}",
-                 q["target"] if q["target"] == "full" else f"{q['target'][0]}-{q['target'][1]}",
-                 dumps(q["domain"]), out["status"], out["kind"], out.get("value"), out.get("wall_s"),
-                 out.get("cpu_s"), out.get("peak_mem_mb"), out.get("device"), dumps(out.get("versions", {})),
-                 dumps(out.get("stats", {})), out.get("error"), time.time()))
-
-    def record_certify(self, key: str, spec: dict, out: dict) -> None:
-        """Certified accuracy is derived data: a newer computation for the same network,
-        verifier and p replaces the older one (its job row stays as history)."""
-        small = {k: v for k, v in spec.items() if k != "rows"}
-        small["row_jobs"] = sorted(r["job_key"] for r in spec["rows"])
-        with self.db:
-            self._job_row(key, "certify", small, out)
-            for c in out.get("certified", []):
-                self.db.execute("DELETE FROM certified WHERE network=? AND verifier=? AND verifier_params=? AND p=?",
-                                (spec["network"], c["verifier"], c["verifier_params"], c["p"]))
-                for e, a in zip(c["eps"], c["certified_acc"]):
-                    self.db.execute("INSERT INTO certified VALUES (?,?,?,?,?,?,?,?,?)",
-                                    (spec["network"], c["verifier"], c["verifier_params"], c["p"], e, a,
-                                     c["clean_acc"], c["source"], key))
+            (key, job.type, dumps(spec(job)), out.status, out.error, out.wall_s, out.cpu_s, out.peak_mem_mb,
+             out.device, dumps(out.versions), time.time()))
 
     def certified(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]

@@ -6,11 +6,10 @@ names the file and line and lists the valid choices.
 """
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import import_module, resources
 
 import yaml
@@ -19,7 +18,8 @@ from .api import Query, UserError
 from .data import DATASETS, PARAMS as DATA_PARAMS
 from .network import arch_name
 from .registry import VERIFIERS, get_trainer, get_verifier, load_plugins
-from .store import dumps
+from .jobs import CertifyJob, TrainJob, VerifyJob, job_key, keyed
+from .results import certifies
 
 TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins",
             "certify"}
@@ -122,7 +122,7 @@ class Suite:
     certify_eps: dict | None = None  # {p name: [eps, ...]}: certified accuracy after verification
 
     # -- jobs
-    def train_jobs(self, out_dir: str, data_dir: str | None = None) -> list[dict]:
+    def train_jobs(self, out_dir: str, data_dir: str | None = None) -> list[TrainJob]:
         jobs = []
         for ds in self.datasets:
             ds_name = ds if isinstance(ds, str) else ds["name"]
@@ -132,51 +132,39 @@ class Suite:
                     for params in entry.combos():
                         resolved = cls.resolve_params(params)
                         for seed in self.seeds:
-                            ident = {"type": "train", "trainer": cls.name, "version": cls.version,
-                                     "params": resolved, "arch": arch, "dataset": ds, "seed": seed}
-                            key = job_key(ident)
+                            job = TrainJob(cls.name, cls.version, resolved, arch, ds, seed, "", "",
+                                           entry.timeout or self.timeout, data_dir, tuple(self.plugins))
+                            key = job_key(job.ident())
                             nid = f"{ds_name}-{cls.name}-{arch_name(arch)}-s{seed}-{key[:6]}"
-                            jobs.append({**ident, "key": key, "network_id": nid, "plugins": list(self.plugins),
-                                         "data_dir": data_dir, "timeout": entry.timeout or self.timeout,
-                                         "out_path": os.path.join(out_dir, "networks", nid + ".pt")})
+                            jobs.append(replace(job, key=key, network_id=nid,
+                                                out_path=os.path.join(out_dir, "networks", nid + ".pt")))
         return jobs
 
-    def verify_jobs(self, network: dict) -> list[dict]:
-        """Verification jobs for one stored network (a ``networks`` row as a dict)."""
+    def verify_jobs(self, network) -> list[VerifyJob]:
+        """Verification jobs for one stored network (a ``networks`` row)."""
         jobs = []
         for entry in self.verify:
             cls = get_verifier(entry.verifier)
             for params in entry.combos():
                 resolved = cls.resolve_params(params)
                 for q in (entry.queries or self.queries):
-                    ident = {"type": "verify", "verifier": cls.name, "version": cls.version,
-                             "params": resolved, "query": q.key(), "net_hash": network["net_hash"],
-                             "network": network["id"]}
-                    jobs.append({**ident, "key": job_key(ident), "kind": cls.kind,
-                                 "net_path": network["path"], "plugins": list(self.plugins),
-                                 "timeout": entry.timeout or self.timeout})
+                    jobs.append(keyed(VerifyJob(cls.name, cls.version, resolved, q, network["id"],
+                                                network["net_hash"], network["path"], cls.kind,
+                                                entry.timeout or self.timeout, tuple(self.plugins))))
         return jobs
 
-
-    def certify_job(self, network: dict, rows: list[dict], data_dir: str | None) -> dict | None:
+    def certify_job(self, network, rows: list, data_dir: str | None) -> CertifyJob | None:
         """The certified-accuracy job of one network, given its stored result rows (only
-        sound bounds certify: a row whose stats say ``certified: false`` is left out)."""
+        rows that :func:`bench.results.certifies` say may certify)."""
         if not self.certify_eps:
             return None
-        use = [{k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}
-               for r in rows if r["status"] == "ok" and r["kind"] in ("upper", "exact") and r["value"] is not None
-               and r["domain"] == '"global"' and json.loads(r["stats"] or "{}").get("certified", True)]
+        use = tuple({k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}
+                    for r in rows if certifies(r))
         if not use:
             return None
-        ident = {"type": "certify", "network": network["id"], "net_hash": network["net_hash"],
-                 "eps": self.certify_eps, "rows": sorted(r["job_key"] for r in use), "version": "1"}
-        return {"type": "certify", "key": job_key(ident), "network": network["id"], "net_path": network["path"],
-                "dataset": json.loads(network["dataset"]), "data_dir": data_dir, "eps": self.certify_eps,
-                "rows": use, "plugins": list(self.plugins), "timeout": self.timeout, "kind": "lower"}
-
-
-def job_key(ident: dict) -> str:
-    return hashlib.sha256(dumps(ident).encode()).hexdigest()[:16]
+        return keyed(CertifyJob(network["id"], network["net_hash"], network["path"],
+                                json.loads(network["dataset"]), self.certify_eps, use, self.timeout, data_dir,
+                                tuple(self.plugins)))
 
 
 def shipped_suites() -> list[str]:

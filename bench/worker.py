@@ -1,6 +1,7 @@
-"""Runs one job (train or verify) and measures it: wall and CPU seconds, peak memory,
-device.  The executor calls :func:`execute` in a fresh worker process per job; the API
-calls it in-process.  Every outcome is a plain dict (JSON-able) with a closed status."""
+"""Runs one job (train, verify or certify) and measures it: wall and CPU seconds, peak
+memory, device.  An executor calls :func:`execute` in a worker process (the local one: a
+fresh process per job) or in-process (the API without a timeout).  Every outcome is an
+:class:`bench.jobs.Outcome` with a status from the closed vocabulary."""
 from __future__ import annotations
 
 import importlib
@@ -15,7 +16,8 @@ import numpy as np
 import torch
 
 from . import network as netmod
-from .api import Bound, Budget, Query, Unsupported, UserError
+from .api import Bound, Budget, Unsupported, UserError
+from .jobs import CertifyJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
 from .registry import get_trainer, get_verifier, load_plugins
 
 log = logging.getLogger(__name__)
@@ -57,16 +59,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def execute(spec: dict, budget: Budget, net_module=None) -> dict:
+def execute(job: Job, budget: Budget, net_module=None) -> Outcome:
     """Run one job; never raises for a job's own failure (it becomes the status)."""
     from threadpoolctl import threadpool_limits
     torch.set_num_threads(max(1, budget.threads))
     base_mem = _rss_mb()
     t0, c0 = time.perf_counter(), _cpu_s()
     dev = "cpu"
-    out: dict
+    out: Outcome
     try:
-        for mod in spec.get("plugins", []):
+        for mod in job.plugins:
             importlib.import_module(mod)
         load_plugins()
         dev = resolve_device(budget.device)
@@ -78,91 +80,89 @@ def execute(spec: dict, budget: Budget, net_module=None) -> dict:
             torch.cuda.reset_peak_memory_stats(dev)
         # BLAS: one thread (faster than two here for eigendecompositions); torch: budget.threads
         with threadpool_limits(limits=1, user_api="blas"):
-            if spec["type"] == "train":
-                out = _train(spec, budget)
-            elif spec["type"] == "certify":
-                out = _certify(spec)
+            if isinstance(job, TrainJob):
+                out = _train(job, budget)
+            elif isinstance(job, CertifyJob):
+                out = _certify(job)
             else:
-                out = _verify(spec, budget, net_module)
+                out = _verify(job, budget, net_module)
     except MemoryError:
-        out = {"status": "oom", "error": "MemoryError: out of host memory"}
+        out = Outcome("oom", job.kind, error="MemoryError: out of host memory")
     except torch.cuda.OutOfMemoryError as e:
-        out = {"status": "oom", "error": f"CUDA out of memory: {str(e).splitlines()[0]}"}
+        out = Outcome("oom", job.kind, error=f"CUDA out of memory: {str(e).splitlines()[0]}")
     except (UserError, Unsupported) as e:
-        out = {"status": "unsupported" if isinstance(e, Unsupported) else "error", "error": str(e)}
+        out = Outcome("unsupported" if isinstance(e, Unsupported) else "error", job.kind, error=str(e))
     except Exception as e:  # the job failed; record why and go on
         log.debug("job failed:\n%s", traceback.format_exc())
-        out = {"status": "error", "error": f"{type(e).__name__}: {e}".splitlines()[0][:2000],
-               "traceback": traceback.format_exc()[-4000:]}
-    out.setdefault("kind", spec.get("kind", "upper"))
-    out["wall_s"] = time.perf_counter() - t0
-    out["cpu_s"] = _cpu_s() - c0
-    out["peak_mem_mb"] = max(_maxrss_mb(), _rss_mb())
-    out.setdefault("stats", {})["base_mem_mb"] = base_mem
+        out = Outcome("error", job.kind, error=f"{type(e).__name__}: {e}".splitlines()[0][:2000],
+                      traceback=traceback.format_exc()[-4000:])
+    stats = {**out.stats, "base_mem_mb": base_mem}
     if dev.startswith("cuda"):
-        out["stats"]["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
-    out["device"] = dev
-    return out
+        stats["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
+    return out.with_(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - c0,
+                     peak_mem_mb=max(_maxrss_mb(), _rss_mb()), stats=stats, device=dev)
 
 
-def _train(spec: dict, budget: Budget) -> dict:
+def _train(job: TrainJob, budget: Budget) -> Outcome:
     from .data import load as load_data
-    cls = get_trainer(spec["trainer"])
+    cls = get_trainer(job.trainer)
     missing = cls.missing()
     if missing:
-        return {"status": "not_installed", "error": f"needs {', '.join(missing)}", "versions": versions(cls)}
-    torch.manual_seed(spec["seed"])
-    np.random.seed(spec["seed"])
-    ds = load_data(spec["dataset"], spec.get("data_dir"))
-    trainer = cls(**spec["params"])
-    module, metrics = trainer.train(ds, spec["arch"], spec["seed"], budget)
+        return Outcome("not_installed", error=f"needs {', '.join(missing)}", versions=versions(cls))
+    torch.manual_seed(job.seed)
+    np.random.seed(job.seed)
+    ds = load_data(job.dataset, job.data_dir)
+    trainer = cls(**job.params)
+    module, metrics = trainer.train(ds, job.arch, job.seed, budget)
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
-    netmod.save(module, ds.input_shape, spec["out_path"])
-    return {"status": "ok", "metrics": metrics, "net_hash": net.hash(), "path": spec["out_path"],
-            "input_shape": list(ds.input_shape), "description": net.describe(), "versions": versions(cls)}
+    netmod.save(module, ds.input_shape, job.out_path)
+    trained = TrainedNetwork(net.hash(), job.out_path, tuple(ds.input_shape), net.describe(), metrics)
+    return Outcome("ok", network=trained, versions=versions(cls))
 
 
-def _certify(spec: dict) -> dict:
+def _certify(job: CertifyJob) -> Outcome:
     from .certify import certify_network
     from .data import load as load_data
     from .registry import VERIFIERS
-    module, _shape = netmod.load(spec["net_path"])
-    ds = load_data(spec["dataset"], spec.get("data_dir"))
-    rows = certify_network(module, ds, spec["rows"], spec["eps"], VERIFIERS)
-    return {"status": "ok", "kind": "lower", "certified": rows, "versions": versions()}
+    module, _shape = netmod.load(job.net_path)
+    ds = load_data(job.dataset, job.data_dir)
+    rows = certify_network(module, ds, list(job.rows), job.eps, VERIFIERS)
+    return Outcome("ok", "lower", certified=tuple(rows), versions=versions())
 
 
-def _verify(spec: dict, budget: Budget, net_module=None) -> dict:
-    cls = get_verifier(spec["verifier"])
-    res = {"kind": cls.kind, "versions": versions(cls)}
+def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
+    cls = get_verifier(job.verifier)
+    vers = versions(cls)
     missing = cls.missing()
     if missing:
-        return {**res, "status": "not_installed",
-                "error": f"{cls.name} needs the Python package(s) {', '.join(missing)}"
-                         + (f"; {cls.install_hint}" if getattr(cls, "install_hint", "") else "")}
+        return Outcome("not_installed", cls.kind, versions=vers, error=not_installed_reason(cls))
     if net_module is None:
-        module, shape = netmod.load(spec["net_path"])
-        if spec.get("net_hash") and netmod.net_hash(module) != spec["net_hash"]:
-            return {**res, "status": "error", "error": f"{spec['net_path']} does not hold the network of hash "
-                    f"{spec['net_hash']} (it was changed after training)"}
+        module, shape = netmod.load(job.net_path)
+        if job.net_hash and netmod.net_hash(module) != job.net_hash:
+            return Outcome("error", cls.kind, versions=vers, error=f"{job.net_path} does not hold the network of "
+                           f"hash {job.net_hash} (it was changed after training)")
     else:
         module, shape = net_module
-    query = Query(**spec["query"]) if isinstance(spec["query"], dict) else spec["query"]
-    verifier = cls(**spec["params"])
+    verifier = cls(**job.params)
     net = netmod.walk(module.to(budget.device if budget.device != "auto" else "cpu"), shape)
-    reason = verifier.supports(net, query)
+    reason = verifier.supports(net, job.query)
     if reason:
-        return {**res, "status": "unsupported", "error": reason}
-    b: Bound = verifier.run(net, query, budget)
+        return Outcome("unsupported", cls.kind, versions=vers, error=reason)
+    b: Bound = verifier.run(net, job.query, budget)
     if not isinstance(b, Bound):
         raise TypeError(f"verifier {cls.name} returned {type(b).__name__}, not a Bound")
     if b.value is not None and not np.isfinite(b.value):
-        return {**res, "status": "error", "error": f"verifier returned a non-finite value {b.value}",
-                "stats": b.stats}
-    return {**res, "status": b.status, "kind": b.kind, "value": b.value, "stats": b.stats, "error": b.error}
+        return Outcome("error", cls.kind, versions=vers, stats=b.stats,
+                       error=f"verifier returned a non-finite value {b.value}")
+    return Outcome(b.status, b.kind, b.value, b.stats, b.error, versions=vers)
+
+
+def not_installed_reason(cls) -> str:
+    return (f"{cls.name} needs the Python package(s) {', '.join(cls.missing())}"
+            + (f"; {cls.install_hint}" if getattr(cls, "install_hint", "") else ""))
 
 
 def _watchdog(budget: Budget, grace: float) -> None:
@@ -182,12 +182,12 @@ def _watchdog(budget: Budget, grace: float) -> None:
     threading.Thread(target=watch, daemon=True, name="lipbench-watchdog").start()
 
 
-def child_main(conn, spec: dict, budget: Budget, grace: float = 2.0) -> None:
+def child_main(conn, job: Job, budget: Budget, grace: float = 2.0) -> None:
     """Entry point of a worker process: run the job, send the outcome, exit."""
     _watchdog(budget, grace)
     try:
-        out = execute(spec, budget)
+        out = execute(job, budget)
     except BaseException as e:  # pragma: no cover - last resort, keep the pipe protocol
-        out = {"status": "error", "error": f"{type(e).__name__}: {e}"}
+        out = Outcome("error", job.kind, error=f"{type(e).__name__}: {e}")
     conn.send(out)
     conn.close()

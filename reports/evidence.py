@@ -13,6 +13,8 @@ import math
 from collections import defaultdict
 from statistics import mean, median
 
+from bench.results import GLOBAL, best_lower_values, is_upper
+
 TIGHT = 1.10  # the paper's "within 10% of the ground truth"
 
 
@@ -55,14 +57,12 @@ def network_info(n: dict) -> dict:
 def bounds_by_network(rows: list[dict]) -> dict:
     """{(network, p, target): {"trivial": v, "lower": best lower, "best_upper": (v, verifier)}}."""
     out: dict = defaultdict(dict)
+    rows = [r for r in rows if r["value"] is not None and r["domain"] == GLOBAL]
+    for k, v in best_lower_values(rows).items():
+        out[k[:3]]["lower"] = v
     for r in rows:
-        if r["value"] is None or r["domain"] != '"global"':
-            continue
-        k = (r["network"], r["p"], r["target"])
-        d = out[k]
-        if r["kind"] in ("lower", "exact") and r["status"] in ("ok", "timeout"):
-            d["lower"] = max(d.get("lower", 0.0), r["value"])
-        if r["kind"] in ("upper", "exact") and r["status"] == "ok":
+        d = out[(r["network"], r["p"], r["target"])]
+        if is_upper(r) and r["status"] == "ok":
             if r["verifier"] == "trivial":
                 d["trivial"] = r["value"]
             if "best_upper" not in d or r["value"] < d["best_upper"][0]:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
+from bench.results import best_lower_values, query_key, tightness  # noqa: E402
 from bench.store import Store  # noqa: E402
 
 from . import evidence  # noqa: E402
@@ -31,16 +32,6 @@ def _fmt(v, digits=4):
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     return f"{v:.{digits}g}"
-
-
-def tightness(rows: list[dict]) -> dict:
-    """(network, p, target, domain) -> best sound lower bound (max of ok lower/exact)."""
-    best = {}
-    for r in rows:
-        if r["value"] is not None and r["kind"] in ("lower", "exact") and r["status"] in ("ok", "timeout"):
-            k = (r["network"], r["p"], r["target"], r["domain"])
-            best[k] = max(best.get(k, 0.0), r["value"])
-    return best
 
 
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
@@ -62,11 +53,11 @@ def _log_axes(ax, title: str):
 def _points(rows, best, key):
     """(wall_s, tightness, verifier, unsound) for the upper/exact rows of one query."""
     for r in rows:
-        if (r["p"], r["target"], r["domain"]) != key or r["kind"] == "lower" or r["value"] is None:
+        if (r["p"], r["target"], r["domain"]) != key:
             continue
-        lb = best.get((r["network"], *key))
-        if lb and r["wall_s"]:
-            yield r, max(r["wall_s"], 1e-4), r["value"] / lb, r["status"] == "unsound"
+        t = tightness(r, best)
+        if t is not None and r["wall_s"]:
+            yield r, max(r["wall_s"], 1e-4), t, r["status"] == "unsound"
 
 
 def _table_pages(pdf, title: str, header: list[str], body: list[list[str]], colors=None, widths=None):
@@ -98,7 +89,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     certified = store.certified()
     store.close()
     path = path or os.path.join(out_dir, "report.pdf")
-    best = tightness(rows)
+    best = best_lower_values(rows)
     status_counts = defaultdict(int)
     for r in rows:
         status_counts[r["status"]] += 1
@@ -195,8 +186,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                   "peak MB"]
         body, colors = [], []
         for r in rows:
-            lb = best.get((r["network"], r["p"], r["target"], r["domain"]))
-            ratio = r["value"] / lb if (r["value"] is not None and lb and r["kind"] != "lower") else None
+            ratio = tightness(r, best)
             body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
                          r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(r["wall_s"], 3),
                          _fmt(r["peak_mem_mb"], 4)])
@@ -206,7 +196,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                      widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
 
         missing_lb = sorted({r["network"] for r in rows if r["kind"] != "lower"
-                             and (r["network"], r["p"], r["target"], r["domain"]) not in best})
+                             and query_key(r) not in best})
         if missing_lb:
             log.info("no sound lower bound for %d network(s): tightness not plotted for them", len(missing_lb))
     os.replace(tmp, path)

@@ -1,12 +1,13 @@
 """The audit: an exact row refutes others with its certified lower bound, not its value."""
+from bench.api import Query
 from bench.audit import audit
+from bench.jobs import Outcome, VerifyJob
 from bench.store import Store
 
 
 def _row(store, key, verifier, kind, value, stats=None, status="ok"):
-    spec = {"network": "net", "net_hash": "h", "verifier": verifier, "params": {}, "type": "verify",
-            "query": {"p": "inf", "q": None, "target": "full", "domain": "global"}}
-    store.record_verify(key, spec, {"status": status, "kind": kind, "value": value, "stats": stats or {}})
+    job = VerifyJob(verifier, "1", {}, Query(p="inf"), "net", "h", "net.pt", kind, key=key)
+    store.record(job, Outcome(status, kind, value, stats or {}))
 
 
 def test_exact_rows_refute_with_their_certified_lower_bound(tmp_path):

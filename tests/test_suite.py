@@ -27,7 +27,7 @@ def test_good_suite_expands_grid(tmp_path):
     s = parse_suite(GOOD)
     jobs = s.train_jobs(str(tmp_path))
     assert len(jobs) == 2 * 2  # lr grid x seeds
-    assert len({j["key"] for j in jobs}) == 4
+    assert len({j.key for j in jobs}) == 4
     net = {"id": "n", "net_hash": "abc", "path": "x"}
     assert len(s.verify_jobs(net)) == 2 * 2  # verifiers x queries
 

@@ -1,0 +1,225 @@
+"""Jobs and outcomes: the typed spine that carries work from a suite to the store.
+
+A suite expands into :class:`TrainJob`, :class:`VerifyJob` and :class:`CertifyJob`
+(frozen: a job is a value); an executor runs each one (:func:`bench.worker.execute`) and
+hands back an :class:`Outcome`; the store records a job with its outcome in one
+transaction.  A job's *key* is the hash of its identity (:meth:`ident`): the plug-in's
+name, version and resolved parameters, and what it runs on (the data set and seed, or the
+network's content hash and the query).  A key with a row in the store is final.
+
+``spec()`` is the JSON-able form written to the store's ``jobs`` table and sent to a
+worker process; ``job_from_spec`` reads it back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar, Union
+
+from .api import STATUSES, KINDS, Bound, Query
+
+
+def dumps(x: Any) -> str:
+    """JSON with sorted keys; non-finite floats become the strings "inf", "-inf", "nan"
+    (strict JSON has no such numbers, and CSV readers choke on Infinity)."""
+    return json.dumps(_finite(x), sort_keys=True, default=_json_default, allow_nan=False)
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float) and x != x:
+        return "nan"
+    if isinstance(x, float) and x in (float("inf"), float("-inf")):
+        return "inf" if x > 0 else "-inf"
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _json_default(o):
+    try:
+        import numpy as np
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def job_key(ident: dict) -> str:
+    return hashlib.sha256(dumps(ident).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """Train one network: trainer x architecture x parameters x data set x seed."""
+
+    type: ClassVar[str] = "train"
+    trainer: str
+    version: str
+    params: dict
+    arch: dict
+    dataset: Union[str, dict]
+    seed: int
+    network_id: str
+    out_path: str
+    timeout: float | None = None
+    data_dir: str | None = None
+    plugins: tuple = ()
+    key: str = ""
+
+    def ident(self) -> dict:
+        return {"type": "train", "trainer": self.trainer, "version": self.version, "params": self.params,
+                "arch": self.arch, "dataset": self.dataset, "seed": self.seed}
+
+    @property
+    def label(self) -> str:
+        return f"train  {self.network_id}"
+
+    @property
+    def kind(self) -> str:
+        return "upper"
+
+
+@dataclass(frozen=True)
+class VerifyJob:
+    """Bound one network's Lipschitz constant for one query with one verifier."""
+
+    type: ClassVar[str] = "verify"
+    verifier: str
+    version: str
+    params: dict
+    query: Query
+    network: str
+    net_hash: str
+    net_path: str
+    kind: str
+    timeout: float | None = None
+    plugins: tuple = ()
+    key: str = ""
+
+    def ident(self) -> dict:
+        return {"type": "verify", "verifier": self.verifier, "version": self.version, "params": self.params,
+                "query": self.query.key(), "net_hash": self.net_hash, "network": self.network}
+
+    @property
+    def label(self) -> str:
+        q = self.query
+        tgt = "full" if not q.is_pair else f"{q.target[0]}-{q.target[1]}"
+        return f"verify {self.verifier:<8} p={q.key()['p']:<3} {tgt:<4} {self.network}"
+
+
+@dataclass(frozen=True)
+class CertifyJob:
+    """Certified accuracy of one network from its stored sound upper bounds (``rows``:
+    dicts with verifier, verifier_params, p, target, value, job_key)."""
+
+    type: ClassVar[str] = "certify"
+    network: str
+    net_hash: str
+    net_path: str
+    dataset: Union[str, dict]
+    eps: dict
+    rows: tuple
+    timeout: float | None = None
+    data_dir: str | None = None
+    plugins: tuple = ()
+    key: str = ""
+    kind: str = "lower"
+
+    def ident(self) -> dict:
+        return {"type": "certify", "network": self.network, "net_hash": self.net_hash, "eps": self.eps,
+                "rows": sorted(r["job_key"] for r in self.rows), "version": "1"}
+
+    @property
+    def label(self) -> str:
+        return f"certify {self.network}"
+
+
+Job = Union[TrainJob, VerifyJob, CertifyJob]
+JOB_TYPES = {c.type: c for c in (TrainJob, VerifyJob, CertifyJob)}
+
+
+def keyed(job: Job) -> Job:
+    """The job with its key filled in from its identity."""
+    return replace(job, key=job_key(job.ident()))
+
+
+def spec(job: Job) -> dict:
+    """JSON-able form: what the store keeps and a worker process receives."""
+    d = {f.name: getattr(job, f.name) for f in fields(job)}
+    d["type"] = job.type
+    d["plugins"] = list(job.plugins)
+    if isinstance(job, VerifyJob):
+        d["query"] = job.query.key()
+    if isinstance(job, CertifyJob):  # the store keeps which rows, not their values
+        d["row_jobs"] = sorted(r["job_key"] for r in job.rows)
+        del d["rows"]
+    return d
+
+
+def job_from_spec(d: dict) -> Job:
+    """Read back a job written by :func:`spec` (a certify job comes back without rows)."""
+    cls = JOB_TYPES[d["type"]]
+    names = {f.name for f in fields(cls)}
+    kw = {k: v for k, v in d.items() if k in names}
+    kw["plugins"] = tuple(kw.get("plugins", ()))
+    if cls is VerifyJob:
+        kw["query"] = Query.from_key(d["query"])
+    if cls is CertifyJob:
+        kw["rows"] = tuple({"job_key": k} for k in d.get("row_jobs", ()))
+    return cls(**kw)
+
+
+@dataclass(frozen=True)
+class TrainedNetwork:
+    """What a training job produced (the store's ``networks`` row)."""
+
+    net_hash: str
+    path: str
+    input_shape: tuple
+    description: str
+    metrics: dict
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended.  ``status`` is from :data:`bench.api.STATUSES`; ``value`` only for
+    verification; ``network`` only for a training job that succeeded, ``certified`` only
+    for a certify job (one dict per verifier and p: eps grid and certified accuracies)."""
+
+    status: str
+    kind: str = "upper"
+    value: float | None = None
+    stats: dict = field(default_factory=dict)
+    error: str | None = None
+    wall_s: float | None = None
+    cpu_s: float | None = None
+    peak_mem_mb: float | None = None
+    device: str | None = None
+    versions: dict = field(default_factory=dict)
+    network: TrainedNetwork | None = None
+    certified: tuple = ()
+    traceback: str | None = None
+
+    def __post_init__(self):
+        if self.status not in STATUSES:
+            raise ValueError(f"status {self.status!r} not in {STATUSES}")
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} not in {KINDS}")
+
+    def bound(self) -> Bound:
+        return Bound(self.value, self.kind, self.status, self.wall_s, self.cpu_s, self.peak_mem_mb,
+                     self.device or "cpu", dict(self.stats), self.error)
+
+    def with_(self, **kw) -> "Outcome":
+        return replace(self, **kw)
+
+    def as_dict(self) -> dict:
+        return asdict(self)

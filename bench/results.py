@@ -1,0 +1,120 @@
+"""The one reading of stored results: how a query is named in the store, which rows give
+a sound lower bound and how large, the best lower bound of a query, tightness, and which
+upper bounds may certify.  The audit, ``show``, ``export``, the reports and certified
+accuracy all ask here; nothing else interprets a row's kind, status or stats.
+
+The rule, in one place: a row *proves a lower bound* when its kind is ``lower`` or
+``exact`` and its status is ``ok`` or ``timeout`` (an anytime verifier's kept bound).  A
+``lower`` row proves its value.  An ``exact`` row proves its certified lower bound
+``stats["lower"]`` (the Jacobian norm at a point strictly inside a linear region) where
+it has one, else its value; its value is an upper bound that meets that lower bound only
+within the verifier's tolerance.  The *best lower bound* of a (network, p, target,
+domain) is the largest proven one, and *tightness* of an upper bound is its value over
+that best lower bound (>= 1 for a sound bound, 1 = tight).
+
+Reserved keys in a row's ``stats`` (the contract between verifiers and readers):
+``lower`` (a certified lower bound, see above), ``certified`` (False: the value is a
+solver's number that was not checked, and never certifies robustness), ``trace``
+(anytime verifiers: [t, lower, upper] rows).
+"""
+from __future__ import annotations
+
+import json
+from typing import Iterable, Mapping
+
+from .api import Query, p_name
+
+#: the columns a query occupies in a result row
+QUERY_COLUMNS = ("network", "p", "target", "domain")
+GLOBAL = '"global"'   # the stored form of the global domain
+
+
+def p_label(q: Query) -> str:
+    """The store's name of a query's norms: "2", or "2->inf" when the output norm differs."""
+    return p_name(q.p) if q.q in (None, q.p) else f"{p_name(q.p)}->{p_name(q.q)}"
+
+
+def target_label(q: Query) -> str:
+    """The store's name of a target: "full" or "i-j" (the margin f_i - f_j)."""
+    return "full" if not q.is_pair else f"{q.target[0]}-{q.target[1]}"
+
+
+def parse_target(label: str) -> tuple[int, int] | None:
+    """``target_label`` read back: None for "full", else the class pair."""
+    if label == "full":
+        return None
+    i, j = (int(t) for t in label.split("-"))
+    return i, j
+
+
+def query_key(r: Mapping) -> tuple:
+    """(network, p, target, domain) of a row: rows with the same key bound the same number."""
+    return tuple(r[c] for c in QUERY_COLUMNS)
+
+
+def stats(r: Mapping) -> dict:
+    s = r.get("stats") if hasattr(r, "get") else r["stats"]
+    if isinstance(s, dict):
+        return s
+    try:
+        return json.loads(s or "{}")
+    except (TypeError, ValueError):
+        return {}
+
+
+def proven_lower(r: Mapping) -> float | None:
+    """The lower bound a row proves, or None (see the module doc)."""
+    if r["value"] is None or r["kind"] not in ("lower", "exact") or r["status"] not in ("ok", "timeout"):
+        return None
+    if r["kind"] == "lower":
+        return float(r["value"])
+    low = stats(r).get("lower")
+    return float(r["value"]) if low is None else float(low)
+
+
+def best_lower(rows: Iterable[Mapping]) -> dict:
+    """query_key -> (best proven lower bound, the row proving it)."""
+    best: dict = {}
+    for r in rows:
+        v = proven_lower(r)
+        if v is not None:
+            k = query_key(r)
+            if k not in best or v > best[k][0]:
+                best[k] = (v, r)
+    return best
+
+
+def best_lower_values(rows: Iterable[Mapping]) -> dict:
+    """query_key -> best proven lower bound."""
+    return {k: v for k, (v, _) in best_lower(rows).items()}
+
+
+def is_upper(r: Mapping) -> bool:
+    """An upper bound with a value (of any status: the audit judges them all)."""
+    return r["kind"] in ("upper", "exact") and r["value"] is not None
+
+
+def tightness(r: Mapping, best: Mapping) -> float | None:
+    """Upper bound / best lower bound of its query (``best`` from :func:`best_lower_values`);
+    None for a lower bound, a row without value, or a query without a positive lower bound."""
+    if not is_upper(r):
+        return None
+    lb = best.get(query_key(r))
+    return r["value"] / lb if lb else None
+
+
+def certifies(r: Mapping) -> bool:
+    """May this row's value certify robustness?  An ``ok`` upper (or exact) bound on the
+    global domain that was checked (``stats["certified"]`` is not False)."""
+    return (r["status"] == "ok" and is_upper(r) and r["domain"] == GLOBAL
+            and bool(stats(r).get("certified", True)))
+
+
+def rows(out_dir: str) -> list[dict]:
+    """Every stored result joined with its network, as dicts (the export and report view)."""
+    from .store import Store
+    store = Store(out_dir, create=False)
+    try:
+        return store.joined()
+    finally:
+        store.close()
