@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import csv
 import json
 import logging
@@ -31,7 +30,9 @@ def cmd_run(args) -> int:
     from .suite import load_suite
     suite = load_suite(args.suite)
     if args.plugin:  # worker processes import them too
-        suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + tuple(args.plugin))))
+        from .suite import plugin_entry
+        extra = tuple(plugin_entry(p, os.getcwd()) for p in args.plugin)
+        suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + extra)))
     if args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
@@ -129,8 +130,9 @@ def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description="lipbench: Lipschitz verification benchmark")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     ap.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE",
-                    help="import this module first (plug-ins registered with the decorator); repeatable")
+    ap.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE|DIR",
+                    help="import a plug-in first: a module name, a .py file, or a folder of .py files "
+                         "(plug-ins registered with the decorator); repeatable")
     sub = ap.add_subparsers(dest="verb", required=True)
 
     def common(p, suite_required=True):
@@ -175,11 +177,12 @@ def main(argv: list[str] | None = None) -> int:
     level = logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO)
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
     try:
+        from .registry import import_plugin
         for mod in args.plugin:
             try:
-                importlib.import_module(mod)
-            except ImportError as e:
-                raise UserError(f"--plugin {mod}: cannot import it ({e})") from None
+                import_plugin(mod)
+            except UserError as e:
+                raise UserError(f"--plugin {mod}: {e}") from None
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -92,3 +92,39 @@ def get_trainer(name: str) -> type[Trainer]:
 
 def get_activation(name: str) -> Callable:
     return _get(ACTIVATIONS, "activation", name)
+
+
+def import_plugin(entry: str) -> list[str]:
+    """Import a plug-in: a module name (``mypkg.myverifier``), a ``.py`` file, or a folder
+    whose every ``*.py`` file is a plug-in (a file dropped there works without installing
+    anything).  Files are imported as ``lipbench_plugins.<stem>``.  Returns the module
+    names imported; a plug-in that cannot be imported is a UserError naming it."""
+    import importlib.util
+    import os
+    import sys
+    if not (entry.endswith(".py") or os.sep in entry or os.path.isdir(entry)):
+        try:
+            import_module(entry)
+        except Exception as e:
+            raise UserError(f"plug-in module {entry!r} cannot be imported ({type(e).__name__}: {e})") from None
+        return [entry]
+    if os.path.isdir(entry):
+        files = sorted(os.path.join(entry, f) for f in os.listdir(entry) if f.endswith(".py") and not f.startswith("_"))
+    elif os.path.isfile(entry):
+        files = [entry]
+    else:
+        raise UserError(f"plug-in {entry} is neither a module name, a .py file nor a folder")
+    names = []
+    for path in files:
+        name = "lipbench_plugins." + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        if name not in sys.modules:
+            spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[name]
+                raise UserError(f"plug-in file {path} cannot be imported ({type(e).__name__}: {e})") from None
+        names.append(name)
+    return names

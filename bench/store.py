@@ -8,11 +8,10 @@ process writes.
 """
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 import time
-from typing import Any, Iterable
+from typing import Iterable
 
 from .api import UserError
 from .jobs import CertifyJob, Job, Outcome, TrainJob, VerifyJob, dumps, spec

@@ -10,14 +10,14 @@ import itertools
 import json
 import os
 from dataclasses import dataclass, replace
-from importlib import import_module, resources
+from importlib import resources
 
 import yaml
 
 from .api import Query, UserError
 from .data import DATASETS, PARAMS as DATA_PARAMS
 from .network import arch_name
-from .registry import VERIFIERS, get_trainer, get_verifier, load_plugins
+from .registry import VERIFIERS, get_trainer, get_verifier, import_plugin, load_plugins
 from .jobs import CertifyJob, TrainJob, VerifyJob, job_key, keyed
 from .results import certifies
 
@@ -167,6 +167,15 @@ class Suite:
                                 tuple(self.plugins)))
 
 
+def plugin_entry(entry: str, base: str) -> str:
+    """A suite's or the command line's plug-in entry as workers will import it: a module
+    name as is, a file or folder as an absolute path (relative paths are read from
+    ``base``, the suite file's folder or the current one)."""
+    if entry.endswith(".py") or os.sep in entry or os.path.isdir(os.path.join(base, entry)):
+        return os.path.normpath(os.path.join(base, entry))
+    return entry
+
+
 def shipped_suites() -> list[str]:
     return sorted(p.name[:-5] for p in resources.files("bench.suites").iterdir() if p.name.endswith(".yaml"))
 
@@ -206,12 +215,14 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     if not isinstance(doc, dict):
         raise UserError("line 1: a suite is a YAML mapping (name:, datasets:, train:, verify:, ...)")
     _keys(doc, TOP_KEYS, "suite")
-    plugins = tuple(_list(doc, "plugins", []))
-    for i, mod in enumerate(plugins):
+    plugins = []
+    for i, mod in enumerate(_list(doc, "plugins", [])):
+        plugins.append(plugin_entry(str(mod), os.path.dirname(os.path.abspath(path))))
         try:
-            import_module(str(mod))
-        except ImportError as e:
-            raise UserError(f"line {_line(doc['plugins'], i)}: plug-in module {mod!r} cannot be imported ({e})") from None
+            import_plugin(plugins[-1])
+        except UserError as e:
+            raise UserError(f"line {_line(doc['plugins'], i)}: {e}") from None
+    plugins = tuple(plugins)
     load_plugins()
 
     datasets = []

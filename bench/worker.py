@@ -4,7 +4,6 @@ fresh process per job) or in-process (the API without a timeout).  Every outcome
 :class:`bench.jobs.Outcome` with a status from the closed vocabulary."""
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import platform
@@ -18,7 +17,7 @@ import torch
 from . import network as netmod
 from .api import Bound, Budget, Unsupported, UserError
 from .jobs import CertifyJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
-from .registry import get_trainer, get_verifier, load_plugins
+from .registry import get_trainer, get_verifier, import_plugin, load_plugins
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +68,7 @@ def execute(job: Job, budget: Budget, net_module=None) -> Outcome:
     out: Outcome
     try:
         for mod in job.plugins:
-            importlib.import_module(mod)
+            import_plugin(mod)
         load_plugins()
         dev = resolve_device(budget.device)
         if dev == "cuda":   # the API has no scheduler handing out GPUs: the current one

@@ -23,10 +23,12 @@ the fraction of hidden units with a zero activation derivative on the test set (
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
-from bench.api import Budget, Trainer, UserError, parse_p
+from bench.api import Budget, Param, Trainer, parse_p
 from bench.data import Dataset
 from bench.network import build_mlp
 from bench.registry import register
@@ -38,16 +40,23 @@ from methods.trivial import TorchTrivialBound
 class TBPenalty(Trainer):
     name = "tb-penalty"
     description = "task loss + lambda * penalty(trivial bound) (arXiv 2603.28113)"
-    params = {"epochs": 30, "lr": 2e-3, "batch_size": 64, "p": 2.0, "lam": 0.05, "penalty": "log",
-              "target": 1.0, "schedule": "warmup", "warmup": 0.3, "margin_eps": 0.0, "weight_decay": 0.0}
+    params = {"epochs": Param(30, "passes over the training set", ge=1),
+              "lr": Param(2e-3, "Adam's learning rate", gt=0),
+              "batch_size": Param(64, ge=1),
+              "p": Param(2.0, "the norm of the penalised trivial bound", choices=(1.0, 2.0, math.inf)),
+              "lam": Param(0.05, "penalty weight lambda", ge=0),
+              "penalty": Param("log", "lambda * log TB, lambda * TB, or lambda * max(0, TB - target)",
+                               choices=("log", "tb", "hinge")),
+              "target": Param(1.0, "the hinge penalty's target TB", gt=0),
+              "schedule": Param("warmup", "constant lambda, or a linear ramp over the first `warmup` of the epochs",
+                                choices=("constant", "warmup")),
+              "warmup": Param(0.3, "fraction of the epochs of the ramp", ge=0, le=1),
+              "margin_eps": Param(0.0, "> 0: the certified-margin task loss at this radius", ge=0),
+              "weight_decay": Param(0.0, ge=0)}
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
-        P = self.p
+        P = self.opts
         p = parse_p(P["p"])
-        if P["penalty"] not in ("log", "tb", "hinge"):
-            raise UserError(f"tb-penalty: penalty must be log, tb or hinge, not {P['penalty']!r}")
-        if P["schedule"] not in ("constant", "warmup"):
-            raise UserError(f"tb-penalty: schedule must be constant or warmup, not {P['schedule']!r}")
         torch.manual_seed(seed)
         net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
         tb = TorchTrivialBound(net, dataset.input_shape, p)

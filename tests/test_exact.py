@@ -14,7 +14,7 @@ from torch import nn
 import bench
 from bench.network import from_npz
 from conftest import REFERENCE, mlp
-from exact import norm, regions
+from bench.testing.exact import norm, regions
 from methods.layers import Abs, CReLU, MaxMin
 
 INF = math.inf

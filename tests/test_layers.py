@@ -13,7 +13,7 @@ from bench.api import Budget
 from bench.certify import certified_accuracy, pair_matrix
 from bench.data import load
 from bench.registry import get_trainer, load_plugins
-from exact import exact_lipschitz
+from bench.testing.exact import exact_lipschitz
 from methods.layers import Abs, CReLU, MaxMin, SinCos, SinSplit
 from methods.trivial import TorchTrivialBound
 

@@ -8,7 +8,7 @@ from torch import nn
 
 import bench
 from conftest import mlp
-from exact import exact_lipschitz, regions, norm
+from bench.testing.exact import exact_lipschitz, regions, norm
 
 
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])

@@ -9,7 +9,7 @@ from torch import nn
 
 import bench
 from conftest import REFERENCE, mlp
-from exact import exact_lipschitz
+from bench.testing.exact import exact_lipschitz
 
 pytest.importorskip("cvxpy", reason="the sdp extra is not installed")
 from baselines.verify.sdp_common import Chain, RepairError, certify, check  # noqa: E402

@@ -8,7 +8,7 @@ from torch import nn
 
 import bench
 from conftest import mlp
-from exact import exact_lipschitz
+from bench.testing.exact import exact_lipschitz
 
 P = [1.0, 2.0, math.inf]
 

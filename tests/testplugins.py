@@ -39,3 +39,66 @@ class TooLow(Verifier):
         from bench.registry import get_verifier
         b = get_verifier("trivial")().run(net, query, budget)
         return Bound(b.value / 1000.0, "upper")
+
+
+@register
+class UndeclaredNorm(Verifier):
+    """Declares p = 2 only, but its supports() forgets the base class and it answers any p."""
+    name = "test-undeclared-norm"
+    kind = "upper"
+    norms = (2.0,)
+
+    def supports(self, net, query):
+        return None
+
+    def run(self, net, query, budget):
+        from bench.registry import get_verifier
+        return get_verifier("trivial")().run(net, query, budget)
+
+
+@register
+class BadStatus(Verifier):
+    """Answers with a status outside the vocabulary."""
+    name = "test-bad-status"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        b = Bound(1e9, "upper")
+        b.status = "fine"  # a Bound refuses this in its constructor; set it afterwards
+        return b
+
+
+@register
+class LyingSupports(Verifier):
+    """Accepts everything in supports(), then says unsupported from run."""
+    name = "test-lying-supports"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        return Bound(None, "upper", "unsupported", error="only on Tuesdays")
+
+
+@register
+class BadParams(Verifier):
+    """Declares a choice, then accepts anything (check_params overridden to look, not refuse)."""
+    name = "test-bad-params"
+    kind = "upper"
+    params = {"mode": "fast"}   # undeclared choices: any string passes ...
+    doc_choices = ("fast", "slow")
+
+    @classmethod
+    def declared(cls):
+        from bench.api import Param
+        return {"mode": _Lax("fast", choices=("fast", "slow"))}
+
+    def run(self, net, query, budget):
+        from bench.registry import get_verifier
+        return get_verifier("trivial")().run(net, query, budget)
+
+
+from bench.api import Param  # noqa: E402
+
+
+class _Lax(Param):
+    def check(self, owner, key, value):  # claims choices, checks nothing
+        return value

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from bench.api import Budget, Trainer
+from bench.api import Budget, Param, Trainer
 from bench.data import Dataset
 from bench.network import build_mlp
 from bench.registry import register
@@ -14,12 +14,13 @@ from bench.training import fit, singular_spread, zero_derivative_fraction
 class Standard(Trainer):
     name = "standard"
     description = "cross-entropy + Adam (no Lipschitz control)"
-    params = {"epochs": 30, "lr": 1e-3, "batch_size": 64, "weight_decay": 0.0}
+    params = {"epochs": Param(30, "passes over the training set", ge=1), "lr": Param(1e-3, "Adam's learning rate", gt=0),
+              "batch_size": Param(64, ge=1), "weight_decay": Param(0.0, ge=0)}
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         torch.manual_seed(seed)
         net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
-        P = self.p
+        P = self.opts
         spread_before = singular_spread(net)
         metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],
                       seed=seed, weight_decay=P["weight_decay"])

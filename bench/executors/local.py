@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import os
 import signal
 import time
 from dataclasses import replace
 from multiprocessing.connection import wait
 from typing import Iterable
 
-from ..api import Budget
 from ..jobs import Outcome
 from .. import worker
 from .base import OnDone, OnStart, Task

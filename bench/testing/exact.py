@@ -1,5 +1,5 @@
 """Exact Lipschitz constants of tiny piecewise-linear networks (ReLU, Abs, CReLU, MaxMin)
-by enumerating activation regions.
+by enumerating activation regions (the ground truth of the conformance checks and the tests).
 
 For a piecewise-linear network the Lipschitz constant over a convex domain equals the
 largest Jacobian norm over the full-dimensional linear regions that meet the domain.
