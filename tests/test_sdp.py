@@ -140,3 +140,74 @@ def test_native_solver_on_abs_says_why():
     net = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 2))
     b = bench.verify(net, "lipsdp", p=2, solver="NATIVE")
     assert b.status == "unsupported" and "use solver SCS" in b.error
+
+
+def _dense(terms, sizes, zeros):
+    offs = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    M = zeros(int(offs[-1]))
+    for i, j, term in terms:
+        M[offs[i]:offs[i + 1], offs[j]:offs[j + 1]] += term
+    return M
+
+
+@pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0), (-1.0, 1.0)])  # relu, leaky relu, abs
+def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(slopes):
+    """assemble (numpy), the TORCH terms and the CVXPY terms of lmi_terms are one matrix,
+    and the torch Schur complement is the numpy one."""
+    import cvxpy as cp
+    from baselines.verify.lipsdp import _rho_torch
+    from baselines.verify.sdp_common import CVXPY, NUMPY, TORCH, _rho_schur, assemble, block_offsets, lmi_terms
+    rng = np.random.default_rng(3)
+    a, b = slopes
+    ch = Chain([rng.normal(size=(5, 3)), rng.normal(size=(4, 5)), rng.normal(size=(2, 4))], [a, a], [b, b])
+    T = [rng.uniform(0.5, 2.0, size=n) for n in ch.hidden]
+    rho = 1.7
+    sizes = np.diff(block_offsets(ch))
+    M = assemble(ch, rho, T)
+    assert np.array_equal(M[3:8, :3], M[:3, 3:8].T)  # O_0 and its transpose: one block
+    # the block structure in the module's docstring, written out
+    W0, W1, W2 = ch.Ws
+    T1, T2 = np.diag(T[0]), np.diag(T[1])
+    ref = np.block([[-rho * np.eye(3) - 2 * a * b * W0.T @ T1 @ W0, (a + b) * W0.T @ T1, np.zeros((3, 4))],
+                    [(a + b) * T1 @ W0, -2 * T1 - 2 * a * b * W1.T @ T2 @ W1, (a + b) * W1.T @ T2],
+                    [np.zeros((4, 3)), (a + b) * T2 @ W1, -2 * T2 + W2.T @ W2]])
+    assert np.allclose(M, ref, rtol=0, atol=1e-13)
+    assert np.array_equal(M, _dense(lmi_terms(ch, T, NUMPY, rho), sizes, lambda n: np.zeros((n, n))))
+    # absolute: every term's entries by their absolute values
+    Mabs = assemble(ch, rho, T, absolute=True)
+    absch = Chain([np.abs(W) for W in ch.Ws], ch.a, ch.b)
+    refabs = np.block([[rho * np.eye(3) + 2 * abs(a * b) * absch.Ws[0].T @ T1 @ absch.Ws[0],
+                        abs(a + b) * absch.Ws[0].T @ T1, np.zeros((3, 4))],
+                       [abs(a + b) * T1 @ absch.Ws[0], 2 * T1 + 2 * abs(a * b) * absch.Ws[1].T @ T2 @ absch.Ws[1],
+                        abs(a + b) * absch.Ws[1].T @ T2],
+                       [np.zeros((4, 3)), abs(a + b) * T2 @ absch.Ws[1], 2 * T2 + absch.Ws[2].T @ absch.Ws[2]]])
+    assert np.allclose(Mabs, refabs, rtol=0, atol=1e-13) and np.all(Mabs >= np.abs(M) - 1e-13)
+    # torch
+    tch = Chain([torch.as_tensor(W) for W in ch.Ws], ch.a, ch.b)
+    Mt = _dense(lmi_terms(tch, [torch.as_tensor(t) for t in T], TORCH, rho), sizes,
+                lambda n: torch.zeros(n, n, dtype=torch.float64))
+    assert np.allclose(Mt.numpy(), M, rtol=0, atol=1e-13)  # torch's matmul may round differently
+    # cvxpy: T = diag(parameter), rho a parameter
+    Tc = [cp.diag(cp.Parameter(len(t), value=t)) for t in T]
+    blocks = [[np.zeros((m, n)) for n in sizes] for m in sizes]
+    for i, j, term in lmi_terms(ch, Tc, CVXPY, cp.Parameter(value=rho)):
+        blocks[i][j] = blocks[i][j] + term
+    assert np.allclose(cp.bmat(blocks).value, M, rtol=0, atol=1e-13)
+    # cvxpy, one multiplier per layer: T = parameter * I
+    Tl = [np.full(n, c) for n, c in zip(ch.hidden, (0.7, 1.3))]
+    blocks = [[np.zeros((m, n)) for n in sizes] for m in sizes]
+    for i, j, term in lmi_terms(ch, [cp.Parameter(value=t[0]) * np.eye(len(t)) for t in Tl], CVXPY, rho):
+        blocks[i][j] = blocks[i][j] + term
+    assert np.allclose(cp.bmat(blocks).value, assemble(ch, rho, Tl), rtol=0, atol=1e-13)
+    # the Schur complement of NATIVE (torch, differentiable) is certify's (numpy)
+    if a >= 0:
+        from baselines.verify.eclipse import eclipse
+        T5 = [1.1 * t for t in eclipse(ch, fast=True)[0]]  # strictly feasible multipliers
+        r = _rho_schur(ch, T5)
+        Ts = [torch.tensor(t, requires_grad=True) for t in T5]
+        rt = _rho_torch(ch, ch.Ws[0], Ts)
+        U, S, _ = np.linalg.svd(ch.Ws[0], full_matrices=False)
+        rr = _rho_torch(ch, U * S, [torch.as_tensor(t) for t in T5])  # the reduced chain
+        assert float(rt.detach()) == pytest.approx(r, rel=1e-12) and float(rr) == pytest.approx(r, rel=1e-10)
+        rt.backward()
+        assert all(bool(torch.isfinite(t.grad).all()) for t in Ts)

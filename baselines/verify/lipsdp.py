@@ -37,7 +37,7 @@ from bench.api import Bound, Budget, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import Chain, RepairError, certify, chain
+from .sdp_common import CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, lmi_terms
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -58,36 +58,33 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
 
 
 def _rho_torch(ch: Chain, W0r: np.ndarray, Ts: list):
-    """rho(T) for the reduced chain, differentiable in T (torch, float64); None if the
-    hidden block is not negative definite."""
+    """rho(T) = lambda_max(D_0 + O_0 (-C)^{-1}_11 O_0^T) (D_0 without -rho I) for the
+    reduced chain (W_0 replaced by W0r), from the blocks of ``sdp_common.lmi_terms``,
+    differentiable in T (torch, float64); None if the hidden block C is not negative
+    definite."""
     import torch
-    Ws = [torch.as_tensor(W0r)] + [torch.as_tensor(W) for W in ch.Ws[1:]]
-    hid = ch.hidden
-    offs = np.concatenate([[0], np.cumsum(hid)]).astype(int)
+    red = Chain([torch.as_tensor(W0r)] + [torch.as_tensor(W) for W in ch.Ws[1:]], ch.a, ch.b)
+    offs = block_offsets(red) - red.Ws[0].shape[1]  # hidden blocks 1.. of M: C starts at 0
     C = torch.zeros(int(offs[-1]), int(offs[-1]), dtype=torch.float64)
-    for k in range(len(hid)):
-        s = slice(offs[k], offs[k + 1])
-        C[s, s] = C[s, s] - 2 * torch.diag(Ts[k])
-        if k + 1 < len(hid):
-            e, W, t = slice(offs[k + 1], offs[k + 2]), Ws[k + 1], Ts[k + 1]
-            ab, apb = ch.a[k + 1] * ch.b[k + 1], ch.a[k + 1] + ch.b[k + 1]
-            if ab:
-                C[s, s] = C[s, s] - 2 * ab * (W.T * t) @ W
-            C[s, e] = apb * W.T * t
-            C[e, s] = apb * (W.T * t).T
-    last = slice(offs[-2], offs[-1])
-    C[last, last] = C[last, last] + Ws[-1].T @ Ws[-1]
+    D0 = O0T = None
+    for i, j, term in lmi_terms(red, Ts, TORCH):  # no rho: D_0 = -2 a_1 b_1 W0r^T T_1 W0r
+        if i and j:
+            s, e = slice(offs[i], offs[i + 1]), slice(offs[j], offs[j + 1])
+            C[s, e] = C[s, e] + term
+        elif i == j == 0:
+            D0 = term
+        elif (i, j) == (1, 0):
+            O0T = term  # O_0^T
     L, info = torch.linalg.cholesky_ex(-C)
     if int(info) != 0:
         return None
-    O0 = (ch.a[0] + ch.b[0]) * Ws[0].T * Ts[0]
     # O_0 (-C)^{-1}_11 O_0^T = X^T X with L X = [O_0^T; 0] (L the Cholesky factor of -C)
-    B = torch.zeros(int(offs[-1]), O0.shape[0], dtype=torch.float64)
-    B[:hid[0]] = O0.T
+    B = torch.zeros(int(offs[-1]), O0T.shape[1], dtype=torch.float64)
+    B[:offs[2]] = O0T
     X = torch.linalg.solve_triangular(L, B, upper=False)
     Q = X.T @ X
-    if ch.a[0] * ch.b[0]:
-        Q = Q - 2 * ch.a[0] * ch.b[0] * (Ws[0].T * Ts[0]) @ Ws[0]
+    if D0 is not None:
+        Q = Q + D0
     return torch.linalg.eigvalsh(Q)[-1]
 
 
@@ -169,21 +166,11 @@ def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_li
     else:
         lams = [cp.Variable(nonneg=True) for _ in ch.hidden]
         Ts = [l * np.eye(n) for l, n in zip(lams, ch.hidden)]
-    nb = len(sizes)
-    blocks = [[None] * nb for _ in range(nb)]
-    for i in range(nb):
-        for j in range(nb):
-            blocks[i][j] = np.zeros((sizes[i], sizes[j]))
-    blocks[0][0] = -rho * np.eye(sizes[0])
-    for k in range(len(ch.hidden)):
-        W, T = Ws[k], Ts[k]
-        ab, apb = ch.a[k] * ch.b[k], ch.a[k] + ch.b[k]
-        if ab != 0:
-            blocks[k][k] = blocks[k][k] - 2 * ab * (W.T @ T @ W)
-        blocks[k][k + 1] = apb * (W.T @ T)
-        blocks[k + 1][k] = apb * (T @ W)
-        blocks[k + 1][k + 1] = -2 * T
-    blocks[-1][-1] = blocks[-1][-1] + Ws[-1].T @ Ws[-1]
+    blocks = [[None] * len(sizes) for _ in sizes]
+    for i, j, term in lmi_terms(Chain(Ws, ch.a, ch.b), Ts, CVXPY, rho):
+        blocks[i][j] = term if blocks[i][j] is None else blocks[i][j] + term
+    blocks = [[np.zeros((sizes[i], sizes[j])) if blk is None else blk for j, blk in enumerate(row)]
+              for i, row in enumerate(blocks)]
     M = cp.bmat(blocks)
     prob = cp.Problem(cp.Minimize(rho), [(M + M.T) / 2 << 0])
     opts: dict = {}

@@ -31,8 +31,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import Bound, Budget, Query, Verifier, dual
+from bench.api import Bound, Budget, Query, Verifier
 from bench.network import Net
+from bench.norms import jacobian_norm
 from bench.registry import register
 
 MIN_VERSION = (0, 5)
@@ -127,13 +128,7 @@ class LiRPA(Verifier):
 
 def _majorant_norm(M: torch.Tensor, query: Query) -> float:
     """Norm of the nonnegative majorant of the Jacobian (rows: outputs, or the margin)."""
-    if query.is_pair:
-        return float(torch.linalg.vector_norm(M[0], ord=dual(query.p)))
-    if query.p == 1:
-        return float(M.sum(0).max())
-    if query.p == 2:
-        return float(torch.linalg.matrix_norm(M, ord=2))
-    return float(M.sum(1).max())
+    return float(jacobian_norm(M.unsqueeze(0), query.p, query.is_pair)[0])
 
 
 @contextlib.contextmanager

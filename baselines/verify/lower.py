@@ -37,8 +37,9 @@ import time
 import torch
 from torch import nn
 
-from bench.api import Bound, Budget, Query, Verifier, dual
+from bench.api import Bound, Budget, Query, Verifier
 from bench.network import Net
+from bench.norms import jacobian_norm, margin_jacobian
 from bench.registry import register
 
 FLOAT64_EVAL_RTOL = 1e-12
@@ -56,19 +57,8 @@ def jacobian_norms(module: nn.Module, X: torch.Tensor, query: Query, create_grap
 
 
 def matrix_norms(J: torch.Tensor, query: Query) -> torch.Tensor:
-    p = query.p
-    if query.is_pair:
-        i, j = query.target
-        g = J[:, i, :] - J[:, j, :]
-        q = dual(p)
-        if math.isinf(q):
-            return g.abs().amax(dim=1)
-        return torch.linalg.vector_norm(g, ord=q, dim=1)
-    if p == 2:
-        return torch.linalg.matrix_norm(J, ord=2)
-    if p == 1:
-        return J.abs().sum(dim=1).amax(dim=1)
-    return J.abs().sum(dim=2).amax(dim=1)
+    """The query's norm of each full-output Jacobian in the batch J (B, m, n)."""
+    return jacobian_norm(margin_jacobian(J, query), query.p, query.is_pair)
 
 
 def _directions(J: torch.Tensor, query: Query) -> torch.Tensor:
@@ -76,8 +66,7 @@ def _directions(J: torch.Tensor, query: Query) -> torch.Tensor:
     to the operator norm that :func:`matrix_norms` reports."""
     p = query.p
     if query.is_pair:
-        i, j = query.target
-        g = J[:, i, :] - J[:, j, :]
+        g = margin_jacobian(J, query)[:, 0, :]
         if p == 2:
             return g
         if math.isinf(p):  # dual l1: v = sign(g), ||v||_inf = 1

@@ -11,6 +11,11 @@ D_k = -2 T_k - 2 a_{k+1} b_{k+1} W_k^T T_{k+1} W_k, D_last = -2 T_last + W_L^T W
 off-diagonal blocks O_k = (a_{k+1} + b_{k+1}) W_k^T T_{k+1}), then sqrt(rho) bounds the
 l2 Lipschitz constant.  Biases do not enter.
 
+The blocks are written once, in :func:`lmi_terms`, for any backend that supplies the few
+operations they need (:class:`Ops`): :data:`NUMPY` for the dense matrix of the
+certification (:func:`assemble`), :data:`TORCH` for the differentiable Schur complement of
+lipsdp's NATIVE solver, :data:`CVXPY` for lipsdp's SDP.
+
 Certification (:func:`certify`): for given multipliers T (clipped at 0), the least rho
 is found by a Schur complement, rho_S = lambda_max(-2ab W_0^T T_1 W_0 + O_0 (-C)^{-1}_11 O_0^T)
 with C the matrix without the input block (which must be negative definite: else no rho
@@ -22,6 +27,7 @@ reported.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,27 +83,77 @@ def chain(net: Net, query: Query, name: str) -> Chain:
     return Chain(Ws, a, b)
 
 
+@dataclass(frozen=True)
+class Ops:
+    """What one backend supplies to :func:`lmi_terms`.  ``t`` is a layer's multiplier in
+    the backend's own form (a vector for numpy and torch, the matrix T for cvxpy); products
+    with a scalar, ``@``, ``+`` and ``.T`` are the backend's operators."""
+    #: (W^T, t) -> W^T T: the columns of W^T scaled by t (never diag(t) formed for it)
+    colscale: Callable
+    #: t -> T as a matrix
+    diag: Callable
+    #: n -> the n x n identity
+    eye: Callable
+
+
+def _torch_eye(n: int):
+    import torch
+    return torch.eye(n, dtype=torch.float64)
+
+
+#: numpy arrays: t a vector
+NUMPY = Ops(colscale=lambda Wt, t: Wt * t, diag=np.diag, eye=np.eye)
+#: torch tensors (float64, differentiable in t): t a vector
+TORCH = Ops(colscale=lambda Wt, t: Wt * t, diag=lambda t: t.diag(), eye=_torch_eye)
+#: cvxpy expressions: t is already the diagonal matrix T (cp.diag(variable), or
+#: variable * I for one multiplier per layer)
+CVXPY = Ops(colscale=lambda Wt, T: Wt @ T, diag=lambda T: T, eye=np.eye)
+
+
+def lmi_terms(ch: Chain, T: list, ops: Ops, rho=None, absolute: bool = False) -> Iterator[tuple[int, int, object]]:
+    """The terms of M(rho, T) as (i, j, term), ``term`` to be added to block (i, j): block 0
+    is the input, block k the k-th hidden layer.  A block is the sum of its terms in the
+    order given: D_0 = -rho I, then -2 a_1 b_1 W_0^T T_1 W_0; O_k and O_k^T (one product
+    W_k^T T_{k+1}, transposed); D_k = -2 T_k, then -2 a_{k+1} b_{k+1} W_k^T T_{k+1} W_k, then
+    (last block) W_L^T W_L.  The -2ab terms are left out where ab = 0 (ReLU, tanh, ...).
+
+    ``ch.Ws`` and ``T`` hold the backend's matrices and multipliers (see :class:`Ops`), so
+    that numpy, torch and cvxpy build one matrix.  ``ch.Ws[0]`` may be lipsdp's reduced
+    U S (W_0 = U S V^T): the input blocks are then those of W_0 in the basis V.
+    ``rho=None`` leaves out the -rho I term.  With ``absolute`` every scalar coefficient is
+    replaced by its absolute value (the caller passes |W_k| and |t_k|): the entrywise bound
+    on the terms that :func:`assemble` needs for its rounding margin."""
+    f = abs if absolute else (lambda x: x)
+    if rho is not None:
+        yield 0, 0, f(-rho) * ops.eye(ch.Ws[0].shape[1])
+    K = len(ch.hidden)
+    for k in range(K):
+        W, t = ch.Ws[k], T[k]
+        WtT = ops.colscale(W.T, t)  # W_k^T T_{k+1}
+        ab, apb = ch.a[k] * ch.b[k], ch.a[k] + ch.b[k]
+        if ab != 0:
+            yield k, k, f(-2 * ab) * (WtT @ W)
+        O = f(apb) * WtT
+        yield k, k + 1, O
+        yield k + 1, k, O.T
+        yield k + 1, k + 1, f(-2) * ops.diag(t)
+    yield K, K, ch.Ws[-1].T @ ch.Ws[-1]
+
+
+def block_offsets(ch: Chain) -> np.ndarray:
+    """Where the blocks of M start (and, last, its size)."""
+    return np.concatenate([[0], np.cumsum([ch.Ws[0].shape[1]] + ch.hidden)]).astype(int)
+
+
 def assemble(ch: Chain, rho: float, T: list[np.ndarray], absolute: bool = False) -> np.ndarray:
     """The dense matrix M(rho, T) (or, with ``absolute``, the same sum built from |W|,
     |T|, |a b|, |a + b|: an entrywise bound on the terms, for rounding-error bounds)."""
-    Ws = [np.abs(W) for W in ch.Ws] if absolute else ch.Ws
-    T = [np.abs(t) for t in T] if absolute else T
-    sizes = [Ws[0].shape[1]] + ch.hidden
-    offs = np.concatenate([[0], np.cumsum(sizes)])
+    if absolute:
+        ch, T = Chain([np.abs(W) for W in ch.Ws], ch.a, ch.b), [np.abs(t) for t in T]
+    offs = block_offsets(ch)
     M = np.zeros((offs[-1], offs[-1]))
-    f = (lambda x: abs(x)) if absolute else (lambda x: x)
-    M[:sizes[0], :sizes[0]] -= rho * np.eye(sizes[0]) * (-1 if absolute else 1)
-    for k in range(len(ch.hidden)):
-        W, t = Ws[k], T[k]
-        ab, apb = f(ch.a[k] * ch.b[k]), f(ch.a[k] + ch.b[k])
-        s, e = slice(offs[k], offs[k + 1]), slice(offs[k + 1], offs[k + 2])
-        if ab != 0:
-            M[s, s] += (1 if absolute else -1) * 2 * ab * (W.T * t) @ W
-        M[s, e] += apb * W.T * t
-        M[e, s] += apb * (W.T * t).T
-        M[e, e] += (2 if absolute else -2) * np.diag(t)
-    last = slice(offs[-2], offs[-1])
-    M[last, last] += Ws[-1].T @ Ws[-1]
+    for i, j, term in lmi_terms(ch, T, NUMPY, rho, absolute):
+        M[offs[i]:offs[i + 1], offs[j]:offs[j + 1]] += term
     return M
 
 
