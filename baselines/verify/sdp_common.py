@@ -133,9 +133,11 @@ def lmi_terms(ch: Chain, T: list, ops: Ops, rho=None, absolute: bool = False) ->
         ab, apb = ch.a[k] * ch.b[k], ch.a[k] + ch.b[k]
         if ab != 0:
             yield k, k, f(-2 * ab) * (WtT @ W)
-        O = f(apb) * WtT
-        yield k, k + 1, O
-        yield k + 1, k, O.T
+        yield k, k + 1, f(apb) * WtT
+        # O_k^T from its own product, not O_k.T: the torch graph then sums NATIVE's
+        # gradients in the same order as before this builder existed (NATIVE's path is
+        # sensitive to the last bit, and the suites' numbers are kept)
+        yield k + 1, k, (f(apb) * ops.colscale(W.T, t)).T
         yield k + 1, k + 1, f(-2) * ops.diag(t)
     yield K, K, ch.Ws[-1].T @ ch.Ws[-1]
 
