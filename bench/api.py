@@ -212,10 +212,6 @@ class Plugin:
     def __init__(self, **params):
         self.opts = self.resolve_params(params)
 
-    @property
-    def p(self) -> dict:  # TEMPORARY alias while plug-ins move to self.opts
-        return self.opts
-
     @classmethod
     def declared(cls) -> dict[str, Param]:
         """Every parameter as a :class:`Param`."""
@@ -318,6 +314,11 @@ class Verifier(Plugin):
         if query.domain != "global" and len(query.domain[0]) != net.in_dim:
             return f"domain center has {len(query.domain[0])} coordinates, the network {net.in_dim} inputs"
         return None
+
+    def refusal(self, net, query: Query) -> str | None:
+        """What the harness asks: the base class's checks (a declared norm, ...) whatever
+        a subclass's :meth:`supports` says, then :meth:`supports`."""
+        return Verifier.supports(self, net, query) or self.supports(net, query)
 
     def run(self, net, query: Query, budget: Budget) -> Bound:  # pragma: no cover
         raise NotImplementedError

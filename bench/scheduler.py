@@ -67,7 +67,7 @@ def precheck(job: VerifyJob, net) -> Outcome | None:
     if cls.missing():
         return Outcome("not_installed", cls.kind, versions=vers, error=not_installed_reason(cls),
                        wall_s=time.perf_counter() - t0, device="cpu")
-    reason = str(net) if isinstance(net, Exception) else cls(**job.params).supports(net, job.query)
+    reason = str(net) if isinstance(net, Exception) else cls(**job.params).refusal(net, job.query)
     if reason:
         return Outcome("unsupported", cls.kind, versions=vers, error=reason, wall_s=time.perf_counter() - t0,
                        device="cpu")

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from . import network as netmod
-from .api import Bound, Budget, Unsupported, UserError
+from .api import KINDS, STATUSES, Bound, Budget, Unsupported, UserError
 from .jobs import CertifyJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
 from .registry import get_trainer, get_verifier, import_plugin, load_plugins
 
@@ -147,12 +147,16 @@ def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
         module, shape = net_module
     verifier = cls(**job.params)
     net = netmod.walk(module.to(budget.device if budget.device != "auto" else "cpu"), shape)
-    reason = verifier.supports(net, job.query)
+    reason = verifier.refusal(net, job.query)
     if reason:
         return Outcome("unsupported", cls.kind, versions=vers, error=reason)
     b: Bound = verifier.run(net, job.query, budget)
     if not isinstance(b, Bound):
         raise TypeError(f"verifier {cls.name} returned {type(b).__name__}, not a Bound")
+    if b.status not in STATUSES or b.kind not in KINDS or b.status == "unsound":
+        return Outcome("error", cls.kind, versions=vers, error=f"verifier {cls.name} answered status {b.status!r}, "
+                       f"kind {b.kind!r}: not in the vocabulary (statuses {', '.join(STATUSES[:-1])}; kinds "
+                       f"{', '.join(KINDS)}; unsound is the audit's)")
     if b.value is not None and not np.isfinite(b.value):
         return Outcome("error", cls.kind, versions=vers, stats=b.stats,
                        error=f"verifier returned a non-finite value {b.value}")

@@ -40,6 +40,7 @@ from methods.trivial import TorchTrivialBound
 class TBPenalty(Trainer):
     name = "tb-penalty"
     description = "task loss + lambda * penalty(trivial bound) (arXiv 2603.28113)"
+    quick_params = {"epochs": 2}
     params = {"epochs": Param(30, "passes over the training set", ge=1),
               "lr": Param(2e-3, "Adam's learning rate", gt=0),
               "batch_size": Param(64, ge=1),

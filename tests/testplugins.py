@@ -14,7 +14,7 @@ class Sleepy(Verifier):
     params = {"seconds": 60.0}
 
     def run(self, net, query, budget):
-        time.sleep(self.p["seconds"])
+        time.sleep(self.opts["seconds"])
         return Bound(None, "upper", "unsupported", error="test verifier: it only sleeps")
 
 
@@ -83,12 +83,10 @@ class BadParams(Verifier):
     """Declares a choice, then accepts anything (check_params overridden to look, not refuse)."""
     name = "test-bad-params"
     kind = "upper"
-    params = {"mode": "fast"}   # undeclared choices: any string passes ...
-    doc_choices = ("fast", "slow")
+    params = {"mode": "fast"}
 
     @classmethod
     def declared(cls):
-        from bench.api import Param
         return {"mode": _Lax("fast", choices=("fast", "slow"))}
 
     def run(self, net, query, budget):

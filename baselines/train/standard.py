@@ -14,6 +14,7 @@ from bench.training import fit, singular_spread, zero_derivative_fraction
 class Standard(Trainer):
     name = "standard"
     description = "cross-entropy + Adam (no Lipschitz control)"
+    quick_params = {"epochs": 2}
     params = {"epochs": Param(30, "passes over the training set", ge=1), "lr": Param(1e-3, "Adam's learning rate", gt=0),
               "batch_size": Param(64, ge=1), "weight_decay": Param(0.0, ge=0)}
 

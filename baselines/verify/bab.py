@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from bench.api import Bound, Budget, Query, Unsupported, UserError, Verifier
+from bench.api import Bound, Budget, Param, Query, Unsupported, Verifier
 from bench.network import Net
 from bench.registry import register
 
@@ -47,30 +47,29 @@ DEFLATE = 1e-12   # a certified lower bound is the computed norm less this relat
 @register
 class BaB(Verifier):
     name = "bab"
-    version = "3"
+    version = "4"  # 4: no leaf LP starts after the budget (it overran a 5 s budget by 2 s)
     kind = "exact"
     description = "branch and bound over input boxes and activation patterns (exact when it closes)"
-    params = {"rtol": 1e-9, "batch": 256, "leaf_units": 10, "leaf_lps": 64, "margin_s": 0.5,
-              "max_nodes": 2_000_000}
+    params = {"rtol": Param(1e-9, "relative gap at which it stops and says exact", ge=0, lt=1),
+              "batch": Param(256, "boxes bounded at once", ge=1),
+              "leaf_units": Param(10, "a box with at most this many unstable units is solved exactly (2^k patterns)",
+                                  ge=0, le=16),
+              "leaf_lps": Param(64, "region LPs per leaf before it is split instead", ge=1),
+              "margin_s": Param(0.5, "seconds kept back from the budget to answer", ge=0),
+              "max_nodes": Param(2_000_000, "boxes kept in memory at most", ge=1)}
 
-    @classmethod
-    def check_params(cls, P):
-        if not (0 <= P["rtol"] < 1):
-            raise UserError(f"bab: rtol must be in [0, 1), got {P['rtol']}")
-        for k in ("batch", "leaf_lps", "max_nodes"):
-            if P[k] < 1:
-                raise UserError(f"bab: {k} must be >= 1, got {P[k]}")
-        if not (0 <= P["leaf_units"] <= 16):
-            raise UserError(f"bab: leaf_units must be in 0..16 (2^k patterns per leaf), got {P['leaf_units']}")
+    def supports(self, net: Net, query: Query) -> str | None:
+        try:
+            pwl.pwl(net)
+        except Unsupported as e:
+            return str(e)
+        return super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
-        try:
-            pw = pwl.pwl(net)
-        except Unsupported as e:
-            return Bound(None, "upper", "unsupported", error=str(e))
+        pw = pwl.pwl(net)
         from bench.registry import get_verifier
         cap = get_verifier("trivial")().run(net, query, budget)
-        return solve(pw, query, budget, cap=cap.value if cap.status == "ok" else math.inf, **self.p)
+        return solve(pw, query, budget, cap=cap.value if cap.status == "ok" else math.inf, **self.opts)
 
 
 class _Trace:
@@ -145,7 +144,7 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
             v = float(vals[i])
             if v <= lb[0] * (1 + rtol):    # cannot matter: the gap test counts it
                 return v * (1 + pwl.REPORT_INFLATE)
-            if tried >= leaf_lps:
+            if tried >= leaf_lps or time.perf_counter() > deadline:   # split it, or leave it open
                 return None
             tried += 1
             st["lps"] += 1
@@ -169,6 +168,8 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         keep = torch.ones(lo.shape[0], dtype=torch.bool, device=dev)
         closed = -math.inf
         for i in torch.nonzero(n_unst <= leaf_units).flatten().tolist():
+            if time.perf_counter() > deadline:   # the rest stay open with their interval bounds
+                break
             v = leaf(lo[i], hi[i], [s[i] for s in status])
             if v is not None:
                 keep[i] = False

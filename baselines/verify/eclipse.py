@@ -28,11 +28,11 @@ import time
 import numpy as np
 import scipy.linalg
 
-from bench.api import Bound, Budget, Query, Verifier
+from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import Chain, RepairError, certify, chain
+from .sdp_common import Chain, RepairError, certify, chain, chain_reason
 
 
 def _fast_l(W: np.ndarray, Xinv: np.ndarray, m: float) -> float:
@@ -98,16 +98,15 @@ class _ECLipsEBase(Verifier):
     norms = (2.0,)
     fast = True
 
+    def supports(self, net: Net, query: Query) -> str | None:
+        return super().supports(net, query) or chain_reason(net, query, self.name, nonnegative_slopes=True)
+
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         ch = chain(net, query, self.name)
-        if any(a < 0 for a in ch.a):
-            return Bound(None, "upper", "unsupported",
-                         error=f"{self.name} drops the -2ab W^T T W terms, sound only for activations with "
-                               f"a lower slope >= 0 (this network has {min(ch.a)})")
         t0 = time.perf_counter()
         try:
             T, raw, stats = eclipse(ch, self.fast, **({} if self.fast else
-                                                      {"solver": self.p["solver"], "eps": self.p["eps"]}))
+                                                      {"solver": self.opts["solver"], "eps": self.opts["eps"]}))
             stats["solve_s"] = time.perf_counter() - t0
             stats["raw_value"] = raw
             value, cert = certify(ch, T)
@@ -130,5 +129,6 @@ class ECLipsE(_ECLipsEBase):
     description = "ECLipsE: LipSDP-Neuron layer by layer, one small SDP per layer, certified"
     requires = ("cvxpy", "scs")
     install_hint = "pip install 'lipbench[sdp]'"
-    params = {"solver": "SCS", "eps": 1e-6}
+    params = {"solver": Param("SCS", "cvxpy's solver of the per-layer SDPs", choices=("SCS", "CLARABEL", "MOSEK")),
+              "eps": Param(1e-6, "the solver's tolerance", gt=0, lt=1)}
     fast = False

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import time
 
-from bench.api import Bound, Budget, Query, Verifier
+from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import chain
+from .sdp_common import chain, chain_reason
 
 
 @register
@@ -26,22 +26,17 @@ class ECLipsENN(Verifier):
     requires = ("eclipse_nn",)
     install_hint = "pip install 'lipbench[eclipse]' (the eclipse-nn package)"
     description = "reference: the eclipse-nn package's ECLipsE / ECLipsE_Fast (uncertified)"
-    params = {"method": "fast"}
+    params = {"method": Param("fast", "the package's ECLipsE_Fast or ECLipsE", choices=("fast", "eclipse"))}
 
-    @classmethod
-    def check_params(cls, P):
-        from bench.api import UserError
-        if P["method"] not in ("fast", "eclipse"):
-            raise UserError(f"eclipse-nn: method must be fast or eclipse, not {P['method']!r}")
+    def supports(self, net: Net, query: Query) -> str | None:
+        return super().supports(net, query) or chain_reason(net, query, self.name, nonnegative_slopes=True)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         import torch
         ch = chain(net, query, self.name)
-        if any(a < 0 for a in ch.a):
-            return Bound(None, "upper", "unsupported", error="ECLipsE needs activations with lower slope >= 0")
         ws = [torch.tensor(W, dtype=torch.float64) for W in ch.Ws]
         t0 = time.perf_counter()
-        if self.p["method"] == "fast":
+        if self.opts["method"] == "fast":
             from eclipse_nn.eclipsE_fast import ECLipsE_Fast
             value = float(ECLipsE_Fast(ws, ch.a, ch.b))
             code = 0

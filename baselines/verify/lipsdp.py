@@ -33,11 +33,11 @@ import time
 
 import numpy as np
 
-from bench.api import Bound, Budget, Query, Verifier
+from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, lmi_terms
+from .sdp_common import CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, chain_reason, lmi_terms
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -197,35 +197,31 @@ def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_li
 @register
 class LipSDP(Verifier):
     name = "lipsdp"
-    version = "2"  # 2: NATIVE restarts with smaller steps on a plateau
+    version = "3"  # 2: NATIVE restarts with smaller steps on a plateau; 3: depth-geometric repair of T (|x| nets)
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
     install_hint = "pip install 'lipbench[sdp]'"
     description = "LipSDP-Neuron / -Layer through cvxpy, certified in float64"
     # eps 1e-5: SCS within ~0.1% of the optimum, 3-10x faster than 1e-6 (digits networks)
-    params = {"form": "neuron", "solver": "SCS", "eps": 1e-5, "max_iters": 100000}
-
-    @classmethod
-    def check_params(cls, P):
-        from bench.api import UserError
-        if P["form"] not in ("neuron", "layer"):
-            raise UserError(f"lipsdp: form must be neuron or layer, not {P['form']!r}")
-        if P["solver"].upper() not in SOLVERS:
-            raise UserError(f"lipsdp: solver must be one of {', '.join(SOLVERS)}, not {P['solver']!r}")
-        if not 0 < P["eps"] < 1:
-            raise UserError("lipsdp: eps must lie in (0, 1)")
+    params = {"form": Param("neuron", "one multiplier per neuron, or per layer", choices=("neuron", "layer")),
+              "solver": Param("SCS", "cvxpy's SCS, CLARABEL or MOSEK, or our first-order NATIVE", choices=SOLVERS),
+              "eps": Param(1e-5, "the solver's tolerance (tightness, not soundness)", gt=0, lt=1),
+              "max_iters": Param(100000, "the solver's iteration limit", ge=1)}
 
     def supports(self, net: Net, query: Query) -> str | None:
         r = super().supports(net, query)
         if r:
             return r
-        if self.p["solver"].upper() == "MOSEK":
+        reason = chain_reason(net, query, self.name)
+        if reason:
+            return reason
+        if self.opts["solver"] == "MOSEK":
             try:
                 import mosek  # noqa: F401
             except ImportError:
                 return "solver MOSEK needs the mosek package and its licence"
-        if self.p["solver"].upper() == "NATIVE" and any(
+        if self.opts["solver"] == "NATIVE" and any(
                 a.slope is not None and a.slope[0] < 0 for a in net.activations):
             return "solver NATIVE starts from ECLipsE-Fast, which needs activation slopes >= 0; use solver SCS"
         return None
@@ -233,7 +229,7 @@ class LipSDP(Verifier):
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         ch = chain(net, query, self.name)
         sch, s = scaled(ch)
-        P = self.p
+        P = self.opts
         try:
             T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"],
                              0.8 * budget.timeout_s if budget.timeout_s else None)

@@ -51,6 +51,11 @@ def _installed_version() -> str | None:
     return None
 
 
+#: activations whose Jacobian auto_LiRPA 0.7.1 bounds (tried one by one; abs, maxmin,
+#: leaky_relu, hardtanh, sinsplit and sincos raise inside it)
+JACOBIAN_ACTIVATIONS = frozenset({"relu", "tanh", "sigmoid", "crelu"})
+
+
 @register
 class LiRPA(Verifier):
     name = "lirpa"
@@ -77,6 +82,10 @@ class LiRPA(Verifier):
     def supports(self, net: Net, query: Query) -> str | None:
         if query.domain == "global":
             return "lirpa bounds the Jacobian over a box: give the query a domain {center, radius}"
+        other = sorted({a.name for a in net.activations} - JACOBIAN_ACTIVATIONS)
+        if other:
+            return (f"auto_LiRPA has no Jacobian bounds for {', '.join(other)} (it has them for "
+                    f"{', '.join(sorted(JACOBIAN_ACTIVATIONS))})")
         return super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
@@ -115,7 +124,7 @@ class LiRPA(Verifier):
                              error=f"auto_LiRPA cannot bound this network: {type(e).__name__}: {e}".splitlines()[0])
             x = BoundedTensor(center, PerturbationLpNorm(norm=np.inf, x_L=x_L, x_U=x_U))
             with contextlib.redirect_stdout(None):
-                lb, ub = bm.compute_jacobian_bounds(x, optimize=self.p["optimize"])
+                lb, ub = bm.compute_jacobian_bounds(x, optimize=self.opts["optimize"])
         lb = lb.detach().reshape(lb.shape[1], -1)
         ub = ub.detach().reshape(ub.shape[1], -1)
         M = torch.maximum(lb.abs(), ub.abs()).double()
@@ -123,7 +132,7 @@ class LiRPA(Verifier):
         import auto_LiRPA
         return Bound(value * (1 + 1e-10), "upper", "ok",
                      stats={"auto_lirpa_version": getattr(auto_LiRPA, "__version__", None),
-                            "bound_s": time.perf_counter() - t0, "optimize": self.p["optimize"]})
+                            "bound_s": time.perf_counter() - t0, "optimize": self.opts["optimize"]})
 
 
 def _majorant_norm(M: torch.Tensor, query: Query) -> float:

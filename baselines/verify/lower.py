@@ -37,7 +37,7 @@ import time
 import torch
 from torch import nn
 
-from bench.api import Bound, Budget, Query, Verifier
+from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.norms import jacobian_norm, margin_jacobian
 from bench.registry import register
@@ -134,25 +134,32 @@ class Lower(Verifier):
     name = "lower"
     kind = "lower"
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
-    params = {"samples": 2000, "restarts": 16, "steps": 60, "lr": 0.02, "beta": 10.0,
-              "low": -1.0, "high": 2.0, "far": 0.3, "far_radius": 1000.0, "seed": 0, "batch": 256,
-              "certify": 16, "dq_step": 1e-4}
+    params = {"samples": Param(2000, "uniform samples scored on the exact network", ge=1),
+              "restarts": Param(16, "best samples the gradient ascent starts from", ge=1),
+              "steps": Param(60, "gradient ascent steps", ge=0),
+              "lr": Param(0.02, "ascent step, in units of the sampling box", gt=0),
+              "beta": Param(10.0, "sharpness of the smooth surrogate (raised 10x over the steps)", gt=0),
+              "low": Param(-1.0, "sampling box of the global domain: lower end per coordinate"),
+              "high": Param(2.0, "sampling box of the global domain: upper end per coordinate"),
+              "far": Param(0.3, "share of samples drawn far out (radius up to far_radius)", ge=0, le=1),
+              "far_radius": Param(1000.0, gt=0),
+              "seed": Param(0, ge=0),
+              "batch": Param(256, "points per Jacobian batch", ge=1),
+              "certify": Param(16, "best points certified by float64 difference quotients", ge=1),
+              "dq_step": Param(1e-4, "difference quotient step, relative", gt=0, lt=1)}
+    quick_params = {"samples": 200, "restarts": 4, "steps": 10}
 
     @classmethod
     def check_params(cls, P: dict) -> None:
         from bench.api import UserError
-        if P["samples"] < 1 or P["restarts"] < 1 or P["steps"] < 0 or P["batch"] < 1 or P["certify"] < 1:
-            raise UserError("lower: samples, restarts, batch and certify must be >= 1, steps >= 0")
-        if not (0.0 <= P["far"] <= 1.0) or P["far_radius"] <= 0 or not P["low"] < P["high"]:
-            raise UserError("lower: need 0 <= far <= 1, far_radius > 0 and low < high")
-        if not (0 < P["dq_step"] < 1):
-            raise UserError("lower: dq_step must lie in (0, 1)")
+        if not P["low"] < P["high"]:
+            raise UserError(f"lower: need low < high, got {P['low']} and {P['high']}")
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         t0 = time.perf_counter()
         # stop searching at 75% of the budget: certification and the answer need the rest
         deadline = t0 + 0.75 * budget.timeout_s if budget.timeout_s else math.inf
-        P = self.p
+        P = self.opts
         dev = torch.device(budget.device if budget.device != "auto" else "cpu")
         g = torch.Generator(device="cpu").manual_seed(int(P["seed"]))
         exact = copy.deepcopy(net.module).double().eval().to(dev)

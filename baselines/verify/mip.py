@@ -40,7 +40,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from bench.api import Bound, Budget, Query, Unsupported, UserError, Verifier, dual
+from bench.api import Bound, Budget, Param, Query, Unsupported, Verifier, dual
 from bench.network import Net
 from bench.registry import register
 
@@ -56,27 +56,25 @@ class MIP(Verifier):
     kind = "exact"
     norms = (1.0, math.inf)
     description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
-    params = {"backend": "highs", "rtol": 1e-6, "margin_s": 0.5}
+    params = {"backend": Param("highs", "the MILP solver: HiGHS (free) or Gurobi (licence)", choices=("highs", "gurobi")),
+              "rtol": Param(1e-6, "relative gap at which it says exact", gt=0, lt=1),
+              "margin_s": Param(0.5, "seconds kept back from the budget to answer", ge=0)}
     install_hint = "pip install 'lipbench[mip]' (gurobipy, highspy)"
 
-    @classmethod
-    def check_params(cls, P):
-        if P["backend"] not in ("highs", "gurobi"):
-            raise UserError(f"mip: backend must be highs or gurobi, not {P['backend']!r}")
-        if not (0 < P["rtol"] < 1):
-            raise UserError(f"mip: rtol must be in (0, 1), got {P['rtol']}")
+    def supports(self, net: Net, query: Query) -> str | None:
+        try:
+            pwl.pwl(net)
+        except Unsupported as e:
+            return str(e)
+        return super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
-        if self.p["backend"] == "gurobi":
+        if self.opts["backend"] == "gurobi":
             import importlib.util
             if importlib.util.find_spec("gurobipy") is None:
                 return Bound(None, "upper", "not_installed",
                              error=f"mip backend gurobi needs the Python package gurobipy; {self.install_hint}")
-        try:
-            pw = pwl.pwl(net)
-        except Unsupported as e:
-            return Bound(None, "upper", "unsupported", error=str(e))
-        return solve(pw, query, budget, **self.p)
+        return solve(pwl.pwl(net), query, budget, **self.opts)
 
 
 class _Model:

@@ -147,6 +147,20 @@ def block_offsets(ch: Chain) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([ch.Ws[0].shape[1]] + ch.hidden)]).astype(int)
 
 
+def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False) -> str | None:
+    """Why :func:`chain` cannot read this network for this query (None if it can); with
+    ``nonnegative_slopes``, also an activation with a negative lower slope (the ECLipsE
+    elimination drops the -2ab W^T T W terms, sound only for a >= 0)."""
+    try:
+        ch = chain(net, query, name)
+    except Unsupported as e:
+        return str(e)
+    if nonnegative_slopes and any(a < 0 for a in ch.a):
+        return (f"{name} drops the -2ab W^T T W terms, sound only for activations with a lower slope >= 0 "
+                f"(this network has {min(ch.a)})")
+    return None
+
+
 def assemble(ch: Chain, rho: float, T: list[np.ndarray], absolute: bool = False) -> np.ndarray:
     """The dense matrix M(rho, T) (or, with ``absolute``, the same sum built from |W|,
     |T|, |a b|, |a + b|: an entrywise bound on the terms, for rounding-error bounds)."""
@@ -188,14 +202,20 @@ def certify(ch: Chain, T: list[np.ndarray]) -> tuple[float, dict]:
     """The certified bound sqrt(rho) for multipliers T, and what was done."""
     T0 = [np.maximum(np.asarray(t, dtype=np.float64), 0.0) for t in T]
     # a solver's optimum sits on the boundary, where the hidden block may be singular
-    # rather than negative definite: enlarge T slightly until it is strictly feasible
-    for scale in (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-2):
-        T = [t * (1 + scale) for t in T0]
+    # rather than negative definite: enlarge T slightly until it is strictly feasible.
+    # First uniformly (this outgrows the constant W_L^T W_L), then geometrically by depth,
+    # T_k (1 + s)^(K - k): where the hidden block is homogeneous in T (a negative lower
+    # slope, e.g. |x|: block k is -2 T_k + 2 W^T T_{k+1} W) only this makes -2 T_k win.
+    K = len(T0)
+    repairs = [(s, lambda k, s=s: 1 + s) for s in (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
+    repairs += [(-s, lambda k, s=s: (1 + s) ** (K - k)) for s in (1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
+    for n, (scale, factor) in enumerate(repairs):
+        T = [t * factor(k) for k, t in enumerate(T0)]
         try:
             rho_s = max(_rho_schur(ch, T), 0.0)
             break
         except RepairError:
-            if scale == 1e-2:
+            if n == len(repairs) - 1:
                 raise
     rho = rho_s * (1 + 1e-10) + 1e-300
     tries = 0
@@ -209,4 +229,4 @@ def certify(ch: Chain, T: list[np.ndarray]) -> tuple[float, dict]:
                           f"at rho {rho:.6g})")
     value = math.nextafter(math.sqrt(rho), math.inf)
     return value, {"rho_schur": rho_s, "rho_certified": rho, "lmi_lambda_max": lam, "lmi_margin": margin,
-                   "checks": tries, "T_enlarged_by": scale}
+                   "checks": tries, "T_enlarged_by": scale}  # < 0: geometrically, (1 + |s|)^(K - k)

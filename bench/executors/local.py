@@ -58,10 +58,6 @@ class LocalExecutor:
         free_gpus = list(range(self.gpus))
         try:
             _main_not_reimported().__enter__()
-            if ctx.get_start_method() == "forkserver":
-                # start the fork server (and its preload: seconds) before any job's clock runs
-                from multiprocessing import forkserver
-                forkserver.ensure_running()
             while pending or running:
                 while pending and len(running) < self.workers:
                     if pending[-1].budget.device == "cuda" and self.gpus:
@@ -71,8 +67,8 @@ class LocalExecutor:
                     t = pending.pop()
                     recv, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker.child_main, args=(send, t.job, t.budget), daemon=True)
-                    r = _Running(t, proc, recv)
-                    proc.start()
+                    proc.start()   # the first one waits for the fork server's preload (seconds) ...
+                    r = _Running(t, proc, recv)  # ... so the job's clock starts after it
                     send.close()
                     running.append(r)
                     if on_start:

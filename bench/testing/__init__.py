@@ -34,6 +34,7 @@ seconds (fewer samples, fewer epochs); they change its speed, never its soundnes
 from __future__ import annotations
 
 import math
+import sys
 import time
 
 import numpy as np
@@ -43,8 +44,8 @@ from torch import nn
 from ..api import KINDS, NORMS, STATUSES, Bound, Budget, Param, Query, UserError, p_name
 
 RTOL, ATOL = 1e-6, 1e-9
-TIMEOUT_S = 4.0
-GRACE_S = 2.0
+TIMEOUT_S = 5.0
+TINY_TIMEOUT_S = 300.0
 
 
 class ConformanceError(AssertionError):
@@ -207,9 +208,44 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
         if failures:
             raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
         return ran
+    # 1. through the harness, in a worker process, with a timeout on a wider network
+    wide = _mlp([8, 48, 48, 4], "relu", True, 4)
+    t0 = time.perf_counter()
+    b = verify(wide, name, p=norms[0], timeout=TIMEOUT_S, **P)
+    ran.append(f"budget of {TIMEOUT_S:g} s in a worker: {b.status} after {time.perf_counter() - t0:.1f} s")
+    if b.status == "timeout" and (b.error or "").startswith("killed"):
+        failures.append(f"with a {TIMEOUT_S:g} s budget it had to be killed ({b.error}); a verifier stops itself "
+                        f"at its budget (budget.timeout_s) and returns its status")
+    elif b.status not in ("ok", "timeout", "unsupported", "license_limit"):
+        failures.append(f"with a {TIMEOUT_S:g} s budget on a 8-48-48-4 ReLU network: status {b.status} ({b.error})")
+    if failures:
+        raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
+    # 2. every tiny network and query, in one worker process (a verifier that hangs or
+    #    crashes fails the check instead of stopping it)
+    out = _in_worker(_tiny_checks, (name, P, cls.__module__, getattr(sys.modules.get(cls.__module__), "__file__", None)),
+                     TINY_TIMEOUT_S)
+    if out is None:
+        failures.append(f"the tiny-network checks did not finish within {TINY_TIMEOUT_S:g} s (or the worker died)")
+    else:
+        ran += out[0]
+        failures += out[1]
+    if failures:
+        raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
+    return ran
+
+
+def _tiny_checks(name: str, P: dict, module: str, file: str | None) -> tuple[list[str], list[str]]:
+    from ..network import walk
+    from ..registry import get_verifier, import_plugin, load_plugins
+    import_plugin(file if module.startswith("lipbench_plugins.") and file else module)
+    load_plugins()
+    cls = get_verifier(name)
+    verifier = cls(**P)
+    norms = tuple(cls.norms)
     budget = Budget(60.0, "cpu", 1)
-    for net_name, module in tiny_networks().items():
-        net = walk(module, None)
+    ran, failures = [], []
+    for net_name, module_ in tiny_networks().items():
+        net = walk(module_, None)
         for q in QUERIES:
             where = f"{net_name}, {_q(q)}"
             reason = verifier.supports(net, q)
@@ -225,20 +261,35 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
                 failures.append(f"{where}: run raised {type(e).__name__}: {e}")
                 continue
             ran.append(where)
-            failures += _check_bound(cls, b, module, q, where)
-    # through the harness, in a worker process, with a timeout on a wider network
-    wide = _mlp([8, 48, 48, 4], "relu", True, 4)
-    t0 = time.perf_counter()
-    b = verify(wide, name, p=norms[0], timeout=TIMEOUT_S, **P)
-    ran.append(f"budget of {TIMEOUT_S:g} s in a worker: {b.status} after {time.perf_counter() - t0:.1f} s")
-    if b.status == "timeout" and (b.error or "").startswith("killed"):
-        failures.append(f"with a {TIMEOUT_S:g} s budget it had to be killed ({b.error}); a verifier stops itself "
-                        f"at its budget (budget.timeout_s) and returns its status")
-    elif b.status not in ("ok", "timeout", "unsupported", "license_limit"):
-        failures.append(f"with a {TIMEOUT_S:g} s budget on a 8-48-48-4 ReLU network: status {b.status} ({b.error})")
-    if failures:
-        raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
-    return ran
+            failures += _check_bound(cls, b, module_, q, where)
+    return ran, failures
+
+
+def _in_worker(fn, args: tuple, timeout: float):
+    """``fn(*args)`` in a fresh worker process; None if it does not answer in time."""
+    from ..executors.local import context
+    ctx = context()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
+    proc.start()
+    send.close()
+    try:
+        if recv.poll(timeout):
+            try:
+                return recv.recv()
+            except EOFError:
+                return None
+        return None
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join()
+
+
+def _child(conn, fn, args):
+    torch.set_num_threads(1)
+    conn.send(fn(*args))
+    conn.close()
 
 
 def _check_bound(cls, b, module, q: Query, where: str) -> list[str]:
