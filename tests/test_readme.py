@@ -63,8 +63,27 @@ def test_decorator_plugin_example(tmp_path):
         net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         assert bench.verify(net, "frobenius", p=2).value >= bench.verify(net, "trivial", p=2).value
         assert bench.verify(net, "frobenius", p=2, target=(0, 1)).status == "unsupported"
+        from bench.testing import check_trainer, check_verifier  # the README's last step
+        assert "relu 3-5-4-3, p=2" in check_verifier("frobenius") and check_trainer("weight-decay")
     finally:
         _s.path.remove(str(tmp_path))
+
+
+def test_plugin_folder_needs_no_install(tmp_path):
+    """A plug-in file dropped into a folder, named with --plugin or in the suite, is found
+    without PYTHONPATH or an install, also by the worker processes."""
+    folder = tmp_path / "plugins"
+    folder.mkdir()
+    (folder / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
+    suite = block("<!-- example: mine.yaml -->").replace("plugins: [my_plugins]", "plugins: [plugins]")
+    (tmp_path / "mine.yaml").write_text(suite)
+    r = run(["run", "--suite", "mine.yaml", "--no-report"], str(tmp_path), "")
+    assert r.returncode == 0, r.stderr
+    assert "ok      verify frobenius" in r.stderr and "ok      train  synthetic-weight-decay" in r.stderr
+    lst = run(["--plugin", str(folder), "list"], "/", "")
+    assert re.search(r"^frobenius\s+verifier", lst.stdout, re.M), lst.stdout + lst.stderr
+    bad = run(["--plugin", str(tmp_path / "nope.py"), "list"], "/", "")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "nope.py" in bad.stderr
 
 
 def test_entry_point_plugin_example(tmp_path):
