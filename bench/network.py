@@ -2,11 +2,9 @@
 
 A network is a torch ``nn.Sequential`` of Linear, Conv2d, Flatten and activations.
 :func:`walk` turns it into a list of :class:`Affine` maps and :class:`Activation` s, so
-that every verifier asks one place what a layer is.  Activations from plug-ins describe
-themselves with a method ``lipbench_spec() -> dict`` (keys: ``name``, ``slope`` (lo, hi)
-for elementwise slope-restricted maps or None, ``lipschitz`` {p: constant},
-``out_factor`` (output width / input width), ``saturates`` (the p-norms for which every
-Jacobian of the activation has operator norm exactly 1)).
+that every verifier asks one place what a layer is.  What an activation is (its slope,
+Lipschitz constants, width, piecewise-linear form, ...) its description says: see
+:mod:`bench.activations`.
 """
 from __future__ import annotations
 
@@ -21,8 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from . import activations
+from .activations import ActivationSpec
 from .api import NORMS, Unsupported, UserError
-from .registry import register_activation
 
 #: Conv layers are unrolled into dense matrices only up to this many entries (float64).
 MAX_DENSE_ENTRIES = 25_000_000
@@ -116,7 +115,10 @@ class Affine:
 class Activation:
     """A (poly)activation.  ``slope`` is (lo, hi) for an elementwise map whose derivative
     lies in [lo, hi]; ``lipschitz`` maps each p to the activation's Lipschitz constant
-    (an upper bound) from the p-norm to the p-norm."""
+    (an upper bound) from the p-norm to the p-norm; ``saturates`` the p for which its
+    Jacobian has operator norm 1.  The walk reads them, checked, from ``spec``, the
+    module's description (:class:`bench.activations.ActivationSpec`), which also gives
+    its piecewise-linear form, interval image and smooth surrogate."""
 
     module: nn.Module
     name: str
@@ -126,28 +128,11 @@ class Activation:
     slope: tuple[float, float] | None
     lipschitz: dict[float, float]
     saturates: tuple[float, ...] = ()
+    spec: ActivationSpec | None = field(default=None, repr=False)
 
     @property
     def elementwise(self) -> bool:
         return self.slope is not None and self.in_dim == self.out_dim
-
-
-# name, slope range of the built-in elementwise activations
-def _builtin_spec(m: nn.Module) -> dict | None:
-    if isinstance(m, nn.ReLU):
-        return {"name": "relu", "slope": (0.0, 1.0)}
-    if isinstance(m, nn.LeakyReLU):
-        a = float(m.negative_slope)
-        return {"name": "leaky_relu", "slope": (min(a, 1.0), max(a, 1.0))}
-    if isinstance(m, nn.Tanh):
-        return {"name": "tanh", "slope": (0.0, 1.0)}
-    if isinstance(m, nn.Sigmoid):
-        return {"name": "sigmoid", "slope": (0.0, 0.25)}
-    if isinstance(m, nn.Hardtanh):
-        return {"name": "hardtanh", "slope": (0.0, 1.0)}
-    if isinstance(m, nn.Softplus):
-        return {"name": "softplus", "slope": (0.0, 1.0)}
-    return None
 
 
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
@@ -245,28 +230,26 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
                     x = m(x)
                 continue
-            spec = _builtin_spec(m)
-            if spec is None and hasattr(m, "lipbench_spec"):
-                spec = m.lipbench_spec()
+            spec = activations.describe(m)
             if spec is None:
                 raise Unsupported(f"layer {i} ({type(m).__name__}) is not supported by the network walk")
             x = m(x)
-            slope = spec.get("slope")
+            slope = spec.slope
             same_width = int(np.prod(in_shape)) == int(np.prod(x.shape[1:]))
             if slope is not None and not same_width:
                 raise Unsupported(f"layer {i} ({type(m).__name__}) declares a slope but changes the width: "
                                   f"a slope describes an elementwise map; declare 'lipschitz' per p instead")
-            if spec.get("lipschitz") is not None:
-                lip = {float(k): float(v) for k, v in spec["lipschitz"].items()}
+            if spec.lipschitz is not None:
+                lip = {float(k): float(v) for k, v in spec.lipschitz.items()}
                 if set(lip) != set(NORMS):
                     raise Unsupported(f"layer {i} ({type(m).__name__}) must declare Lipschitz constants for p = 1, 2, inf")
             elif slope is not None:
                 lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
             else:
                 raise Unsupported(f"layer {i} ({type(m).__name__}) declares neither a slope nor Lipschitz constants")
-            layers.append(Activation(m, spec["name"], int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
+            layers.append(Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
                                      tuple(slope) if slope is not None else None, lip,
-                                     tuple(float(p) for p in spec.get("saturates", ()))))
+                                     tuple(float(p) for p in spec.saturates), spec))
     if not any(isinstance(l, Affine) for l in layers):
         raise Unsupported("the network has no Linear or Conv2d layer")
     return Net(module, input_shape, layers)
@@ -305,14 +288,9 @@ def load(path: str) -> tuple[nn.Module, tuple]:
 
 # --- architectures -------------------------------------------------------------------
 
-for _name, _cls in (("relu", nn.ReLU), ("tanh", nn.Tanh), ("sigmoid", nn.Sigmoid),
-                    ("leaky_relu", nn.LeakyReLU), ("hardtanh", nn.Hardtanh)):
-    register_activation(_name)(_cls)
-
-
 def activation_width_factor(m: nn.Module) -> int:
-    spec = m.lipbench_spec() if hasattr(m, "lipbench_spec") else {}
-    return int(spec.get("out_factor", 1))
+    spec = activations.describe(m)
+    return int(spec.out_factor) if spec is not None else 1
 
 
 def from_npz(path: str, activation=nn.ReLU) -> nn.Sequential:
@@ -339,7 +317,6 @@ def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     """An MLP from an architecture spec ``{hidden: [h1, h2, ...], activation: name,
     activation_params: {...}, bias: bool}``; inputs of more than one dimension are
     flattened first."""
-    from .registry import get_activation
     known = {"hidden", "activation", "activation_params", "bias"}
     unknown = set(arch) - known
     if unknown:
@@ -347,7 +324,7 @@ def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     hidden = list(arch.get("hidden", []))
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise UserError(f"architecture: hidden must be a list of positive integers, got {hidden!r}")
-    act = get_activation(arch.get("activation", "relu"))
+    act = activations.get(arch.get("activation", "relu")).build
     bias = arch.get("bias", True)
     if not isinstance(bias, bool):
         raise UserError(f"architecture: bias must be true or false, got {bias!r}")

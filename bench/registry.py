@@ -13,7 +13,8 @@ Plug-ins register with a decorator in their own module::
 and are found through the entry-point group ``lipbench.plugins``: each entry point names
 a module (or an object in one) whose import runs the decorators.  lipbench's own
 ``methods`` and ``baselines`` are found this way too; ``bench`` never imports them by
-name.  Activations used in architecture specs register with :func:`register_activation`.
+name.  Activations register with :func:`register_activation` (from
+:mod:`bench.activations`, where their descriptions live; re-exported here).
 """
 from __future__ import annotations
 
@@ -21,13 +22,14 @@ import logging
 from importlib import metadata, import_module
 from typing import Callable
 
+from . import activations
+from .activations import ACTIVATIONS, register_activation  # noqa: F401  (re-exported)
 from .api import Trainer, UserError, Verifier
 
 log = logging.getLogger(__name__)
 
 VERIFIERS: dict[str, type[Verifier]] = {}
 TRAINERS: dict[str, type[Trainer]] = {}
-ACTIVATIONS: dict[str, Callable] = {}
 #: entry points that failed to load: name -> error text
 BROKEN: dict[str, str] = {}
 _loaded = False
@@ -51,21 +53,12 @@ def register(cls):
     return cls
 
 
-def register_activation(name: str):
-    """Decorator for a factory ``(**kwargs) -> nn.Module`` usable as ``activation: name``."""
-    def deco(factory):
-        ACTIVATIONS[name] = factory
-        return factory
-    return deco
-
-
 def load_plugins() -> None:
     """Import every module named in the ``lipbench.plugins`` entry-point group, once."""
     global _loaded
     if _loaded:
         return
     _loaded = True
-    import_module("bench.network")  # built-in activations
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             ep.load()
@@ -91,7 +84,8 @@ def get_trainer(name: str) -> type[Trainer]:
 
 
 def get_activation(name: str) -> Callable:
-    return _get(ACTIVATIONS, "activation", name)
+    """The factory ``(**params) -> nn.Module`` of the activation named ``name``."""
+    return activations.get(name).build
 
 
 def import_plugin(entry: str) -> list[str]:

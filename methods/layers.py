@@ -1,11 +1,14 @@
 """Norm-saturating polyactivations and the bias-free sinusoidal layer.
 
-Each module describes itself to the network walk with ``lipbench_spec()``:
-``lipschitz`` (its Lipschitz constant from the p-norm to the p-norm, for each p),
-``saturates`` (the p for which the operator norm of its Jacobian equals 1 at every point
-where it is differentiable: the Jacobian lies on the boundary of the unit operator-norm
-ball, so the activation never shrinks the trivial bound's product), ``slope`` for
-elementwise slope-restricted maps, and ``out_factor`` (output width / input width).
+Each module is described, next to it, by one :class:`bench.activations.ActivationSpec`
+(``AbsSpec`` for ``Abs``, ...; the fields are documented there): ``lipschitz`` (its
+Lipschitz constant from the p-norm to the p-norm, for each p), ``saturates`` (the p for
+which the operator norm of its Jacobian equals 1 at every point where it is
+differentiable: the Jacobian lies on the boundary of the unit operator-norm ball, so the
+activation never shrinks the trivial bound's product), ``slope`` for elementwise
+slope-restricted maps, ``out_factor`` (output width / input width), and where they exist
+the piecewise-linear form ``pwl`` (for ``bab`` and ``mip``), the exact interval image
+``interval`` and the smooth surrogate ``smooth`` (for the lower bound's search).
 
 - :class:`Abs`: ``|x|``; Jacobian diag(+-1), a signed identity: saturates p = 1, 2, inf.
 - :class:`CReLU`: ``x -> (relu(x), relu(-x))`` (width doubles).  Each input coordinate
@@ -33,26 +36,40 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import nn
 
-from bench.registry import register_activation
+from bench.activations import ActivationSpec, register_activation
+from bench.api import Unsupported
 
 INF = math.inf
 SQRT2_UP = math.nextafter(math.sqrt(2.0), INF)  # a float >= sqrt 2
 
 
-@register_activation("abs")
 class Abs(nn.Module):
     def forward(self, x):
         return x.abs()
 
-    def lipbench_spec(self):
-        return {"name": "abs", "slope": (-1.0, 1.0), "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
-                "saturates": (1, 2, INF), "out_factor": 1}
 
-    def lipbench_smooth(self, beta: float) -> nn.Module:
-        """A smooth surrogate for gradient search (never used for a bound)."""
+@register_activation
+class AbsSpec(ActivationSpec):
+    name = "abs"
+    module_class = Abs
+    slope = (-1.0, 1.0)
+    lipschitz = {1: 1.0, 2: 1.0, INF: 1.0}
+    saturates = (1, 2, INF)
+
+    def pwl(self, in_dim):   # |z| = -z + 2 relu(z)
+        I = np.eye(in_dim)
+        return -I, 2.0 * I, I
+
+    def interval(self, l, u):
+        hi = torch.maximum(l.abs(), u.abs())
+        lo = torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.minimum(l.abs(), u.abs()))
+        return lo, hi
+
+    def smooth(self, beta):
         return _SmoothAbs(beta)
 
 
@@ -65,16 +82,27 @@ class _SmoothAbs(nn.Module):
         return torch.sqrt(x * x + 1.0 / self.beta ** 2)
 
 
-@register_activation("crelu")
 class CReLU(nn.Module):
     def forward(self, x):
         return torch.cat([torch.relu(x), torch.relu(-x)], dim=1)
 
-    def lipbench_spec(self):
-        return {"name": "crelu", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
-                "saturates": (1, 2), "out_factor": 2}
 
-    def lipbench_smooth(self, beta: float) -> nn.Module:
+@register_activation
+class CReLUSpec(ActivationSpec):
+    name = "crelu"
+    module_class = CReLU
+    lipschitz = {1: 1.0, 2: 1.0, INF: 1.0}
+    saturates = (1, 2)
+    out_factor = 2
+
+    def pwl(self, in_dim):   # [relu(z), relu(-z)] = [relu(z), relu(z) - z]
+        d, I = in_dim, np.eye(in_dim)
+        return np.vstack([np.zeros((d, d)), -I]), np.vstack([I, I]), I
+
+    def interval(self, l, u):
+        return torch.cat([torch.relu(l), torch.relu(-u)], 1), torch.cat([torch.relu(u), torch.relu(-l)], 1)
+
+    def smooth(self, beta):
         return _SmoothCReLU(beta)
 
 
@@ -87,18 +115,21 @@ class _SmoothCReLU(nn.Module):
         return torch.cat([self.sp(x), self.sp(-x)], dim=1)
 
 
-@register_activation("sinsplit")
 class SinSplit(nn.Module):
     def forward(self, x):
         s = torch.sin(x)
         return torch.cat([(x + s) / 2, (x - s) / 2], dim=1)
 
-    def lipbench_spec(self):
-        return {"name": "sinsplit", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
-                "saturates": (1,), "out_factor": 2}
+
+@register_activation
+class SinSplitSpec(ActivationSpec):
+    name = "sinsplit"
+    module_class = SinSplit
+    lipschitz = {1: 1.0, 2: 1.0, INF: 1.0}
+    saturates = (1,)
+    out_factor = 2
 
 
-@register_activation("maxmin")
 class MaxMin(nn.Module):
     def forward(self, x):
         if x.shape[1] % 2:
@@ -107,11 +138,37 @@ class MaxMin(nn.Module):
         out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)
         return out.reshape(x.shape)
 
-    def lipbench_spec(self):
-        return {"name": "maxmin", "slope": None, "lipschitz": {1: 1.0, 2: 1.0, INF: 1.0},
-                "saturates": (1, 2, INF), "out_factor": 1}
 
-    def lipbench_smooth(self, beta: float) -> nn.Module:
+@register_activation
+class MaxMinSpec(ActivationSpec):
+    name = "maxmin"
+    module_class = MaxMin
+    lipschitz = {1: 1.0, 2: 1.0, INF: 1.0}
+    saturates = (1, 2, INF)
+
+    def pwl(self, in_dim):   # (max, min) of pairs (a, b) = (z_2k, z_2k+1): max = b + relu(a - b), min = a - relu(a - b)
+        d = in_dim
+        if d % 2:
+            raise Unsupported(f"maxmin on an odd width {d}")
+        k = d // 2
+        A = np.zeros((k, d))
+        A[np.arange(k), 2 * np.arange(k)] = 1.0
+        A[np.arange(k), 2 * np.arange(k) + 1] = -1.0
+        P = np.zeros((d, d))
+        P[2 * np.arange(k), 2 * np.arange(k) + 1] = 1.0
+        P[2 * np.arange(k) + 1, 2 * np.arange(k)] = 1.0
+        Q = np.zeros((d, k))
+        Q[2 * np.arange(k), np.arange(k)] = 1.0
+        Q[2 * np.arange(k) + 1, np.arange(k)] = -1.0
+        return P, Q, A
+
+    def interval(self, l, u):   # max and min are monotone in each argument
+        a_l, b_l, a_u, b_u = l[:, 0::2], l[:, 1::2], u[:, 0::2], u[:, 1::2]
+        lo = torch.stack([torch.maximum(a_l, b_l), torch.minimum(a_l, b_l)], 2).reshape(l.shape)
+        hi = torch.stack([torch.maximum(a_u, b_u), torch.minimum(a_u, b_u)], 2).reshape(u.shape)
+        return lo, hi
+
+    def smooth(self, beta):
         return _SmoothMaxMin(beta)
 
 
@@ -127,11 +184,15 @@ class _SmoothMaxMin(nn.Module):
         return out.reshape(x.shape)
 
 
-@register_activation("sincos")
 class SinCos(nn.Module):
     def forward(self, x):
         return torch.cat([torch.sin(x), torch.cos(x)], dim=1)
 
-    def lipbench_spec(self):
-        return {"name": "sincos", "slope": None, "lipschitz": {1: SQRT2_UP, 2: 1.0, INF: 1.0},
-                "saturates": (2,), "out_factor": 2}
+
+@register_activation
+class SinCosSpec(ActivationSpec):
+    name = "sincos"
+    module_class = SinCos
+    lipschitz = {1: SQRT2_UP, 2: 1.0, INF: 1.0}
+    saturates = (2,)
+    out_factor = 2

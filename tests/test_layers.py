@@ -9,6 +9,7 @@ from torch import nn
 
 import bench
 from bench import network
+from bench.activations import describe
 from bench.api import Budget
 from bench.certify import certified_accuracy, pair_matrix
 from bench.data import load
@@ -32,16 +33,16 @@ def op_norm(J: np.ndarray, p: float) -> float:
 @pytest.mark.parametrize("cls", [Abs, CReLU, SinSplit, MaxMin, SinCos])
 def test_polyactivation_jacobians_have_norm_one_where_declared(cls):
     m = cls()
-    spec = m.lipbench_spec()
+    spec = describe(m)
     rng = np.random.default_rng(0)
     for _ in range(50):
         z = torch.tensor(rng.normal(scale=3.0, size=(1, 6)))
         J = torch.autograd.functional.jacobian(lambda t: m(t), z).reshape(-1, 6).numpy()
-        assert J.shape[0] == 6 * spec["out_factor"]
+        assert J.shape[0] == 6 * spec.out_factor
         for p in (1.0, 2.0, INF):
             n = op_norm(J, p)
-            assert n <= spec["lipschitz"][p] * (1 + 1e-12), (cls.__name__, p, n)
-            if p in [float(x) for x in spec["saturates"]]:
+            assert n <= spec.lipschitz[p] * (1 + 1e-12), (cls.__name__, p, n)
+            if p in [float(x) for x in spec.saturates]:
                 assert n == pytest.approx(1.0, abs=1e-12), (cls.__name__, p, n)
 
 
@@ -49,7 +50,7 @@ def test_saturation_is_not_claimed_where_it_fails():
     """SinSplit's Jacobian has l2 norm below 1 at x = pi/2: it must not declare p = 2."""
     z = torch.tensor([[math.pi / 2]], dtype=torch.float64)
     J = torch.autograd.functional.jacobian(lambda t: SinSplit()(t), z).reshape(-1, 1).numpy()
-    assert op_norm(J, 2.0) < 0.99 and 2 not in SinSplit().lipbench_spec()["saturates"]
+    assert op_norm(J, 2.0) < 0.99 and 2 not in describe(SinSplit()).saturates
 
 
 def test_sinusoidal_layer_constants():
@@ -76,7 +77,7 @@ def mixed_net(act, seed=0, sizes=(2, 6, 4, 3), bias=True):
     for h in sizes[1:-1]:
         a = act()
         layers += [nn.Linear(d, h, bias=bias), a]
-        d = h * a.lipbench_spec()["out_factor"]
+        d = h * describe(a).out_factor
     return nn.Sequential(*layers, nn.Linear(d, sizes[-1], bias=bias))
 
 

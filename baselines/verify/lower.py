@@ -13,8 +13,8 @@ certifies what it found (step 3).
 2. From the best ``restarts`` of them, ``steps`` of projected gradient ascent on the
    Jacobian's operator norm.  The Jacobian of a piecewise-linear network is piecewise
    constant (zero gradient), so the ascent follows a smoothed surrogate (ReLU ->
-   softplus with sharpness ``beta``, sharpened over the run; other activations as they
-   are, or their ``lipbench_smooth(beta)`` when a plug-in provides one); every iterate
+   softplus with sharpness ``beta``, sharpened over the run; each activation by its
+   description's ``smooth(beta)``, or as it is when it has none); every iterate
    is then scored on the real network.  The surrogate only steers the search: it never
    enters the value.
 3. Certification.  Autograd's chain rule is not a Jacobian at a kink (relu'(0) = 0
@@ -37,6 +37,7 @@ import time
 import torch
 from torch import nn
 
+from bench.activations import describe
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.norms import jacobian_norm, margin_jacobian
@@ -114,15 +115,16 @@ def difference_quotients(module: nn.Module, X: torch.Tensor, query: Query, lo, h
 
 
 def smoothed(module: nn.Module, beta: float) -> nn.Module:
-    """A copy of ``module`` with kinked activations replaced by smooth surrogates."""
+    """A copy of ``module`` with kinked activations replaced by the smooth surrogates
+    their descriptions give (:meth:`bench.activations.ActivationSpec.smooth`)."""
     m = copy.deepcopy(module)
 
     def swap(parent: nn.Module):
         for name, child in parent.named_children():
-            if isinstance(child, nn.ReLU):
-                setattr(parent, name, nn.Softplus(beta=beta))
-            elif hasattr(child, "lipbench_smooth"):
-                setattr(parent, name, child.lipbench_smooth(beta))
+            spec = describe(child)
+            smooth = spec.smooth(beta) if spec is not None else None
+            if smooth is not None:
+                setattr(parent, name, smooth)
             else:
                 swap(child)
     swap(m)

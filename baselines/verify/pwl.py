@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.activations import ACTIVATIONS, ActivationSpec
 from bench.api import Query, Unsupported
 from bench.network import Activation, Affine, Net
 from bench.norms import jacobian_norm
@@ -37,37 +38,13 @@ REPORT_INFLATE = 1e-10
 
 
 def _act_matrices(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(P, Q, A) with h = P z + Q relu(A z), float64."""
-    d = act.in_dim
-    I = np.eye(d)
-    name = act.name
-    if name in ("relu",):
-        return np.zeros((d, d)), I, I
-    if name == "leaky_relu":
-        a = float(act.module.negative_slope)
-        if a < 0:
-            raise Unsupported(f"leaky_relu with a negative slope {a} is not monotone")
-        return a * I, (1.0 - a) * I, I
-    if name == "abs":
-        return -I, 2.0 * I, I
-    if name == "crelu":   # [relu(z), relu(-z)] = [relu(z), relu(z) - z]
-        return np.vstack([np.zeros((d, d)), -I]), np.vstack([I, I]), I
-    if name == "maxmin":  # (max, min) of pairs (z_2k, z_2k+1): max = b + relu(a - b), min = a - relu(a - b)
-        if d % 2:
-            raise Unsupported(f"maxmin on an odd width {d}")
-        k = d // 2
-        A = np.zeros((k, d))
-        A[np.arange(k), 2 * np.arange(k)] = 1.0
-        A[np.arange(k), 2 * np.arange(k) + 1] = -1.0
-        P = np.zeros((d, d))
-        P[2 * np.arange(k), 2 * np.arange(k) + 1] = 1.0
-        P[2 * np.arange(k) + 1, 2 * np.arange(k)] = 1.0
-        Q = np.zeros((d, k))
-        Q[2 * np.arange(k), np.arange(k)] = 1.0
-        Q[2 * np.arange(k) + 1, np.arange(k)] = -1.0
-        return P, Q, A
-    raise Unsupported(f"activation {name!r} is not piecewise linear with one kink per unit "
-                      "(supported: relu, leaky_relu, abs, crelu, maxmin)")
+    """(P, Q, A) with h = P z + Q relu(A z), float64, from the activation's description."""
+    form = act.spec.pwl(act.in_dim)
+    if form is None:
+        names = [n for n, s in ACTIVATIONS.items() if s.pwl is not ActivationSpec.pwl]
+        raise Unsupported(f"activation {act.name!r} is not piecewise linear with one kink per unit "
+                          f"(supported: {', '.join(names)})")
+    return form
 
 
 @dataclass
@@ -79,6 +56,7 @@ class Hidden:
     Q: np.ndarray
     A: np.ndarray
     unit_of: np.ndarray  # (d_z,) unit index of each z coordinate
+    spec: ActivationSpec | None = None   # the activation's description (its interval image)
 
     @property
     def units(self) -> int:
@@ -118,7 +96,7 @@ def pwl(net: Net) -> PWLNet:
         else:
             P, Q, A = _act_matrices(layer)
             unit_of = np.argmax(np.abs(A), axis=0)
-            hidden.append(Hidden(W, b, layer.name, P, Q, A, unit_of))
+            hidden.append(Hidden(W, b, layer.name, P, Q, A, unit_of, layer.spec))
             W, b = np.eye(P.shape[0]), np.zeros(P.shape[0])
     return PWLNet(hidden, W, b, net.in_dim)
 
@@ -202,7 +180,7 @@ class Torch:
                                     Mon=t(h.P + h.Q @ h.A), Moff=t(h.P), Monabs=t(np.abs(h.P + h.Q @ h.A)),
                                     Moffabs=t(np.abs(h.P)), unit_of=torch.as_tensor(h.unit_of, device=device),
                                     I=t(np.eye(h.W.shape[0])), A_is_I=bool(np.array_equal(h.A, np.eye(h.W.shape[0]))),
-                                    name=h.name, alpha=float(h.P[0, 0]) if h.name == "leaky_relu" else 0.0))
+                                    name=h.name, spec=h.spec))
         self.W_out = t(pw.W_out)
         self.in_dim = pw.in_dim
 
@@ -270,7 +248,7 @@ class Torch:
             mu = torch.where(on | off, 0.0, -du * dl / den)
             sl = torch.where(on, 1.0, torch.where(off, 0.0, (du >= -dl).to(lo.dtype)))
             relax.append((sl, su, mu))
-            hl, hu = _act_interval(L["name"], zl, zu, L["alpha"])
+            hl, hu = L["spec"].interval(zl, zu)
         return out
 
     # ---- Jacobians
@@ -307,27 +285,6 @@ class Torch:
             Vc, Vr = Vc @ W, Vr @ W.abs()
             Vr = Vr + WIDEN * (Vc.abs() + Vr)
         return (Vc - Vr, Vc + Vr, kept) if keep else (Vc - Vr, Vc + Vr)
-
-
-def _act_interval(name: str, l: torch.Tensor, u: torch.Tensor, alpha: float = 0.0):
-    """Exact interval image of an activation on the box [l, u] (per coordinate)."""
-    if name == "relu":
-        return torch.relu(l), torch.relu(u)
-    if name == "leaky_relu":   # monotone
-        f = lambda z: alpha * z + (1 - alpha) * torch.relu(z)
-        return f(l), f(u)
-    if name == "abs":
-        hi = torch.maximum(l.abs(), u.abs())
-        lo = torch.where((l < 0) & (u > 0), torch.zeros_like(l), torch.minimum(l.abs(), u.abs()))
-        return lo, hi
-    if name == "crelu":
-        return torch.cat([torch.relu(l), torch.relu(-u)], 1), torch.cat([torch.relu(u), torch.relu(-l)], 1)
-    if name == "maxmin":
-        a_l, b_l, a_u, b_u = l[:, 0::2], l[:, 1::2], u[:, 0::2], u[:, 1::2]
-        lo = torch.stack([torch.maximum(a_l, b_l), torch.minimum(a_l, b_l)], 2).reshape(l.shape)
-        hi = torch.stack([torch.maximum(a_u, b_u), torch.minimum(a_u, b_u)], 2).reshape(u.shape)
-        return lo, hi
-    raise AssertionError(name)
 
 
 #: operator norm of each C J in the batch (B, t, n): the dual norm of the single row for a

@@ -1,0 +1,226 @@
+"""Every registered activation description agrees with its module, and the module
+structure has no import circle."""
+import ast
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+from bench import activations, network
+from bench.activations import ActivationSpec, describe
+from bench.api import Unsupported
+from bench.registry import load_plugins
+from conftest import REPO
+
+load_plugins()
+INF = math.inf
+D = 6  # an even width: MaxMin pairs coordinates
+
+# every registered description, and a few parameter values of the parametrised ones
+CASES = [(name, {}) for name in sorted(activations.ACTIVATIONS)] + [
+    ("leaky_relu", {"negative_slope": 0.3}), ("leaky_relu", {"negative_slope": 1.7}),
+    ("hardtanh", {"min_val": -0.5, "max_val": 2.0}), ("softplus", {"beta": 3.0})]
+IDS = [n + "".join(f"-{v}" for v in p.values()) for n, p in CASES]
+
+
+def described(name, params):
+    m = activations.get(name).build(**params).double()
+    spec = describe(m)
+    assert spec is not None and spec.name == name and isinstance(spec, activations.get(name))
+    return m, spec
+
+
+def points(n, seed, scale=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return scale * torch.randn(n, D, generator=g, dtype=torch.float64)
+
+
+def op_norm(J, p):
+    if p == 2:
+        return float(torch.linalg.matrix_norm(J, 2))
+    if p == 1:
+        return float(J.abs().sum(0).max())
+    return float(J.abs().sum(1).max())
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_width_slope_and_lipschitz_hold_on_samples(name, params):
+    m, spec = described(name, params)
+    a = network.walk(nn.Sequential(nn.Linear(D, D), m, nn.Linear(D * spec.out_factor, 2))).activations[0]
+    assert a.spec is not None and type(a.spec) is type(spec) and a.name == name
+    assert set(a.lipschitz) == set(bench.api.NORMS)
+    x, y = points(400, 0), points(400, 1)
+    y[:200] = x[:200] + 1e-3 * points(200, 8, scale=1.0)  # near pairs too
+    fx, fy = m(x), m(y)
+    assert fx.shape == (400, D * spec.out_factor)
+    for p in (1.0, 2.0, INF):
+        q = torch.linalg.vector_norm(fx - fy, ord=p, dim=1) / torch.linalg.vector_norm(x - y, ord=p, dim=1)
+        assert float(q.max()) <= a.lipschitz[p] * (1 + 1e-9), (p, float(q.max()))
+    if a.slope is not None:  # elementwise: every difference quotient lies in [lo, hi]
+        lo, hi = a.slope
+        dq = (fx - fy) / (x - y)
+        assert float(dq.min()) >= lo - 1e-9 and float(dq.max()) <= hi + 1e-9
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_saturating_norms_have_jacobian_norm_one(name, params):
+    m, spec = described(name, params)
+    for z in points(30, 2):
+        J = torch.autograd.functional.jacobian(lambda t: m(t[None])[0], z)
+        for p in spec.saturates:
+            assert op_norm(J, float(p)) == pytest.approx(1.0, abs=1e-12), (p, z)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_pwl_form_equals_the_module(name, params):
+    m, spec = described(name, params)
+    form = spec.pwl(D)
+    if form is None:
+        pytest.skip(f"{name} is not piecewise linear")
+    P, Q, A = (torch.as_tensor(M) for M in form)
+    assert P.dtype == Q.dtype == A.dtype == torch.float64
+    z = points(500, 3)
+    z[:50] = torch.round(z[:50])  # ties (kinks) too
+    h = z @ P.T + torch.relu(z @ A.T) @ Q.T
+    torch.testing.assert_close(h, m(z), rtol=1e-14, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params):
+    m, spec = described(name, params)
+    c, r = points(40, 4), torch.rand(40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
+    r[:5] = 0.0  # degenerate boxes
+    l, u = c - r, c + r
+    iv = spec.interval(l, u)
+    if iv is None:
+        pytest.skip(f"{name} gives no interval image")
+    lo, hi = iv
+    assert lo.shape == hi.shape == (40, D * spec.out_factor)
+    tol = 1e-12 * (1 + lo.abs() + hi.abs())
+    g = torch.Generator().manual_seed(6)
+    for _ in range(50):
+        x = l + (u - l) * torch.rand(40, D, dtype=torch.float64, generator=g)
+        fx = m(x)
+        assert torch.all(fx >= lo - tol) and torch.all(fx <= hi + tol)
+    # exact: each end is the value at l, at u or at the point of the box nearest 0
+    cand = torch.stack([m(l), m(u), m(torch.minimum(torch.maximum(torch.zeros_like(l), l), u))])
+    torch.testing.assert_close(lo, cand.amin(0), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(hi, cand.amax(0), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name,params", CASES, ids=IDS)
+def test_smooth_surrogate_is_close_for_a_large_beta(name, params):
+    m, spec = described(name, params)
+    beta = 1e4
+    s = spec.smooth(beta)
+    if s is None:
+        pytest.skip(f"{name} is used as it is")
+    z = points(300, 7)
+    err = float((s.double()(z) - m(z)).abs().max())
+    assert err <= 1.0 / beta, err
+    assert spec.smooth(1.0) is not None and not isinstance(spec.smooth(1.0), type(m))
+
+
+def test_negative_leaky_slope_has_no_pwl_form():
+    spec = describe(nn.LeakyReLU(-0.5))
+    assert spec.slope == (-0.5, 1.0)
+    with pytest.raises(Unsupported, match="not monotone"):
+        spec.pwl(3)
+
+
+def test_the_older_plugin_hooks_still_work():
+    """A module with ``lipbench_spec()`` / ``lipbench_smooth`` and a factory registered
+    by name: described, walked, built and smoothed as before."""
+    from baselines.verify.lower import smoothed
+
+    class Clip(nn.Module):
+        def forward(self, x):
+            return x.clamp(-1, 1)
+
+        def lipbench_spec(self):
+            return {"name": "clip", "slope": (0.0, 1.0), "saturates": ()}
+
+        def lipbench_smooth(self, beta):
+            return nn.Tanh()
+
+    try:
+        bench.register_activation("clip-test")(Clip)
+        net = network.build_mlp({"hidden": [3], "activation": "clip-test"}, (2,), 2)
+        a = network.walk(net).activations[0]
+        assert a.name == "clip" and a.slope == (0.0, 1.0) and a.lipschitz == {1.0: 1.0, 2.0: 1.0, INF: 1.0}
+        assert isinstance(smoothed(net, 5.0)[1], nn.Tanh)
+        assert network.activation_width_factor(Clip()) == 1
+    finally:
+        activations.ACTIVATIONS.pop("clip-test", None)
+
+
+def test_a_new_activation_is_one_class():
+    class Half(nn.Module):
+        def forward(self, x):
+            return x / 2
+
+    @bench.register_activation
+    class HalfSpec(ActivationSpec):
+        name = "half-test"
+        module_class = Half
+        slope = (0.5, 0.5)
+
+    try:
+        from bench.registry import ACTIVATIONS, get_activation
+        assert ACTIVATIONS["half-test"] is HalfSpec and isinstance(get_activation("half-test")(), Half)
+        net = network.build_mlp({"hidden": [3], "activation": "half-test"}, (2,), 2)
+        assert network.walk(net).activations[0].lipschitz[2.0] == 0.5
+        assert isinstance(describe(type("Sub", (Half,), {})()), HalfSpec)  # subclasses by the MRO
+    finally:
+        activations.ACTIVATIONS.pop("half-test", None)
+        activations._BY_CLASS.pop(Half, None)
+
+
+def test_unknown_activation_names_the_registered_ones():
+    with pytest.raises(bench.UserError, match="unknown activation 'nope'; registered: .*relu"):
+        network.build_mlp({"hidden": [3], "activation": "nope"}, (2,), 2)
+
+
+# ---- no import circle ------------------------------------------------------------------
+
+def _imports(module: str) -> set[str]:
+    """The modules that ``bench/<module>.py`` imports (and names it imports from them),
+    anywhere in its code."""
+    tree = ast.parse(open(os.path.join(REPO, "bench", module + ".py")).read())
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            base = ".".join(x for x in ("bench" if node.level else "", node.module or "") if x)
+            out.add(base)
+            out |= {f"{base}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            out |= {a.name for a in node.names}
+    return out
+
+
+def test_network_and_registry_do_not_import_each_other():
+    assert "bench.registry" not in _imports("network")
+    assert "bench.network" not in _imports("registry")
+    assert "bench.network" not in _imports("activations")
+
+
+@pytest.mark.parametrize("order", [("bench.network", "bench.registry"), ("bench.registry", "bench.network"),
+                                   ("bench.activations", "bench.network")])
+def test_fresh_imports_in_either_order(order):
+    code = ("import importlib, sys\n"
+            f"for m in {list(order)!r}:\n    importlib.import_module(m)\n"
+            "from bench.registry import ACTIVATIONS, register_activation, get_activation\n"
+            "import bench\n"
+            "assert bench.register_activation is register_activation\n"
+            "assert {'relu', 'tanh', 'leaky_relu'} <= set(ACTIVATIONS)\n"
+            "assert type(get_activation('abs')()).__name__ == 'Abs'\n"
+            "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                         env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
