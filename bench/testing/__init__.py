@@ -185,7 +185,6 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
     """Check the registered verifier ``name`` (with ``params`` over its ``quick_params``);
     returns the checks that ran, raises :class:`ConformanceError` listing violations."""
     from .. import verify
-    from ..network import walk
     from ..registry import get_verifier
     cls = get_verifier(name)
     failures: list[str] = []
@@ -199,7 +198,7 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
     if failures:
         raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
     P = {**(getattr(cls, "quick_params", {}) or {}), **(params or {})}
-    verifier = cls(**P)
+    cls(**P)  # the quick parameters construct it
     if cls.missing():
         b = verify(tiny_networks()["relu 3-5-4-3"], name, p=norms[0], **P)
         if b.status != "not_installed" or not b.error:
