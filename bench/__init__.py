@@ -1,5 +1,5 @@
 """lipbench: a benchmarking suite for the Lipschitz verification of neural networks."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401
 
 from .api import Bound, Budget, Query, Trainer, UserError, Unsupported, Verifier  # noqa: E402
 from .registry import register, register_activation  # noqa: E402

@@ -170,9 +170,8 @@ def describe(module: nn.Module) -> ActivationSpec | None:
 
 
 def get(name: str) -> type[ActivationSpec]:
-    """The description registered under ``name`` (plug-ins loaded first)."""
-    from .registry import load_plugins  # plug-ins register activations; imported late (registry imports us)
-    load_plugins()
+    """The description registered under ``name`` so far (``bench.registry.get_activation``
+    loads the plug-ins first)."""
     if name not in ACTIVATIONS:
         raise UserError(f"unknown activation {name!r}; registered: {', '.join(sorted(ACTIVATIONS)) or '(none)'}")
     return ACTIVATIONS[name]

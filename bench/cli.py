@@ -78,8 +78,12 @@ def cmd_report(args) -> int:
 
 
 def _rows(args) -> list[dict]:
-    from .results import rows
-    return rows(_out(args))
+    from .store import Store
+    store = Store(_out(args), create=False)
+    try:
+        return store.joined()
+    finally:
+        store.close()
 
 
 def _export_row(r: dict) -> dict:

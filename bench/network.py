@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import activations
+from .registry import get_activation
 from .activations import ActivationSpec
 from .api import NORMS, Unsupported, UserError
 
@@ -324,7 +325,7 @@ def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     hidden = list(arch.get("hidden", []))
     if not all(isinstance(h, int) and h > 0 for h in hidden):
         raise UserError(f"architecture: hidden must be a list of positive integers, got {hidden!r}")
-    act = activations.get(arch.get("activation", "relu")).build
+    act = get_activation(arch.get("activation", "relu"))
     bias = arch.get("bias", True)
     if not isinstance(bias, bool):
         raise UserError(f"architecture: bias must be true or false, got {bias!r}")

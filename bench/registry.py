@@ -84,7 +84,9 @@ def get_trainer(name: str) -> type[Trainer]:
 
 
 def get_activation(name: str) -> Callable:
-    """The factory ``(**params) -> nn.Module`` of the activation named ``name``."""
+    """The factory ``(**params) -> nn.Module`` of the activation named ``name`` (plug-ins
+    loaded first: they register activations too)."""
+    load_plugins()
     return activations.get(name).build
 
 

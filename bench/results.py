@@ -109,12 +109,3 @@ def certifies(r: Mapping) -> bool:
     return (r["status"] == "ok" and is_upper(r) and r["domain"] == GLOBAL
             and bool(stats(r).get("certified", True)))
 
-
-def rows(out_dir: str) -> list[dict]:
-    """Every stored result joined with its network, as dicts (the export and report view)."""
-    from .store import Store
-    store = Store(out_dir, create=False)
-    try:
-        return store.joined()
-    finally:
-        store.close()

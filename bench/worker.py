@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 
 def versions(plugin=None) -> dict:
-    from . import __version__
+    from ._version import __version__
     v = {"lipbench": __version__, "torch": torch.__version__, "numpy": np.__version__,
          "python": platform.python_version()}
     if plugin is not None:

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -204,10 +203,46 @@ def _imports(module: str) -> set[str]:
     return out
 
 
-def test_network_and_registry_do_not_import_each_other():
-    assert "bench.registry" not in _imports("network")
-    assert "bench.network" not in _imports("registry")
-    assert "bench.network" not in _imports("activations")
+def _bench_graph() -> dict[str, set[str]]:
+    """bench's modules -> the bench modules each imports anywhere in its code (function-
+    level imports too: a late import hides a circle, it does not remove it)."""
+    root = os.path.join(REPO, "bench")
+    graph = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            if not f.endswith(".py"):
+                continue
+            path = os.path.join(d, f)
+            parts = ["bench"] + os.path.relpath(path, root)[:-3].split(os.sep)
+            is_pkg = parts[-1] == "__init__"
+            name = ".".join(parts[:-1] if is_pkg else parts)
+            pkg = parts[:-1]
+            deps = set()
+            for node in ast.walk(ast.parse(open(path).read())):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("bench")):
+                    base = pkg[:len(pkg) - node.level + 1] if node.level else []
+                    mod = ".".join(base + ([node.module] if node.module else []))
+                    # `from pkg import sub` depends on the submodule; `from mod import name` on mod
+                    deps |= {(f"{mod}.{a.name}", mod) for a in node.names}
+                elif isinstance(node, ast.Import):
+                    deps |= {(a.name, a.name) for a in node.names if a.name.startswith("bench")}
+            graph[name] = deps
+    modules = set(graph)
+    return {m: {sub if sub in modules else mod for sub, mod in deps} & modules - {m} for m, deps in graph.items()}
+
+
+def test_no_import_circle_in_bench():
+    graph = _bench_graph()
+    assert {"bench.network", "bench.registry", "bench.activations", "bench.results"} <= set(graph)
+
+    def reaches(a, b, seen):
+        for c in graph[a]:
+            if c == b or (c not in seen and not seen.add(c) and reaches(c, b, seen)):
+                return True
+        return False
+    circles = sorted((a, b) for a in graph for b in graph[a] if reaches(b, a, set()))
+    assert not circles, f"import circles (module, what it imports that imports it back): {circles}"
+    assert "bench.network" not in graph["bench.registry"] and "bench.network" not in graph["bench.activations"]
 
 
 @pytest.mark.parametrize("order", [("bench.network", "bench.registry"), ("bench.registry", "bench.network"),
