@@ -223,8 +223,8 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
     #    crashes fails the check instead of stopping it)
     out = _in_worker(_tiny_checks, (name, P, cls.__module__, getattr(sys.modules.get(cls.__module__), "__file__", None)),
                      TINY_TIMEOUT_S)
-    if out is None:
-        failures.append(f"the tiny-network checks did not finish within {TINY_TIMEOUT_S:g} s (or the worker died)")
+    if isinstance(out, str):
+        failures.append(f"the tiny-network checks: {out}")
     else:
         ran += out[0]
         failures += out[1]
@@ -265,20 +265,23 @@ def _tiny_checks(name: str, P: dict, module: str, file: str | None) -> tuple[lis
 
 
 def _in_worker(fn, args: tuple, timeout: float):
-    """``fn(*args)`` in a fresh worker process; None if it does not answer in time."""
+    """``fn(*args)`` in a fresh worker process; a string saying what went wrong if it
+    does not answer in time or dies."""
     from ..executors.local import context
     ctx = context()
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child, args=(send, fn, args), daemon=True)
     proc.start()
+    t0 = time.perf_counter()
     send.close()
     try:
         if recv.poll(timeout):
             try:
                 return recv.recv()
             except EOFError:
-                return None
-        return None
+                proc.join(5)
+                return f"the worker died after {time.perf_counter() - t0:.1f} s (exit code {proc.exitcode})"
+        return f"no answer within {timeout:g} s"
     finally:
         if proc.is_alive():
             proc.kill()
