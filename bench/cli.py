@@ -50,6 +50,8 @@ def cmd_run(args) -> int:
 def cmd_list(args) -> int:
     from .registry import ACTIVATIONS, BROKEN, TRAINERS, VERIFIERS, load_plugins
     load_plugins()
+    if args.name:
+        return _describe(args.name)
     rows = [("name", "type", "kind", "norms", "installed", "description")]
     for name, cls in sorted(TRAINERS.items()):
         miss = cls.missing()
@@ -67,6 +69,26 @@ def cmd_list(args) -> int:
     print(f"\nactivations: {', '.join(sorted(ACTIVATIONS))}")
     from .suite import shipped_suites
     print(f"suites: {', '.join(shipped_suites())}")
+    return 0
+
+
+def _describe(name: str) -> int:
+    """One plug-in: what it is and its declared parameters."""
+    from .registry import TRAINERS, VERIFIERS, get_trainer, get_verifier
+    if name not in VERIFIERS and name not in TRAINERS:
+        raise UserError(f"unknown plug-in {name!r}; verifiers: {', '.join(sorted(VERIFIERS))}; "
+                        f"trainers: {', '.join(sorted(TRAINERS))}")
+    cls = get_verifier(name) if name in VERIFIERS else get_trainer(name)
+    what = f"verifier, kind {cls.kind}, p in {{{', '.join(p_name(p) for p in cls.norms)}}}" \
+        if name in VERIFIERS else "trainer"
+    print(f"{cls.name} (version {cls.version}): {what}\n  {cls.description}")
+    if cls.missing():
+        print(f"  not installed: missing {', '.join(cls.missing())}" + (f" ({cls.install_hint})" if cls.install_hint else ""))
+    decl = cls.declared()
+    print("parameters:" if decl else "parameters: none")
+    for k, p in decl.items():
+        allowed = p.describe_range()
+        print(f"  {k:<14} default {p.default!r:<10} {'' if allowed == 'any' else allowed + '. '}{p.doc}".rstrip())
     return 0
 
 
@@ -157,6 +179,7 @@ def parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
 
     l = sub.add_parser("list", help="registered trainers and verifiers, and whether they are installed")
+    l.add_argument("name", nargs="?", help="one plug-in: its declared parameters")
     l.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="write the PDF report from the store")

@@ -299,3 +299,13 @@ def test_duplicate_jobs_and_retry(tmp_path):
     again = rows(out)
     assert len(again) == 4 and len({x["job_key"] for x in again}) == 4
     assert all(x["status"] == "ok" for x in again if x["verifier"] == "trivial")
+
+
+def test_list_one_plugin_shows_its_declared_parameters():
+    r = bench("list", "tb-penalty")
+    assert r.returncode == 0, r.stderr
+    assert "penalty" in r.stdout and "one of log, tb, hinge" in r.stdout and "default 'log'" in r.stdout
+    r = bench("list", "lipsdp")
+    assert "kind upper, p in {2}" in r.stdout and "NATIVE" in r.stdout
+    bad = bench("list", "nope")
+    assert bad.returncode == 2 and "unknown plug-in 'nope'" in bad.stderr and "tb-penalty" in bad.stderr
