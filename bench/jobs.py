@@ -7,14 +7,14 @@ transaction.  A job's *key* is the hash of its identity (:meth:`ident`): the plu
 name, version and resolved parameters, and what it runs on (the data set and seed, or the
 network's content hash and the query).  A key with a row in the store is final.
 
-``spec()`` is the JSON-able form written to the store's ``jobs`` table and sent to a
-worker process; ``job_from_spec`` reads it back.
+Jobs and outcomes travel to and from worker processes as they are (pickled); ``spec()`` is
+the JSON form the store's ``jobs`` table keeps.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Union
 
 from .api import STATUSES, KINDS, Bound, Query
@@ -143,7 +143,6 @@ class CertifyJob:
 
 
 Job = Union[TrainJob, VerifyJob, CertifyJob]
-JOB_TYPES = {c.type: c for c in (TrainJob, VerifyJob, CertifyJob)}
 
 
 def keyed(job: Job) -> Job:
@@ -152,7 +151,7 @@ def keyed(job: Job) -> Job:
 
 
 def spec(job: Job) -> dict:
-    """JSON-able form: what the store keeps and a worker process receives."""
+    """JSON-able form: what the store keeps of a job."""
     d = {f.name: getattr(job, f.name) for f in fields(job)}
     d["type"] = job.type
     d["plugins"] = list(job.plugins)
@@ -162,19 +161,6 @@ def spec(job: Job) -> dict:
         d["row_jobs"] = sorted(r["job_key"] for r in job.rows)
         del d["rows"]
     return d
-
-
-def job_from_spec(d: dict) -> Job:
-    """Read back a job written by :func:`spec` (a certify job comes back without rows)."""
-    cls = JOB_TYPES[d["type"]]
-    names = {f.name for f in fields(cls)}
-    kw = {k: v for k, v in d.items() if k in names}
-    kw["plugins"] = tuple(kw.get("plugins", ()))
-    if cls is VerifyJob:
-        kw["query"] = Query.from_key(d["query"])
-    if cls is CertifyJob:
-        kw["rows"] = tuple({"job_key": k} for k in d.get("row_jobs", ()))
-    return cls(**kw)
 
 
 @dataclass(frozen=True)
@@ -220,6 +206,3 @@ class Outcome:
 
     def with_(self, **kw) -> "Outcome":
         return replace(self, **kw)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
