@@ -38,12 +38,14 @@ def cmd_run(args) -> int:
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     out = _out(args)
-    summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
-                        timeout=args.timeout, threads=args.threads, retry=args.retry)
-    if not args.no_report:
-        from reports import write_report
-        path = write_report(out, title=f"lipbench report: suite {suite.name}")
-        log.info("report: %s", path)
+    from .scheduler import folder_lock
+    with folder_lock(out):   # held through the report too
+        summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
+                            timeout=args.timeout, threads=args.threads, retry=args.retry)
+        if not args.no_report:
+            from reports import write_report
+            path = write_report(out, title=f"lipbench report: suite {suite.name}")
+            log.info("report: %s", path)
     return 1 if summary["unsound"] else 0
 
 

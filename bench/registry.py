@@ -47,8 +47,10 @@ def register(cls):
     else:
         raise TypeError(f"{cls.__qualname__} is neither a Verifier nor a Trainer")
     old = table.get(cls.name)
-    if old is not None and old.__qualname__ != cls.__qualname__:
-        raise TypeError(f"plug-in name {cls.name!r} is taken by {old.__module__}.{old.__qualname__}")
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__, cls.__qualname__):
+        # a plug-in never replaces another, built-in or not (re-importing the same module is fine)
+        raise TypeError(f"plug-in name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
+                        f"{old.__module__}.{old.__qualname__}")
     table[cls.name] = cls
     return cls
 
@@ -98,6 +100,7 @@ def import_plugin(entry: str) -> list[str]:
     import importlib.util
     import os
     import sys
+    load_plugins()  # the installed plug-ins first: a user's plug-in cannot take their names
     if not (entry.endswith(".py") or os.sep in entry or os.path.isdir(entry)):
         try:
             import_module(entry)

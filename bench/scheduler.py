@@ -7,6 +7,7 @@ store is final and is never run again, so rerunning a killed run finishes only t
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -45,6 +46,7 @@ class Progress:
 
 
 RETRYABLE = ("timeout", "error", "oom")
+LOCK_NAME = "lipbench.lock"
 
 
 def _unique(jobs: list) -> list:
@@ -103,6 +105,55 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     from .data import check
     for ds in suite.datasets:
         check(ds, data_dir)  # a missing file is a one-line error before anything runs
+    with folder_lock(out_dir):  # one driver per store
+        return _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor)
+
+
+_HELD: dict = {}  # folder -> [file, depth]: this process's locks (re-entered, not re-taken)
+
+
+@contextlib.contextmanager
+def folder_lock(out_dir: str):
+    """Hold an exclusive lock on ``out_dir`` (re-entrant in this process): a second driver
+    on the same store is a one-line error naming the first (its pid and host).  The lock
+    is the kernel's (flock), so a driver that died, even by SIGKILL, leaves none behind."""
+    key = os.path.realpath(out_dir)
+    if key in _HELD:
+        _HELD[key][1] += 1
+    else:
+        _HELD[key] = [_take(out_dir), 1]
+    try:
+        yield
+    finally:
+        _HELD[key][1] -= 1
+        if not _HELD[key][1]:
+            _HELD.pop(key)[0].close()
+
+
+def _take(out_dir: str):
+    import fcntl
+    import socket
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+        fh = open(os.path.join(out_dir, LOCK_NAME), "a+")
+    except OSError as e:
+        raise UserError(f"cannot open the results folder {out_dir}: {e}") from None
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        holder = fh.read().strip() or "another process"
+        fh.close()
+        raise UserError(f"another lipbench run ({holder}) is writing to {out_dir}; wait for it to finish "
+                        f"or give another --out") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    fh.flush()
+    return fh
+
+
+def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor) -> dict:
     store = Store(out_dir)
     skip = RETRYABLE if retry else ()
     done = store.done_keys(skip)

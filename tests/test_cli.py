@@ -233,10 +233,11 @@ def test_resume_after_sigkill(tmp_path):
     proc.wait()
     first = rows(out)
     assert 4 <= len(first) < 12, len(first)
+    assert f"pid {proc.pid}" in open(os.path.join(out, "lipbench.lock")).read()  # the dead driver's lock ...
     conn = sqlite3.connect(db)
     jobs_before = conn.execute("SELECT key, finished FROM jobs").fetchall()
     conn.close()
-    r = bench("run", "--suite", str(f), "--out", out, "--no-report")
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report")   # ... is no obstacle
     assert r.returncode == 0, r.stderr
     final = rows(out)
     assert len(final) == 12
@@ -309,3 +310,33 @@ def test_list_one_plugin_shows_its_declared_parameters():
     assert "kind upper, p in {2}" in r.stdout and "NATIVE" in r.stdout
     bad = bench("list", "nope")
     assert bad.returncode == 2 and "unknown plug-in 'nope'" in bad.stderr and "tb-penalty" in bad.stderr
+
+
+def test_a_second_driver_on_the_same_store_is_refused(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text(SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 30.0}}]")
+    out = str(tmp_path / "o")
+    first = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report"],
+                             cwd=REPO, env=dict(os.environ, PYTHONPATH=TESTS), stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        lock = os.path.join(out, "lipbench.lock")
+        deadline = time.time() + 120
+        while time.time() < deadline and not (os.path.exists(lock) and open(lock).read()):
+            time.sleep(0.2)
+        r = bench("run", "--suite", str(f), "--out", out, "--no-report")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f"pid {first.pid}" in r.stderr and "another lipbench run" in r.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+
+
+def test_a_plugin_cannot_take_a_builtin_name(tmp_path):
+    (tmp_path / "shadow.py").write_text(
+        "from bench.api import Bound, Verifier\nfrom bench.registry import register\n\n"
+        "@register\nclass Trivial(Verifier):\n    name = 'trivial'\n\n"
+        "    def run(self, net, query, budget):\n        return Bound(0.0, 'upper')\n")
+    r = bench("--plugin", str(tmp_path / "shadow.py"), "list")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "'trivial'" in r.stderr and "methods.trivial.Trivial" in r.stderr and "shadow" in r.stderr
