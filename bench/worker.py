@@ -160,6 +160,9 @@ def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
     if b.value is not None and not np.isfinite(b.value):
         return Outcome("error", cls.kind, versions=vers, stats=b.stats,
                        error=f"verifier returned a non-finite value {b.value}")
+    if b.status == "ok" and (b.value is None or b.value < 0):
+        return Outcome("error", cls.kind, versions=vers, stats=b.stats,
+                       error=f"verifier said ok with value {b.value!r}: a Lipschitz bound is a number >= 0")
     return Outcome(b.status, b.kind, b.value, b.stats, b.error, versions=vers)
 
 

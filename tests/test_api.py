@@ -42,3 +42,14 @@ def test_timeout_kills_a_worker_and_says_timeout():
 def test_not_a_module():
     with pytest.raises(bench.UserError, match="nn.Sequential"):
         bench.verify([[1.0]], "trivial")
+
+
+def test_bad_timeouts_and_negative_bounds_are_refused():
+    import pytest
+    from bench.api import UserError
+    net = mlp([3, 4, 2])
+    for t in (-1, 0, float("inf")):
+        with pytest.raises(UserError, match="timeout"):
+            bench.verify(net, "trivial", timeout=t)
+    b = bench.verify(net, "test-negative", p=2)
+    assert b.status == "error" and b.value is None and ">= 0" in b.error

@@ -100,3 +100,13 @@ from bench.api import Param  # noqa: E402
 class _Lax(Param):
     def check(self, owner, key, value):  # claims choices, checks nothing
         return value
+
+
+@register
+class Negative(Verifier):
+    """Says ok with a negative bound."""
+    name = "test-negative"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        return Bound(-1.0, "upper")
