@@ -115,6 +115,14 @@ class Query:
                 else {"center": list(self.domain[0]), "radius": self.domain[1]}}
 
 
+def check_vocabulary(status: str, kind: str) -> None:
+    """ValueError unless ``status`` and ``kind`` are words of the closed vocabularies."""
+    if status not in STATUSES:
+        raise ValueError(f"status {status!r} not in {STATUSES}")
+    if kind not in KINDS:
+        raise ValueError(f"kind {kind!r} not in {KINDS}")
+
+
 @dataclass
 class Bound:
     """A verifier's answer.  ``value`` is None unless ``status`` is ``ok`` (or ``timeout``
@@ -131,10 +139,7 @@ class Bound:
     error: str | None = None
 
     def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} not in {STATUSES}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} not in {KINDS}")
+        check_vocabulary(self.status, self.kind)
 
     def __repr__(self) -> str:
         v = "None" if self.value is None else f"{self.value:.6g}"

@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, ClassVar, Union
 
-from .api import STATUSES, KINDS, Bound, Query
+from .api import Bound, Query, check_vocabulary
 
 
 def dumps(x: Any) -> str:
@@ -195,10 +195,7 @@ class Outcome:
     traceback: str | None = None
 
     def __post_init__(self):
-        if self.status not in STATUSES:
-            raise ValueError(f"status {self.status!r} not in {STATUSES}")
-        if self.kind not in KINDS:
-            raise ValueError(f"kind {self.kind!r} not in {KINDS}")
+        check_vocabulary(self.status, self.kind)
 
     def bound(self) -> Bound:
         return Bound(self.value, self.kind, self.status, self.wall_s, self.cpu_s, self.peak_mem_mb,

@@ -35,7 +35,7 @@ import time
 import numpy as np
 import torch
 
-from bench.api import Bound, Budget, Param, Query, Unsupported, Verifier
+from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
@@ -59,11 +59,7 @@ class BaB(Verifier):
               "max_nodes": Param(2_000_000, "boxes kept in memory at most", ge=1)}
 
     def supports(self, net: Net, query: Query) -> str | None:
-        try:
-            pwl.pwl(net)
-        except Unsupported as e:
-            return str(e)
-        return super().supports(net, query)
+        return pwl.refusal(net) or super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         pw = pwl.pwl(net)

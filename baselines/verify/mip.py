@@ -62,11 +62,7 @@ class MIP(Verifier):
     install_hint = "pip install 'lipbench[mip]' (gurobipy, highspy)"
 
     def supports(self, net: Net, query: Query) -> str | None:
-        try:
-            pwl.pwl(net)
-        except Unsupported as e:
-            return str(e)
-        return super().supports(net, query)
+        return pwl.refusal(net) or super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         if self.opts["backend"] == "gurobi":

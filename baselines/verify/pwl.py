@@ -83,6 +83,15 @@ class PWLNet:
         return self.W_out.shape[0]
 
 
+def refusal(net: Net) -> str | None:
+    """Why the network has no PWL form (what ``bab`` and ``mip`` say in ``supports``), or None."""
+    try:
+        pwl(net)
+    except Unsupported as e:
+        return str(e)
+    return None
+
+
 def pwl(net: Net) -> PWLNet:
     """The network in PWL form; consecutive affine maps are composed."""
     W = np.eye(net.in_dim)
