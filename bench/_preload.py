@@ -1,6 +1,6 @@
 """Imported once by the fork server, so that every worker process starts with torch,
 numpy and the plug-ins already loaded (a fork costs milliseconds, an import seconds)."""
-import torch  # noqa: F401
+import torch
 import numpy  # noqa: F401
 import scipy.linalg  # noqa: F401
 
@@ -8,3 +8,5 @@ from bench.registry import load_plugins
 from bench import worker  # noqa: F401
 
 load_plugins()
+# torch.func's first vmap(jacrev) call loads its machinery (~2 s here): once, not per job
+torch.func.vmap(torch.func.jacrev(lambda x: x.sin()))(torch.zeros(1, 1))

@@ -1,13 +1,26 @@
-"""Soundness audit: no upper (or exact) bound may lie below the best sound lower bound
-of the same network and query (:func:`bench.results.best_lower`, which also says what an
-``exact`` row proves).  Offending rows get status ``unsound`` and a note naming the lower
-bound that refutes them; the original status is kept in the note."""
+"""Soundness audit, in two steps.
+
+1. Every claimed lower bound (:func:`bench.results.claimed_lower`) is checked against its
+   witness: the pair of inputs stored with it is evaluated again on the stored network,
+   in float64 (:func:`bench.witness.check`).  A claim above what its witness gives (beyond
+   ``witness.CHECK_RTOL``), or without a usable witness, is the row marked ``unsound``;
+   a confirmed one gets the verdict ``{"witness": {"value": v}}`` and from then on proves
+   a lower bound (:func:`bench.results.proven_lower`).  A claim whose network file cannot
+   be read stays unchecked (``{"witness": {"unchecked": why}}``) and proves nothing.
+2. No upper (or exact) bound may lie below the best proven lower bound of the same
+   network and query (:func:`bench.results.best_lower`).  Offending rows get status
+   ``unsound`` and a note naming the lower bound that refutes them; the original status
+   is kept in the note.
+
+So a plug-in that claims a lower bound it cannot show marks only itself, never the upper
+bounds it contradicts."""
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 
-from .results import best_lower, is_upper, query_key
+from . import witness
+from .results import audit_note, best_lower, claimed_lower, is_upper, query_key, query_of, stats
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -15,13 +28,53 @@ RTOL = 1e-6   # relative tolerance: float64 rounding in either computation
 ATOL = 1e-9
 
 
+def check_witnesses(store: Store) -> list[dict]:
+    """Step 1: check every unchecked claim; mark the failed ones; return them."""
+    from . import network as netmod
+    paths = {n["id"]: n["path"] for n in store.networks()}
+    modules: dict = {}
+    verdicts, marks, found = [], [], []
+    for r in store.results():
+        claim = claimed_lower(r)
+        if claim is None or claim <= 0.0 or "value" in audit_note(r).get("witness", {}):
+            continue
+        key = r["network"]
+        if key not in modules:
+            try:
+                module, shape = netmod.load(paths[key])
+                if netmod.net_hash(module) != r["net_hash"]:
+                    raise ValueError(f"{paths[key]} no longer holds network {r['net_hash']}")
+                modules[key] = (module, shape, None)
+            except Exception as e:   # a missing or changed file: nothing to check against
+                modules[key] = (None, None, f"{type(e).__name__}: {e}".splitlines()[0])
+        module, shape, why = modules[key]
+        if module is None:
+            verdicts.append((r["id"], {"witness": {"unchecked": why}}))
+            continue
+        value, why = witness.confirm(module, shape, query_of(r), claim, stats(r).get("witness"))
+        if why is None:
+            verdicts.append((r["id"], {"witness": {"value": value}}))
+            continue
+        note = {"was": r["status"], "claimed_lower": claim, "witness": {"value": value, "failed": why}}
+        marks.append((r["id"], note))
+        found.append({"network": key, "p": r["p"], "target": r["target"], "verifier": r["verifier"],
+                      "value": r["value"], **note})
+        log.warning("UNSOUND: %s claims a lower bound %.6g on %s (p=%s, target=%s): %s",
+                    r["verifier"], claim, key, r["p"], r["target"], why)
+    store.set_audit(verdicts)
+    store.mark_unsound(marks)
+    return found
+
+
 def audit(store: Store) -> list[dict]:
-    """Mark unsound rows; return one dict per newly flagged row."""
+    """Check the witnesses, then mark upper bounds below a proven lower bound; return
+    one dict per newly flagged row."""
+    found = check_witnesses(store)
     groups = defaultdict(list)
     for r in store.results():
         if r["value"] is not None:
             groups[query_key(r)].append(r)
-    marks, found = [], []
+    marks = []
     for key, rows in groups.items():
         best = best_lower(rows).get(key)
         if best is None:
@@ -33,7 +86,7 @@ def audit(store: Store) -> list[dict]:
             if r["value"] < low * (1 - RTOL) - ATOL:
                 note = {"was": r["status"], "value": r["value"], "lower": low,
                         "lower_verifier": by["verifier"], "lower_job": by["job_key"],
-                        "tolerance": {"rtol": RTOL, "atol": ATOL}}
+                        "tolerance": {"rtol": RTOL, "atol": ATOL}, **audit_note(r)}
                 marks.append((r["id"], note))
                 found.append({"network": key[0], "p": key[1], "target": key[2], "verifier": r["verifier"], **note})
                 log.warning("UNSOUND: %s says %.6g < %s's lower bound %.6g on %s (p=%s, target=%s)",

@@ -3,19 +3,22 @@ a sound lower bound and how large, the best lower bound of a query, tightness, a
 upper bounds may certify.  The audit, ``show``, ``export``, the reports and certified
 accuracy all ask here; nothing else interprets a row's kind, status or stats.
 
-The rule, in one place: a row *proves a lower bound* when its kind is ``lower`` or
-``exact`` and its status is ``ok`` or ``timeout`` (an anytime verifier's kept bound).  A
-``lower`` row proves its value.  An ``exact`` row proves its certified lower bound
-``stats["lower"]`` (the Jacobian norm at a point strictly inside a linear region) where
-it has one, else its value; its value is an upper bound that meets that lower bound only
-within the verifier's tolerance.  The *best lower bound* of a (network, p, target,
-domain) is the largest proven one, and *tightness* of an upper bound is its value over
-that best lower bound (>= 1 for a sound bound, 1 = tight).
+The rule, in one place: a row *claims a lower bound* when its kind is ``lower`` or
+``exact`` and its status is ``ok`` or ``timeout`` (an anytime verifier's kept bound): a
+``lower`` row its value, an ``exact`` row its certified lower bound ``stats["lower"]``
+(its value is an upper bound that meets that lower bound within the verifier's
+tolerance).  A claim *proves* a lower bound only once the audit has evaluated its
+witness again (:mod:`bench.witness`; the verdict ``{"witness": {"value": v}}`` in the
+row's ``audit``), and proves the smaller of the claim and that value; a claim of 0 needs
+no witness.  A claim whose witness fails is marked ``unsound`` by the audit and proves
+nothing.  The *best lower bound* of a (network, p, target, domain) is the largest proven
+one, and *tightness* of an upper bound is its value over that best lower bound (>= 1 for
+a sound bound, 1 = tight).
 
 Reserved keys in a row's ``stats`` (the contract between verifiers and readers):
-``lower`` (a certified lower bound, see above), ``certified`` (False: the value is a
-solver's number that was not checked, and never certifies robustness), ``trace``
-(anytime verifiers: [t, lower, upper] rows).
+``lower`` (a certified lower bound, see above), ``witness`` (the pair of inputs behind a
+lower bound), ``certified`` (False: the value is a solver's number that was not checked,
+and never certifies robustness), ``trace`` (anytime verifiers: [t, lower, upper] rows).
 """
 from __future__ import annotations
 
@@ -62,14 +65,41 @@ def stats(r: Mapping) -> dict:
         return {}
 
 
-def proven_lower(r: Mapping) -> float | None:
-    """The lower bound a row proves, or None (see the module doc)."""
+def claimed_lower(r: Mapping) -> float | None:
+    """The lower bound a row claims, or None (see the module doc)."""
     if r["value"] is None or r["kind"] not in ("lower", "exact") or r["status"] not in ("ok", "timeout"):
         return None
     if r["kind"] == "lower":
         return float(r["value"])
     low = stats(r).get("lower")
-    return float(r["value"]) if low is None else float(low)
+    return None if low is None else float(low)
+
+
+def audit_note(r: Mapping) -> dict:
+    try:
+        a = json.loads(r["audit"] or "{}")
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return a if isinstance(a, dict) else {}
+
+
+def proven_lower(r: Mapping) -> float | None:
+    """The lower bound a row proves, or None: its claim, once the audit has checked the
+    witness (the smaller of the two numbers); a claim of 0 needs no witness."""
+    claim = claimed_lower(r)
+    if claim is None:
+        return None
+    if claim <= 0.0:
+        return 0.0
+    checked = audit_note(r).get("witness", {}).get("value")
+    return None if checked is None else min(claim, float(checked))
+
+
+def query_of(r: Mapping) -> Query:
+    """The query a stored row answers."""
+    p, _, q = r["p"].partition("->")
+    target = parse_target(r["target"])
+    return Query(p=p, q=q or None, target=target or "full", domain=json.loads(r["domain"]))
 
 
 def best_lower(rows: Iterable[Mapping]) -> dict:

@@ -212,9 +212,10 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
             tasks.append(Task(j, budget(j.timeout), j.label))
     prog.total += len(tasks)
     ex.run(tasks, prog.start, record)
+    unsound = store.unsound()   # this run's and every earlier run's: the store's state
     summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
-               "unsound": len(flagged), "wall_s": time.perf_counter() - prog.t0}
-    log.info("done: %d networks, %d results, %d unsound, %.1fs", summary["networks"], summary["results"],
-             summary["unsound"], summary["wall_s"])
+               "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
+    log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
+             summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
     store.close()
     return summary

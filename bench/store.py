@@ -153,6 +153,16 @@ class Store:
     def certified(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]
 
+    def set_audit(self, notes: Iterable[tuple[int, dict]]) -> None:
+        """The audit's verdict on rows it lets stand (e.g. a checked witness)."""
+        with self.db:
+            for rid, note in notes:
+                self.db.execute("UPDATE results SET audit=? WHERE id=?", (dumps(note), rid))
+
+    def unsound(self) -> list[sqlite3.Row]:
+        """Every row the audit marked, of this run or an earlier one."""
+        return self.db.execute("SELECT * FROM results WHERE status='unsound' ORDER BY id").fetchall()
+
     def mark_unsound(self, marks: Iterable[tuple[int, dict]]) -> None:
         with self.db:
             for rid, note in marks:

@@ -11,7 +11,8 @@ import testplugins  # noqa: E402,F401  (the misbehaving verifiers below)
 BROKEN = {"test-unsound": "UNSOUND upper bound", "test-undeclared-norm": "does not declare",
           "test-bad-status": "not in the vocabulary", "test-sleep": "had to be killed",
           "test-lying-supports": "where supports() accepted", "test-bad-params": "outside what it declares",
-          "test-negative": "a Lipschitz bound is a number >= 0"}
+          "test-negative": "a Lipschitz bound is a number >= 0",
+          "test-fake-lower": "UNWITNESSED lower bound", "test-fake-witness": "its witness gives"}
 
 
 @pytest.mark.slow

@@ -110,3 +110,27 @@ class Negative(Verifier):
 
     def run(self, net, query, budget):
         return Bound(-1.0, "upper")
+
+
+@register
+class FakeLower(Verifier):
+    """Claims a lower bound 1000 times the trivial bound, without a witness."""
+    name = "test-fake-lower"
+    kind = "lower"
+
+    def run(self, net, query, budget):
+        from bench.registry import get_verifier
+        return Bound(1000.0 * get_verifier("trivial")().run(net, query, budget).value, "lower")
+
+
+@register
+class FakeWitness(Verifier):
+    """Claims 1000 times the trivial bound with a real witness pair, which shows far less."""
+    name = "test-fake-witness"
+    kind = "lower"
+
+    def run(self, net, query, budget):
+        from bench.registry import get_verifier
+        honest = get_verifier("lower")(samples=50, restarts=2, steps=2).run(net, query, budget)
+        tb = get_verifier("trivial")().run(net, query, budget).value
+        return Bound(1000.0 * tb, "lower", stats={"witness": honest.stats["witness"]})

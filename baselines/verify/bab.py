@@ -22,7 +22,11 @@ sub-box of the (homogenised) input domain.
   along the input coordinate that is widest relative to the domain.  Nodes whose upper
   bound is below the lower bound are dropped.
 
-It stops when the gap closes (``upper - lower <= rtol * upper``; kind ``exact``) or at
+The reported lower bound is witnessed: a pair of inputs around the best point, evaluated
+on the network itself (``pwl.witness``; ``stats["witness"]``, which the audit evaluates
+again); the search's own, the region's norm, is ``stats["search_lower"]`` (and the
+trace's lower bounds are the search's).  It stops when the gap closes (``upper - lower <= rtol * upper``;
+kind ``exact``) or at
 the budget (status ``timeout``, kind ``upper``, the lower bound in the stats).  The
 stats hold the trace of both bounds over time.  p in {1, 2, inf}, full output or class
 pair, box or global domain; on ``budget.device`` (CPU or CUDA).
@@ -38,6 +42,7 @@ import torch
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
+from bench.witness import settle
 
 from . import pwl
 
@@ -65,7 +70,7 @@ class BaB(Verifier):
         pw = pwl.pwl(net)
         from bench.registry import get_verifier
         cap = get_verifier("trivial")().run(net, query, budget)
-        return solve(pw, query, budget, cap=cap.value if cap.status == "ok" else math.inf, **self.opts)
+        return solve(pw, query, budget, cap=cap.value if cap.status == "ok" else math.inf, net=net, **self.opts)
 
 
 class _Trace:
@@ -87,7 +92,7 @@ class _Trace:
 
 
 def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, leaf_units=10, leaf_lps=64,
-          margin_s=0.5, max_nodes=2_000_000, cap=math.inf) -> Bound:
+          margin_s=0.5, max_nodes=2_000_000, cap=math.inf, net: Net | None = None) -> Bound:
     """Branch and bound; ``cap`` is a sound global upper bound (the trivial bound) that
     no reported upper bound exceeds."""
     t0 = time.perf_counter()
@@ -183,10 +188,11 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
 
     if not pw.hidden:   # an affine network: one Jacobian everywhere
         v = float(pwl.norms(T.jacobians(C, []), p, pair)[0])
-        return Bound(v * (1 + pwl.REPORT_INFLATE), "exact", "ok",
-                     stats={"lower": v * (1 - DEFLATE), "upper": v * (1 + pwl.REPORT_INFLATE), "gap": 0.0,
-                            "nodes": 0, "trace": [[0.0, v * (1 - DEFLATE), v * (1 + pwl.REPORT_INFLATE)]],
-                            "device": dev, "units": 0})
+        up = v * (1 + pwl.REPORT_INFLATE)
+        low, wit = _witnessed(net, pw, query, torch.as_tensor((lo0[0] + hi0[0]) / 2, device=dev)[None], v * (1 - DEFLATE))
+        stats = {"lower": low, "upper": up, "gap": (up - low) / up if up > 0 else 0.0, "nodes": 0,
+                 "trace": [[0.0, low, up]], "device": dev, "units": 0, "witness": wit}
+        return Bound(up, "exact" if up - low <= rtol * up else "upper", "ok", stats=stats)
     root_lo = torch.as_tensor(lo0, dtype=torch.float64, device=dev)
     root_hi = torch.as_tensor(hi0, dtype=torch.float64, device=dev)
     O_lo, O_hi, O_ub, closed_best = evaluate(root_lo, root_hi)
@@ -230,30 +236,25 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, rtol=1e-9, batch=256, le
         O_ub = torch.cat([O_ub[rest], c_ub])
     trace.add(lb[0], ub, force=True)
     point = st.pop("lower_point")
-    stats = {**st, "lower": lb[0], "upper": ub, "gap": (ub - lb[0]) / ub if ub > 0 else 0.0,
+    low, wit = (0.0, None) if point is None else _witnessed(net, pw, query, point[None], lb[0])
+    stats = {**st, "lower": low, "upper": ub, "gap": (ub - low) / ub if ub > 0 else 0.0,
              "open_nodes": int(O_ub.numel()), "trace": trace.thinned(), "device": dev,
-             "units": pw.n_units}
-    if point is not None:
-        stats["lower_at"] = _as_x(point.cpu().numpy(), query)
-    if status == "ok" and ub - lb[0] <= rtol * ub:
+             "units": pw.n_units, "witness": wit, "search_lower": lb[0]}
+    if status == "ok" and ub - low <= rtol * ub:
         return Bound(ub, "exact", "ok", stats=stats)
     if status == "ok":   # every node closed, yet some leaf value has no certified point
         stats["note"] = "search closed without a certified lower bound at the upper bound: a sound upper bound"
         return Bound(ub, "upper", "ok", stats=stats)
     return Bound(ub, "upper", "timeout", stats=stats,
                  error=stats.get("stopped", f"budget reached with gap {stats['gap']:.3g} "
-                                             f"(lower {lb[0]:.6g}, upper {ub:.6g})"))
+                                             f"(lower {low:.6g}, upper {ub:.6g})"))
 
 
-def _as_x(yt: np.ndarray, query: Query) -> list[float] | None:
-    """The input point x = y / t where a lower bound was attained (short inputs only).  A
-    bias-free network on a box around the origin is solved as global (``pwl.is_global``):
-    its pattern is constant along rays, so the point is brought into the box along its ray."""
-    if yt.size > 65:
-        return None
-    x = yt[:-1] / yt[-1]
-    if query.domain != "global":
-        c, r = np.asarray(query.domain[0], dtype=np.float64), query.domain[1]
-        if np.any(np.abs(x - c) > r):
-            x = x * 0.5 * float(np.min((r - np.abs(c)) / (np.abs(x) + 1e-300)))
-    return [float(v) for v in x]
+def _witnessed(net, pw, query, Y: torch.Tensor, claimed: float) -> tuple[float, dict | None]:
+    """The lower bound to report for the ``claimed`` region norm at the point(s) Y and its
+    witness (:func:`pwl.witness`, :func:`bench.witness.settle`); without the network
+    (``solve`` called on a bare PWL form) nothing is witnessed: 0."""
+    if net is None:
+        return 0.0, None
+    v, wit = pwl.witness(net, pw, query, Y)
+    return settle(claimed, v), wit   # 0 without a witness: a bound that needs none

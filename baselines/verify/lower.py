@@ -20,13 +20,13 @@ certifies what it found (step 3).
 3. Certification.  Autograd's chain rule is not a Jacobian at a kink (relu'(0) = 0
    composed with other kinks can give a matrix of f's no region has), and projection
    puts points on the box's faces, where kinks may lie.  So for the ``certify`` best
-   points the reported value is a difference quotient of real evaluations:
-   ||f(x2) - f(x1)|| / ||x2 - x1|| with x1, x2 = x -+ t v inside the domain, v the
-   direction that attains the Jacobian's norm at x, t = ``dq_step`` * (1 + ||x||_inf),
-   computed in float64 and deflated by a bound on float64 evaluation error
-   (``FLOAT64_EVAL_RTOL`` = 1e-12 of the outputs' size: ~1e4 times the rounding of a
-   float64 forward pass unless the outputs cancel by more than a factor ~1000).  Where f is affine around x this equals the Jacobian's
-   norm at x (to ~1e-9); where it is not, it is smaller, and still a lower bound.
+   points the reported value is a witnessed difference quotient of real evaluations
+   (:mod:`bench.witness`): ||f(x2) - f(x1)|| / ||x2 - x1|| with x1, x2 = x -+ t v inside
+   the domain, v the direction that attains the Jacobian's norm at x, t = ``dq_step`` *
+   (1 + ||x||_inf), in float64, deflated for rounding.  Where f is affine around x this
+   equals the Jacobian's norm at x (to ~1e-9); where it is not, it is smaller, and still
+   a lower bound.  The best pair is stored (``stats["witness"]``) and the audit
+   evaluates it again.
 """
 from __future__ import annotations
 
@@ -42,8 +42,7 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.norms import jacobian_norm, margin_jacobian
 from bench.registry import register
-
-FLOAT64_EVAL_RTOL = 1e-12
+from bench.witness import as_stats, pairs
 
 
 def jacobian_norms(module: nn.Module, X: torch.Tensor, query: Query, create_graph: bool = False) -> torch.Tensor:
@@ -60,58 +59,6 @@ def jacobian_norms(module: nn.Module, X: torch.Tensor, query: Query, create_grap
 def matrix_norms(J: torch.Tensor, query: Query) -> torch.Tensor:
     """The query's norm of each full-output Jacobian in the batch J (B, m, n)."""
     return jacobian_norm(margin_jacobian(J, query), query.p, query.is_pair)
-
-
-def _directions(J: torch.Tensor, query: Query) -> torch.Tensor:
-    """For each Jacobian (B, m, n), an input direction v (B, n) with ||J v|| / ||v|| equal
-    to the operator norm that :func:`matrix_norms` reports."""
-    p = query.p
-    if query.is_pair:
-        g = margin_jacobian(J, query)[:, 0, :]
-        if p == 2:
-            return g
-        if math.isinf(p):  # dual l1: v = sign(g), ||v||_inf = 1
-            return torch.sign(g)
-        v = torch.zeros_like(g)  # p = 1, dual l_inf: the largest coordinate
-        v[torch.arange(len(g)), g.abs().argmax(dim=1)] = 1.0
-        return v
-    if p == 2:
-        return torch.linalg.svd(J, full_matrices=False).Vh[:, 0, :]
-    if math.isinf(p):  # the row with the largest absolute sum, its signs
-        rows = J.abs().sum(dim=2).argmax(dim=1)
-        return torch.sign(J[torch.arange(len(J)), rows, :])
-    v = torch.zeros(J.shape[0], J.shape[2], dtype=J.dtype, device=J.device)  # p = 1: the heaviest column
-    v[torch.arange(len(J)), J.abs().sum(dim=1).argmax(dim=1)] = 1.0
-    return v
-
-
-def difference_quotients(module: nn.Module, X: torch.Tensor, query: Query, lo, hi, step: float) -> torch.Tensor:
-    """Certified lower bounds ||f(x2) - f(x1)|| / ||x2 - x1|| (output norm p, or |.| of
-    the margin), x1, x2 = x -+ t v clamped into [lo, hi], deflated for float64 rounding."""
-    def f(x):
-        return module(x.unsqueeze(0)).reshape(-1)
-
-    with torch.no_grad():
-        J = torch.func.vmap(torch.func.jacrev(f))(X)
-        J = J.reshape(X.shape[0], J.shape[1], -1)
-        v = _directions(J, query).reshape(X.shape)
-        B = len(X)
-        flat = lambda t: t.reshape(B, -1)  # noqa: E731
-        vn = flat(v).abs().amax(dim=1).clamp_min(1e-300).reshape(B, *([1] * (X.dim() - 1)))
-        t = step * (1.0 + flat(X).abs().amax(dim=1)).reshape(vn.shape)
-        x1 = torch.minimum(torch.maximum(X - t * v / vn, lo), hi)
-        x2 = torch.minimum(torch.maximum(X + t * v / vn, lo), hi)
-        f1, f2 = module(x1).reshape(B, -1), module(x2).reshape(B, -1)
-        if query.is_pair:
-            i, j = query.target
-            d = ((f2[:, i] - f2[:, j]) - (f1[:, i] - f1[:, j])).abs()
-            size = (f1[:, i].abs() + f1[:, j].abs() + f2[:, i].abs() + f2[:, j].abs())
-        else:
-            d = torch.linalg.vector_norm(f2 - f1, ord=query.p, dim=1)
-            size = torch.linalg.vector_norm(f1, ord=query.p, dim=1) + torch.linalg.vector_norm(f2, ord=query.p, dim=1)
-        dx = torch.linalg.vector_norm(flat(x2 - x1), ord=query.p, dim=1)
-        q = (d - FLOAT64_EVAL_RTOL * (size + 1e-300)).clamp_min(0.0) / dx
-        return torch.where(dx > 0, q, torch.zeros_like(q))
 
 
 def smoothed(module: nn.Module, beta: float) -> nn.Module:
@@ -235,11 +182,12 @@ class Lower(Verifier):
         # 3. certify the best candidates by difference quotients of real evaluations
         CX, CV = torch.cat(cand_x), torch.cat(cand_v)
         top = torch.topk(CV, min(P["certify"], len(CV))).indices
-        dq = difference_quotients(exact, CX[top], query, box_lo, box_hi, P["dq_step"])
-        value = float(dq.max())
+        dq, X1, X2 = pairs(exact, CX[top], query, box_lo, box_hi, steps=(P["dq_step"],))
+        k = int(dq.argmax())
+        value = float(dq[k])
         stats = {"points": evaluated, "sample_best": sample_best, "ascent_steps": steps_done,
                  "jacobian_best": best, "certified_points": len(top),
-                 "jacobian_at_certified_best": float(CV[top][int(dq.argmax())]),
+                 "jacobian_at_certified_best": float(CV[top][k]), "witness": as_stats(X1[k], X2[k]),
                  "domain": "global box" if query.domain == "global" else "box",
                  "stopped_early": steps_done < P["steps"]}
         return Bound(value, "lower", "ok", stats=stats)

@@ -26,8 +26,11 @@ relative gap ``rtol / 10``.
 
 The reported value is the solver's dual bound (an upper bound).  The incumbent's pattern
 is then checked: an LP finds a point strictly inside its region (``pwl.region_point``),
-where the norm of its Jacobian is a certified lower bound; so is the largest Jacobian
-norm at 256 random points with strict patterns, kept when the solver has no incumbent.  Kind ``exact`` when the two
+where the norm of its Jacobian is a lower bound; so is the largest Jacobian norm at 256
+random points with strict patterns, kept when the solver has no incumbent.  The better
+of the two is reported as a witnessed lower bound (``stats["lower"]`` and
+``stats["witness"]``, a pair of inputs around that point: :func:`pwl.witness`), which the
+audit evaluates again.  Kind ``exact`` when the witnessed lower bound and the upper bound
 meet within ``rtol``; otherwise kind ``upper`` with the lower bound in the stats (at a
 timeout, or when the incumbent's pattern has no interior: a tie the program allowed).
 """
@@ -43,6 +46,7 @@ import torch
 from bench.api import Bound, Budget, Param, Query, Unsupported, Verifier, dual
 from bench.network import Net
 from bench.registry import register
+from bench.witness import settle
 
 from . import pwl
 
@@ -70,7 +74,7 @@ class MIP(Verifier):
             if importlib.util.find_spec("gurobipy") is None:
                 return Bound(None, "upper", "not_installed",
                              error=f"mip backend gurobi needs the Python package gurobipy; {self.install_hint}")
-        return solve(pwl.pwl(net), query, budget, **self.opts)
+        return solve(pwl.pwl(net), query, budget, net=net, **self.opts)
 
 
 class _Model:
@@ -257,7 +261,8 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
     return M, obj, const, layout
 
 
-def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5) -> Bound:
+def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5,
+          net: Net | None = None) -> Bound:
     t0 = time.perf_counter()
     if query.p == 2:
         raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
@@ -302,12 +307,17 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
         status_ = "timeout" if out["timed_out"] else "error"
         return Bound(None, "upper", status_, stats=stats, error=f"{out['backend']}: {out['status_text']}, no bound")
     upper = (out["upper"] + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
-    lower = sampled
+    points = [sampled] if sampled is not None else []
     if out["x"] is not None:
         inc = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
-        if inc is not None and (lower is None or inc > lower):
-            lower = inc
-    stats.update(upper=upper, lower=lower, incumbent=None if out["obj"] is None else out["obj"] + const)
+        if inc is not None:
+            points.append(inc)
+    lower, wit = None, None
+    if points and net is not None:   # the reported lower bound is a witnessed one (bench.witness)
+        claimed = max(v for v, _ in points)
+        lower, wit = pwl.witness(net, pw, query, torch.stack([y for _, y in points]))
+        lower = settle(claimed, lower)   # 0 without a witness: a bound that needs none
+    stats.update(upper=upper, lower=lower, witness=wit, incumbent=None if out["obj"] is None else out["obj"] + const)
     stats["gap"] = None if lower is None else (upper - lower) / upper if upper > 0 else 0.0
     if out["timed_out"]:
         return Bound(upper, "upper", "timeout", stats=stats,
@@ -323,10 +333,10 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     return Bound(upper, "upper", "ok", stats=stats)
 
 
-def _sampled_lower(pw, T, query, n=256, seed=0) -> float | None:
-    """A certified lower bound that does not depend on the solver finding an incumbent:
-    the largest Jacobian norm at ``n`` random points of the domain where the pattern is
-    strict (faces of the homogenised cube for the global domain)."""
+def _sampled_lower(pw, T, query, n=256, seed=0) -> tuple[float, torch.Tensor] | None:
+    """A lower bound that does not depend on the solver finding an incumbent: the
+    largest Jacobian norm at ``n`` random points of the domain where the pattern is
+    strict (faces of the homogenised cube for the global domain), and that point."""
     lo, hi = pwl.domain_boxes(pw, query)
     g = torch.Generator().manual_seed(seed)
     k = torch.randint(0, lo.shape[0], (n,), generator=g)
@@ -337,10 +347,12 @@ def _sampled_lower(pw, T, query, n=256, seed=0) -> float | None:
         return None
     C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
     v = pwl.norms(T.jacobians(C, [a[ok] for a in pats]), query.p, query.is_pair)
-    return float(v.max()) * (1 - DEFLATE)
+    k = int(v.argmax())
+    return float(v[k]) * (1 - DEFLATE), X[ok][k]
 
 
-def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> float | None:
+def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> tuple[float, torch.Tensor] | None:
+    """The incumbent's region: its norm and a point strictly inside it, or None."""
     # the program's pattern: stable units as the forward pass at x has them (their bounds
     # fix them on the whole domain), unstable ones from the binaries
     yt = np.asarray(x)[layout["x"]]
@@ -353,12 +365,12 @@ def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> float | None:
         f = np.zeros(a.size, bool)
         f[u] = True
         free.append(f)
-    state, _ = pwl.region_point(pw, pattern, lo, hi, free)
+    state, point = pwl.region_point(pw, pattern, lo, hi, free)
     if state != "in":
         return None
     C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
     J = T.jacobians(C, [torch.as_tensor(a)[None] for a in pattern])
-    return float(pwl.norms(J, query.p, query.is_pair)[0]) * (1 - DEFLATE)
+    return float(pwl.norms(J, query.p, query.is_pair)[0]) * (1 - DEFLATE), torch.as_tensor(point, dtype=torch.float64)
 
 
 def _highs(model, A, rlo, rhi, obj, time_limit, gap, threads):

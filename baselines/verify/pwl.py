@@ -165,6 +165,44 @@ def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     return np.array(lo), np.array(hi)
 
 
+def inputs(pw: PWLNet, query: Query, Y: torch.Tensor) -> torch.Tensor:
+    """The inputs x (B, n) that homogenised points (y, t) (B, n + 1), t > 0, stand for:
+    x = y / t.  For a box solved as global (:func:`is_global`) x is moved along its ray
+    into the box, which keeps its activation pattern (no biases: patterns are cones)."""
+    X = Y[:, :-1] / Y[:, -1:]
+    if query.domain != "global" and is_global(pw, query):
+        c = torch.as_tensor(np.asarray(query.domain[0], dtype=np.float64), device=Y.device)
+        r = float(query.domain[1])
+        s = 0.5 * ((r - c.abs()) / (X.abs() + 1e-300)).amin(dim=1, keepdim=True)
+        X = X * s
+    return X
+
+
+def witness(net: Net, pw: PWLNet, query: Query, Y: torch.Tensor) -> tuple[float, dict | None]:
+    """A witnessed lower bound (:mod:`bench.witness`) from homogenised points Y (B, n + 1)
+    with t > 0 (each strictly inside a linear region, so that the Jacobian there is the
+    network's): the best quotient of pairs around them on the network itself, in
+    float64, and the pair as stored (None when no point gives a positive quotient)."""
+    import copy
+
+    from bench import witness as wit
+    Y = Y[Y[:, -1] > 0]
+    if Y.shape[0] == 0:
+        return 0.0, None
+    module = copy.deepcopy(net.module).double().cpu().eval()
+    X = inputs(pw, query, Y.detach().cpu().to(torch.float64)).reshape(-1, *net.input_shape)
+    lo = hi = None
+    if query.domain != "global":
+        c = torch.as_tensor(np.asarray(query.domain[0], dtype=np.float64)).reshape(net.input_shape)
+        lo, hi = c - query.domain[1], c + query.domain[1]
+    q, X1, X2 = wit.pairs(module, X, query, lo, hi, steps=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
+                          nudges=(0.0, 1e-2, 1e-4, 1e-6))
+    k = int(torch.argmax(q))
+    if not q[k] > 0:
+        return 0.0, None
+    return float(q[k]), wit.as_stats(X1[k], X2[k])
+
+
 def domain_box(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     """One box (lo, hi) of (y, t) holding the query's domain: the solid cube
     [-1, 1]^n x [0, 1] for the global domain (a MIP needs no faces)."""

@@ -25,6 +25,9 @@ What a verifier must do:
   side of the exact constant found by enumerating the linear regions
   (:mod:`bench.testing.exact`), within rtol 1e-6; on a tanh network, on the right
   side of a sampled Jacobian norm (upper) or of the trivial bound (lower);
+- show its lower bounds: a ``lower`` value or an ``exact`` row's ``stats["lower"]`` comes
+  with ``stats["witness"]``, a pair of inputs whose quotient gives it again
+  (:mod:`bench.witness`), as the audit demands;
 - honour a budget: run in a worker process with a timeout of a few seconds on a wider
   network, it returns by itself, never killed by the executor.
 
@@ -319,6 +322,13 @@ def _check_bound(cls, b, module, q: Query, where: str) -> list[str]:
         top = ref if how == "exact" else _trivial_product(module, q)
         if v > top * (1 + RTOL) + ATOL:
             out.append(f"{where}: UNSOUND lower bound {v:.9g} above the {'exact constant' if how == 'exact' else 'trivial bound'} {top:.9g}")
+        claim = v if b.kind == "lower" else (b.stats or {}).get("lower")
+        if claim is not None:
+            from ..network import walk
+            from ..witness import confirm
+            _, why = confirm(module, walk(module).input_shape, q, float(claim), (b.stats or {}).get("witness"))
+            if why:
+                out.append(f"{where}: UNWITNESSED lower bound {claim:.9g}: {why} (see bench.witness)")
     return out
 
 
