@@ -137,6 +137,8 @@ class Bound:
     device: str = "cpu"
     stats: dict = field(default_factory=dict)
     error: str | None = None
+    #: seconds inside the verifier's run (wall_s: the whole job, worker start included)
+    solve_s: float | None = None
 
     def __post_init__(self):
         check_vocabulary(self.status, self.kind)
@@ -150,11 +152,13 @@ class Bound:
 
 @dataclass(frozen=True)
 class Budget:
-    """Resources granted to one job.  ``timeout_s`` None means no limit."""
+    """Resources granted to one job.  ``timeout_s`` None means no limit; ``mem_mb`` caps
+    the memory the job may allocate (enforced in its worker; None: no cap)."""
 
     timeout_s: float | None = None
     device: str = "cpu"
     threads: int = 1
+    mem_mb: float | None = None
 
 
 @dataclass(frozen=True)

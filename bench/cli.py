@@ -37,11 +37,14 @@ def cmd_run(args) -> int:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.mem_limit is not None and not 0 < args.mem_limit < float("inf"):
+        raise UserError(f"--mem-limit must be a positive number of megabytes, got {args.mem_limit}")
     out = _out(args)
     from .scheduler import folder_lock
     with folder_lock(out):   # held through the report too
         summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
-                            timeout=args.timeout, threads=args.threads, retry=args.retry)
+                            timeout=args.timeout, threads=args.threads, retry=args.retry,
+                            mem_limit=args.mem_limit, mix_suites=args.mix_suites)
         if not args.no_report:
             from reports import write_report
             path = write_report(out, title=f"lipbench report: suite {suite.name}")
@@ -141,16 +144,16 @@ def cmd_export(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .results import best_lower_values, tightness
+    from .results import best_lower_values, cost_s, tightness
     rows = _rows(args)
     best = best_lower_values(rows)
-    print(f"{'network':<46} {'p':<3} {'target':<6} {'verifier':<9} {'status':<11} {'value':>12} {'tight':>7} {'wall_s':>8}")
+    print(f"{'network':<46} {'p':<3} {'target':<6} {'verifier':<9} {'status':<11} {'value':>12} {'tight':>7} {'solve_s':>8}")
     for r in rows:
         t = tightness(r, best)
         ratio = "-" if t is None else f"{t:.3f}"
         val = f"{r['value']:.6g}" if r["value"] is not None else "-"
         print(f"{r['network'][:46]:<46} {r['p']:<3} {r['target']:<6} {r['verifier']:<9} {r['status']:<11} "
-              f"{val:>12} {ratio:>7} {r['wall_s'] or 0:>8.3f}")
+              f"{val:>12} {ratio:>7} {cost_s(r) or 0:>8.3f}")
     return 0
 
 
@@ -173,7 +176,12 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("-j", "--jobs", type=int, default=1, help="parallel worker processes (default 1)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     r.add_argument("--timeout", type=float, help="per-job timeout in seconds, overriding the suite's")
-    r.add_argument("--threads", type=int, help="torch/BLAS threads per job (default: cores / workers)")
+    r.add_argument("--threads", type=int, help="torch threads per job (default: the suite's threads, else 1)")
+    r.add_argument("--mem-limit", type=float, metavar="MB",
+                   help="memory a job may allocate, in MB; above it the job is recorded as oom (default: the "
+                        "suite's mem_limit, else no cap)")
+    r.add_argument("--mix-suites", action="store_true",
+                   help="allow a suite into an --out folder that holds another suite's results")
     r.add_argument("--data-dir", help="folder with mnist / cifar files (default $LIPBENCH_DATA or ./data)")
     r.add_argument("--no-report", action="store_true", help="do not write the PDF at the end")
     r.add_argument("--retry", action="store_true",

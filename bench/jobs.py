@@ -190,6 +190,8 @@ class Outcome:
     peak_mem_mb: float | None = None
     device: str | None = None
     versions: dict = field(default_factory=dict)
+    solve_s: float | None = None
+    threads: int | None = None
     network: TrainedNetwork | None = None
     certified: tuple = ()
     traceback: str | None = None
@@ -199,7 +201,7 @@ class Outcome:
 
     def bound(self) -> Bound:
         return Bound(self.value, self.kind, self.status, self.wall_s, self.cpu_s, self.peak_mem_mb,
-                     self.device or "cpu", dict(self.stats), self.error)
+                     self.device or "cpu", dict(self.stats), self.error, self.solve_s)
 
     def with_(self, **kw) -> "Outcome":
         return replace(self, **kw)

@@ -133,6 +133,14 @@ def tightness(r: Mapping, best: Mapping) -> float | None:
     return r["value"] / lb if lb else None
 
 
+def cost_s(r: Mapping) -> float | None:
+    """What a result cost, in seconds, for comparing verifiers: the verifier's own time
+    (``solve_s``), else, for a job without one (killed at its timeout, or stored by an
+    older lipbench), the job's ``wall_s``."""
+    s = r["solve_s"] if "solve_s" in r.keys() else None
+    return s if s is not None else r["wall_s"]
+
+
 def certifies(r: Mapping) -> bool:
     """May this row's value certify robustness?  An ``ok`` upper (or exact) bound on the
     global domain that was checked (``stats["certified"]`` is not False)."""

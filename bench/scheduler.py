@@ -87,13 +87,18 @@ def _walked(path: str):
 
 def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu", data_dir: str | None = None,
               timeout: float | None = None, threads: int | None = None, retry: bool = False,
-              executor: Executor | None = None) -> dict:
+              executor: Executor | None = None, mem_limit: float | None = None, mix_suites: bool = False) -> dict:
     """Run (or resume) a suite into ``out_dir``; returns a summary.  Finished jobs are
     never redone, except, with ``retry``, those that ended in timeout, error or oom.
     ``executor`` runs the jobs (default: a :class:`LocalExecutor` with ``workers``
-    processes and the machine's GPUs when ``device`` is cuda)."""
+    processes and the machine's GPUs when ``device`` is cuda).  Each job gets ``threads``
+    torch threads (default: the suite's ``threads``, else 1: on a loaded machine more
+    threads per small job cost more than they give) and at most ``mem_limit`` MB (the
+    suite's ``mem_limit``; None: no cap).  A store holds one suite unless ``mix_suites``."""
     if timeout is not None and not (0 < timeout < float("inf")):
         raise UserError(f"--timeout must be a positive number of seconds, got {timeout}")
+    if mem_limit is not None and not (0 < mem_limit < float("inf")):
+        raise UserError(f"--mem-limit must be a positive number of megabytes, got {mem_limit}")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device must be cpu, cuda or auto, not {device!r}")
     device = resolve_device(device)
@@ -101,12 +106,18 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     if device == "cuda":
         import torch
         n_gpu = torch.cuda.device_count()
-    threads = threads or max(1, (os.cpu_count() or 1) // max(1, workers))
+    threads = threads or suite.threads or 1
+    mem_limit = mem_limit or suite.mem_limit
     from .data import check
     for ds in suite.datasets:
         check(ds, data_dir)  # a missing file is a one-line error before anything runs
     with folder_lock(out_dir):  # one driver per store
-        return _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor)
+        s = Store(out_dir)
+        try:
+            s.claim_suite(suite.name, mix_suites)
+        finally:
+            s.close()
+        return _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor, mem_limit)
 
 
 _HELD: dict = {}  # folder -> [file, depth]: this process's locks (re-entered, not re-taken)
@@ -153,7 +164,7 @@ def _take(out_dir: str):
     return fh
 
 
-def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor) -> dict:
+def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor, mem_limit) -> dict:
     store = Store(out_dir)
     skip = RETRYABLE if retry else ()
     done = store.done_keys(skip)
@@ -162,12 +173,13 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
     total = len(train_jobs) * (1 + n_verify_each)  # refined once the networks are known
     skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(total, skipped_train)
-    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s), device %s, out %s",
-             suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each, workers, device, out_dir)
+    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s) of %d thread(s)%s, "
+             "device %s, out %s", suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each,
+             workers, threads, "" if mem_limit is None else f" and {mem_limit:g} MB", device, out_dir)
     ex = executor or LocalExecutor(workers, gpus=n_gpu)
 
     def budget(t: float) -> Budget:
-        return Budget(timeout or t, device, threads)  # "cuda" becomes a free "cuda:k" at dispatch
+        return Budget(timeout or t, device, threads, mem_limit)  # "cuda" becomes a free "cuda:k" at dispatch
 
     def record(t: Task, out: Outcome):
         store.record(t.job, out)

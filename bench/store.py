@@ -4,7 +4,12 @@ Tables: ``jobs`` (every finished job, train or verify, with its spec, status, co
 versions), ``networks`` (trained networks: readable id, content hash, trainer, params,
 data set, seed, accuracy, file), ``results`` (one row per verification).  Each job is
 written in one transaction, so the store never holds half a job; only the scheduler's
-process writes.
+process writes.  ``meta`` remembers the schema and the suite(s) the store holds.
+
+Timing columns, one meaning each: ``solve_s`` is the plug-in's own call (a verifier's
+``run``, a trainer's ``train``), measured in the worker; ``wall_s`` the whole job, from
+its worker's start to its outcome (imports, loading the network, the walk included);
+``cpu_s`` the worker's CPU seconds.  ``threads`` is what the job was given.
 """
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 CREATE TABLE IF NOT EXISTS jobs (
     key TEXT PRIMARY KEY, type TEXT NOT NULL, spec TEXT NOT NULL, status TEXT NOT NULL,
     error TEXT, wall_s REAL, cpu_s REAL, peak_mem_mb REAL, device TEXT, versions TEXT,
-    finished REAL);
+    finished REAL, solve_s REAL, threads INTEGER);
 CREATE TABLE IF NOT EXISTS networks (
     id TEXT PRIMARY KEY, job_key TEXT UNIQUE NOT NULL, net_hash TEXT NOT NULL,
     trainer TEXT NOT NULL, trainer_params TEXT NOT NULL, dataset TEXT NOT NULL,
@@ -37,7 +42,7 @@ CREATE TABLE IF NOT EXISTS results (
     verifier_params TEXT NOT NULL, p TEXT NOT NULL, target TEXT NOT NULL, domain TEXT NOT NULL,
     status TEXT NOT NULL, kind TEXT NOT NULL, value REAL, wall_s REAL, cpu_s REAL,
     peak_mem_mb REAL, device TEXT, versions TEXT, stats TEXT, error TEXT, audit TEXT,
-    created REAL);
+    created REAL, solve_s REAL, threads INTEGER);
 CREATE INDEX IF NOT EXISTS results_query ON results (network, p, target, domain);
 CREATE TABLE IF NOT EXISTS certified (
     network TEXT NOT NULL, verifier TEXT NOT NULL, verifier_params TEXT NOT NULL, p TEXT NOT NULL,
@@ -45,9 +50,13 @@ CREATE TABLE IF NOT EXISTS certified (
     PRIMARY KEY (network, verifier, verifier_params, p, eps));
 """
 
+#: columns added after schema 1 (``Store`` adds them to an older store when it opens it)
+_ADDED = {"jobs": [("solve_s", "REAL"), ("threads", "INTEGER")],
+          "results": [("solve_s", "REAL"), ("threads", "INTEGER")]}
+
 EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "clean_acc",
                   "verifier", "verifier_params", "p", "target", "status", "kind", "value",
-                  "wall_s", "cpu_s", "peak_mem_mb", "device",
+                  "solve_s", "wall_s", "cpu_s", "peak_mem_mb", "device", "threads",
                   # beyond the stable core
                   "domain", "net_hash", "error", "audit", "stats"]
 
@@ -74,6 +83,30 @@ class Store:
         v = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
         if int(v) != SCHEMA_VERSION:
             raise UserError(f"{self.path} has store schema {v}, this lipbench reads {SCHEMA_VERSION}")
+        with self.db:   # columns added since schema 1 was written: a store of an older lipbench gains them
+            for table, cols in _ADDED.items():
+                have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+                for col, typ in cols:
+                    if col not in have:
+                        self.db.execute(f"ALTER TABLE {table} ADD COLUMN {col} {typ}")
+
+    # ---- what the store is of
+    def meta(self, key: str) -> str | None:
+        r = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
+        return None if r is None else r[0]
+
+    def claim_suite(self, name: str, mix: bool = False) -> None:
+        """Remember that this store holds suite ``name``; another suite's run into it is
+        refused (one line) unless ``mix``, which records both."""
+        have = self.meta("suite")
+        names = [] if have is None else have.split(",")
+        if name in names:
+            return
+        if names and not mix:
+            raise UserError(f"{self.folder} holds the results of suite {have}, not {name}; give another --out, "
+                            f"or --mix-suites to add {name}'s results to the same store")
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO meta VALUES ('suite', ?)", (",".join(names + [name]),))
 
     def close(self):
         self.db.close()
@@ -121,12 +154,12 @@ class Store:
                 q = job.query
                 self.db.execute(
                     "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
-                    " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created,"
+                    " solve_s, threads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (job.key, job.network, job.net_hash, job.verifier, dumps(job.params), p_label(q),
                      target_label(q), dumps(q.key()["domain"]), out.status, out.kind, out.value, out.wall_s,
                      out.cpu_s, out.peak_mem_mb, out.device, dumps(out.versions), dumps(out.stats), out.error,
-                     time.time()))
+                     time.time(), out.solve_s, out.threads))
             elif isinstance(job, CertifyJob):
                 # certified accuracy is derived data: a newer computation for the same network,
                 # verifier and p replaces the older one (its job row stays as history)
@@ -145,10 +178,10 @@ class Store:
         self.db.execute("DELETE FROM networks WHERE job_key=?", (key,))
         self.db.execute("DELETE FROM jobs WHERE key=?", (key,))
         self.db.execute(
-            "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished,"
+            " solve_s, threads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, job.type, dumps(spec(job)), out.status, out.error, out.wall_s, out.cpu_s, out.peak_mem_mb,
-             out.device, dumps(out.versions), time.time()))
+             out.device, dumps(out.versions), time.time(), out.solve_s, out.threads))
 
     def certified(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]

@@ -22,7 +22,7 @@ from .jobs import CertifyJob, TrainJob, VerifyJob, job_key, keyed
 from .results import certifies
 
 TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins",
-            "certify"}
+            "certify", "threads", "mem_limit"}
 TRAIN_KEYS = {"trainer", "archs", "params", "grid", "timeout"}
 VERIFY_KEYS = {"verifier", "params", "grid", "queries", "timeout"}
 QUERY_KEYS = {"p", "target", "domain", "q"}
@@ -120,6 +120,8 @@ class Suite:
     plugins: tuple = ()
     path: str = ""
     certify_eps: dict | None = None  # {p name: [eps, ...]}: certified accuracy after verification
+    threads: int | None = None       # torch threads per job (None: 1; --threads overrides)
+    mem_limit: float | None = None   # MB a job may allocate (None: no cap; --mem-limit overrides)
 
     # -- jobs
     def train_jobs(self, out_dir: str, data_dir: str | None = None) -> list[TrainJob]:
@@ -244,6 +246,10 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
         raise UserError(f"line {_line(doc, 'seeds')}: seeds must be integers in [0, 2^32), got {list(seeds)!r}")
     timeout = _num(doc, "timeout", DEFAULT_TIMEOUT)
+    threads = doc.get("threads")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UserError(f"line {_line(doc, 'threads')}: threads must be a whole number >= 1, got {threads!r}")
+    mem_limit = _num(doc, "mem_limit", None, "megabytes")
 
     train = []
     for i, e in enumerate(_list(doc, "train", None)):
@@ -292,7 +298,7 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
             raise UserError(f"line {_line(c, 'eps')}: bad eps grid ({err})") from None
     name = doc.get("name") or os.path.splitext(os.path.basename(path))[0]
     return Suite(str(name), str(doc.get("description", "")), tuple(datasets), tuple(seeds), timeout,
-                 tuple(train), tuple(verify), queries, plugins, path, certify_eps)
+                 tuple(train), tuple(verify), queries, plugins, path, certify_eps, threads, mem_limit)
 
 
 def _keys(d: dict, valid: set, what: str):
@@ -314,12 +320,12 @@ def _list(d: dict, key: str, default):
     return v
 
 
-def _num(d: dict, key: str, default):
+def _num(d: dict, key: str, default, unit: str = "seconds"):
     if key not in d:
         return default
     v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-        raise UserError(f"line {_line(d, key)}: {key} must be a positive, finite number of seconds, got {v!r}")
+        raise UserError(f"line {_line(d, key)}: {key} must be a positive, finite number of {unit}, got {v!r}")
     return float(v)
 
 

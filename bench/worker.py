@@ -1,5 +1,7 @@
-"""Runs one job (train, verify or certify) and measures it: wall and CPU seconds, peak
-memory, device.  An executor calls :func:`execute` in a worker process (the local one: a
+"""Runs one job (train, verify or certify) and measures it: wall and CPU seconds, the
+plug-in's own seconds (``solve_s``: around its ``run`` or ``train`` call, CUDA
+synchronised), peak memory, device, threads; a memory cap (``Budget.mem_mb``) is enforced
+here, in the worker, as an address-space limit above what the worker already holds.  An executor calls :func:`execute` in a worker process (the local one: a
 fresh process per job) or in-process (the API without a timeout).  Every outcome is an
 :class:`bench.jobs.Outcome` with a status from the closed vocabulary."""
 from __future__ import annotations
@@ -73,7 +75,7 @@ def execute(job: Job, budget: Budget, net_module=None) -> Outcome:
         dev = resolve_device(budget.device)
         if dev == "cuda":   # the API has no scheduler handing out GPUs: the current one
             dev = f"cuda:{torch.cuda.current_device()}"
-        budget = Budget(budget.timeout_s, dev, budget.threads)
+        budget = Budget(budget.timeout_s, dev, budget.threads, budget.mem_mb)
         if dev.startswith("cuda"):
             torch.cuda.set_device(torch.device(dev))
             torch.cuda.reset_peak_memory_stats(dev)
@@ -86,20 +88,48 @@ def execute(job: Job, budget: Budget, net_module=None) -> Outcome:
             else:
                 out = _verify(job, budget, net_module)
     except MemoryError:
-        out = Outcome("oom", job.kind, error="MemoryError: out of host memory")
+        out = Outcome("oom", job.kind, error=_oom_message("MemoryError", budget))
     except torch.cuda.OutOfMemoryError as e:
         out = Outcome("oom", job.kind, error=f"CUDA out of memory: {str(e).splitlines()[0]}")
     except (UserError, Unsupported) as e:
         out = Outcome("unsupported" if isinstance(e, Unsupported) else "error", job.kind, error=str(e))
     except Exception as e:  # the job failed; record why and go on
-        log.debug("job failed:\n%s", traceback.format_exc())
-        out = Outcome("error", job.kind, error=f"{type(e).__name__}: {e}".splitlines()[0][:2000],
-                      traceback=traceback.format_exc()[-4000:])
+        if isinstance(e, RuntimeError) and "can't allocate memory" in str(e):   # torch's CPU allocator
+            out = Outcome("oom", job.kind, error=_oom_message(str(e).splitlines()[0][-200:], budget))
+        else:
+            log.debug("job failed:\n%s", traceback.format_exc())
+            out = Outcome("error", job.kind, error=f"{type(e).__name__}: {e}".splitlines()[0][:2000],
+                          traceback=traceback.format_exc()[-4000:])
     stats = {**out.stats, "base_mem_mb": base_mem}
     if dev.startswith("cuda"):
         stats["gpu_peak_mem_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return out.with_(wall_s=time.perf_counter() - t0, cpu_s=_cpu_s() - c0,
-                     peak_mem_mb=max(_maxrss_mb(), _rss_mb()), stats=stats, device=dev)
+                     peak_mem_mb=max(_maxrss_mb(), _rss_mb()), stats=stats, device=dev, threads=budget.threads)
+
+
+def _oom_message(what: str, budget: Budget) -> str:
+    if budget.mem_mb is not None:
+        return f"{what}: the job went over its memory cap of {budget.mem_mb:g} MB (--mem-limit)"
+    return f"{what}: out of host memory"
+
+
+def _clock(dev: str) -> float:
+    """perf_counter after the device's queued work is done (the plug-in's time, honestly)."""
+    if dev.startswith("cuda"):
+        torch.cuda.synchronize(dev)
+    return time.perf_counter()
+
+
+def cap_memory(mem_mb: float | None) -> None:
+    """Limit this process's address space to what it holds now plus ``mem_mb``: an
+    allocation beyond it fails (MemoryError, or torch's "can't allocate memory"), which
+    the worker records as ``oom``."""
+    if mem_mb is None:
+        return
+    with open("/proc/self/statm") as f:
+        vm = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = vm + int(mem_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
 def _train(job: TrainJob, budget: Budget) -> Outcome:
@@ -112,14 +142,16 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     np.random.seed(job.seed)
     ds = load_data(job.dataset, job.data_dir)
     trainer = cls(**job.params)
+    t = _clock(budget.device)
     module, metrics = trainer.train(ds, job.arch, job.seed, budget)
+    solve_s = _clock(budget.device) - t
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
     netmod.save(module, ds.input_shape, job.out_path)
     trained = TrainedNetwork(net.hash(), job.out_path, tuple(ds.input_shape), net.describe(), metrics)
-    return Outcome("ok", network=trained, versions=versions(cls))
+    return Outcome("ok", network=trained, versions=versions(cls), solve_s=solve_s)
 
 
 def _certify(job: CertifyJob) -> Outcome:
@@ -128,8 +160,9 @@ def _certify(job: CertifyJob) -> Outcome:
     from .registry import VERIFIERS
     module, _shape = netmod.load(job.net_path)
     ds = load_data(job.dataset, job.data_dir)
+    t = time.perf_counter()
     rows = certify_network(module, ds, list(job.rows), job.eps, VERIFIERS)
-    return Outcome("ok", "lower", certified=tuple(rows), versions=versions())
+    return Outcome("ok", "lower", certified=tuple(rows), versions=versions(), solve_s=time.perf_counter() - t)
 
 
 def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
@@ -150,7 +183,9 @@ def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
     reason = verifier.refusal(net, job.query)
     if reason:
         return Outcome("unsupported", cls.kind, versions=vers, error=reason)
+    t = _clock(budget.device)
     b: Bound = verifier.run(net, job.query, budget)
+    solve_s = _clock(budget.device) - t
     if not isinstance(b, Bound):
         raise TypeError(f"verifier {cls.name} returned {type(b).__name__}, not a Bound")
     if b.status not in STATUSES or b.kind not in KINDS or b.status == "unsound":
@@ -163,7 +198,7 @@ def _verify(job: VerifyJob, budget: Budget, net_module=None) -> Outcome:
     if b.status == "ok" and (b.value is None or b.value < 0):
         return Outcome("error", cls.kind, versions=vers, stats=b.stats,
                        error=f"verifier said ok with value {b.value!r}: a Lipschitz bound is a number >= 0")
-    return Outcome(b.status, b.kind, b.value, b.stats, b.error, versions=vers)
+    return Outcome(b.status, b.kind, b.value, b.stats, b.error, versions=vers, solve_s=solve_s)
 
 
 def not_installed_reason(cls) -> str:
@@ -192,6 +227,7 @@ def child_main(conn, job: Job, budget: Budget, grace: float = 2.0) -> None:
     """Entry point of a worker process: run the job, send the outcome, exit."""
     _watchdog(budget, grace)
     try:
+        cap_memory(budget.mem_mb)
         out = execute(job, budget)
     except BaseException as e:  # pragma: no cover - last resort, keep the pipe protocol
         out = Outcome("error", job.kind, error=f"{type(e).__name__}: {e}")

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from bench.results import best_lower_values, query_key, tightness  # noqa: E402
+from bench.results import best_lower_values, cost_s, query_key, tightness  # noqa: E402
 from bench.store import Store  # noqa: E402
 
 from . import evidence  # noqa: E402
@@ -46,18 +46,18 @@ def _log_axes(ax, title: str):
     ax.yaxis.set_minor_formatter(_PLAIN)
     ax.set_title(title, fontsize=7)
     ax.tick_params(labelsize=6, which="both")
-    ax.set_xlabel("wall time (s)", fontsize=7)
+    ax.set_xlabel("verifier time, solve_s (s)", fontsize=7)
     ax.set_ylabel("upper / best lower", fontsize=7)
 
 
 def _points(rows, best, key):
-    """(wall_s, tightness, verifier, unsound) for the upper/exact rows of one query."""
+    """(row, seconds (results.cost_s), tightness, unsound) for the upper/exact rows of one query."""
     for r in rows:
         if (r["p"], r["target"], r["domain"]) != key:
             continue
         t = tightness(r, best)
-        if t is not None and r["wall_s"]:
-            yield r, max(r["wall_s"], 1e-4), t, r["status"] == "unsound"
+        if t is not None and cost_s(r):
+            yield r, max(cost_s(r), 1e-4), t, r["status"] == "unsound"
 
 
 def _table_pages(pdf, title: str, header: list[str], body: list[list[str]], colors=None, widths=None):
@@ -182,13 +182,13 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 pdf.savefig(fig)
                 plt.close(fig)
         # --- appendix: every result
-        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "wall s",
+        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "solve s",
                   "peak MB"]
         body, colors = [], []
         for r in rows:
             ratio = tightness(r, best)
             body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
-                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(r["wall_s"], 3),
+                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(cost_s(r), 3),
                          _fmt(r["peak_mem_mb"], 4)])
             c = "#ffb3b3" if r["status"] == "unsound" else ("#fff2b3" if r["status"] != "ok" else None)
             colors.append([c] * len(header))

@@ -134,3 +134,40 @@ class FakeWitness(Verifier):
         honest = get_verifier("lower")(samples=50, restarts=2, steps=2).run(net, query, budget)
         tb = get_verifier("trivial")().run(net, query, budget).value
         return Bound(1000.0 * tb, "lower", stats={"witness": honest.stats["witness"]})
+
+
+@register
+class Exits(Verifier):
+    """Leaves without a word: os._exit(3)."""
+    name = "test-exit"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        import os
+        os._exit(3)
+
+
+@register
+class KillsItself(Verifier):
+    """SIGKILLs itself: a kill that is not the kernel's OOM killer."""
+    name = "test-kill"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        import os
+        import signal
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+@register
+class Hog(Verifier):
+    """Allocates 100 MB at a time (touching it), up to 4 GB, then gives up honestly."""
+    name = "test-hog"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        import numpy as np
+        held = []
+        for _ in range(40):
+            held.append(np.ones(100 * 2**20 // 8))
+        return Bound(None, "upper", "unsupported", error="test verifier: it only allocates")

@@ -2,9 +2,11 @@
 torch and the plug-ins preloaded; at most ``workers`` at once.
 
 A fresh process per job gives a hard timeout (the process is killed, the job recorded as
-``timeout``, the run goes on), honest peak-memory numbers (nothing left over from an
-earlier job) and isolation from crashes (a dead worker is recorded as ``oom`` when the
-kernel's OOM killer took it, else ``error``).
+``timeout`` with the peak memory it had reached, the run goes on), honest peak-memory
+numbers (nothing left over from an earlier job) and isolation from crashes.  A worker
+killed by SIGKILL is recorded as ``oom`` only with evidence that the kernel's OOM killer
+took it (its ``oom_kill`` counter, :func:`oom_kills`, went up meanwhile), else as
+``error`` naming the signal.
 """
 from __future__ import annotations
 
@@ -36,9 +38,38 @@ def context():
     return _ctx
 
 
+def oom_kills() -> int | None:
+    """The kernel's count of OOM kills: this cgroup's (v2 ``memory.events``, v1
+    ``memory.oom_control``), else the machine's (``/proc/vmstat``); None where none is
+    readable."""
+    for path in ("/sys/fs/cgroup/memory.events", "/sys/fs/cgroup/memory/memory.oom_control", "/proc/vmstat"):
+        try:
+            with open(path) as f:
+                for line in f:
+                    k, _, v = line.partition(" ")
+                    if k == "oom_kill":
+                        return int(v)
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def _peak_rss_mb(pid: int) -> float | None:
+    """A live process's peak resident memory (VmHWM), read before it is killed."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 class _Running:
     def __init__(self, task: Task, proc, conn):
         self.task, self.proc, self.conn, self.started = task, proc, conn, time.perf_counter()
+        self.oom_kills = oom_kills()
 
 
 class LocalExecutor:
@@ -113,15 +144,21 @@ class LocalExecutor:
         if not r.proc.is_alive():
             r.proc.join()
             code = r.proc.exitcode
-            if code == -signal.SIGKILL:
-                return Outcome("oom", kind, wall_s=elapsed,
-                               error="worker killed by SIGKILL (most likely the kernel's out-of-memory killer)")
+            if code is not None and code < 0:
+                sig = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+                now = oom_kills()
+                if code == -signal.SIGKILL and now is not None and r.oom_kills is not None and now > r.oom_kills:
+                    return Outcome("oom", kind, wall_s=elapsed, error=f"worker killed by the kernel's out-of-memory "
+                                   f"killer (oom_kill count {r.oom_kills} -> {now})")
+                return Outcome("error", kind, wall_s=elapsed, error=f"worker killed by signal {sig} without a result")
             return Outcome("error", kind, wall_s=elapsed, error=f"worker exited with code {code} without a result")
         timeout = r.task.budget.timeout_s
         if timeout is not None and elapsed > timeout + GRACE_S:
+            peak = _peak_rss_mb(r.proc.pid)
             r.proc.kill()
             r.proc.join()
-            return Outcome("timeout", kind, wall_s=elapsed, error=f"killed after {elapsed:.1f} s (timeout {timeout:g} s)")
+            return Outcome("timeout", kind, wall_s=elapsed, peak_mem_mb=peak, threads=r.task.budget.threads,
+                           error=f"killed after {elapsed:.1f} s (timeout {timeout:g} s)")
         return None
 
 

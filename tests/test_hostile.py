@@ -1,0 +1,89 @@
+"""Plug-ins that lie, crash and hog, run through the CLI as a user would: each ends with
+its own status and message, the run completes, and no correct row is marked unsound."""
+import json
+import os
+import time
+
+import pytest
+
+from test_cli import SMOKE_FAST, bench, rows
+
+HOSTILE = SMOKE_FAST % """
+  - trivial
+  - lower
+  - test-fake-lower
+  - test-fake-witness
+  - test-unsound
+  - test-exit
+  - test-kill
+  - {verifier: test-hog, timeout: 60}
+  - {verifier: test-sleep, timeout: 1}
+""" + "mem_limit: 400\n"
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    (d / "s.yaml").write_text(HOSTILE)
+    out = str(d / "o")
+    r = bench("run", "--suite", str(d / "s.yaml"), "--out", out, "--no-report")
+    return d, out, r
+
+
+@pytest.mark.slow
+def test_each_hostile_plugin_gets_its_own_status(hostile):
+    _, out, r = hostile
+    assert r.returncode == 1, r.stderr   # unsound rows: the run fails loudly
+    res = {(x["verifier"], x["p"]): x for x in rows(out)}
+    for p in ("2", "inf"):
+        for honest in ("trivial", "lower"):
+            assert res[(honest, p)]["status"] == "ok", res[(honest, p)]   # never marked by a liar
+        assert "no witness pair" in json.loads(res[("test-fake-lower", p)]["audit"])["witness"]["failed"]
+        assert "below the claimed" in json.loads(res[("test-fake-witness", p)]["audit"])["witness"]["failed"]
+        assert res[("test-fake-lower", p)]["status"] == res[("test-fake-witness", p)]["status"] == "unsound"
+        bad = res[("test-unsound", p)]
+        assert bad["status"] == "unsound" and json.loads(bad["audit"])["lower_verifier"] == "lower"
+        ex, kill, hog, sleep = (res[(v, p)] for v in ("test-exit", "test-kill", "test-hog", "test-sleep"))
+        assert ex["status"] == "error" and "exited with code 3" in ex["error"], ex
+        assert kill["status"] == "error" and "signal SIGKILL" in kill["error"], kill   # no OOM record: not oom
+        assert hog["status"] == "oom" and "memory cap of 400 MB" in hog["error"], hog
+        assert hog["peak_mem_mb"] < 2000, hog   # capped well below the 4 GB it asked for
+        assert sleep["status"] == "timeout" and sleep["peak_mem_mb"] > 10, sleep   # peak memory kept
+    # timing and threads are recorded; the plug-in's own time is inside the job's
+    for x in rows(out):
+        if x["status"] == "ok":
+            assert 0 <= x["solve_s"] <= x["wall_s"] and x["threads"] == 1, x
+    assert "6 unsound (6 new in this run)" in r.stderr
+
+
+@pytest.mark.slow
+def test_rerun_counts_the_stores_unsound_rows_and_one_store_holds_one_suite(hostile):
+    d, out, _ = hostile
+    before = rows(out)
+    again = bench("run", "--suite", str(d / "s.yaml"), "--out", out, "--no-report")
+    assert again.returncode == 1 and "6 unsound (0 new in this run)" in again.stderr
+    other = d / "other.yaml"
+    other.write_text(SMOKE_FAST.replace("name: fast", "name: other") % "[trivial]")
+    r = bench("run", "--suite", str(other), "--out", out, "--no-report")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "holds the results of suite fast, not other" in r.stderr and "--mix-suites" in r.stderr
+    assert rows(out) == before   # nothing lost, nothing added
+    r = bench("run", "--suite", str(other), "--out", out, "--no-report", "--mix-suites")
+    assert r.returncode == 1, r.stderr   # the store still holds fast's unsound rows
+
+
+def test_solve_s_of_a_trivial_job_is_the_in_process_call(tmp_path):
+    """The stored solve_s of a trivial-bound job is within milliseconds of the same call
+    made in this process (wall_s adds the worker: loading the network, the walk)."""
+    import bench as api
+    from conftest import mlp
+    net = mlp([16, 64, 64, 10], seed=0)
+    api.verify(net, "trivial", timeout=30)   # the fork server's start is not the job's
+    inproc = []
+    for _ in range(5):
+        t = time.perf_counter()
+        api.verify(net, "trivial")
+        inproc.append(time.perf_counter() - t)
+    b = min((api.verify(net, "trivial", timeout=30) for _ in range(3)), key=lambda b: b.solve_s)
+    assert b.solve_s is not None and b.solve_s <= b.wall_s
+    assert abs(b.solve_s - min(inproc)) < 0.005, (b.solve_s, min(inproc))
