@@ -92,6 +92,19 @@ def get_activation(name: str) -> Callable:
     return activations.get(name).build
 
 
+def _where(e: BaseException) -> str:
+    """One line: the exception and the file and line it came from (the innermost frame
+    outside Python's import machinery; a SyntaxError's own position)."""
+    import traceback
+    msg = " ".join(str(e).split()) or "(no message)"
+    if isinstance(e, SyntaxError) and e.filename:
+        return f"{type(e).__name__}: {e.msg} at {e.filename}:{e.lineno}"
+    frames = [f for f in traceback.extract_tb(e.__traceback__) if "importlib" not in f.filename
+              and not f.filename.startswith("<frozen")]
+    at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__}: {msg}{at}"
+
+
 def import_plugin(entry: str) -> list[str]:
     """Import a plug-in: a module name (``mypkg.myverifier``), a ``.py`` file, or a folder
     whose every ``*.py`` file is a plug-in (a file dropped there works without installing
@@ -105,7 +118,7 @@ def import_plugin(entry: str) -> list[str]:
         try:
             import_module(entry)
         except Exception as e:
-            raise UserError(f"plug-in module {entry!r} cannot be imported ({type(e).__name__}: {e})") from None
+            raise UserError(f"plug-in module {entry!r} cannot be imported: {_where(e)}") from None
         return [entry]
     if os.path.isdir(entry):
         files = sorted(os.path.join(entry, f) for f in os.listdir(entry) if f.endswith(".py") and not f.startswith("_"))
@@ -124,6 +137,6 @@ def import_plugin(entry: str) -> list[str]:
                 spec.loader.exec_module(module)
             except Exception as e:
                 del sys.modules[name]
-                raise UserError(f"plug-in file {path} cannot be imported ({type(e).__name__}: {e})") from None
+                raise UserError(f"plug-in file {path} cannot be imported: {_where(e)}") from None
         names.append(name)
     return names

@@ -87,3 +87,19 @@ def test_solve_s_of_a_trivial_job_is_the_in_process_call(tmp_path):
     b = min((api.verify(net, "trivial", timeout=30) for _ in range(3)), key=lambda b: b.solve_s)
     assert b.solve_s is not None and b.solve_s <= b.wall_s
     assert abs(b.solve_s - min(inproc)) < 0.005, (b.solve_s, min(inproc))
+
+
+@pytest.mark.parametrize("source,words", [
+    ('import os\n\nraise ValueError("boom\\non two lines")\n', "ValueError: boom on two lines at {f}:3"),
+    ("def f(:\n    pass\n", "SyntaxError: invalid syntax at {f}:1"),
+    ("import no_such_module_lipbench_xyz\n", "ModuleNotFoundError: No module named 'no_such_module_lipbench_xyz' at {f}:1"),
+])
+def test_a_plugin_that_fails_at_import_is_one_line_with_its_line(tmp_path, source, words):
+    f = tmp_path / "broken_plugin.py"
+    f.write_text(source)
+    for args in (["--plugin", str(f), "list"],
+                 ["--plugin", str(f), "run", "--suite", "smoke", "--out", str(tmp_path / "o")]):
+        r = bench(*args)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert words.format(f=f) in r.stderr and "cannot be imported" in r.stderr, r.stderr
+    assert not (tmp_path / "o" / "lipbench.sqlite").exists()
