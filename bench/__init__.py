@@ -31,6 +31,7 @@ def _verify(net, verifier: str, query: Query, input_shape, timeout, device, thre
     (:class:`~bench.executors.base.InlineExecutor`), else in a worker process killed at
     the timeout (:class:`~bench.executors.local.LocalExecutor`)."""
     import os
+    import re
     import tempfile
 
     from . import network as netmod
@@ -40,6 +41,10 @@ def _verify(net, verifier: str, query: Query, input_shape, timeout, device, thre
     from .registry import get_verifier
     if timeout is not None and not (isinstance(timeout, (int, float)) and 0 < timeout < float("inf")):
         raise UserError(f"timeout must be a positive number of seconds or None, got {timeout!r}")
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|auto|cuda(:\d+)?", device):
+        raise UserError(f"device must be cpu, cuda, cuda:K or auto, got {device!r}")
     cls = get_verifier(verifier)
     params = cls.resolve_params(params)  # a bad parameter is the caller's error: raise it here
     try:

@@ -51,5 +51,11 @@ def test_bad_timeouts_and_negative_bounds_are_refused():
     for t in (-1, 0, float("inf")):
         with pytest.raises(UserError, match="timeout"):
             bench.verify(net, "trivial", timeout=t)
+    for kw, word in [({"threads": 0}, "threads"), ({"threads": 1.5}, "threads"), ({"device": "tpu"}, "device"),
+                     ({"target": (1, 1)}, "two different classes"), ({"p": 3}, "1, 2, inf")]:
+        with pytest.raises(UserError, match=word):   # what the CLI and a suite refuse, the API refuses
+            bench.verify(net, "trivial", **kw)
+    b = bench.verify(net, "trivial", target=(0, 5))   # depends on the network: as in a suite, unsupported
+    assert b.status == "unsupported" and "out of range" in b.error
     b = bench.verify(net, "test-negative", p=2)
     assert b.status == "error" and b.value is None and ">= 0" in b.error
