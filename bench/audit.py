@@ -6,7 +6,8 @@
    ``witness.CHECK_RTOL``), or without a usable witness, is the row marked ``unsound``;
    a confirmed one gets the verdict ``{"witness": {"value": v}}`` and from then on proves
    a lower bound (:func:`bench.results.proven_lower`).  A claim whose network file cannot
-   be read stays unchecked (``{"witness": {"unchecked": why}}``) and proves nothing.
+   be read, or that an older lipbench (< 0.2) stored without a witness, stays unchecked
+   (``{"witness": {"unchecked": why}}``) and proves nothing.
 2. No upper (or exact) bound may lie below the best proven lower bound of the same
    network and query (:func:`bench.results.best_lower`).  Offending rows get status
    ``unsound`` and a note naming the lower bound that refutes them; the original status
@@ -48,6 +49,11 @@ def check_witnesses(store: Store) -> list[dict]:
             except Exception as e:   # a missing or changed file: nothing to check against
                 modules[key] = (None, None, f"{type(e).__name__}: {e}".splitlines()[0])
         module, shape, why = modules[key]
+        old = _before_witnesses(r)
+        if old and not isinstance(stats(r).get("witness"), dict):
+            verdicts.append((r["id"], {"witness": {"unchecked": f"stored by lipbench {old}, before lower bounds "
+                                                                 f"carried witnesses; the suite's rerun replaces it"}}))
+            continue
         if module is None:
             verdicts.append((r["id"], {"witness": {"unchecked": why}}))
             continue
@@ -64,6 +70,16 @@ def check_witnesses(store: Store) -> list[dict]:
     store.set_audit(verdicts)
     store.mark_unsound(marks)
     return found
+
+
+def _before_witnesses(r) -> str | None:
+    """The lipbench version of a row stored before lower bounds carried witnesses (0.2)."""
+    import json
+    try:
+        v = json.loads(r["versions"] or "{}").get("lipbench")
+        return v if v and tuple(int(x) for x in v.split(".")[:2]) < (0, 2) else None
+    except (ValueError, AttributeError):
+        return None
 
 
 def audit(store: Store) -> list[dict]:

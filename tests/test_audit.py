@@ -95,3 +95,13 @@ def test_lower_bound_of_zero_needs_no_witness_and_a_moved_network_is_unchecked(t
     assert proven_lower(rows["zero"]) == 0.0
     assert proven_lower(rows["lower"]) is None   # unchecked: proves nothing, and is not unsound
     assert "unchecked" in json.loads(rows["lower"]["audit"])["witness"] and rows["lower"]["status"] == "ok"
+
+
+def test_a_lower_bound_stored_before_witnesses_is_unchecked_not_unsound(tmp_path):
+    store, net, path = _store_with_net(tmp_path)
+    job = VerifyJob("lower", "1", {}, Q, "net", netmod.net_hash(net), path, "lower", key="old")
+    store.record(job, Outcome("ok", "lower", 0.5, {}, versions={"lipbench": "0.1.0"}))
+    assert audit(store) == []
+    r = store.results()[0]
+    assert r["status"] == "ok" and proven_lower(r) is None
+    assert "before lower bounds carried witnesses" in json.loads(r["audit"])["witness"]["unchecked"]

@@ -82,6 +82,7 @@ def smoothed(module: nn.Module, beta: float) -> nn.Module:
 class Lower(Verifier):
     name = "lower"
     kind = "lower"
+    version = "2"   # 2: stores its witness pair (bench.witness)
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": Param(2000, "uniform samples scored on the exact network", ge=1),
               "restarts": Param(16, "best samples the gradient ascent starts from", ge=1),
