@@ -14,6 +14,7 @@ HOSTILE = SMOKE_FAST % """
   - test-fake-lower
   - test-fake-witness
   - test-unsound
+  - test-zero
   - test-exit
   - test-kill
   - {verifier: test-hog, timeout: 60}
@@ -41,8 +42,9 @@ def test_each_hostile_plugin_gets_its_own_status(hostile):
         assert "no witness pair" in json.loads(res[("test-fake-lower", p)]["audit"])["witness"]["failed"]
         assert "below the claimed" in json.loads(res[("test-fake-witness", p)]["audit"])["witness"]["failed"]
         assert res[("test-fake-lower", p)]["status"] == res[("test-fake-witness", p)]["status"] == "unsound"
-        bad = res[("test-unsound", p)]
-        assert bad["status"] == "unsound" and json.loads(bad["audit"])["lower_verifier"] == "lower"
+        for liar in ("test-unsound", "test-zero"):   # a tiny and a zero upper bound, refuted by a lower bound
+            bad = res[(liar, p)]
+            assert bad["status"] == "unsound" and json.loads(bad["audit"])["lower_verifier"] == "lower", bad
         ex, kill, hog, sleep = (res[(v, p)] for v in ("test-exit", "test-kill", "test-hog", "test-sleep"))
         assert ex["status"] == "error" and "exited with code 3" in ex["error"], ex
         assert kill["status"] == "error" and "signal SIGKILL" in kill["error"], kill   # no OOM record: not oom
@@ -53,7 +55,7 @@ def test_each_hostile_plugin_gets_its_own_status(hostile):
     for x in rows(out):
         if x["status"] == "ok":
             assert 0 <= x["solve_s"] <= x["wall_s"] and x["threads"] == 1, x
-    assert "6 unsound (6 new in this run)" in r.stderr
+    assert "8 unsound (8 new in this run)" in r.stderr
 
 
 @pytest.mark.slow
@@ -61,7 +63,7 @@ def test_rerun_counts_the_stores_unsound_rows_and_one_store_holds_one_suite(host
     d, out, _ = hostile
     before = rows(out)
     again = bench("run", "--suite", str(d / "s.yaml"), "--out", out, "--no-report")
-    assert again.returncode == 1 and "6 unsound (0 new in this run)" in again.stderr
+    assert again.returncode == 1 and "8 unsound (0 new in this run)" in again.stderr
     other = d / "other.yaml"
     other.write_text(SMOKE_FAST.replace("name: fast", "name: other") % "[trivial]")
     r = bench("run", "--suite", str(other), "--out", out, "--no-report")

@@ -171,3 +171,14 @@ class Hog(Verifier):
         for _ in range(40):
             held.append(np.ones(100 * 2**20 // 8))
         return Bound(None, "upper", "unsupported", error="test verifier: it only allocates")
+
+
+@register
+class Zero(Verifier):
+    """Says the Lipschitz constant is 0 (status ok): a number >= 0, so no error, but the
+    audit must refute it with a lower bound."""
+    name = "test-zero"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        return Bound(0.0, "upper")
