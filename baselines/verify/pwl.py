@@ -93,7 +93,8 @@ def refusal(net: Net) -> str | None:
 
 
 def pwl(net: Net) -> PWLNet:
-    """The network in PWL form; consecutive affine maps are composed."""
+    """The network in PWL form; consecutive affine maps (Linear, Conv2d, BatchNorm,
+    average pooling) are composed."""
     W = np.eye(net.in_dim)
     b = np.zeros(net.in_dim)
     hidden = []

@@ -1,0 +1,223 @@
+"""The layers networks users bring: BatchNorm, average and max pooling, GELU, ELU, SiLU,
+Softplus and modules the walk does not know.  The walk's maps against the modules' own
+outputs, the activations' slopes on dense grids, and every verifier against exact
+constants of tiny networks (found by region enumeration of an equivalent Linear / ReLU /
+MaxMin network built here by probing the torch modules, independent of the walk)."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import bench
+from bench import network
+from bench.api import Unsupported
+from bench.testing.exact import norm, regions
+from methods.layers import MaxMin
+from methods.trivial import TorchTrivialBound, operator_norm
+
+INF = math.inf
+NORMS = (1.0, 2.0, INF)
+
+
+def rand_bn(bn, seed):
+    """A BatchNorm in eval mode with non-trivial running statistics and affine parameters."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        n = bn.num_features
+        bn.running_mean.copy_(torch.randn(n, generator=g))
+        bn.running_var.copy_(0.2 + 2.5 * torch.rand(n, generator=g))
+        if bn.affine:
+            bn.weight.copy_(torch.randn(n, generator=g))
+            bn.bias.copy_(torch.randn(n, generator=g))
+    return bn.eval()
+
+
+# --- the walk's affine maps are the modules' maps --------------------------------------
+
+AFFINE_CASES = [
+    ("bn1d", lambda: rand_bn(nn.BatchNorm1d(5), 0), (5,)),
+    ("bn1d-seq", lambda: rand_bn(nn.BatchNorm1d(3), 1), (3, 4)),
+    ("bn1d-noaffine", lambda: rand_bn(nn.BatchNorm1d(4, affine=False), 2), (4,)),
+    ("bn2d", lambda: rand_bn(nn.BatchNorm2d(3, eps=1e-3), 3), (3, 4, 5)),
+    ("avg2", lambda: nn.AvgPool2d(2), (2, 6, 6)),
+    ("avg3-s1-p1", lambda: nn.AvgPool2d(3, stride=1, padding=1), (2, 5, 5)),
+    ("avg3-s2-p1-nopad", lambda: nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False), (1, 7, 6)),
+    ("avg2-ceil", lambda: nn.AvgPool2d(2, stride=2, ceil_mode=True), (2, 5, 5)),
+    ("avg-divisor", lambda: nn.AvgPool2d((2, 3), stride=(1, 2), divisor_override=4), (1, 5, 7)),
+    ("adaptive2d", lambda: nn.AdaptiveAvgPool2d((2, 3)), (2, 5, 7)),
+    ("avg1d", lambda: nn.AvgPool1d(3, stride=2, padding=1), (2, 9)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", AFFINE_CASES, ids=[c[0] for c in AFFINE_CASES])
+def test_affine_maps_equal_the_modules(name, make, shape):
+    m = make().double()
+    layer = network.walk(nn.Sequential(m), shape).layers[0]
+    assert isinstance(layer, network.Diagonal if name.startswith("bn") else network.Pool)
+    g = torch.Generator().manual_seed(7)
+    x = 3 * torch.randn(20, *shape, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        y = m(x).reshape(20, -1).numpy()
+    W, b = layer.matrix(), layer.bias()
+    assert W.shape == (layer.out_dim, layer.in_dim) and W.dtype == np.float64
+    y2 = x.reshape(20, -1).numpy() @ W.T + (0.0 if b is None else b)
+    np.testing.assert_allclose(y2, y, rtol=1e-12, atol=1e-12)
+    # row and column sums of |W|, exactly, without the dense matrix
+    np.testing.assert_allclose(layer.abs_row_sums(), np.abs(W).sum(1), rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(layer.abs_col_sums(), np.abs(W).sum(0), rtol=1e-12, atol=1e-15)
+    assert layer.has_bias == (b is not None and bool(np.any(b != 0)))
+    # the trivial bound's norms: exact for p = 1, inf; sound for p = 2 (exact for a diagonal)
+    sv = float(np.linalg.norm(W, 2))
+    for p, true in ((1.0, np.abs(W).sum(0).max()), (INF, np.abs(W).sum(1).max()), (2.0, sv)):
+        v = operator_norm(layer, p)
+        assert true * (1 - 1e-12) <= v <= true * (1 + 1e-9) or (p == 2 and isinstance(layer, network.Pool)
+                                                                 and v >= true * (1 - 1e-12)), (p, v, true)
+
+
+def test_non_overlapping_average_pooling_has_an_exact_l2_norm():
+    layer = network.walk(nn.Sequential(nn.AvgPool2d(2)), (2, 4, 6)).layers[0]
+    assert operator_norm(layer, 2.0) == pytest.approx(float(np.linalg.norm(layer.matrix(), 2)), rel=1e-12)
+
+
+def test_batchnorm_norm_is_max_abs_scale_and_the_bound_is_differentiable():
+    bn = rand_bn(nn.BatchNorm1d(6), 4)
+    net = nn.Sequential(nn.Linear(3, 6), bn, nn.ReLU(), nn.Linear(6, 2))
+    layer = network.walk(net).layers[1]
+    s = (bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)).detach().numpy()
+    assert isinstance(layer, network.Diagonal)
+    for p in NORMS:
+        assert operator_norm(layer, p) == pytest.approx(np.abs(s).max(), rel=1e-12)
+        tb = TorchTrivialBound(net, (3,), p).full()
+        assert float(tb) == pytest.approx(bench.verify(net, "trivial", p=p).value, rel=1e-9)
+    TorchTrivialBound(net, (3,), 2.0).full().backward()
+    assert bn.weight.grad is not None and float(bn.weight.grad.abs().sum()) > 0
+
+
+def test_trivial_bound_of_pooling_networks_matches_the_differentiable_one():
+    net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(8, 3))
+    for p in (1.0, INF):
+        tb = float(TorchTrivialBound(net, (1, 4, 4), p).full())
+        assert tb == pytest.approx(bench.verify(net, "trivial", p=p, input_shape=(1, 4, 4)).value, rel=1e-9)
+
+
+def test_batchnorm_without_fixed_statistics_is_unsupported_with_the_reason():
+    bn = rand_bn(nn.BatchNorm1d(3), 5).train()
+    b = bench.verify(nn.Sequential(nn.Linear(2, 3), bn, nn.Linear(3, 1)), "lower", p=2)
+    assert b.status == "unsupported" and "layer 1 (BatchNorm1d) is in training mode" in b.error and "eval()" in b.error
+    free = nn.BatchNorm1d(3, track_running_stats=False).eval()
+    with pytest.raises(Unsupported, match="no running statistics"):
+        network.walk(nn.Sequential(nn.Linear(2, 3), free, nn.Linear(3, 1)))
+
+
+# --- every verifier on tiny networks with these layers --------------------------------
+
+def probe_affine(mods, shape):
+    """The affine map x -> W x + b that the modules compute in sequence (torch's own
+    forward on unit vectors and on 0), and the output shape."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        def run(x):
+            for m in mods:
+                x = m(x)
+            return x
+        zero = run(torch.zeros(1, *shape, dtype=torch.float64))
+        cols = run(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, -1) - zero.reshape(1, -1)
+    return cols.T.numpy(), zero.reshape(-1).numpy(), tuple(zero.shape[1:])
+
+
+def as_linear(net, shape):
+    """An equivalent Linear / ReLU / MaxMin network for region enumeration: the affine
+    runs between activations composed by probing, a MaxPool of (1, 2) windows written as
+    MaxMin followed by selecting the maxima."""
+    out, run, cur = [], [], tuple(shape)
+    pending = None   # a selection to apply before the next affine run (after MaxMin)
+
+    def flush():
+        nonlocal run, cur, pending
+        W, b, cur = probe_affine(run, cur)
+        if pending is not None:
+            W = W @ pending
+        lin = nn.Linear(W.shape[1], W.shape[0]).double()
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(W))
+            lin.bias.copy_(torch.as_tensor(b))
+        out.append(lin)
+        run, pending = [], None
+    for m in net:
+        if isinstance(m, nn.ReLU):
+            flush()
+            out.append(nn.ReLU())
+        elif isinstance(m, nn.MaxPool2d):
+            assert m.kernel_size == (1, 2) and m.stride == (1, 2) and cur[-1] % 2 == 0
+            flush()
+            out.append(MaxMin())
+            n = int(np.prod(cur))
+            pending = np.eye(n)[0::2]            # the maxima: MaxMin gives (max, min) per pair
+            cur = (cur[0], cur[1], cur[2] // 2)
+        else:
+            run.append(m)
+    flush()
+    return nn.Sequential(*out)
+
+
+def tiny_nets():
+    torch.manual_seed(0)
+    bn_mlp = nn.Sequential(nn.Linear(2, 5), rand_bn(nn.BatchNorm1d(5), 10), nn.ReLU(), nn.Linear(5, 4), nn.ReLU(),
+                           rand_bn(nn.BatchNorm1d(4), 11), nn.Linear(4, 3))
+    torch.manual_seed(1)
+    conv = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (2, 2, 2)), rand_bn(nn.BatchNorm2d(2), 12), nn.ReLU(),
+                         nn.Conv2d(2, 2, 2, padding=1), nn.AvgPool2d(2, stride=1), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8, 3))
+    return {"bn-mlp": bn_mlp.double().eval(), "conv-bn-avgpool": conv.double().eval()}
+
+
+NETS = tiny_nets()
+BOX = {"center": [0.1, -0.2], "radius": 0.4}
+_EXACT: dict = {}
+
+
+def exact(name, p, dom):
+    key = (name, dom)
+    if key not in _EXACT:
+        lin = as_linear(NETS[name], (2,))
+        x = torch.randn(50, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+        torch.testing.assert_close(lin(x), NETS[name](x), rtol=1e-12, atol=1e-12)
+        lo, hi = (-100.0, 100.0) if dom == "global" else (np.array(BOX["center"]) - BOX["radius"],
+                                                          np.array(BOX["center"]) + BOX["radius"])
+        _EXACT[key] = list(regions(lin, lo, hi))
+    return max(norm(J, p) for J in _EXACT[key])
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_every_verifier_is_sound_on_tiny_networks(name):
+    net = NETS[name]
+    for p in NORMS:
+        ex = exact(name, p, "global")
+        low = bench.lower_bound(net, p=p, samples=300, restarts=4, steps=10)
+        assert low.status == "ok" and 0 < low.value <= ex * (1 + 1e-9), (p, low, ex)
+        tb = bench.verify(net, "trivial", p=p)
+        assert tb.status == "ok" and tb.value >= ex * (1 - 1e-12), (p, tb, ex)
+        b = bench.verify(net, "bab", p=p)
+        assert b.status == "ok" and b.kind == "exact" and b.value == pytest.approx(ex, rel=1e-6), (p, b, ex)
+        if p != 2:
+            b = bench.verify(net, "mip", p=p)
+            assert b.status == "ok" and b.kind == "exact" and b.value == pytest.approx(ex, rel=1e-6), (p, b, ex)
+        for v in ("lipsdp", "eclipse-fast", "eclipse"):
+            b = bench.verify(net, v, p=p)
+            if p != 2:
+                assert b.status == "unsupported"
+            elif name == "maxpool":   # not elementwise
+                assert b.status == "unsupported" and "maxpool2d is not" in b.error, b
+            else:
+                assert b.status == "ok" and b.value >= ex * (1 - 1e-9), (v, b, ex)
+        # a box: lirpa too
+        ex_box = exact(name, p, "box")
+        b = bench.verify(net, "lirpa", p=p, domain=BOX)
+        if name == "maxpool":
+            assert b.status == "unsupported" and "maxpool2d" in b.error
+        else:
+            assert b.status == "ok" and b.value >= ex_box * (1 - 1e-9), (p, b, ex_box)
+        b = bench.verify(net, "bab", p=p, domain=BOX)
+        assert b.kind == "exact" and b.value == pytest.approx(ex_box, rel=1e-6)
