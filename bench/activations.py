@@ -52,6 +52,10 @@ and the optional methods (the base class's say "not available"):
     A smooth surrogate (close to the activation for large ``beta``) along which the
     lower bound's gradient search moves; None: the activation is used as it is.
 
+MaxPool2d is described by :class:`MaxPool2dSpec`, which the walk makes with the layer's
+input shape (its windows depend on it); it is registered under no name (no architecture
+builds it from a flat input).
+
 Modules of plug-ins may still describe themselves with the older hook
 ``lipbench_spec() -> dict`` (keys ``name``, ``slope``, ``lipschitz``, ``saturates``,
 ``out_factor`` as above) and ``lipbench_smooth(beta)``; such a module is described by a
@@ -260,4 +264,128 @@ class SoftplusSpec(_Monotone):
     name = "softplus"
     module_class = nn.Softplus
     slope = (0.0, 1.0)
+
+
+class MaxPool2dSpec(ActivationSpec):
+    r"""MaxPool2d on an input of shape (C, H, W): output w is the largest input in its
+    window S_w (padding counts as -inf, so only input pixels count).  Made by the walk
+    with the input shape; the windows are those torch uses (kernel, stride, padding,
+    dilation, ceil_mode): along each axis, window o covers o s - pad + d j, 0 <= j < k,
+    clipped to the axis, and a 2-d window is the product of one window per axis.  Let
+    c_i be the number of windows that hold input i and c = max_i c_i (the product of the
+    two axes' maxima; 1 when stride >= dilation (kernel - 1) + 1, the windows then being
+    disjoint).
+
+    Lipschitz constants, with d = x - y:
+
+    - |max_{S_w} x - max_{S_w} y| <= max_{i in S_w} |d_i| (max is 1-Lipschitz in the
+      l_inf norm).
+    - p = inf: each output moves by at most ||d||_inf: constant 1.
+    - p = 1: sum_w max_{S_w} |d_i| <= sum_w sum_{i in S_w} |d_i| = sum_i c_i |d_i|
+      <= c ||d||_1: constant c.
+    - p = 2: sum_w (max_{S_w} |d_i|)^2 <= sum_w sum_{i in S_w} d_i^2 = sum_i c_i d_i^2
+      <= c ||d||_2^2: constant sqrt(c) (rounded up).
+    - Each is attained: x = 0, y = e_i with c_i = c moves exactly the c windows that hold
+      i, each by 1.
+
+    Where it is differentiable its Jacobian selects one input per window (each row one
+    1): operator inf-norm 1, so it saturates inf; with disjoint windows (c = 1) the rows
+    are distinct unit vectors, so the Jacobian has norm 1 for p = 1 and 2 too.
+
+    Interval image: max is monotone in each argument, so [l, u] maps to
+    [max_{S_w} l, max_{S_w} u]: the layer applied to l and to u, exactly.
+
+    Piecewise-linear form for ``bab`` and ``mip`` (h = P z + Q relu(A z), one unit per
+    row of A, each input in at most one unit): a window of two inputs (a, b) is
+    b + relu(a - b), one unit; a window of one input is a selection (P only).  The max of
+    three or more values needs nested ReLUs (max(a, b, c) = c + relu(b + relu(a - b) - c)),
+    which one layer of that form cannot hold, and overlapping windows would put an input
+    in two units: both are unsupported there, with the reason."""
+
+    name = "maxpool2d"
+    module_class = None
+    slope = None
+
+    def __init__(self, module: nn.Module, in_shape: tuple):
+        super().__init__(module)
+        m = module
+        if m.return_indices:
+            raise Unsupported("MaxPool2d with return_indices=True returns a tuple")
+        if len(in_shape) != 3:
+            raise Unsupported(f"MaxPool2d on an input of shape {tuple(in_shape)}: the walk reads it on (C, H, W)")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        with torch.no_grad():
+            out = m(torch.zeros(1, *self.in_shape))
+        self.out_shape = tuple(out.shape[1:])
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        k, s, pad, dil = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size), \
+            pair(m.padding), pair(m.dilation)
+        self.windows = []    # per axis: the input positions of each window
+        for ax in range(2):
+            L, n_out = self.in_shape[1 + ax], self.out_shape[1 + ax]
+            wins = []
+            for o in range(n_out):
+                start = o * s[ax] - pad[ax]
+                w = [start + dil[ax] * j for j in range(k[ax]) if 0 <= start + dil[ax] * j < L]
+                if not w:
+                    raise Unsupported(f"MaxPool2d window {o} along axis {ax + 1} holds no input (only padding)")
+                wins.append(w)
+            self.windows.append(wins)
+        counts = [np.bincount(np.concatenate(w), minlength=self.in_shape[1 + ax]) for ax, w in enumerate(self.windows)]
+        self.max_count = int(counts[0].max()) * int(counts[1].max())
+
+    @property
+    def lipschitz(self):
+        c = self.max_count
+        r = float(np.sqrt(c))
+        if r * r != c:
+            r = float(np.nextafter(r, np.inf))
+        return {1.0: float(c), 2.0: r, np.inf: 1.0}
+
+    @property
+    def saturates(self):
+        return (1.0, 2.0, np.inf) if self.max_count == 1 else (np.inf,)
+
+    def _flat_windows(self):
+        C, H, W = self.in_shape
+        Ho, Wo = self.out_shape[1:]
+        for c in range(C):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    yield [(c * H + y) * W + x for y in self.windows[0][oh] for x in self.windows[1][ow]]
+
+    def pwl(self, in_dim):
+        if in_dim != int(np.prod(self.in_shape)):
+            raise Unsupported(f"maxpool2d described for {self.in_shape}, asked for width {in_dim}")
+        if self.max_count > 1:
+            raise Unsupported(f"maxpool2d with overlapping windows (an input in up to {self.max_count}) has no "
+                              f"form h = P z + Q relu(A z) with each input in one unit (bab, mip)")
+        wins = list(self._flat_windows())
+        big = max(len(w) for w in wins)
+        if big > 2:
+            raise Unsupported(f"maxpool2d with windows of {big} inputs: the max of more than 2 values needs nested "
+                              f"ReLUs, which the one-layer form h = P z + Q relu(A z) of bab and mip cannot hold")
+        pairs = [o for o, w in enumerate(wins) if len(w) == 2]
+        if not pairs:
+            raise Unsupported("maxpool2d whose windows all hold one input (a subsampling) has no unit for the "
+                              "form of bab and mip")
+        P = np.zeros((len(wins), in_dim))
+        Q = np.zeros((len(wins), len(pairs)))
+        A = np.zeros((len(pairs), in_dim))
+        unit = 0
+        for o, w in enumerate(wins):
+            if len(w) == 1:
+                P[o, w[0]] = 1.0
+            else:             # max(a, b) = b + relu(a - b)
+                a, b = w
+                A[unit, a], A[unit, b] = 1.0, -1.0
+                P[o, b] = 1.0
+                Q[o, unit] = 1.0
+                unit += 1
+        return P, Q, A
+
+    def interval(self, l, u):
+        B = l.shape[0]
+        f = lambda z: self.module(z.reshape(B, *self.in_shape)).reshape(B, -1)  # noqa: E731
+        return f(l), f(u)
 

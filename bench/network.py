@@ -12,6 +12,8 @@ BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + 
                                      t = beta - running_mean * s
 AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
                                      entries >= 0
+MaxPool2d                            an :class:`Activation` (piecewise linear, not
+                                     elementwise; :class:`bench.activations.MaxPool2dSpec`)
 a registered activation              an :class:`Activation` (its description:
                                      :mod:`bench.activations`)
 Flatten, Unflatten, Identity,        nothing (they do not change the function)
@@ -400,7 +402,13 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
                     x = m(x)
                 continue
-            spec = activations.describe(m)
+            if isinstance(m, nn.MaxPool2d):
+                try:
+                    spec = activations.MaxPool2dSpec(m, in_shape)
+                except Unsupported as e:
+                    raise Unsupported(f"layer {i} ({name}): {e}") from None
+            else:
+                spec = activations.describe(m)
             if spec is None:
                 raise Unsupported(f"layer {i} ({name}) is not supported by the network walk")
             x = _run(m, x, i, in_shape)

@@ -111,6 +111,101 @@ def test_batchnorm_without_fixed_statistics_is_unsupported_with_the_reason():
         network.walk(nn.Sequential(nn.Linear(2, 3), free, nn.Linear(3, 1)))
 
 
+# --- MaxPool2d ---------------------------------------------------------------------------
+
+# (kernel, stride, padding, dilation, return_indices, ceil_mode)
+MAXPOOLS = [((2,), (1, 4, 6)), ((3, 1, 1), (2, 5, 5)), ((2, 1), (1, 4, 4)), (((1, 2),), (2, 3, 4)),
+            ((3, 2, 1, 2), (1, 7, 7)), ((2, 2, 0, 1, False, True), (1, 5, 5)), ((3, 3), (1, 8, 8)),
+            ((3, 2, 1, 1, False, True), (1, 6, 6))]
+
+
+def pool_layer(m, shape):
+    """The walk's layer for MaxPool2d ``m`` on inputs of ``shape`` (in a network that
+    ends with a Linear, as every walked network must have an affine layer)."""
+    k = int(np.prod(m(torch.zeros(1, *shape)).shape[1:]))
+    return network.walk(nn.Sequential(m, nn.Flatten(), nn.Linear(k, 1)), shape).layers[0]
+
+
+def window_counts(m, shape):
+    """How many windows hold each input: the outputs that move when input i goes from 0
+    to 1 (every other input 0), by the module itself."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        e = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+        return (m(e).reshape(n, -1) > 0).sum(1).numpy()
+
+
+@pytest.mark.parametrize("args,shape", MAXPOOLS)
+def test_maxpool_lipschitz_constants_are_attained_and_hold(args, shape):
+    m = nn.MaxPool2d(*args)
+    a = pool_layer(m, shape)
+    assert isinstance(a, network.Activation) and a.slope is None and a.name == "maxpool2d"
+    c = int(window_counts(m, shape).max())
+    assert a.lipschitz == {1.0: c, 2.0: pytest.approx(math.sqrt(c), rel=1e-15), INF: 1.0}
+    assert a.lipschitz[2.0] ** 2 >= c
+    assert (a.saturates == (1.0, 2.0, INF)) == (c == 1) and INF in a.saturates
+    # attained by x = 0, y = e_i for the input in the most windows
+    n = int(np.prod(shape))
+    i = int(np.argmax(window_counts(m, shape)))
+    e = torch.zeros(1, n, dtype=torch.float64)
+    e[0, i] = 1.0
+    d = m(e.reshape(1, *shape)).reshape(-1) - m(torch.zeros(1, *shape, dtype=torch.float64)).reshape(-1)
+    for p in NORMS:
+        assert float(torch.linalg.vector_norm(d, ord=p)) == pytest.approx(a.lipschitz[p], rel=1e-12)
+    # and never exceeded on random pairs (near ones too)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(300, *shape, dtype=torch.float64, generator=g)
+    y = torch.randn(300, *shape, dtype=torch.float64, generator=g)
+    y[:150] = x[:150] + 1e-3 * torch.randn(150, *shape, dtype=torch.float64, generator=g)
+    fx, fy = m(x).reshape(300, -1), m(y).reshape(300, -1)
+    for p in NORMS:
+        q = torch.linalg.vector_norm(fx - fy, ord=p, dim=1) / torch.linalg.vector_norm((x - y).reshape(300, -1),
+                                                                                      ord=p, dim=1)
+        assert float(q.max()) <= a.lipschitz[p] * (1 + 1e-12)
+
+
+@pytest.mark.parametrize("args,shape", MAXPOOLS)
+def test_maxpool_interval_image_is_exact_and_holds_samples(args, shape):
+    m = nn.MaxPool2d(*args)
+    spec = pool_layer(m, shape).spec
+    g = torch.Generator().manual_seed(2)
+    n = int(np.prod(shape))
+    c, r = torch.randn(10, n, dtype=torch.float64, generator=g), torch.rand(10, n, dtype=torch.float64, generator=g)
+    lo, hi = spec.interval(c - r, c + r)
+    for _ in range(30):
+        x = c - r + 2 * r * torch.rand(10, n, dtype=torch.float64, generator=g)
+        fx = m(x.reshape(10, *shape)).reshape(10, -1)
+        assert torch.all(fx >= lo) and torch.all(fx <= hi)
+    torch.testing.assert_close(lo, m((c - r).reshape(10, *shape)).reshape(10, -1), rtol=0, atol=0)
+    torch.testing.assert_close(hi, m((c + r).reshape(10, *shape)).reshape(10, -1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("args,shape", [(((1, 2),), (2, 3, 4)), (((2, 1), (3, 1)), (1, 7, 3)),
+                                        (((1, 2), (1, 2), (0, 1)), (1, 2, 5))])
+def test_maxpool_of_pairs_has_the_pwl_form(args, shape):
+    m = nn.MaxPool2d(*args)
+    spec = pool_layer(m, shape).spec
+    n = int(np.prod(shape))
+    P, Q, A = (torch.as_tensor(M) for M in spec.pwl(n))
+    z = 3 * torch.randn(200, n, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    z[:20] = torch.round(z[:20])  # ties
+    # b + relu(a - b) is max(a, b) up to one rounding
+    torch.testing.assert_close(z @ P.T + torch.relu(z @ A.T) @ Q.T, m(z.reshape(200, *shape)).reshape(200, -1),
+                               rtol=1e-15, atol=1e-15)
+    assert np.all((np.abs(A.numpy()) > 0).sum(0) <= 1)   # each input in at most one unit
+
+
+def test_maxpool_without_a_pwl_form_says_why():
+    net = nn.Sequential(nn.Conv2d(1, 1, 2, padding=1), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(4, 2))
+    b = bench.verify(net, "bab", p=2, input_shape=(1, 3, 3))
+    assert b.status == "unsupported" and "layer 1 (maxpool2d)" in b.error and "nested ReLUs" in b.error
+    net = nn.Sequential(nn.Conv2d(1, 1, 2, padding=1), nn.MaxPool2d((1, 2), stride=1), nn.Flatten(), nn.Linear(12, 2))
+    b = bench.verify(net, "mip", p=1, input_shape=(1, 3, 3))
+    assert b.status == "unsupported" and "overlapping windows" in b.error
+    with pytest.raises(Unsupported, match=r"layer 1 \(MaxPool2d\).*\(C, H, W\)"):
+        network.walk(nn.Sequential(nn.Linear(2, 4), nn.MaxPool2d(2)))
+
+
 # --- every verifier on tiny networks with these layers --------------------------------
 
 def probe_affine(mods, shape):
@@ -170,7 +265,11 @@ def tiny_nets():
     conv = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (2, 2, 2)), rand_bn(nn.BatchNorm2d(2), 12), nn.ReLU(),
                          nn.Conv2d(2, 2, 2, padding=1), nn.AvgPool2d(2, stride=1), nn.ReLU(), nn.Flatten(),
                          nn.Linear(8, 3))
-    return {"bn-mlp": bn_mlp.double().eval(), "conv-bn-avgpool": conv.double().eval()}
+    torch.manual_seed(2)
+    pool = nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (1, 2, 4)), nn.MaxPool2d((1, 2)), nn.Flatten(),
+                         nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 3))
+    return {"bn-mlp": bn_mlp.double().eval(), "conv-bn-avgpool": conv.double().eval(),
+            "maxpool": pool.double().eval()}
 
 
 NETS = tiny_nets()

@@ -39,7 +39,10 @@ REPORT_INFLATE = 1e-10
 
 def _act_matrices(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P, Q, A) with h = P z + Q relu(A z), float64, from the activation's description."""
-    form = act.spec.pwl(act.in_dim)
+    try:
+        form = act.spec.pwl(act.in_dim)
+    except Unsupported as e:
+        raise Unsupported(f"layer {act.index} ({act.name}): {e}") from None
     if form is None:
         names = [n for n, s in ACTIVATIONS.items() if s.pwl is not ActivationSpec.pwl]
         raise Unsupported(f"activation {act.name!r} is not piecewise linear with one kink per unit "
