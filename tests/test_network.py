@@ -54,8 +54,8 @@ def test_hash_save_load_roundtrip(tmp_path):
 
 
 def test_unsupported_layer_named():
-    with pytest.raises(bench.Unsupported, match=r"layer 1 \(GELU\)"):
-        network.walk(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 1)))
+    with pytest.raises(bench.Unsupported, match=r"layer 1 \(Softmax\)"):
+        network.walk(nn.Sequential(nn.Linear(2, 2), nn.Softmax(dim=1), nn.Linear(2, 1)))
 
 
 def test_build_mlp_rejects_bad_arch():

@@ -12,6 +12,7 @@ from torch import nn
 
 import bench
 from bench import network
+from bench.activations import ExactSoftplus, describe
 from bench.api import Unsupported
 from bench.testing.exact import norm, regions
 from methods.layers import MaxMin
@@ -206,6 +207,68 @@ def test_maxpool_without_a_pwl_form_says_why():
         network.walk(nn.Sequential(nn.Linear(2, 4), nn.MaxPool2d(2)))
 
 
+# --- elementwise activations: slopes on a dense grid, the Softplus threshold -----------
+
+GRID = torch.arange(-1_200_000, 1_200_001, dtype=torch.float64) * 1e-5   # [-12, 12], step 1e-5
+SMOOTH = [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.ELU(), nn.ELU(alpha=0.3), nn.ELU(alpha=2.5),
+          nn.ELU(alpha=-0.7), nn.Softplus(), nn.Softplus(beta=4.0), nn.Softplus(beta=-2.0, threshold=30.0)]
+
+
+@pytest.mark.parametrize("m", SMOOTH, ids=repr)
+def test_slope_bounds_hold_on_a_dense_grid_and_are_tight(m):
+    spec = describe(m)
+    lo, hi = spec.slope
+    f = spec.reference() or m
+    x = GRID.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(f(x).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), x)
+    d = g1.detach()
+    # tanh GELU, whose bounds are numerical: between grid points g' moves by at most
+    # max|g''| h / 2 (the others' extremes are in closed form: checked there below; ELU's
+    # and Softplus's g' is monotone on each side of 0)
+    slack = float(g2.abs().max()) * 1e-5 / 2 if getattr(m, "approximate", "") == "tanh" else 0.0
+    assert float(d.min()) - slack >= lo and float(d.max()) + slack <= hi, (float(d.min()), float(d.max()))
+    crit = {"gelu": math.sqrt(2.0), "silu": 2.3993572805154677}.get(spec.name)
+    if crit is not None and slack == 0.0:
+        z = torch.tensor([-crit, crit], dtype=torch.float64, requires_grad=True)
+        (gz,) = torch.autograd.grad(f(z).sum(), z)
+        assert lo <= float(gz[0]) <= lo + 2e-6 and hi - 2e-6 <= float(gz[1]) <= hi, gz
+    assert float(d.min()) <= lo + 2e-5 or lo == 0.0 or (spec.name == "elu" and lo == spec.alpha)
+    assert float(d.max()) >= hi - 2e-5 or (spec.name == "softplus" and hi == 1.0)
+    # difference quotients of wide pairs too
+    y = GRID[::997].detach()
+    dq = (f(y[1:]) - f(y[:-1])) / (y[1:] - y[:-1])
+    assert float(dq.min()) >= lo and float(dq.max()) <= hi
+
+
+def test_tanh_gelu_has_the_two_inflections_its_proof_relies_on():
+    m = nn.GELU(approximate="tanh")
+    x = GRID.clone().requires_grad_(True)
+    (g1,) = torch.autograd.grad(m(x).sum(), x, create_graph=True)
+    (g2,) = torch.autograd.grad(g1.sum(), x)
+    s = torch.sign(g2)
+    flips = GRID[:-1][(s[1:] * s[:-1]) < 0]
+    assert flips.tolist() == pytest.approx([-1.41851, 1.41850], abs=2e-5)
+    assert float(g2.abs().max()) <= 0.8
+    assert float(g1[0]) == pytest.approx(0.0, abs=1e-12) and float(g1[-1]) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_softplus_is_read_without_its_threshold_and_a_small_threshold_is_unsupported():
+    spec = describe(nn.Softplus(beta=2.0))
+    ref = spec.reference()
+    assert isinstance(ref, ExactSoftplus)
+    x = torch.linspace(-30, 30, 601, dtype=torch.float64)
+    torch.testing.assert_close(ref(x), torch.logaddexp(torch.zeros_like(x), 2 * x) / 2, rtol=1e-15, atol=1e-15)
+    assert float((nn.Softplus(beta=2.0)(x) - ref(x)).abs().max()) > 0   # torch's threshold: not the same function
+    from baselines.verify.lower import referenced
+    net = referenced(nn.Sequential(nn.Linear(2, 2), nn.Softplus(beta=2.0), nn.Linear(2, 1)))
+    assert isinstance(net[1], ExactSoftplus)
+    b = bench.verify(nn.Sequential(nn.Linear(2, 3), nn.Softplus(threshold=5.0), nn.Linear(3, 1)), "trivial", p=2)
+    assert b.status == "unsupported" and "layer 1 (Softplus)" in b.error and "threshold 5" in b.error
+    with pytest.raises(Unsupported, match="beta = 0"):
+        network.walk(nn.Sequential(nn.Linear(2, 3), nn.Softplus(beta=0.0), nn.Linear(3, 1)))
+
+
 # --- every verifier on tiny networks with these layers --------------------------------
 
 def probe_affine(mods, shape):
@@ -320,3 +383,32 @@ def test_every_verifier_is_sound_on_tiny_networks(name):
             assert b.status == "ok" and b.value >= ex_box * (1 - 1e-9), (p, b, ex_box)
         b = bench.verify(net, "bab", p=p, domain=BOX)
         assert b.kind == "exact" and b.value == pytest.approx(ex_box, rel=1e-6)
+
+
+SMOOTH_NETS = {"gelu": nn.GELU, "gelu-tanh": lambda: nn.GELU(approximate="tanh"), "silu": nn.SiLU,
+               "elu": nn.ELU, "elu-neg": lambda: nn.ELU(alpha=-0.5), "softplus": nn.Softplus}
+
+
+@pytest.mark.parametrize("name", sorted(SMOOTH_NETS))
+def test_smooth_activation_networks_bound_above_the_lower_bound(name):
+    torch.manual_seed(3)
+    act = SMOOTH_NETS[name]
+    net = nn.Sequential(nn.Linear(3, 6), act(), nn.Linear(6, 5), rand_bn(nn.BatchNorm1d(5), 13), act(),
+                        nn.Linear(5, 2)).double().eval()
+    negative = describe(act()).slope[0] < 0
+    for p in NORMS:
+        low = bench.lower_bound(net, p=p, samples=400, restarts=4, steps=20)
+        assert low.status == "ok" and low.value > 0
+        ups = {"trivial": bench.verify(net, "trivial", p=p)}
+        if p == 2:
+            ups.update({v: bench.verify(net, v, p=p) for v in ("lipsdp", "eclipse-fast")})
+        for v, b in ups.items():
+            if v == "eclipse-fast" and negative:
+                assert b.status == "unsupported" and "lower slope" in b.error
+                continue
+            assert b.status == "ok" and b.value >= low.value * (1 - 1e-6), (v, p, b, low)
+        for v in ("bab", "mip"):
+            b = bench.verify(net, v, p=1)
+            assert b.status == "unsupported" and "not piecewise linear" in b.error
+        b = bench.verify(net, "lirpa", p=p, domain={"center": [0.0, 0.1, 0.2], "radius": 0.3})
+        assert b.status == "unsupported" and "no Jacobian bounds" in b.error

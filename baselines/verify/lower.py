@@ -27,6 +27,11 @@ certifies what it found (step 3).
    (``FLOAT64_EVAL_RTOL`` = 1e-12 of the outputs' size: ~1e4 times the rounding of a
    float64 forward pass unless the outputs cancel by more than a factor ~1000).  Where f is affine around x this equals the Jacobian's
    norm at x (to ~1e-9); where it is not, it is smaller, and still a lower bound.
+
+"The network" is ``net.module`` in float64, in eval mode, with each activation that
+the walk reads replaced by its description's reference function where it gives one
+(:func:`referenced`: torch's Softplus without its threshold), the function the upper
+bounds describe.
 """
 from __future__ import annotations
 
@@ -131,6 +136,31 @@ def smoothed(module: nn.Module, beta: float) -> nn.Module:
     return m
 
 
+def referenced(module: nn.Module) -> nn.Module:
+    """``module`` with every walked activation that has a reference function
+    (:meth:`bench.activations.ActivationSpec.reference`, e.g. torch's Softplus without
+    its threshold) replaced by it, in place: the function the upper bounds describe.
+    Only the layers the walk reads (children of ``nn.Sequential`` containers) are
+    replaced."""
+    def ref_of(m: nn.Module):
+        spec = describe(m)
+        return spec.reference() if spec is not None else None
+
+    def swap(parent: nn.Module):
+        for name, child in parent.named_children():
+            ref = ref_of(child)
+            if ref is not None:
+                setattr(parent, name, ref)
+            elif isinstance(child, nn.Sequential):
+                swap(child)
+    ref = ref_of(module)
+    if ref is not None:
+        return ref
+    if isinstance(module, nn.Sequential):
+        swap(module)
+    return module
+
+
 @register
 class Lower(Verifier):
     name = "lower"
@@ -164,7 +194,7 @@ class Lower(Verifier):
         P = self.opts
         dev = torch.device(budget.device if budget.device != "auto" else "cpu")
         g = torch.Generator(device="cpu").manual_seed(int(P["seed"]))
-        exact = copy.deepcopy(net.module).double().eval().to(dev)
+        exact = referenced(copy.deepcopy(net.module)).double().eval().to(dev)
         shape = net.input_shape
         far = 0.0
         if query.domain == "global":
