@@ -18,7 +18,8 @@ a registered activation              an :class:`Activation` (its description:
                                      :mod:`bench.activations`)
 Flatten, Unflatten, Identity,        nothing (they do not change the function)
 Dropout
-anything else                        :class:`bench.api.Unsupported`, naming the layer
+anything else (a user's module,      :class:`Opaque`: only verifiers that need nothing
+Softmax, LayerNorm, ...)             but gradients (``lower``) accept it
 ===================================  =====================================================
 
 BatchNorm is a layer of its own, not folded into a neighbouring Linear or Conv2d.
@@ -43,6 +44,7 @@ import itertools
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -270,6 +272,31 @@ class Activation:
         return self.slope is not None and self.in_dim == self.out_dim
 
 
+@dataclass
+class Opaque:
+    """A module the walk does not know (a user's own module, Softmax, LayerNorm, ...):
+    recorded with its class name and shapes (found by running a copy of it on a zero
+    input), so that a verifier that needs nothing but the network's forward pass and
+    gradients (``Verifier.gradients_only``: ``lower``) can still bound the network.
+    Every other verifier refuses it, naming the layer, in one place:
+    :meth:`bench.api.Verifier.supports`."""
+
+    module: nn.Module
+    name: str
+    in_shape: tuple
+    out_shape: tuple
+    index: int
+    opaque: ClassVar[bool] = True
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
 
 
@@ -308,17 +335,29 @@ class Net:
     def activations(self) -> list[Activation]:
         return [l for l in self.layers if isinstance(l, Activation)]
 
+    @property
+    def opaque(self) -> list[Opaque]:
+        return [l for l in self.layers if isinstance(l, Opaque)]
+
     def hash(self) -> str:
         return net_hash(self.module)
 
     def describe(self) -> str:
         parts = []
         for l in self.layers:
-            if isinstance(l, Affine):
+            if isinstance(l, (Affine, Opaque)):
                 parts.append(f"{type(l.module).__name__}({l.in_dim}->{l.out_dim})")
             else:
                 parts.append(l.name)
         return " ".join(parts)
+
+
+def _input_shape_error(first: nn.Module) -> UserError:
+    name = type(first).__name__
+    return UserError(f"the input shape cannot be inferred from the first layer, {name} (only a network that "
+                     f"starts with Linear gives it: (in_features,)); give the shape of one input, without the "
+                     f"batch dimension: input_shape=(C, H, W) or (n,) in bench.verify / bench.lower_bound "
+                     f"(network.walk(net, input_shape) in code)")
 
 
 def _run(m: nn.Module, x: torch.Tensor, i: int, in_shape: tuple) -> torch.Tensor:
@@ -350,10 +389,10 @@ def _batchnorm_reason(m: nn.Module) -> str | None:
 def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
     """Walk ``module`` (an ``nn.Sequential``) into its layers (see the module doc).
 
-    ``input_shape`` (without the batch dimension) is needed when the first layer is a
-    Conv2d; for a network that starts with Linear it is (in_features,).  Raises
-    :class:`Unsupported` naming the first layer it does not know, or that has no sound
-    reading (a BatchNorm in training mode, a parametrized weight, ...)."""
+    ``input_shape`` (without the batch dimension) is needed unless the first layer is a
+    Linear, whose input shape is (in_features,).  Raises :class:`Unsupported` naming the
+    first layer that has no sound reading (a BatchNorm in training mode, a parametrized
+    weight, ...); a module it does not know is recorded as :class:`Opaque`."""
     if not isinstance(module, nn.Module):
         raise UserError(f"expected a torch nn.Sequential, got {type(module).__name__}")
     children = flat_children(module)
@@ -364,7 +403,7 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
         elif first is None:
             raise Unsupported("the network has no layers")
         else:
-            raise UserError(f"input_shape is needed for a network that starts with {type(first).__name__}")
+            raise _input_shape_error(first)
     input_shape = tuple(int(s) for s in input_shape)
     # propagate shapes with a zero input through a float64 copy, checking each layer
     layers: list = []
@@ -410,7 +449,17 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
             else:
                 spec = activations.describe(m)
             if spec is None:
-                raise Unsupported(f"layer {i} ({name}) is not supported by the network walk")
+                bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
+                if bad is not None:
+                    raise Unsupported(f"layer {i} ({name}) holds a {type(bad).__name__} that "
+                                      f"{_batchnorm_reason(bad)}")
+                try:  # a copy: running it must not change the caller's module (e.g. a BatchNorm's statistics)
+                    probe = copy.deepcopy(m)
+                except Exception:
+                    probe = m
+                x = _run(probe, x, i, in_shape)
+                layers.append(Opaque(m, name, in_shape, tuple(x.shape[1:]), i))
+                continue
             x = _run(m, x, i, in_shape)
             try:
                 slope, lipschitz = spec.slope, spec.lipschitz
@@ -431,7 +480,7 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
             layers.append(Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
                                      tuple(slope) if slope is not None else None, lip,
                                      tuple(float(p) for p in spec.saturates), spec))
-    if not any(isinstance(l, Affine) for l in layers):
+    if not any(isinstance(l, (Affine, Opaque)) for l in layers):
         raise Unsupported("the network has no Linear or Conv2d layer")
     return Net(module, input_shape, layers)
 

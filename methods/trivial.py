@@ -169,6 +169,9 @@ class TorchTrivialBound:
         net = walk(module, input_shape)
         self.items = []
         for l in net.layers:
+            if getattr(l, "opaque", False):
+                raise Unsupported(f"layer {l.index} ({l.name}) is not supported by the trivial bound: the network "
+                                  f"walk does not know this module")
             if isinstance(l, Pool):   # no parameters: a constant
                 self.items.append(operator_norm(l, self.p))
             elif isinstance(l, Affine):

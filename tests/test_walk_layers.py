@@ -13,7 +13,7 @@ from torch import nn
 import bench
 from bench import network
 from bench.activations import ExactSoftplus, describe
-from bench.api import Unsupported
+from bench.api import Unsupported, UserError
 from bench.testing.exact import norm, regions
 from methods.layers import MaxMin
 from methods.trivial import TorchTrivialBound, operator_norm
@@ -110,6 +110,16 @@ def test_batchnorm_without_fixed_statistics_is_unsupported_with_the_reason():
     free = nn.BatchNorm1d(3, track_running_stats=False).eval()
     with pytest.raises(Unsupported, match="no running statistics"):
         network.walk(nn.Sequential(nn.Linear(2, 3), free, nn.Linear(3, 1)))
+
+    class Block(nn.Module):   # a module the walk does not know, holding a BatchNorm in training mode
+        def __init__(self):
+            super().__init__()
+            self.bn = nn.BatchNorm1d(3)
+
+        def forward(self, x):
+            return self.bn(x)
+    with pytest.raises(Unsupported, match=r"layer 1 \(Block\) holds a BatchNorm1d that is in training mode"):
+        network.walk(nn.Sequential(nn.Linear(2, 3), Block(), nn.Linear(3, 1)))
 
 
 # --- MaxPool2d ---------------------------------------------------------------------------
@@ -412,3 +422,54 @@ def test_smooth_activation_networks_bound_above_the_lower_bound(name):
             assert b.status == "unsupported" and "not piecewise linear" in b.error
         b = bench.verify(net, "lirpa", p=p, domain={"center": [0.0, 0.1, 0.2], "radius": 0.3})
         assert b.status == "unsupported" and "no Jacobian bounds" in b.error
+
+
+# --- modules the walk does not know -----------------------------------------------------
+
+class Residual(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.lin = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + torch.tanh(self.lin(x))
+
+
+def test_a_custom_module_works_with_lower_and_is_refused_by_name_elsewhere():
+    torch.manual_seed(4)
+    net = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Residual(4), nn.Linear(4, 2))
+    w = network.walk(net)
+    assert [type(l).__name__ for l in w.layers] == ["Affine", "Activation", "Opaque", "Affine"]
+    assert w.layers[2].in_shape == w.layers[2].out_shape == (4,) and "Residual(4->4)" in w.describe()
+    low = bench.lower_bound(net, p=2, samples=200, restarts=4, steps=10)
+    assert low.status == "ok" and low.value > 0
+    for v, p in (("trivial", 2), ("lipsdp", 2), ("bab", 2), ("mip", 1), ("eclipse-fast", 2), ("lirpa", 2)):
+        b = bench.verify(net, v, p=p, domain="global" if v != "lirpa" else {"center": [0, 0, 0], "radius": 1.0})
+        assert b.status == "unsupported" and f"layer 2 (Residual) is not supported by {v}" in b.error, (v, b)
+    # a whole network the walk does not know, and one that starts with it
+    assert bench.lower_bound(Residual(3), p=INF, input_shape=(3,), samples=100, steps=5).value > 0
+    with pytest.raises(UserError, match=r"cannot be inferred from the first layer, Residual.*input_shape="):
+        bench.verify(nn.Sequential(Residual(3), nn.Linear(3, 1)), "lower")
+
+
+def test_the_input_shape_message_names_the_layer_and_the_argument():
+    with pytest.raises(UserError, match=r"cannot be inferred from the first layer, Conv2d.*input_shape=\(C, H, W\)"):
+        network.walk(nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2, 1)))
+    with pytest.raises(UserError, match="BatchNorm1d"):
+        bench.verify(nn.Sequential(nn.BatchNorm1d(3).eval(), nn.Linear(3, 1)), "trivial")
+    assert bench.verify(nn.Sequential(rand_bn(nn.BatchNorm1d(3), 6), nn.Linear(3, 1)), "trivial",
+                        input_shape=(3,)).status == "ok"
+
+
+def test_walking_an_unknown_module_does_not_change_it():
+    class Counter(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.register_buffer("calls", torch.zeros(()))
+
+        def forward(self, x):
+            self.calls += 1
+            return x
+    c = Counter()
+    network.walk(nn.Sequential(nn.Linear(2, 2), c, nn.Linear(2, 1)))
+    assert float(c.calls) == 0

@@ -31,7 +31,8 @@ certifies what it found (step 3).
 "The network" is ``net.module`` in float64, in eval mode, with each activation that
 the walk reads replaced by its description's reference function where it gives one
 (:func:`referenced`: torch's Softplus without its threshold), the function the upper
-bounds describe.
+bounds describe.  It needs nothing else of the network (``gradients_only``): a module
+the walk does not know (``bench.network.Opaque``) is evaluated as it is.
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def referenced(module: nn.Module) -> nn.Module:
     (:meth:`bench.activations.ActivationSpec.reference`, e.g. torch's Softplus without
     its threshold) replaced by it, in place: the function the upper bounds describe.
     Only the layers the walk reads (children of ``nn.Sequential`` containers) are
-    replaced."""
+    replaced; a module the walk does not know is evaluated as it is."""
     def ref_of(m: nn.Module):
         spec = describe(m)
         return spec.reference() if spec is not None else None
@@ -165,6 +166,7 @@ def referenced(module: nn.Module) -> nn.Module:
 class Lower(Verifier):
     name = "lower"
     kind = "lower"
+    gradients_only = True   # net.module is all it needs: it accepts layers the walk does not know
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": Param(2000, "uniform samples scored on the exact network", ge=1),
               "restarts": Param(16, "best samples the gradient ascent starts from", ge=1),

@@ -106,6 +106,9 @@ def pwl(net: Net) -> PWLNet:
             M = layer.matrix()
             bb = layer.bias()
             W, b = M @ W, M @ b + (0.0 if bb is None else bb)
+        elif not isinstance(layer, Activation):
+            raise Unsupported(f"layer {layer.index} ({getattr(layer, 'name', type(layer).__name__)}) has no "
+                              f"piecewise-linear form")
         else:
             P, Q, A = _act_matrices(layer)
             unit_of = np.argmax(np.abs(A), axis=0)

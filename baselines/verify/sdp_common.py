@@ -66,6 +66,10 @@ def chain(net: Net, query: Query, name: str) -> Chain:
     if query.domain != "global":
         raise Unsupported(f"{name} computes global bounds only")
     layers = net.layers
+    for l in layers:
+        if not isinstance(l, (Affine, Activation)):
+            raise Unsupported(f"{name} reads affine layers and activations only; layer {l.index} "
+                              f"({getattr(l, 'name', type(l).__name__)}) is neither")
     kinds = ["A" if isinstance(l, Affine) else "S" for l in layers]
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
         raise Unsupported(f"{name} needs affine layers separated by single activations, starting and ending "
@@ -81,7 +85,6 @@ def chain(net: Net, query: Query, name: str) -> Chain:
             prev_affine = True
         else:
             prev_affine = False
-            assert isinstance(l, Activation)
             if not l.elementwise:
                 raise Unsupported(f"{name} needs elementwise slope-restricted activations; {l.name} is not")
             a.append(float(l.slope[0]))
