@@ -14,8 +14,9 @@ def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, t
     registered verifier ``verifier``; ``params`` are the verifier's parameters.
 
     ``target`` is None (the whole output) or a class pair ``(i, j)`` (the margin
-    f_i - f_j); ``input_shape`` is needed only when the network starts with a conv
-    layer.  With ``timeout`` (seconds) the job runs in a worker process that is killed
+    f_i - f_j); ``input_shape`` (one input's shape, without the batch dimension) is
+    needed unless the network starts with a Linear layer (a conv, a BatchNorm, a module
+    of your own cannot tell it).  With ``timeout`` (seconds) the job runs in a worker process that is killed
     when the time is up (status ``timeout``); without it, in this process."""
     return _verify(net, verifier, Query(p=p, target=target or "full", domain=domain), input_shape,
                    timeout, device, threads, params)

@@ -51,6 +51,18 @@ and the optional methods (the base class's say "not available"):
 ``smooth(beta) -> nn.Module``
     A smooth surrogate (close to the activation for large ``beta``) along which the
     lower bound's gradient search moves; None: the activation is used as it is.
+``reference() -> nn.Module``
+    The function the description (and so every verifier) describes, where the module's
+    own forward is a numerical shortcut of it that differs a little (torch's Softplus
+    returns x above its threshold); the lower bound evaluates this one, so that it bounds
+    the same function as the upper bounds.  None (the default): the module itself.
+
+A description may raise :class:`bench.api.Unsupported` from ``slope`` or ``lipschitz``
+for parameter values it cannot describe; the walk names the layer.
+
+MaxPool2d is described by :class:`MaxPool2dSpec`, which the walk makes with the layer's
+input shape (its windows depend on it); it is registered under no name (no architecture
+builds it from a flat input).
 
 Modules of plug-ins may still describe themselves with the older hook
 ``lipbench_spec() -> dict`` (keys ``name``, ``slope``, ``lipschitz``, ``saturates``,
@@ -100,6 +112,9 @@ class ActivationSpec:
         return None
 
     def smooth(self, beta: float) -> nn.Module | None:
+        return None
+
+    def reference(self) -> nn.Module | None:
         return None
 
     def __repr__(self) -> str:
@@ -255,9 +270,316 @@ class HardtanhSpec(_Monotone):   # also nn.ReLU6, a subclass
     slope = (0.0, 1.0)
 
 
+class _OneMinimum(ActivationSpec):
+    """An elementwise map that decreases up to ``argmin`` and increases after it: the
+    image of [l, u] is [f(clamp(argmin, l, u)), max(f(l), f(u))] (the lower end also
+    takes f(l) and f(u), so that float rounding near a flat minimum cannot put it
+    above a computed value)."""
+
+    argmin: float = 0.0
+
+    def interval(self, l, u):
+        f = self.module
+        fl, fu = f(l), f(u)
+        fm = f(torch.minimum(torch.maximum(torch.full_like(l, self.argmin), l), u))
+        return torch.minimum(torch.minimum(fl, fu), fm), torch.maximum(fl, fu)
+
+
 @register_activation
-class SoftplusSpec(_Monotone):
+class GELUSpec(_OneMinimum):
+    r"""GELU, g(x) = x Phi(x) (``approximate='none'``) or its tanh form
+    g(x) = x (1 + tanh(c (x + 0.044715 x^3))) / 2, c = sqrt(2 / pi) (``'tanh'``).
+
+    Both have g(x) - g(-x) = x, so g'(x) + g'(-x) = 1: the largest slope is 1 minus the
+    smallest.
+
+    Exact (erf) form: g' = Phi + x phi and g'' = 2 phi + x phi' = phi (2 - x^2)
+    (phi' = -x phi).  So g' decreases on (-inf, -sqrt 2], increases on [-sqrt 2, sqrt 2]
+    and decreases on [sqrt 2, inf), with limits 0 at -inf and 1 at +inf: its extremes
+    are g'(+-sqrt 2) = Phi(+-sqrt 2) +- sqrt 2 phi(sqrt 2) = 1.1289041452 and
+    -0.1289041452; declared (-0.128905, 1.128905), rounded outward.  g' < 0 on
+    (-inf, -sqrt 2] (it falls from its limit 0) and > 1 on [sqrt 2, inf) (it falls to
+    1), so it has one zero, x* = -0.7517915247 in (-sqrt 2, sqrt 2): g decreases to its
+    minimum g(x*) = -0.1699712 and increases after.
+
+    tanh form (checked numerically, not in closed form): g'' has exactly two zeros,
+    +-1.4185040088 (g'' > 0 between them, < 0 outside; ``tests/test_walk_layers.py``
+    checks the sign of g'' and the slope bounds on a grid of step 1e-5 over [-12, 12],
+    where |g''| <= 0.8 bounds the grid's error by 4e-6, and beyond which g' is within
+    1e-12 of 0 or 1); the extremes g'(+-1.4185040088) = 1.1289930687 and -0.1289930687
+    are declared as (-0.129, 1.129), a margin of 6.9e-6.  One zero of g' again, at
+    x* = -0.7524614221 (minimum -0.1700408)."""
+
+    name = "gelu"
+    module_class = nn.GELU
+
+    @property
+    def _tanh(self) -> bool:
+        return getattr(self.module, "approximate", "none") == "tanh"
+
+    @property
+    def slope(self):
+        return (-0.129, 1.129) if self._tanh else (-0.128905, 1.128905)
+
+    @property
+    def argmin(self):
+        return -0.7524614220710163 if self._tanh else -0.7517915246935645
+
+
+@register_activation
+class SiLUSpec(_OneMinimum):
+    r"""SiLU (swish), s(x) = x sigma(x).
+
+    s' = sigma (1 + x (1 - sigma)) and s'' = sigma (1 - sigma) (2 - x tanh(x / 2))
+    (1 - 2 sigma(x) = -tanh(x / 2)).  x tanh(x / 2) is even, 0 at 0 and increasing on
+    [0, inf) without bound, so it equals 2 exactly at +-x0, x0 = 2.3993572805: s'
+    decreases on (-inf, -x0], increases on [-x0, x0], decreases on [x0, inf), with
+    limits 0 at -inf and 1 at +inf.  Its extremes are s'(x0) = 1.0998393201 and
+    s'(-x0) = -0.0998393201 (s(x) - s(-x) = x, so s'(x) + s'(-x) = 1); declared
+    (-0.09984, 1.09984), rounded outward.  As for GELU, s' < 0 on (-inf, -x0] and > 1 on
+    [x0, inf), so s' has one zero x* = -1.2784645428: s decreases to its minimum
+    s(x*) = -0.2784645428 and increases after."""
+
+    name = "silu"
+    module_class = nn.SiLU
+    slope = (-0.09984, 1.09984)
+    argmin = -1.2784645427610738
+
+
+@register_activation
+class ELUSpec(ActivationSpec):
+    r"""ELU(alpha): x for x > 0, alpha (e^x - 1) for x <= 0 (torch's definition, for
+    every alpha; continuous at 0).
+
+    Its derivative is 1 on x > 0 and alpha e^x on x < 0, which lies strictly between 0
+    and alpha; by the mean value theorem on each piece (and the continuity at 0) every
+    difference quotient lies in the closed hull of these values, so the slope is
+    (min(0, alpha), max(1, alpha)): (0, 1) for 0 <= alpha <= 1, (0, alpha) for
+    alpha > 1, (alpha, 1) for alpha < 0.  For alpha >= 0 the map is non-decreasing; for
+    alpha < 0 it decreases on x <= 0 (from -alpha towards 0) and increases after: one
+    minimum, at 0."""
+
+    name = "elu"
+    module_class = nn.ELU
+
+    @property
+    def alpha(self) -> float:
+        return float(self.module.alpha)
+
+    @property
+    def slope(self):
+        a = self.alpha
+        return (min(0.0, a), max(1.0, a))
+
+    def interval(self, l, u):
+        f = self.module
+        fl, fu = f(l), f(u)
+        if self.alpha >= 0:    # monotone
+            return fl, fu
+        f0 = f(torch.minimum(torch.maximum(torch.zeros_like(l), l), u))
+        return torch.minimum(torch.minimum(fl, fu), f0), torch.maximum(fl, fu)
+
+
+class ExactSoftplus(nn.Module):
+    """softplus_beta(x) = log(1 + exp(beta x)) / beta for every x, computed stably as
+    (max(beta x, 0) + log1p(exp(-|beta x|))) / beta: torch's Softplus without its
+    threshold."""
+
+    def __init__(self, beta: float = 1.0):
+        super().__init__()
+        self.beta = float(beta)
+
+    def forward(self, x):
+        y = self.beta * x
+        return (torch.relu(y) + torch.log1p(torch.exp(-y.abs()))) / self.beta
+
+
+#: the smallest Softplus threshold read as softplus (torch's default)
+SOFTPLUS_MIN_THRESHOLD = 20.0
+
+
+@register_activation
+class SoftplusSpec(ActivationSpec):
+    r"""Softplus(beta, threshold): log(1 + exp(beta x)) / beta, whose derivative
+    sigma(beta x) lies in (0, 1) for every beta != 0: slope (0, 1), non-decreasing.
+
+    torch returns x instead where beta x > threshold, which is below the function by
+    log1p(exp(-threshold)) / |beta| there: a jump, so torch's module is, strictly, not
+    Lipschitz at all.  The description (and every verifier) therefore reads the module as
+    the softplus function itself (:meth:`reference`, which the lower bound evaluates, so
+    that lower and upper bounds bound the same function), and only for a threshold >= 20,
+    torch's default, where the jump is <= 2.1e-9 / |beta|, far below the float32
+    resolution of the values (about 20 / |beta|) where it happens; a smaller threshold is
+    unsupported with that reason."""
+
     name = "softplus"
     module_class = nn.Softplus
-    slope = (0.0, 1.0)
 
+    @property
+    def slope(self):
+        beta, thr = float(self.module.beta), float(self.module.threshold)
+        if beta == 0:
+            raise Unsupported("softplus with beta = 0 is not defined (log(1 + exp(0 x)) / 0)")
+        if not thr >= SOFTPLUS_MIN_THRESHOLD:
+            jump = float(np.log1p(np.exp(-thr))) / abs(beta)
+            raise Unsupported(f"softplus with threshold {thr:g}: torch returns x where beta x > threshold, a jump "
+                              f"of log1p(exp(-threshold)) / |beta| = {jump:.3g} below the softplus function that "
+                              f"the verifiers bound; a threshold >= {SOFTPLUS_MIN_THRESHOLD:g} (torch's default) "
+                              f"makes the jump negligible")
+        return (0.0, 1.0)
+
+    def reference(self):
+        return ExactSoftplus(float(self.module.beta))
+
+    def interval(self, l, u):   # monotone
+        f = self.reference()
+        return f(l), f(u)
+
+
+class MaxPool2dSpec(ActivationSpec):
+    r"""MaxPool2d on an input of shape (C, H, W): output w is the largest input in its
+    window S_w (padding counts as -inf, so only input pixels count).  Made by the walk
+    with the input shape; the windows are those torch uses (kernel, stride, padding,
+    dilation, ceil_mode): along each axis, window o covers o s - pad + d j, 0 <= j < k,
+    clipped to the axis, and a 2-d window is the product of one window per axis.  Let
+    c_i be the number of windows that hold input i and c = max_i c_i (the product of the
+    two axes' maxima; 1 when stride >= dilation (kernel - 1) + 1, the windows then being
+    disjoint).
+
+    Lipschitz constants, with d = x - y:
+
+    - |max_{S_w} x - max_{S_w} y| <= max_{i in S_w} |d_i| (max is 1-Lipschitz in the
+      l_inf norm).
+    - p = inf: each output moves by at most ||d||_inf: constant 1.
+    - p = 1: sum_w max_{S_w} |d_i| <= sum_w sum_{i in S_w} |d_i| = sum_i c_i |d_i|
+      <= c ||d||_1: constant c.
+    - p = 2: sum_w (max_{S_w} |d_i|)^2 <= sum_w sum_{i in S_w} d_i^2 = sum_i c_i d_i^2
+      <= c ||d||_2^2: constant sqrt(c) (rounded up).
+    - Each is attained: x = 0, y = e_i with c_i = c moves exactly the c windows that hold
+      i, each by 1.
+
+    Where it is differentiable its Jacobian selects one input per window (each row one
+    1): operator inf-norm 1, so it saturates inf; with disjoint windows (c = 1) the rows
+    are distinct unit vectors, so the Jacobian has norm 1 for p = 1 and 2 too.
+
+    Interval image: max is monotone in each argument, so [l, u] maps to
+    [max_{S_w} l, max_{S_w} u]: the layer applied to l and to u, exactly.
+
+    Piecewise-linear form for ``bab`` and ``mip`` (h = P z + Q relu(A z), one unit per
+    row of A, each input in at most one unit): a window of two inputs (a, b) is
+    b + relu(a - b), one unit; a window of one input is a selection (P only).  The max of
+    three or more values needs nested ReLUs (max(a, b, c) = c + relu(b + relu(a - b) - c)),
+    which one layer of that form cannot hold, and overlapping windows would put an input
+    in two units: both are unsupported there, with the reason."""
+
+    name = "maxpool2d"
+    module_class = None
+    slope = None
+
+    def __init__(self, module: nn.Module, in_shape: tuple):
+        super().__init__(module)
+        m = module
+        if m.return_indices:
+            raise Unsupported("MaxPool2d with return_indices=True returns a tuple")
+        if len(in_shape) != 3:
+            raise Unsupported(f"MaxPool2d on an input of shape {tuple(in_shape)}: the walk reads it on (C, H, W)")
+        self.in_shape = tuple(int(s) for s in in_shape)
+        with torch.no_grad():
+            out = m(torch.zeros(1, *self.in_shape))
+        self.out_shape = tuple(out.shape[1:])
+        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+        k, s, pad, dil = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size), \
+            pair(m.padding), pair(m.dilation)
+        self.windows = []    # per axis: the input positions of each window
+        for ax in range(2):
+            L, n_out = self.in_shape[1 + ax], self.out_shape[1 + ax]
+            wins = []
+            for o in range(n_out):
+                start = o * s[ax] - pad[ax]
+                w = [start + dil[ax] * j for j in range(k[ax]) if 0 <= start + dil[ax] * j < L]
+                if not w:
+                    raise Unsupported(f"MaxPool2d window {o} along axis {ax + 1} holds no input (only padding)")
+                wins.append(w)
+            self.windows.append(wins)
+        counts = [np.bincount(np.concatenate(w), minlength=self.in_shape[1 + ax]) for ax, w in enumerate(self.windows)]
+        self.max_count = int(counts[0].max()) * int(counts[1].max())
+
+    @property
+    def lipschitz(self):
+        c = self.max_count
+        r = float(np.sqrt(c))
+        if r * r != c:
+            r = float(np.nextafter(r, np.inf))
+        return {1.0: float(c), 2.0: r, np.inf: 1.0}
+
+    @property
+    def saturates(self):
+        return (1.0, 2.0, np.inf) if self.max_count == 1 else (np.inf,)
+
+    def _flat_windows(self):
+        C, H, W = self.in_shape
+        Ho, Wo = self.out_shape[1:]
+        for c in range(C):
+            for oh in range(Ho):
+                for ow in range(Wo):
+                    yield [(c * H + y) * W + x for y in self.windows[0][oh] for x in self.windows[1][ow]]
+
+    def pwl(self, in_dim):
+        if in_dim != int(np.prod(self.in_shape)):
+            raise Unsupported(f"maxpool2d described for {self.in_shape}, asked for width {in_dim}")
+        if self.max_count > 1:
+            raise Unsupported(f"maxpool2d with overlapping windows (an input in up to {self.max_count}) has no "
+                              f"form h = P z + Q relu(A z) with each input in one unit (bab, mip)")
+        wins = list(self._flat_windows())
+        big = max(len(w) for w in wins)
+        if big > 2:
+            raise Unsupported(f"maxpool2d with windows of {big} inputs: the max of more than 2 values needs nested "
+                              f"ReLUs, which the one-layer form h = P z + Q relu(A z) of bab and mip cannot hold")
+        pairs = [o for o, w in enumerate(wins) if len(w) == 2]
+        if not pairs:
+            raise Unsupported("maxpool2d whose windows all hold one input (a subsampling) has no unit for the "
+                              "form of bab and mip")
+        P = np.zeros((len(wins), in_dim))
+        Q = np.zeros((len(wins), len(pairs)))
+        A = np.zeros((len(pairs), in_dim))
+        unit = 0
+        for o, w in enumerate(wins):
+            if len(w) == 1:
+                P[o, w[0]] = 1.0
+            else:             # max(a, b) = b + relu(a - b)
+                a, b = w
+                A[unit, a], A[unit, b] = 1.0, -1.0
+                P[o, b] = 1.0
+                Q[o, unit] = 1.0
+                unit += 1
+        return P, Q, A
+
+    def interval(self, l, u):
+        B = l.shape[0]
+        f = lambda z: self.module(z.reshape(B, *self.in_shape)).reshape(B, -1)  # noqa: E731
+        return f(l), f(u)
+
+
+def referenced(module: nn.Module) -> nn.Module:
+    """``module`` with every walked activation that has a reference function
+    (:meth:`bench.activations.ActivationSpec.reference`, e.g. torch's Softplus without
+    its threshold) replaced by it, in place: the function the upper bounds describe.
+    Only the layers the walk reads (children of ``nn.Sequential`` containers) are
+    replaced; a module the walk does not know is evaluated as it is."""
+    def ref_of(m: nn.Module):
+        spec = describe(m)
+        return spec.reference() if spec is not None else None
+
+    def swap(parent: nn.Module):
+        for name, child in parent.named_children():
+            ref = ref_of(child)
+            if ref is not None:
+                setattr(parent, name, ref)
+            elif isinstance(child, nn.Sequential):
+                swap(child)
+    ref = ref_of(module)
+    if ref is not None:
+        return ref
+    if isinstance(module, nn.Sequential):
+        swap(module)
+    return module

@@ -307,11 +307,20 @@ class Verifier(Plugin):
     norms: ClassVar[tuple[float, ...]] = NORMS
     #: True if the verifier bounds p -> q norms with q != p (for the full output)
     mixed_norms: ClassVar[bool] = False
+    #: True if the verifier needs nothing of the network but its forward pass and
+    #: gradients (``net.module``), as ``lower`` does: it accepts layers the network walk
+    #: does not know (``bench.network.Opaque``), which every other verifier refuses
+    gradients_only: ClassVar[bool] = False
 
     def supports(self, net, query: Query) -> str | None:
         """None if this verifier can answer ``query`` on ``net``, else the reason.
-        The base class checks the norm, mixed norms, and that a class pair exists;
+        The base class checks for layers the walk does not know (unless
+        ``gradients_only``), the norm, mixed norms, and that a class pair exists;
         subclasses add their own checks and call ``super().supports``."""
+        if not self.gradients_only:
+            reason = opaque_refusal(net, self.name)
+            if reason:
+                return reason
         if query.p not in self.norms:
             return f"{self.name} supports p in {{{', '.join(p_name(p) for p in self.norms)}}}, not {p_name(query.p)}"
         if query.q is not None and query.q != query.p and not query.is_pair and not self.mixed_norms:
@@ -331,6 +340,19 @@ class Verifier(Plugin):
 
     def run(self, net, query: Query, budget: Budget) -> Bound:  # pragma: no cover
         raise NotImplementedError
+
+
+def opaque_refusal(net, verifier: str) -> str | None:
+    """The reason a verifier that reads the network's layers cannot use ``net``: its
+    first layer that the network walk does not know (``bench.network.Opaque``), named
+    with its index and class; None if there is none."""
+    for layer in getattr(net, "layers", ()):
+        if getattr(layer, "opaque", False):
+            return (f"layer {layer.index} ({layer.name}) is not supported by {verifier}: the network walk does not "
+                    f"know this module (it knows Linear, Conv2d, BatchNorm in eval mode, average and max pooling "
+                    f"and the registered activations), so only a verifier that needs nothing but gradients "
+                    f"(lower) can bound this network")
+    return None
 
 
 class Trainer(Plugin):

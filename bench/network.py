@@ -1,18 +1,50 @@
 """Canonical feed-forward networks.
 
-A network is a torch ``nn.Sequential`` of Linear, Conv2d, Flatten and activations.
-:func:`walk` turns it into a list of :class:`Affine` maps and :class:`Activation` s, so
-that every verifier asks one place what a layer is.  What an activation is (its slope,
-Lipschitz constants, width, piecewise-linear form, ...) its description says: see
-:mod:`bench.activations`.
+A network is a torch ``nn.Sequential``.  :func:`walk` turns it into a list of layers, so
+that every verifier asks one place what a layer is:
+
+===================================  =====================================================
+module                               layer
+===================================  =====================================================
+Linear, Conv2d (zero padding)        :class:`Affine` (W x + b; a conv unrolled on demand)
+BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + t per
+                                     coordinate, s = gamma / sqrt(running_var + eps),
+                                     t = beta - running_mean * s
+AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
+                                     entries >= 0
+MaxPool2d                            an :class:`Activation` (piecewise linear, not
+                                     elementwise; :class:`bench.activations.MaxPool2dSpec`)
+a registered activation              an :class:`Activation` (its description:
+                                     :mod:`bench.activations`)
+Flatten, Unflatten, Identity,        nothing (they do not change the function)
+Dropout
+anything else (a user's module,      :class:`Opaque`: only verifiers that need nothing
+Softmax, LayerNorm, ...)             but gradients (``lower``) accept it
+===================================  =====================================================
+
+BatchNorm is a layer of its own, not folded into a neighbouring Linear or Conv2d.
+Folding into the layer before it is exact only when there is one (not after an
+activation, nor first), and folding into the layer after it is wrong for a padded conv
+(the padding would carry the shift); so one rule, a diagonal affine map of its own,
+holds everywhere.  Every verifier then reads it through the same Affine interface
+(``matrix``, ``bias``, ``abs_row_sums``, ``abs_col_sums``): the exact verifiers
+(``pwl``) and the SDP verifiers (``sdp_common.chain``) compose consecutive affine maps
+exactly, and the trivial bound multiplies its exact norm max_i |s_i| (the same for every
+p), which is sound, if looser than the norm of a folded layer.
+
+A BatchNorm in training mode (or without running statistics) normalises with the
+batch's own statistics: its output depends on the other inputs in the batch, so it is
+:class:`bench.api.Unsupported` with that reason.
 """
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import os
 import tempfile
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import torch
@@ -30,7 +62,8 @@ MAX_DENSE_ENTRIES = 25_000_000
 
 @dataclass
 class Affine:
-    """x -> W x + b on flattened vectors (a Linear or an unrolled Conv2d)."""
+    """x -> W x + b on flattened vectors (a Linear or an unrolled Conv2d; the subclasses
+    :class:`Diagonal` and :class:`Pool` are BatchNorm and average pooling)."""
 
     module: nn.Module
     in_shape: tuple
@@ -55,6 +88,12 @@ class Affine:
         b = getattr(self.module, "bias", None)
         return b is not None and bool(torch.any(b != 0))
 
+    @property
+    def _device(self) -> torch.device:
+        for t in itertools.chain(self.module.parameters(), self.module.buffers()):
+            return t.device
+        return torch.device("cpu")
+
     def _linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Apply the bias-free map (with ``weight`` in place of the module's) to a batch
         of inputs shaped (n, *in_shape), in float64."""
@@ -64,23 +103,32 @@ class Affine:
             return x @ w.T
         return torch.nn.functional.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
 
+    def _abs_map(self, x: torch.Tensor) -> torch.Tensor:
+        """x -> |W| x on a batch shaped (n, *in_shape), float64."""
+        return self._linear_map(x, self.module.weight.abs())
+
+    def _check_dense(self, max_entries: int) -> None:
+        n_in, n_out = self.in_dim, self.out_dim
+        if n_in * n_out > max_entries:
+            raise Unsupported(f"layer {self.index} ({type(self.module).__name__}) unrolls to a "
+                              f"{n_out} x {n_in} matrix, above the dense limit of {max_entries:,} entries")
+
     def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
-        """Dense weight matrix, float64, shape (out_dim, in_dim); conv layers are unrolled."""
+        """Dense weight matrix, float64, shape (out_dim, in_dim); conv layers (and every
+        map but a Linear) are unrolled: the map applied to the unit vectors."""
         if self._dense is not None:
             return self._dense
         if isinstance(self.module, nn.Linear):
             self._dense = self.module.weight.detach().double().cpu().numpy()
             return self._dense
-        n_in, n_out = self.in_dim, self.out_dim
-        if n_in * n_out > max_entries:
-            raise Unsupported(f"layer {self.index} ({type(self.module).__name__}) unrolls to a "
-                              f"{n_out} x {n_in} matrix, above the dense limit of {max_entries:,} entries")
+        self._check_dense(max_entries)
+        n_in = self.in_dim
         cols = []
         with torch.no_grad():
             for s in range(0, n_in, 512):
                 e = torch.zeros(min(512, n_in - s), n_in, dtype=torch.float64)
                 e[torch.arange(e.shape[0]), torch.arange(s, s + e.shape[0])] = 1.0
-                cols.append(self._linear_map(e.view(-1, *self.in_shape).to(self.module.weight.device)).reshape(e.shape[0], -1).cpu())
+                cols.append(self._linear_map(e.view(-1, *self.in_shape).to(self._device)).reshape(e.shape[0], -1).cpu())
         self._dense = torch.cat(cols).T.contiguous().numpy()
         return self._dense
 
@@ -98,18 +146,106 @@ class Affine:
         if isinstance(self.module, nn.Linear):
             return np.abs(self.matrix()).sum(axis=1)
         with torch.no_grad():
-            ones = torch.ones(1, *self.in_shape, dtype=torch.float64, device=self.module.weight.device)
-            return self._linear_map(ones, self.module.weight.abs()).reshape(-1).cpu().numpy()
+            ones = torch.ones(1, *self.in_shape, dtype=torch.float64, device=self._device)
+            return self._abs_map(ones).reshape(-1).cpu().numpy()
 
     def abs_col_sums(self) -> np.ndarray:
         """sum_i |W_ij| for every input j, exactly, without unrolling a conv."""
         if isinstance(self.module, nn.Linear):
             return np.abs(self.matrix()).sum(axis=0)
-        x = torch.zeros(1, *self.in_shape, dtype=torch.float64, device=self.module.weight.device,
-                        requires_grad=True)
-        out = self._linear_map(x, self.module.weight.abs())
-        (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
+        x = torch.zeros(1, *self.in_shape, dtype=torch.float64, device=self._device, requires_grad=True)
+        with torch.enable_grad():
+            out = self._abs_map(x)
+            (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
         return g.reshape(-1).cpu().numpy()
+
+
+@dataclass
+class Diagonal(Affine):
+    """A BatchNorm in eval mode: x -> s * x + t coordinate by coordinate, with one
+    (s, t) per channel (the first axis of ``in_shape``), s = gamma / sqrt(running_var +
+    eps) and t = beta - running_mean * s, in float64.  Its matrix is diag(s), whose
+    operator norm is max_i |s_i| for every p (each coordinate is scaled on its own)."""
+
+    @property
+    def is_conv(self) -> bool:
+        return False
+
+    def channel_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(s, t) per channel, float64 tensors on the module's device."""
+        m = self.module
+        mean, var = m.running_mean.detach().double(), m.running_var.detach().double()
+        w = m.weight.detach().double() if m.weight is not None else torch.ones_like(var)
+        b = m.bias.detach().double() if m.bias is not None else torch.zeros_like(var)
+        s = w / torch.sqrt(var + m.eps)
+        return s, b - mean * s
+
+    def _per_coordinate(self, v: torch.Tensor) -> torch.Tensor:
+        return v.view(-1, *([1] * (len(self.in_shape) - 1))).expand(*self.in_shape)
+
+    def scale(self) -> np.ndarray:
+        """s for every coordinate of the flattened input, float64."""
+        return self._per_coordinate(self.channel_scale_shift()[0]).reshape(-1).cpu().numpy()
+
+    @property
+    def has_bias(self) -> bool:
+        return bool(torch.any(self.channel_scale_shift()[1] != 0))
+
+    def _linear_map(self, x, weight=None):
+        s = self.channel_scale_shift()[0] if weight is None else weight
+        return x * self._per_coordinate(s)
+
+    def _abs_map(self, x):
+        return self._linear_map(x, self.channel_scale_shift()[0].abs())
+
+    def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
+        if self._dense is None:
+            self._check_dense(max_entries)
+            self._dense = np.diag(self.scale())
+        return self._dense
+
+    def bias(self) -> np.ndarray:
+        return self._per_coordinate(self.channel_scale_shift()[1]).reshape(-1).cpu().numpy()
+
+    def abs_row_sums(self) -> np.ndarray:
+        return np.abs(self.scale())
+
+    def abs_col_sums(self) -> np.ndarray:
+        return np.abs(self.scale())
+
+
+@dataclass
+class Pool(Affine):
+    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool1d/2d): a linear map without bias
+    whose matrix has entries >= 0 (each output is a weighted mean of its window), so
+    |W| = W and its row and column sums are the map applied to ones and its adjoint
+    applied to ones: exact without unrolling.  The module's own forward is the map
+    (stride, padding, ceil_mode, count_include_pad, divisor_override included)."""
+
+    @property
+    def is_conv(self) -> bool:
+        return False
+
+    @property
+    def has_bias(self) -> bool:
+        return False
+
+    def _linear_map(self, x, weight=None):
+        if weight is not None:
+            raise ValueError("a pooling layer has no weight to replace")
+        return self.module(x)
+
+    def _abs_map(self, x):
+        return self.module(x)
+
+    def bias(self) -> None:
+        return None
+
+
+#: BatchNorm modules (eval mode, running statistics): :class:`Diagonal`
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+#: average pooling modules: :class:`Pool`
+AVGPOOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 
 
 @dataclass
@@ -136,14 +272,41 @@ class Activation:
         return self.slope is not None and self.in_dim == self.out_dim
 
 
+@dataclass
+class Opaque:
+    """A module the walk does not know (a user's own module, Softmax, LayerNorm, ...):
+    recorded with its class name and shapes (found by running a copy of it on a zero
+    input), so that a verifier that needs nothing but the network's forward pass and
+    gradients (``Verifier.gradients_only``: ``lower``) can still bound the network.
+    Every other verifier refuses it, naming the layer, in one place:
+    :meth:`bench.api.Verifier.supports`."""
+
+    module: nn.Module
+    name: str
+    in_shape: tuple
+    out_shape: tuple
+    index: int
+    opaque: ClassVar[bool] = True
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
 
 
-def _flat_children(module: nn.Module) -> list[nn.Module]:
+def flat_children(module: nn.Module) -> list[nn.Module]:
+    """The modules the walk reads, in order: nested ``nn.Sequential`` s flattened (a
+    layer's ``index`` is its position here)."""
     if isinstance(module, nn.Sequential):
         out = []
         for c in module:
-            out.extend(_flat_children(c))
+            out.extend(flat_children(c))
         return out
     return [module]
 
@@ -172,28 +335,67 @@ class Net:
     def activations(self) -> list[Activation]:
         return [l for l in self.layers if isinstance(l, Activation)]
 
+    @property
+    def opaque(self) -> list[Opaque]:
+        return [l for l in self.layers if isinstance(l, Opaque)]
+
     def hash(self) -> str:
         return net_hash(self.module)
 
     def describe(self) -> str:
         parts = []
         for l in self.layers:
-            if isinstance(l, Affine):
+            if isinstance(l, (Affine, Opaque)):
                 parts.append(f"{type(l.module).__name__}({l.in_dim}->{l.out_dim})")
             else:
                 parts.append(l.name)
         return " ".join(parts)
 
 
-def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
-    """Walk ``module`` (an ``nn.Sequential``) into affine maps and activations.
+def _input_shape_error(first: nn.Module) -> UserError:
+    name = type(first).__name__
+    return UserError(f"the input shape cannot be inferred from the first layer, {name} (only a network that "
+                     f"starts with Linear gives it: (in_features,)); give the shape of one input, without the "
+                     f"batch dimension: input_shape=(C, H, W) or (n,) in bench.verify / bench.lower_bound "
+                     f"(network.walk(net, input_shape) in code)")
 
-    ``input_shape`` (without the batch dimension) is needed when the first layer is a
-    Conv2d; for a network that starts with Linear it is (in_features,).  Raises
-    :class:`Unsupported` naming the first layer it does not know."""
+
+def _run(m: nn.Module, x: torch.Tensor, i: int, in_shape: tuple) -> torch.Tensor:
+    """m(x) in the dtype of m's parameters (or x's); a module that rejects the input
+    shape is the caller's error."""
+    t = next(itertools.chain(m.parameters(), (b for b in m.buffers() if b.is_floating_point())), None)
+    try:
+        y = m(x.to(t.dtype) if t is not None else x)
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise UserError(f"layer {i} ({type(m).__name__}) does not accept input of shape "
+                        f"{in_shape}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+    if not isinstance(y, torch.Tensor):
+        raise Unsupported(f"layer {i} ({type(m).__name__}) returns a {type(y).__name__}, not a tensor")
+    return y
+
+
+def _batchnorm_reason(m: nn.Module) -> str | None:
+    """Why a BatchNorm is no fixed affine map (None if it is one: eval mode, running
+    statistics)."""
+    if m.training:
+        return ("is in training mode: it normalises with the statistics of the batch, so its output depends "
+                "on the other inputs; call net.eval() to use its running statistics")
+    if m.running_mean is None or m.running_var is None:
+        return ("has no running statistics (track_running_stats=False): it normalises with the statistics of "
+                "the batch even in eval mode, so its output depends on the other inputs")
+    return None
+
+
+def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
+    """Walk ``module`` (an ``nn.Sequential``) into its layers (see the module doc).
+
+    ``input_shape`` (without the batch dimension) is needed unless the first layer is a
+    Linear, whose input shape is (in_features,).  Raises :class:`Unsupported` naming the
+    first layer that has no sound reading (a BatchNorm in training mode, a parametrized
+    weight, ...); a module it does not know is recorded as :class:`Opaque`."""
     if not isinstance(module, nn.Module):
         raise UserError(f"expected a torch nn.Sequential, got {type(module).__name__}")
-    children = _flat_children(module)
+    children = flat_children(module)
     if input_shape is None:
         first = next((c for c in children if not isinstance(c, _PASS_THROUGH)), None)
         if isinstance(first, nn.Linear):
@@ -201,7 +403,7 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
         elif first is None:
             raise Unsupported("the network has no layers")
         else:
-            raise UserError(f"input_shape is needed for a network that starts with {type(first).__name__}")
+            raise _input_shape_error(first)
     input_shape = tuple(int(s) for s in input_shape)
     # propagate shapes with a zero input through a float64 copy, checking each layer
     layers: list = []
@@ -213,45 +415,72 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
     with torch.no_grad():
         for i, m in enumerate(children):
             in_shape = tuple(x.shape[1:])
+            name = type(m).__name__
             if parametrize.is_parametrized(m):
-                raise Unsupported(f"layer {i} ({type(m).__name__}) is parametrized (e.g. spectral_norm): its weight "
+                raise Unsupported(f"layer {i} ({name}) is parametrized (e.g. spectral_norm): its weight "
                                   f"is recomputed on every access; materialise it first "
                                   f"(torch.nn.utils.parametrize.remove_parametrizations(m, 'weight'))")
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
                     raise Unsupported(f"layer {i} (Conv2d): padding_mode {m.padding_mode!r} is not supported")
-                try:
-                    x = m(x.to(m.weight.dtype))
-                except RuntimeError as e:
-                    raise UserError(f"layer {i} ({type(m).__name__}) does not accept input of shape "
-                                    f"{in_shape}: {str(e).splitlines()[0]}") from None
+                x = _run(m, x, i, in_shape)
                 layers.append(Affine(m, in_shape, tuple(x.shape[1:]), i))
+                continue
+            if isinstance(m, BATCHNORMS):
+                reason = _batchnorm_reason(m)
+                if reason:
+                    raise Unsupported(f"layer {i} ({name}) {reason}")
+                x = _run(m, x, i, in_shape)
+                layers.append(Diagonal(m, in_shape, tuple(x.shape[1:]), i))
+                continue
+            if isinstance(m, AVGPOOLS):
+                x = _run(m, x, i, in_shape)
+                layers.append(Pool(m, in_shape, tuple(x.shape[1:]), i))
                 continue
             if isinstance(m, _PASS_THROUGH):
                 if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
                     x = m(x)
                 continue
-            spec = activations.describe(m)
+            if isinstance(m, nn.MaxPool2d):
+                try:
+                    spec = activations.MaxPool2dSpec(m, in_shape)
+                except Unsupported as e:
+                    raise Unsupported(f"layer {i} ({name}): {e}") from None
+            else:
+                spec = activations.describe(m)
             if spec is None:
-                raise Unsupported(f"layer {i} ({type(m).__name__}) is not supported by the network walk")
-            x = m(x)
-            slope = spec.slope
+                bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
+                if bad is not None:
+                    raise Unsupported(f"layer {i} ({name}) holds a {type(bad).__name__} that "
+                                      f"{_batchnorm_reason(bad)}")
+                try:  # a copy: running it must not change the caller's module (e.g. a BatchNorm's statistics)
+                    probe = copy.deepcopy(m)
+                except Exception:
+                    probe = m
+                x = _run(probe, x, i, in_shape)
+                layers.append(Opaque(m, name, in_shape, tuple(x.shape[1:]), i))
+                continue
+            x = _run(m, x, i, in_shape)
+            try:
+                slope, lipschitz = spec.slope, spec.lipschitz
+            except Unsupported as e:
+                raise Unsupported(f"layer {i} ({name}): {e}") from None
             same_width = int(np.prod(in_shape)) == int(np.prod(x.shape[1:]))
             if slope is not None and not same_width:
-                raise Unsupported(f"layer {i} ({type(m).__name__}) declares a slope but changes the width: "
+                raise Unsupported(f"layer {i} ({name}) declares a slope but changes the width: "
                                   f"a slope describes an elementwise map; declare 'lipschitz' per p instead")
-            if spec.lipschitz is not None:
-                lip = {float(k): float(v) for k, v in spec.lipschitz.items()}
+            if lipschitz is not None:
+                lip = {float(k): float(v) for k, v in lipschitz.items()}
                 if set(lip) != set(NORMS):
-                    raise Unsupported(f"layer {i} ({type(m).__name__}) must declare Lipschitz constants for p = 1, 2, inf")
+                    raise Unsupported(f"layer {i} ({name}) must declare Lipschitz constants for p = 1, 2, inf")
             elif slope is not None:
                 lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
             else:
-                raise Unsupported(f"layer {i} ({type(m).__name__}) declares neither a slope nor Lipschitz constants")
+                raise Unsupported(f"layer {i} ({name}) declares neither a slope nor Lipschitz constants")
             layers.append(Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
                                      tuple(slope) if slope is not None else None, lip,
                                      tuple(float(p) for p in spec.saturates), spec))
-    if not any(isinstance(l, Affine) for l in layers):
+    if not any(isinstance(l, (Affine, Opaque)) for l in layers):
         raise Unsupported("the network has no Linear or Conv2d layer")
     return Net(module, input_shape, layers)
 

@@ -93,6 +93,8 @@ def zero_derivative_fraction(module: nn.Module, input_shape, X: np.ndarray, limi
     blocks; MaxMin permutes within pairs), so d(sum of block k)/dz_i is that column's
     k-th entry (MaxMin: its single nonzero).  None if an activation is not of that kind."""
     net = walk(module, input_shape)
+    if net.opaque:   # a module the walk does not know: its inner modules are not layers of the walk
+        return None
     x = torch.as_tensor(X[:limit], dtype=torch.float32)
     dead, total = 0, 0
     h = x

@@ -31,6 +31,7 @@ from typing import Sequence
 
 import torch
 
+from .activations import referenced
 from .api import Query
 from .norms import margin_jacobian
 
@@ -162,7 +163,7 @@ def check(module, input_shape: tuple, query: Query, witness) -> tuple[float | No
             return None, f"the witness lies outside the query's box (radius {r:g})"
     if bool((x1 == x2).all()):
         return None, "the witness's two points are equal"
-    module = copy.deepcopy(module).double().eval()
+    module = referenced(copy.deepcopy(module)).double().eval()   # the function the bounds describe
     q = quotients(module, x1.reshape(1, *input_shape), x2.reshape(1, *input_shape), query)
     return float(q[0]), None
 

@@ -8,7 +8,9 @@ class pair (i, j) the last affine layer is replaced by the row ``c^T W_L`` with
 ``c = e_i - e_j``, whose Lipschitz constant from the p-norm is the dual norm
 ``||W_L^T c||_{p*}``.  Conv layers use exact row/column sums of |W| for p in {1, inf}
 (no unrolling) and the unrolled dense matrix for p = 2 (``unsupported`` above
-``bench.network.MAX_DENSE_ENTRIES``).  The spectral norm is the square root of the top
+``bench.network.MAX_DENSE_ENTRIES``).  A BatchNorm is a diagonal map of its own, whose
+norm is max |scale| for every p; an average pooling uses its exact row / column sums and,
+for p = 2, sqrt(||W||_1 ||W||_inf) (see :func:`operator_norm`).  The spectral norm is the square root of the top
 eigenvalue of the smaller Gram matrix, with a proven rounding margin (see
 :func:`spectral_norm_upper`).
 
@@ -25,7 +27,7 @@ import numpy as np
 import scipy.linalg
 
 from bench.api import Bound, Budget, Query, Verifier, dual, p_name
-from bench.network import Affine, Net
+from bench.network import Affine, Diagonal, Net, Pool
 from bench.registry import register
 
 EPS = float(np.finfo(np.float64).eps)
@@ -46,11 +48,23 @@ def vector_norm(v: np.ndarray, p: float) -> float:
 
 
 def operator_norm(layer: Affine, p: float) -> float:
-    """A sound upper bound on ||W||_{p->p} for one affine layer."""
+    """A sound upper bound on ||W||_{p->p} for one affine layer.
+
+    p = 1 and inf: the largest absolute column / row sum (exact, no unrolling).  p = 2:
+    a BatchNorm (:class:`~bench.network.Diagonal`, W = diag(s)) has the exact norm
+    max_i |s_i| for every p, inflated for the rounding of s = gamma / sqrt(var + eps);
+    an average pooling (:class:`~bench.network.Pool`) the bound
+    ||W||_2 <= sqrt(||W||_1 ||W||_inf) (Hoelder / the Schur test), which is exact for
+    non-overlapping windows (rows orthogonal, of norm 1 / sqrt(k); columns summing to
+    1 / k); any other layer the exact spectral norm of its dense matrix."""
+    if isinstance(layer, Diagonal):
+        return _inflate(float(np.abs(layer.scale()).max()), 4)
     if p == 1:
         return _inflate(layer.abs_col_sums().max(), layer.out_dim)
     if math.isinf(p):
         return _inflate(layer.abs_row_sums().max(), layer.in_dim)
+    if isinstance(layer, Pool):
+        return _inflate(math.sqrt(operator_norm(layer, 1.0) * operator_norm(layer, math.inf)), 2)
     return spectral_norm_upper(layer.matrix())
 
 
@@ -155,16 +169,25 @@ class TorchTrivialBound:
         net = walk(module, input_shape)
         self.items = []
         for l in net.layers:
-            if isinstance(l, Affine):
+            if getattr(l, "opaque", False):
+                raise Unsupported(f"layer {l.index} ({l.name}) is not supported by the trivial bound: the network "
+                                  f"walk does not know this module")
+            if isinstance(l, Pool):   # no parameters: a constant
+                self.items.append(operator_norm(l, self.p))
+            elif isinstance(l, Affine):
                 if l.is_conv and self.p == 2:
                     raise Unsupported("differentiable p=2 trivial bound of a conv layer is not implemented")
                 self.items.append(l)
             else:
                 self.items.append(float(l.lipschitz[self.p]))
-        self.last_is_affine = isinstance(self.items[-1], Affine)
+        self.last_is_affine = isinstance(self.items[-1], Affine) and not isinstance(self.items[-1], Diagonal)
 
     def _norm(self, l: Affine):
         import torch
+        if isinstance(l, Diagonal):   # max |gamma| / sqrt(var + eps), differentiable in gamma
+            m = l.module
+            g = m.weight.double() if m.weight is not None else torch.ones_like(m.running_var, dtype=torch.float64)
+            return (g.abs() / torch.sqrt(m.running_var.double() + m.eps)).max()
         W = l.module.weight.double()
         if l.is_conv:
             ones = torch.ones(1, *l.in_shape, dtype=torch.float64, device=W.device)

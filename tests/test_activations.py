@@ -24,7 +24,8 @@ D = 6  # an even width: MaxMin pairs coordinates
 # every registered description, and a few parameter values of the parametrised ones
 CASES = [(name, {}) for name in sorted(activations.ACTIVATIONS)] + [
     ("leaky_relu", {"negative_slope": 0.3}), ("leaky_relu", {"negative_slope": 1.7}),
-    ("hardtanh", {"min_val": -0.5, "max_val": 2.0}), ("softplus", {"beta": 3.0})]
+    ("hardtanh", {"min_val": -0.5, "max_val": 2.0}), ("softplus", {"beta": 3.0}), ("softplus", {"beta": -2.0}),
+    ("elu", {"alpha": 0.5}), ("elu", {"alpha": 2.5}), ("elu", {"alpha": -0.7}), ("gelu", {"approximate": "tanh"})]
 IDS = [n + "".join(f"-{v}" for v in p.values()) for n, p in CASES]
 
 
@@ -56,7 +57,8 @@ def test_width_slope_and_lipschitz_hold_on_samples(name, params):
     assert set(a.lipschitz) == set(bench.api.NORMS)
     x, y = points(400, 0), points(400, 1)
     y[:200] = x[:200] + 1e-3 * points(200, 8, scale=1.0)  # near pairs too
-    fx, fy = m(x), m(y)
+    f = spec.reference() or m   # the function the description describes
+    fx, fy = f(x), f(y)
     assert fx.shape == (400, D * spec.out_factor)
     for p in (1.0, 2.0, INF):
         q = torch.linalg.vector_norm(fx - fy, ord=p, dim=1) / torch.linalg.vector_norm(x - y, ord=p, dim=1)
@@ -103,12 +105,16 @@ def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params
     assert lo.shape == hi.shape == (40, D * spec.out_factor)
     tol = 1e-12 * (1 + lo.abs() + hi.abs())
     g = torch.Generator().manual_seed(6)
+    f = spec.reference() or m   # the function the description describes
     for _ in range(50):
         x = l + (u - l) * torch.rand(40, D, dtype=torch.float64, generator=g)
-        fx = m(x)
+        fx = f(x)
         assert torch.all(fx >= lo - tol) and torch.all(fx <= hi + tol)
-    # exact: each end is the value at l, at u or at the point of the box nearest 0
-    cand = torch.stack([m(l), m(u), m(torch.minimum(torch.maximum(torch.zeros_like(l), l), u))])
+    # exact: each end is the value at l, at u, at the point of the box nearest 0 or
+    # nearest the minimum of a map with one minimum (GELU, SiLU)
+    clamp = lambda c: torch.minimum(torch.maximum(torch.full_like(l, c), l), u)  # noqa: E731
+    ends = [l, u, clamp(0.0)] + ([clamp(spec.argmin)] if hasattr(spec, "argmin") else [])
+    cand = torch.stack([f(z) for z in ends])
     torch.testing.assert_close(lo, cand.amin(0), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(hi, cand.amax(0), rtol=1e-12, atol=1e-14)
 

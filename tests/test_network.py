@@ -53,9 +53,15 @@ def test_hash_save_load_roundtrip(tmp_path):
     assert shape == (3,) and network.net_hash(m) == network.net_hash(a)
 
 
-def test_unsupported_layer_named():
-    with pytest.raises(bench.Unsupported, match=r"layer 1 \(GELU\)"):
-        network.walk(nn.Sequential(nn.Linear(2, 2), nn.GELU(), nn.Linear(2, 1)))
+def test_a_module_the_walk_does_not_know_is_opaque_and_refused_by_name():
+    class Mine(nn.Module):
+        def forward(self, x):
+            return torch.softmax(x, dim=1)
+    net = nn.Sequential(nn.Linear(2, 3), Mine(), nn.Linear(3, 1))
+    w = network.walk(net)
+    assert isinstance(w.layers[1], network.Opaque) and w.layers[1].name == "Mine" and w.out_dim == 1
+    b = bench.verify(net, "trivial", p=2)
+    assert b.status == "unsupported" and "layer 1 (Mine) is not supported by trivial" in b.error
 
 
 def test_build_mlp_rejects_bad_arch():

@@ -8,7 +8,12 @@ expands the backward pass into a graph it can bound, and ``compute_jacobian_boun
 gradient graph) returns elementwise bounds lo <= J <= hi over the box.  The reported
 value is the norm of the entrywise majorant max(|lo|, |hi|) (sound for p = 1, 2, inf).
 For a class pair the network is first composed with the row e_i - e_j, so the bounds are
-those of the margin's gradient.  Computed in float64 (auto_LiRPA builds its gradient
+those of the margin's gradient.  auto_LiRPA 0.7.1 has no gradient node for BatchNorm or
+average pooling (``build_gradient_node`` raises NotImplementedError), and its Conv2d
+gradient fails on the Jacobian's extra dimension (conv_transpose2d gets a 5-d input), so
+every affine layer but a Linear is handed to it as what the network walk reads it as: a
+Linear with its dense matrix and bias, between a Flatten and an Unflatten
+(``unsupported`` above the dense limit).  Computed in float64 (auto_LiRPA builds its gradient
 graph in torch's default dtype, so the default is switched for the call).
 
 auto_LiRPA is not installable from PyPI in a working version: PyPI's ``auto-lirpa`` is
@@ -32,7 +37,7 @@ import torch
 from torch import nn
 
 from bench.api import Bound, Budget, Query, Verifier
-from bench.network import Net
+from bench.network import MAX_DENSE_ENTRIES, Net, flat_children
 from bench.norms import jacobian_norm
 from bench.registry import register
 
@@ -86,6 +91,11 @@ class LiRPA(Verifier):
         if other:
             return (f"auto_LiRPA has no Jacobian bounds for {', '.join(other)} (it has them for "
                     f"{', '.join(sorted(JACOBIAN_ACTIVATIONS))})")
+        for l in net.affines:
+            if not isinstance(l.module, nn.Linear) and l.in_dim * l.out_dim > MAX_DENSE_ENTRIES:
+                return (f"layer {l.index} ({type(l.module).__name__}) is handed to auto_LiRPA as a dense Linear "
+                        f"(it has no working gradient node for it), and its {l.out_dim} x {l.in_dim} matrix is above the "
+                        f"dense limit of {MAX_DENSE_ENTRIES:,} entries")
         return super().supports(net, query)
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
@@ -103,7 +113,7 @@ class LiRPA(Verifier):
             def forward(self, x):
                 return JacobianOP.apply(self.model(x), x)
 
-        model = copy.deepcopy(net.module).cpu().eval()
+        model = _as_linear(net, copy.deepcopy(net.module).cpu().eval())
         if query.is_pair:
             i, j = query.target
             row = nn.Linear(net.out_dim, 1, bias=False)
@@ -133,6 +143,30 @@ class LiRPA(Verifier):
         return Bound(value * (1 + 1e-10), "upper", "ok",
                      stats={"auto_lirpa_version": getattr(auto_LiRPA, "__version__", None),
                             "bound_s": time.perf_counter() - t0, "optimize": self.opts["optimize"]})
+
+
+def _as_linear(net: Net, module: nn.Module) -> nn.Module:
+    """``module`` (a copy of ``net.module``) with every affine layer but a Linear (Conv2d,
+    BatchNorm, average pooling) replaced by a float64 Linear with the walk's dense matrix
+    and bias, between a Flatten and an Unflatten: the same map, in layers auto_LiRPA can
+    differentiate."""
+    swap = {l.index: l for l in net.affines if not isinstance(l.module, nn.Linear)}
+    if not swap:
+        return module
+    children = flat_children(module)
+    out = []
+    for i, m in enumerate(children):
+        l = swap.get(i)
+        if l is None:
+            out.append(m)
+            continue
+        lin = nn.Linear(l.in_dim, l.out_dim, dtype=torch.float64)
+        with torch.no_grad():
+            lin.weight.copy_(torch.as_tensor(l.matrix()))
+            b = l.bias()
+            lin.bias.copy_(torch.as_tensor(b) if b is not None else torch.zeros(l.out_dim, dtype=torch.float64))
+        out += [nn.Flatten(), lin] + ([nn.Unflatten(1, l.out_shape)] if len(l.out_shape) > 1 else [])
+    return nn.Sequential(*out)
 
 
 def _majorant_norm(M: torch.Tensor, query: Query) -> float:

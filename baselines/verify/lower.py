@@ -27,6 +27,13 @@ certifies what it found (step 3).
    equals the Jacobian's norm at x (to ~1e-9); where it is not, it is smaller, and still
    a lower bound.  The best pair is stored (``stats["witness"]``) and the audit
    evaluates it again.
+
+"The network" is ``net.module`` in float64, in eval mode, with each activation that
+the walk reads replaced by its description's reference function where it gives one
+(:func:`bench.activations.referenced`: torch's Softplus without its threshold), the
+function the upper bounds describe; the audit evaluates witnesses on it too.  It needs
+nothing else of the network (``gradients_only``): a module the walk does not know
+(``bench.network.Opaque``) is evaluated as it is.
 """
 from __future__ import annotations
 
@@ -37,7 +44,7 @@ import time
 import torch
 from torch import nn
 
-from bench.activations import describe
+from bench.activations import describe, referenced
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.norms import jacobian_norm, margin_jacobian
@@ -83,6 +90,7 @@ class Lower(Verifier):
     name = "lower"
     kind = "lower"
     version = "2"   # 2: stores its witness pair (bench.witness)
+    gradients_only = True   # net.module is all it needs: it accepts layers the walk does not know
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": Param(2000, "uniform samples scored on the exact network", ge=1),
               "restarts": Param(16, "best samples the gradient ascent starts from", ge=1),
@@ -112,7 +120,7 @@ class Lower(Verifier):
         P = self.opts
         dev = torch.device(budget.device if budget.device != "auto" else "cpu")
         g = torch.Generator(device="cpu").manual_seed(int(P["seed"]))
-        exact = copy.deepcopy(net.module).double().eval().to(dev)
+        exact = referenced(copy.deepcopy(net.module)).double().eval().to(dev)
         shape = net.input_shape
         far = 0.0
         if query.domain == "global":

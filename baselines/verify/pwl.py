@@ -39,7 +39,10 @@ REPORT_INFLATE = 1e-10
 
 def _act_matrices(act: Activation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(P, Q, A) with h = P z + Q relu(A z), float64, from the activation's description."""
-    form = act.spec.pwl(act.in_dim)
+    try:
+        form = act.spec.pwl(act.in_dim)
+    except Unsupported as e:
+        raise Unsupported(f"layer {act.index} ({act.name}): {e}") from None
     if form is None:
         names = [n for n, s in ACTIVATIONS.items() if s.pwl is not ActivationSpec.pwl]
         raise Unsupported(f"activation {act.name!r} is not piecewise linear with one kink per unit "
@@ -93,7 +96,8 @@ def refusal(net: Net) -> str | None:
 
 
 def pwl(net: Net) -> PWLNet:
-    """The network in PWL form; consecutive affine maps are composed."""
+    """The network in PWL form; consecutive affine maps (Linear, Conv2d, BatchNorm,
+    average pooling) are composed."""
     W = np.eye(net.in_dim)
     b = np.zeros(net.in_dim)
     hidden = []
@@ -102,6 +106,9 @@ def pwl(net: Net) -> PWLNet:
             M = layer.matrix()
             bb = layer.bias()
             W, b = M @ W, M @ b + (0.0 if bb is None else bb)
+        elif not isinstance(layer, Activation):
+            raise Unsupported(f"layer {layer.index} ({getattr(layer, 'name', type(layer).__name__)}) has no "
+                              f"piecewise-linear form")
         else:
             P, Q, A = _act_matrices(layer)
             unit_of = np.argmax(np.abs(A), axis=0)

@@ -57,22 +57,34 @@ class Chain:
 
 
 def chain(net: Net, query: Query, name: str) -> Chain:
-    """Read the network as an alternating chain, or raise Unsupported with the reason."""
+    """Read the network as an alternating chain, or raise Unsupported with the reason.
+    Consecutive affine maps (a Linear and the BatchNorm after it, an average pooling and
+    the Linear after it, ...) are composed into one matrix: exactly the same map, and
+    biases do not enter the LMI."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
     if query.domain != "global":
         raise Unsupported(f"{name} computes global bounds only")
     layers = net.layers
+    for l in layers:
+        if not isinstance(l, (Affine, Activation)):
+            raise Unsupported(f"{name} reads affine layers and activations only; layer {l.index} "
+                              f"({getattr(l, 'name', type(l).__name__)}) is neither")
     kinds = ["A" if isinstance(l, Affine) else "S" for l in layers]
-    if kinds[0] != "A" or kinds[-1] != "A" or any(x == y for x, y in zip(kinds, kinds[1:])):
+    if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
         raise Unsupported(f"{name} needs affine layers separated by single activations, starting and ending "
                           f"with an affine layer (got {' '.join(kinds)})")
     Ws, a, b = [], [], []
+    prev_affine = False
     for l in layers:
-        if isinstance(l, Affine):
-            Ws.append(l.matrix())
+        if isinstance(l, Affine):   # consecutive affine maps (e.g. Linear, BatchNorm) compose exactly
+            if prev_affine:
+                Ws[-1] = l.matrix() @ Ws[-1]
+            else:
+                Ws.append(l.matrix())
+            prev_affine = True
         else:
-            assert isinstance(l, Activation)
+            prev_affine = False
             if not l.elementwise:
                 raise Unsupported(f"{name} needs elementwise slope-restricted activations; {l.name} is not")
             a.append(float(l.slope[0]))
