@@ -5,7 +5,15 @@ from .api import Bound, Budget, Query, Trainer, UserError, Unsupported, Verifier
 from .registry import register, register_activation  # noqa: E402
 
 __all__ = ["Bound", "Budget", "Query", "Trainer", "UserError", "Unsupported", "Verifier", "register",
-           "register_activation", "verify", "lower_bound"]
+           "register_activation", "verify", "lower_bound", "results"]
+
+
+def results(out_dir: str):
+    """The tidy pandas DataFrame of a results folder: one row per result, with the
+    network's and the job's columns, the best lower bound, tightness and cost
+    (:mod:`bench.tidy` lists the columns)."""
+    from .tidy import frame
+    return frame(out_dir)
 
 
 def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, timeout=None,

@@ -1,15 +1,15 @@
 """Soundness audit, in two steps.
 
-1. Every claimed lower bound (:func:`bench.results.claimed_lower`) is checked against its
+1. Every claimed lower bound (:func:`bench.rows.claimed_lower`) is checked against its
    witness: the pair of inputs stored with it is evaluated again on the stored network,
    in float64 (:func:`bench.witness.check`).  A claim above what its witness gives (beyond
    ``witness.CHECK_RTOL``), or without a usable witness, is the row marked ``unsound``;
    a confirmed one gets the verdict ``{"witness": {"value": v}}`` and from then on proves
-   a lower bound (:func:`bench.results.proven_lower`).  A claim whose network file cannot
+   a lower bound (:func:`bench.rows.proven_lower`).  A claim whose network file cannot
    be read, or that an older lipbench (< 0.2) stored without a witness, stays unchecked
    (``{"witness": {"unchecked": why}}``) and proves nothing.
 2. No upper (or exact) bound may lie below the best proven lower bound of the same
-   network and query (:func:`bench.results.best_lower`).  Offending rows get status
+   network and query (:func:`bench.rows.best_lower`).  Offending rows get status
    ``unsound`` and a note naming the lower bound that refutes them; the original status
    is kept in the note.
 
@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 
 from . import witness
-from .results import audit_note, best_lower, claimed_lower, is_upper, query_key, query_of, stats
+from .rows import audit_note, best_lower, claimed_lower, is_upper, query_key, query_of, stats
 from .store import Store
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .api import dual, parse_p, p_name
-from .results import parse_target
+from .rows import parse_target
 
 
 def pair_factor(p: float) -> float:

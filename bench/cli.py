@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import csv
-import json
 import logging
 import os
 import sys
@@ -113,30 +111,23 @@ def _rows(args) -> list[dict]:
         store.close()
 
 
-def _export_row(r: dict) -> dict:
-    from .store import EXPORT_COLUMNS
-    d = {c: r.get(c) for c in EXPORT_COLUMNS}
-    d["dataset"] = json.loads(r["dataset"]) if r["dataset"] else None
-    if isinstance(d["dataset"], dict):
-        d["dataset"] = json.dumps(d["dataset"], sort_keys=True)
-    d["domain"] = json.loads(r["domain"]) if r["domain"] else None
-    if isinstance(d["domain"], dict):
-        d["domain"] = json.dumps(d["domain"], sort_keys=True)
-    return d
-
-
 def cmd_export(args) -> int:
-    from .store import EXPORT_COLUMNS
-    rows = [_export_row(r) for r in _rows(args)]
+    from .tidy import frame
+    df = frame(_out(args))
+    if args.format == "parquet":
+        if not args.file:
+            raise UserError("--format parquet writes a binary file: give --file F.parquet")
+        try:
+            df.to_parquet(args.file, index=False)
+        except ImportError as e:
+            raise UserError(f"parquet needs pyarrow (pip install pyarrow): {e}") from None
+        return 0
     fh = open(args.file, "w", newline="") if args.file else sys.stdout
     try:
         if args.format == "csv":
-            w = csv.DictWriter(fh, fieldnames=EXPORT_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+            df.to_csv(fh, index=False)
         else:
-            for r in rows:
-                fh.write(json.dumps(r) + "\n")
+            df.to_json(fh, orient="records", lines=True)
     finally:
         if args.file:
             fh.close()
@@ -144,7 +135,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from .results import best_lower_values, cost_s, tightness
+    from .rows import best_lower_values, cost_s, tightness
     rows = _rows(args)
     best = best_lower_values(rows)
     print(f"{'network':<46} {'p':<3} {'target':<6} {'verifier':<9} {'status':<11} {'value':>12} {'tight':>7} {'solve_s':>8}")
@@ -203,7 +194,7 @@ def parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("export", help="write the store as one tidy row per result")
     common(e, suite_required=False)
-    e.add_argument("--format", choices=["csv", "jsonl"], default="csv")
+    e.add_argument("--format", choices=["csv", "parquet", "jsonl"], default="csv")
     e.add_argument("--file", help="output file (default: standard output)")
     e.set_defaults(func=cmd_export)
     return ap

@@ -20,7 +20,7 @@ from typing import Iterable
 
 from .api import UserError
 from .jobs import CertifyJob, Job, Outcome, TrainJob, VerifyJob, dumps, spec
-from .results import p_label, target_label
+from .rows import p_label, target_label
 
 SCHEMA_VERSION = 1
 DB_NAME = "lipbench.sqlite"
@@ -54,11 +54,6 @@ CREATE TABLE IF NOT EXISTS certified (
 _ADDED = {"jobs": [("solve_s", "REAL"), ("threads", "INTEGER")],
           "results": [("solve_s", "REAL"), ("threads", "INTEGER")]}
 
-EXPORT_COLUMNS = ["network", "trainer", "trainer_params", "dataset", "seed", "clean_acc",
-                  "verifier", "verifier_params", "p", "target", "status", "kind", "value",
-                  "solve_s", "wall_s", "cpu_s", "peak_mem_mb", "device", "threads",
-                  # beyond the stable core
-                  "domain", "net_hash", "error", "audit", "stats"]
 
 
 class Store:

@@ -19,7 +19,7 @@ from .data import DATASETS, PARAMS as DATA_PARAMS
 from .network import arch_name
 from .registry import VERIFIERS, get_trainer, get_verifier, import_plugin, load_plugins
 from .jobs import CertifyJob, TrainJob, VerifyJob, job_key, keyed
-from .results import certifies
+from .rows import certifies
 
 TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins",
             "certify", "threads", "mem_limit"}
@@ -157,7 +157,7 @@ class Suite:
 
     def certify_job(self, network, rows: list, data_dir: str | None) -> CertifyJob | None:
         """The certified-accuracy job of one network, given its stored result rows (only
-        rows that :func:`bench.results.certifies` say may certify)."""
+        rows that :func:`bench.rows.certifies` say may certify)."""
         if not self.certify_eps:
             return None
         use = tuple({k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}

@@ -13,7 +13,7 @@ import math
 from collections import defaultdict
 from statistics import mean, median
 
-from bench.results import GLOBAL, best_lower_values, is_upper
+from bench.rows import GLOBAL, best_lower_values, is_upper
 
 TIGHT = 1.10  # the paper's "within 10% of the ground truth"
 

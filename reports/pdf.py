@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.ticker import FuncFormatter  # noqa: E402
 
-from bench.results import best_lower_values, cost_s, query_key, tightness  # noqa: E402
+from bench.rows import best_lower_values, cost_s, query_key, tightness  # noqa: E402
 from bench.store import Store  # noqa: E402
 
 from . import evidence  # noqa: E402
@@ -51,7 +51,7 @@ def _log_axes(ax, title: str):
 
 
 def _points(rows, best, key):
-    """(row, seconds (results.cost_s), tightness, unsound) for the upper/exact rows of one query."""
+    """(row, seconds (rows.cost_s), tightness, unsound) for the upper/exact rows of one query."""
     for r in rows:
         if (r["p"], r["target"], r["domain"]) != key:
             continue

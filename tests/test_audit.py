@@ -10,7 +10,7 @@ from bench import network as netmod
 from bench.api import Query
 from bench.audit import audit
 from bench.jobs import Outcome, TrainedNetwork, TrainJob, VerifyJob
-from bench.results import best_lower_values, proven_lower, query_key
+from bench.rows import best_lower_values, proven_lower, query_key
 from bench.store import Store
 
 Q = Query(p="inf")

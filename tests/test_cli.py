@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import REPO
-from bench.store import EXPORT_COLUMNS
+from bench.tidy import COLUMNS
 
 TESTS = os.path.dirname(__file__)
 SMOKE_FAST = """\
@@ -67,7 +67,7 @@ def test_run_smoke_end_to_end(smoke):
     # reason it gives), or answered; no verifier is named here
     from bench import network as netmod
     from bench.api import Query
-    from bench.results import parse_target
+    from bench.rows import parse_target
     from bench.registry import get_verifier
     db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
     paths = dict(db.execute("SELECT id, path FROM networks").fetchall())
@@ -91,13 +91,25 @@ def test_run_smoke_end_to_end(smoke):
 
 
 @pytest.mark.slow
-def test_export_csv_has_the_stable_columns(smoke, tmp_path):
+def test_export_is_the_tidy_frame(smoke, tmp_path):
     out, _ = smoke
     r = bench("export", "--suite", "smoke", "--out", out, "--format", "csv")
     assert r.returncode == 0, r.stderr
     table = list(csv.DictReader(io.StringIO(r.stdout)))
-    assert list(table[0].keys())[:17] == EXPORT_COLUMNS[:17]
+    assert list(table[0].keys()) == COLUMNS
     assert len(table) == len(rows(out))
+    import bench as api
+    df = api.results(out)
+    assert len(df) == len(table) and list(df.columns) == COLUMNS
+    assert {t["dataset"] for t in table} == {"synthetic"} or all(t["dataset"] for t in table)
+    ok = df[(df.status == "ok") & df.kind.isin(["upper", "exact"])]
+    assert ok.tightness.dropna().ge(1 - 1e-6).all()   # sound bounds over the best lower bound
+    pq = tmp_path / "x.parquet"
+    r2 = bench("export", "--out", out, "--format", "parquet", "--file", str(pq))
+    assert r2.returncode == 0, r2.stderr
+    import pandas as pd
+    back = pd.read_parquet(pq)
+    assert len(back) == len(df) and list(back.columns) == COLUMNS
     tp = json.loads(table[0]["trainer_params"])
     assert "arch" in tp and "activation" in tp["arch"]
     assert {t["seed"] for t in table} == {"0"}

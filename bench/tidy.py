@@ -1,0 +1,107 @@
+"""Tidy data: one pandas DataFrame row per stored result, with its network's and its
+job's columns and the derived numbers, so that every table and figure is a group-by of
+one frame (and ``export`` writes that frame).  What a row proves, the best lower bound
+and tightness are :mod:`bench.rows`' rules, applied here once per row.
+
+Columns, beyond the store's result columns (see :data:`COLUMNS`):
+
+``trainer, trainer_params, dataset, seed, clean_acc``
+    the network's, from its training job;
+``arch, activation, bias, width, depth``
+    its architecture (``arch``: e.g. "mlp64-64"; width the widest hidden layer, depth
+    the number of hidden layers; None for a network not built from ``hidden``);
+``method``
+    the training method as a reader names it: the trainer, with the activation where it
+    is not ReLU ("tb-penalty x abs", "standard x tanh");
+``query``
+    "p=2" or "p=inf, 3-8";
+``best_lower``
+    the best proven lower bound of the row's query (:func:`bench.rows.best_lower`);
+``tightness``
+    value / best_lower for an upper or exact bound (:func:`bench.rows.tightness`);
+``cost_s``
+    :func:`bench.rows.cost_s`;
+``anytime``
+    a bound kept at a timeout (status ``timeout`` with a value);
+``settled``
+    the query is answered: an ``ok`` row of kind ``exact``, or an ``ok`` upper bound
+    within ``SETTLED_WITHIN`` (10%) of the best lower bound.
+"""
+from __future__ import annotations
+
+import json
+
+from .rows import best_lower_values, cost_s, query_key, tightness
+
+SETTLED_WITHIN = 1.10
+
+#: the frame's columns, in order
+COLUMNS = ["network", "method", "trainer", "activation", "arch", "width", "depth", "bias", "dataset", "seed",
+           "clean_acc", "verifier", "verifier_params", "p", "target", "query", "domain", "status", "kind",
+           "value", "best_lower", "tightness", "settled", "anytime", "cost_s", "solve_s", "wall_s", "cpu_s",
+           "peak_mem_mb", "device", "threads", "trainer_params", "net_hash", "error", "audit", "stats"]
+
+
+def _arch(trainer_params: str) -> dict:
+    try:
+        a = json.loads(trainer_params or "{}").get("arch", {})
+    except (TypeError, ValueError, AttributeError):
+        return {}
+    return a if isinstance(a, dict) else {}
+
+
+def method_label(trainer: str, activation: str | None) -> str:
+    """How a training method is named on every page: the trainer, x the activation
+    where it is not ReLU."""
+    return trainer if activation in (None, "relu") else f"{trainer} x {activation}"
+
+
+def _plain(js: str | None):
+    """A stored JSON scalar as itself ('"digits"' -> 'digits'); a mapping as sorted JSON."""
+    if js is None:
+        return None
+    try:
+        v = json.loads(js)
+    except (TypeError, ValueError):
+        return js
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def query_label(p: str, target: str) -> str:
+    return f"p={p}" if target == "full" else f"p={p}, {target}"
+
+
+def frame(store_or_dir):
+    """The tidy DataFrame of a store (a :class:`bench.store.Store` or its folder)."""
+    import pandas as pd
+
+    from .store import Store
+    store = Store(store_or_dir, create=False) if isinstance(store_or_dir, str) else store_or_dir
+    try:
+        rows = store.joined()
+    finally:
+        if isinstance(store_or_dir, str):
+            store.close()
+    best = best_lower_values(rows)
+    out = []
+    for r in rows:
+        a = _arch(r.get("trainer_params"))
+        hidden = a.get("hidden") if isinstance(a.get("hidden"), list) else None
+        act = a.get("activation", "relu") if a else None
+        bl = best.get(query_key(r))
+        t = tightness(r, best)
+        d = dict(r)
+        d.update(
+            method=method_label(r["trainer"], act), activation=act,
+            arch=("mlp" + "-".join(str(h) for h in hidden)) if hidden else ("linear" if hidden == [] else None),
+            width=max(hidden) if hidden else None, depth=len(hidden) if hidden is not None else None,
+            bias=a.get("bias", True) if a else None, query=query_label(r["p"], r["target"]),
+            dataset=_plain(r["dataset"]), domain=_plain(r["domain"]),
+            best_lower=bl, tightness=t, cost_s=cost_s(r),
+            anytime=r["status"] == "timeout" and r["value"] is not None,
+            settled=r["status"] == "ok" and (r["kind"] == "exact" or (t is not None and t <= SETTLED_WITHIN)))
+        out.append(d)
+    df = pd.DataFrame(out, columns=COLUMNS)
+    for c in ("width", "depth", "seed", "threads"):
+        df[c] = df[c].astype("Int64")
+    return df
