@@ -27,6 +27,10 @@ from typing import Iterable, Mapping
 
 from .api import Query, p_name
 
+#: "tight": an upper bound within 10% of the best lower bound (the paper's "within 10% of
+#: the ground truth"); the report's settled queries, highlights and evidence all use it
+TIGHT_WITHIN = 1.10
+
 #: the columns a query occupies in a result row
 QUERY_COLUMNS = ("network", "p", "target", "domain")
 GLOBAL = '"global"'   # the stored form of the global domain

@@ -25,15 +25,13 @@ Columns, beyond the store's result columns (see :data:`COLUMNS`):
     a bound kept at a timeout (status ``timeout`` with a value);
 ``settled``
     the query is answered: an ``ok`` row of kind ``exact``, or an ``ok`` upper bound
-    within ``SETTLED_WITHIN`` (10%) of the best lower bound.
+    within :data:`bench.rows.TIGHT_WITHIN` (10%) of the best lower bound.
 """
 from __future__ import annotations
 
 import json
 
-from .rows import best_lower_values, cost_s, query_key, tightness
-
-SETTLED_WITHIN = 1.10
+from .rows import TIGHT_WITHIN, best_lower_values, cost_s, query_key, tightness
 
 #: the frame's columns, in order
 COLUMNS = ["network", "method", "trainer", "activation", "arch", "width", "depth", "bias", "dataset", "seed",
@@ -99,9 +97,58 @@ def frame(store_or_dir):
             dataset=_plain(r["dataset"]), domain=_plain(r["domain"]),
             best_lower=bl, tightness=t, cost_s=cost_s(r),
             anytime=r["status"] == "timeout" and r["value"] is not None,
-            settled=r["status"] == "ok" and (r["kind"] == "exact" or (t is not None and t <= SETTLED_WITHIN)))
+            settled=r["status"] == "ok" and (r["kind"] == "exact" or (t is not None and t <= TIGHT_WITHIN)))
         out.append(d)
     df = pd.DataFrame(out, columns=COLUMNS)
     for c in ("width", "depth", "seed", "threads"):
         df[c] = df[c].astype("Int64")
     return df
+
+
+#: statuses that mean "this verifier does not apply here", not "it tried and failed"
+NOT_APPLICABLE = ("unsupported", "not_installed")
+
+
+def headline(df):
+    """The report's first table, long form: one row per (method, verifier) with the
+    number of results, the median and interquartile range of tightness (upper bound /
+    best lower bound, over the results that have one), the median cost, the share of
+    settled results, the statuses, and ``best``: the cheapest verifier (median cost)
+    whose median tightness is within ``TIGHT_WITHIN`` of the method's best median.
+    Lower-bound verifiers are left out (their tightness is not defined)."""
+    import pandas as pd
+    up = df[df.kind.isin(["upper", "exact"]) | df.status.isin(NOT_APPLICABLE)]
+    up = up[~up.verifier.isin(df[df.kind == "lower"].verifier.unique())]
+    rows = []
+    for (method, verifier), g in up.groupby(["method", "verifier"], sort=True):
+        applicable = g[~g.status.isin(NOT_APPLICABLE)]
+        t = applicable.tightness.dropna()
+        rows.append({
+            "method": method, "verifier": verifier, "n": len(g), "applicable": len(applicable),
+            "tight_median": t.median() if len(t) else None,
+            "tight_q25": t.quantile(0.25) if len(t) else None, "tight_q75": t.quantile(0.75) if len(t) else None,
+            "cost_median_s": applicable.cost_s.median() if len(applicable) else None,
+            "settled_share": float(g.settled.mean()) if len(g) else 0.0,
+            "statuses": ", ".join(f"{k} {v}" for k, v in g.status.value_counts().sort_index().items())})
+    out = pd.DataFrame(rows, columns=["method", "verifier", "n", "applicable", "tight_median", "tight_q25",
+                                      "tight_q75", "cost_median_s", "settled_share", "statuses"])
+    out["best"] = False
+    for method, g in out.groupby("method"):
+        g = g.dropna(subset=["tight_median"])
+        if not len(g):
+            continue
+        good = g[g.tight_median <= g.tight_median.min() * TIGHT_WITHIN]
+        out.loc[good.cost_median_s.idxmin(), "best"] = True
+    return out
+
+
+def headline_sentence(h) -> str:
+    """The headline table's answer in words: per method, the verifier highlighted (the
+    cheapest within 10% of the best) and how tight and how fast it is."""
+    parts = []
+    for _, r in h[h.best].iterrows():
+        parts.append(f"on {r.method} networks, {r.verifier} is the cheapest verifier within 10% of the tightest "
+                     f"(median upper / best lower {r.tight_median:.3g}, median {r.cost_median_s:.3g} s)")
+    if not parts:
+        return "No verifier has an upper bound with a proven lower bound to compare against yet."
+    return "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + "."
