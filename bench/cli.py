@@ -135,6 +135,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_show(args) -> int:
+    if not args.all:
+        return _show_headline(args)
     from .rows import best_lower_values, cost_s, tightness
     rows = _rows(args)
     best = best_lower_values(rows)
@@ -145,6 +147,43 @@ def cmd_show(args) -> int:
         val = f"{r['value']:.6g}" if r["value"] is not None else "-"
         print(f"{r['network'][:46]:<46} {r['p']:<3} {r['target']:<6} {r['verifier']:<9} {r['status']:<11} "
               f"{val:>12} {ratio:>7} {cost_s(r) or 0:>8.3f}")
+    return 0
+
+
+def _show_headline(args) -> int:
+    """The report's headline table in the terminal, transposed to fit: one line per
+    verifier, one column per training method; a cell is the median upper / best lower
+    bound [interquartile range], the median time and the share settled; '*' marks the
+    cheapest verifier within 10% of the best for that method."""
+    from .tidy import frame, headline, headline_sentence
+    df = frame(_out(args))
+    if df.empty:
+        print(f"{_out(args)}: the store holds no results yet")
+        return 0
+    h = headline(df)
+    methods = sorted(h.method.unique())
+    w = 34
+    print(f"{'verifier':<14}" + "".join(f"{m[:w - 1]:<{w}}" for m in methods))
+    for v, g in h.groupby("verifier", sort=True):
+        cells = {r.method: r for r in g.itertuples()}
+        line = f"{v[:13]:<14}"
+        for m in methods:
+            r = cells.get(m)
+            if r is None:
+                c = "-"
+            elif r.applicable == 0:
+                c = r.statuses.split(" ")[0]
+            elif r.tight_median is None or r.tight_median != r.tight_median:   # NaN: no lower bound to compare
+                c = f"no lower bound {r.cost_median_s:.2g}s"
+            else:
+                c = (f"{'*' if r.best else ''}{r.tight_median:.3g} [{r.tight_q25:.3g}-{r.tight_q75:.3g}] "
+                     f"{r.cost_median_s:.2g}s {r.settled_share:.0%}")
+            line += f"{c[:w - 1]:<{w}}"
+        print(line)
+    print()
+    print("cell: median upper / best lower bound [interquartile range], median verifier time (solve_s), share of "
+          "queries settled (exact, or within 10% of the best lower bound); * the cheapest within 10% of the best")
+    print(headline_sentence(h))
     return 0
 
 
@@ -188,8 +227,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--file", help="PDF path (default: <out>/report.pdf)")
     p.set_defaults(func=cmd_report)
 
-    s = sub.add_parser("show", help="print the results as a table")
+    s = sub.add_parser("show", help="print the headline table (or, with --all, every result)")
     common(s, suite_required=False)
+    s.add_argument("--all", action="store_true", help="every result, one line each")
     s.set_defaults(func=cmd_show)
 
     e = sub.add_parser("export", help="write the store as one tidy row per result")

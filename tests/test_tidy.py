@@ -1,0 +1,90 @@
+"""The tidy frame and the headline table: every number as bench.rows defines it."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+import bench
+from bench import network as netmod
+from bench.api import Query
+from bench.audit import audit
+from bench.jobs import Outcome, TrainedNetwork, TrainJob, VerifyJob
+from bench.rows import best_lower_values, query_key, tightness
+from bench.store import Store
+from bench.tidy import COLUMNS, frame, headline, headline_sentence
+from conftest import REPO
+
+
+def _store(tmp_path):
+    """Two networks (standard relu, tb-penalty abs), each with trivial, a slow tight
+    verifier, a fast tight one, an unsupported one and a witnessed lower bound."""
+    store = Store(str(tmp_path))
+    for i, (trainer, act) in enumerate([("standard", "relu"), ("tb-penalty", "abs")]):
+        torch.manual_seed(i)
+        net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        path = str(tmp_path / f"n{i}.pt")
+        netmod.save(net, (3,), path)
+        nid = f"net{i}"
+        store.record(TrainJob(trainer, "1", {}, {"hidden": [8], "activation": act}, "synthetic", 0, nid, path,
+                              key=f"t{i}"),
+                     Outcome("ok", network=TrainedNetwork(netmod.net_hash(net), path, (3,), "mlp", {"clean_acc": 0.9})))
+        low = bench.lower_bound(net, p="inf")
+        q = Query(p="inf")
+
+        def row(key, verifier, kind, value, status="ok", stats=None, solve=0.01):
+            job = VerifyJob(verifier, "1", {}, q, nid, netmod.net_hash(net), path, kind, key=f"{key}{i}")
+            store.record(job, Outcome(status, kind, value, stats or {}, solve_s=solve, wall_s=solve + 0.05))
+        row("l", "lower", "lower", low.value, stats=low.stats, solve=0.5)
+        row("a", "trivial", "upper", low.value * (3.0 if i == 0 else 1.05), solve=0.001)
+        row("b", "slow", "upper", low.value * 1.01, solve=10.0)
+        row("c", "fast", "upper", low.value * 1.08, solve=0.1)
+        row("d", "picky", "upper", None, status="unsupported")
+    audit(store)
+    return store
+
+
+def test_frame_columns_and_numbers_are_those_of_rows(tmp_path):
+    store = _store(tmp_path)
+    df = frame(str(tmp_path))
+    assert list(df.columns) == COLUMNS and len(df) == 10
+    rows = store.results()
+    best = best_lower_values(rows)
+    for r in rows:
+        d = df[(df.network == r["network"]) & (df.verifier == r["verifier"])].iloc[0]
+        t = tightness(r, best)
+        assert (t is None and math.isnan(d.tightness)) or d.tightness == pytest.approx(t, rel=1e-12)
+        assert d.best_lower == pytest.approx(best[query_key(r)])
+    assert set(df.method) == {"standard", "tb-penalty x abs"} and set(df.arch) == {"mlp8"}
+    assert df[df.verifier == "slow"].settled.all() and not df[df.verifier == "picky"].settled.any()
+
+
+def test_headline_highlights_the_cheapest_within_ten_percent(tmp_path):
+    _store(tmp_path)
+    h = headline(frame(str(tmp_path))).set_index(["method", "verifier"])
+    assert "lower" not in h.index.get_level_values("verifier")
+    # standard: trivial is 3x off; slow (1.01) and fast (1.08) are within 10% of the best: fast is cheaper
+    assert h.loc[("standard", "fast"), "best"] and not h.loc[("standard", "slow"), "best"]
+    # tb-penalty: the trivial bound (1.05) is within 10% of the best and the cheapest
+    assert h.loc[("tb-penalty x abs", "trivial"), "best"]
+    assert h.loc[("standard", "picky"), "applicable"] == 0 and h.loc[("standard", "picky"), "statuses"] == "unsupported 1"
+    s = headline_sentence(headline(frame(str(tmp_path))))
+    assert "on tb-penalty x abs networks, trivial is the cheapest" in s
+
+
+def test_show_prints_the_headline_and_export_writes_the_frame(tmp_path):
+    _store(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "bench", "show", "--out", str(tmp_path)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].split() == ["verifier", "standard", "tb-penalty", "x", "abs"]
+    trivial = next(l for l in lines if l.startswith("trivial"))
+    assert "*1.05" in trivial and "3 [3-3]" in trivial
+    empty = tmp_path / "empty"
+    Store(str(empty)).close()
+    r = subprocess.run([sys.executable, "-m", "bench", "show", "--out", str(empty)], cwd=REPO,
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "holds no results" in r.stdout
