@@ -11,8 +11,9 @@ Columns, beyond the store's result columns (see :data:`COLUMNS`):
     its architecture (``arch``: e.g. "mlp64-64"; width the widest hidden layer, depth
     the number of hidden layers; None for a network not built from ``hidden``);
 ``method``
-    the training method as a reader names it: the trainer, with the activation where it
-    is not ReLU ("tb-penalty x abs", "standard x tanh");
+    the training method as a reader names it: the trainer with the norm it trains for
+    where it has one, x the activation where it is not ReLU ("tb-penalty p=2 x abs",
+    "standard x tanh");
 ``query``
     "p=2" or "p=inf, 3-8";
 ``best_lower``
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import json
 
+from .api import p_name, parse_p
 from .rows import TIGHT_WITHIN, best_lower_values, cost_s, query_key, tightness
 
 #: the frame's columns, in order
@@ -48,10 +50,19 @@ def _arch(trainer_params: str) -> dict:
     return a if isinstance(a, dict) else {}
 
 
-def method_label(trainer: str, activation: str | None) -> str:
-    """How a training method is named on every page: the trainer, x the activation
-    where it is not ReLU."""
-    return trainer if activation in (None, "relu") else f"{trainer} x {activation}"
+def method_label(trainer: str, activation: str | None, p=None) -> str:
+    """How a training method is named on every page: the trainer (with the norm it
+    trains for, where it has one: "tb-penalty p=2"), x the activation where it is not
+    ReLU."""
+    name = trainer if p is None else f"{trainer} p={p_name(parse_p(p))}"
+    return name if activation in (None, "relu") else f"{name} x {activation}"
+
+
+def _trained_p(trainer_params: str):
+    try:
+        return json.loads(trainer_params or "{}").get("p")
+    except (TypeError, ValueError, AttributeError):
+        return None
 
 
 def _plain(js: str | None):
@@ -90,7 +101,7 @@ def frame(store_or_dir):
         t = tightness(r, best)
         d = dict(r)
         d.update(
-            method=method_label(r["trainer"], act), activation=act,
+            method=method_label(r["trainer"], act, _trained_p(r.get("trainer_params"))), activation=act,
             arch=("mlp" + "-".join(str(h) for h in hidden)) if hidden else ("linear" if hidden == [] else None),
             width=max(hidden) if hidden else None, depth=len(hidden) if hidden is not None else None,
             bias=a.get("bias", True) if a else None, query=query_label(r["p"], r["target"]),
