@@ -71,7 +71,9 @@ def test_run_smoke_end_to_end(smoke):
     from bench.registry import get_verifier
     db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
     paths = dict(db.execute("SELECT id, path FROM networks").fetchall())
+    accs = [a for (a,) in db.execute("SELECT clean_acc FROM networks")]
     db.close()
+    assert min(accs) > 0.5, accs   # 3 classes: well above chance (logistic regression gets 0.72)
     for x in res:
         cls = get_verifier(x["verifier"])
         net = netmod.walk(*netmod.load(paths[x["network"]]))
