@@ -177,6 +177,9 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
              "device %s, out %s", suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each,
              workers, threads, "" if mem_limit is None else f" and {mem_limit:g} MB", device, out_dir)
     ex = executor or LocalExecutor(workers, gpus=n_gpu)
+    from .provenance import collect
+    run_id = store.start_run(suite.name, collect(executor=type(ex).__name__, workers=workers, threads=threads,
+                                                  mem_limit_mb=mem_limit, device=device, gpus=n_gpu))
 
     def budget(t: float) -> Budget:
         return Budget(timeout or t, device, threads, mem_limit)  # "cuda" becomes a free "cuda:k" at dispatch
@@ -229,5 +232,6 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
                "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
     log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
              summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
+    store.finish_run(run_id, summary)
     store.close()
     return summary

@@ -2,7 +2,9 @@
 
 Tables: ``jobs`` (every finished job, train or verify, with its spec, status, cost and
 versions), ``networks`` (trained networks: readable id, content hash, trainer, params,
-data set, seed, accuracy, file), ``results`` (one row per verification).  Each job is
+data set, seed, accuracy, file), ``results`` (one row per verification), ``runs`` (every
+run of a suite into the store: start, end, summary, and its provenance: machine,
+versions, git commit, executor and threads).  Each job is
 written in one transaction, so the store never holds half a job; only the scheduler's
 process writes.  ``meta`` remembers the schema and the suite(s) the store holds.
 
@@ -44,6 +46,9 @@ CREATE TABLE IF NOT EXISTS results (
     peak_mem_mb REAL, device TEXT, versions TEXT, stats TEXT, error TEXT, audit TEXT,
     created REAL, solve_s REAL, threads INTEGER);
 CREATE INDEX IF NOT EXISTS results_query ON results (network, p, target, domain);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, suite TEXT NOT NULL, started REAL NOT NULL, finished REAL,
+    provenance TEXT NOT NULL, summary TEXT);
 CREATE TABLE IF NOT EXISTS certified (
     network TEXT NOT NULL, verifier TEXT NOT NULL, verifier_params TEXT NOT NULL, p TEXT NOT NULL,
     eps REAL NOT NULL, certified_acc REAL NOT NULL, clean_acc REAL, source TEXT, job_key TEXT NOT NULL,
@@ -180,6 +185,20 @@ class Store:
 
     def certified(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]
+
+    def start_run(self, suite: str, provenance: dict) -> int:
+        """Record a run's start and where it runs (:mod:`bench.provenance`); its id."""
+        with self.db:
+            cur = self.db.execute("INSERT INTO runs (suite, started, provenance) VALUES (?,?,?)",
+                                  (suite, time.time(), dumps(provenance)))
+        return int(cur.lastrowid)
+
+    def finish_run(self, run_id: int, summary: dict) -> None:
+        with self.db:
+            self.db.execute("UPDATE runs SET finished=?, summary=? WHERE id=?", (time.time(), dumps(summary), run_id))
+
+    def runs(self) -> list[sqlite3.Row]:
+        return self.db.execute("SELECT * FROM runs ORDER BY id").fetchall()
 
     def set_audit(self, notes: Iterable[tuple[int, dict]]) -> None:
         """The audit's verdict on rows it lets stand (e.g. a checked witness)."""

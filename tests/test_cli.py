@@ -74,6 +74,13 @@ def test_run_smoke_end_to_end(smoke):
     accs = [a for (a,) in db.execute("SELECT clean_acc FROM networks")]
     db.close()
     assert min(accs) > 0.5, accs   # 3 classes: well above chance (logistic regression gets 0.72)
+    db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
+    (prov, summ), = db.execute("SELECT provenance, summary FROM runs").fetchall()   # one run, with where it ran
+    db.close()
+    prov = json.loads(prov)
+    assert prov["machine"]["cores"] == os.cpu_count() and "torch" in prov["versions"]
+    assert prov["run"]["executor"] == "LocalExecutor" and prov["run"]["threads"] == 1
+    assert json.loads(summ)["results"] == len(res)
     for x in res:
         cls = get_verifier(x["verifier"])
         net = netmod.walk(*netmod.load(paths[x["network"]]))
