@@ -26,23 +26,70 @@ log = logging.getLogger(__name__)
 
 
 class Progress:
+    """Progress of a run: a log line per job start and end, and a summary (done / total,
+    running, failed, the slowest running job and its time, an ETA).  On a terminal the
+    summary is a live line under the log, redrawn at every event; elsewhere it is a log
+    line at every tenth of the run."""
+
     def __init__(self, total: int, done: int = 0):
+        import sys
         self.total, self.done, self.t0 = total, done, time.perf_counter()
+        self.done0, self.failed, self.running = done, 0, {}
+        self.tty = sys.stderr.isatty() and log.isEnabledFor(logging.INFO)
+        self._next_plain = 0.1
 
     def stamp(self) -> str:
         e = int(time.perf_counter() - self.t0)
         return f"[{self.done:>{len(str(self.total))}}/{self.total} {e // 60:02d}:{e % 60:02d}]"
 
+    def summary(self) -> str:
+        now = time.perf_counter()
+        ran = self.done - self.done0
+        left = max(0, self.total - self.done)
+        eta = "" if not ran else f", ETA {_mmss((now - self.t0) / ran * left)}"
+        slow = ""
+        if self.running:
+            label, t = min(self.running.items(), key=lambda kv: kv[1])
+            slow = f"; slowest: {' '.join(label.split())} {now - t:.0f}s"
+        return (f"{self.done}/{self.total} done, {len(self.running)} running, {self.failed} failed{eta}{slow}")
+
+    def _emit(self, msg: str, *args):
+        import sys
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        log.info(msg, *args)
+        if self.tty:
+            sys.stderr.write(self.summary()[:160])
+            sys.stderr.flush()
+        elif self.total and self.done / self.total >= self._next_plain:
+            self._next_plain = (int(self.done / self.total * 10) + 1) / 10
+            log.info("progress: %s", self.summary())
+
     def start(self, t: Task):
-        log.info("%s start   %s", self.stamp(), t.label)
+        self.running[t.label] = time.perf_counter()
+        self._emit("%s start   %s", self.stamp(), t.label)
 
     def finish(self, t: Task, out: Outcome):
         self.done += 1
+        self.running.pop(t.label, None)
+        if out.status in ("error", "oom", "timeout", "unsound"):
+            self.failed += 1
         extra = f" = {out.value:.6g}" if isinstance(out.value, float) else ""
         if out.network is not None:
             extra = f" acc {out.network.metrics.get('clean_acc', float('nan')):.3f}"
         err = f"  ({out.error})" if out.error and out.status != "ok" else ""
-        log.info("%s %-7s %s%s  %.2fs%s", self.stamp(), out.status, t.label, extra, out.wall_s or 0, err)
+        self._emit("%s %-7s %s%s  %.2fs%s", self.stamp(), out.status, t.label, extra, out.wall_s or 0, err)
+
+    def close(self):
+        import sys
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def _mmss(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60:02d}:{s % 60:02d}"
 
 
 RETRYABLE = ("timeout", "error", "oom")
@@ -230,6 +277,7 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
     unsound = store.unsound()   # this run's and every earlier run's: the store's state
     summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
                "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
+    prog.close()
     log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
              summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
     store.finish_run(run_id, summary)

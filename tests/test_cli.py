@@ -97,6 +97,9 @@ def test_run_smoke_end_to_end(smoke):
         "SELECT COUNT(*), MIN(certified_acc), MAX(certified_acc) FROM certified WHERE verifier='trivial'").fetchone()
     assert cert[0] == 2 * 3 * 3 and 0 <= cert[1] <= cert[2] <= 1  # networks x p x eps
     assert "unsound" in r.stderr and "0 unsound" in r.stderr
+    # not a terminal: the live summary comes as plain log lines, every tenth of the run
+    prog = [l for l in r.stderr.splitlines() if l.startswith("progress: ")]
+    assert len(prog) >= 5 and "running" in prog[-1] and "failed" in prog[-1] and "ETA" in prog[-1]
 
 
 @pytest.mark.slow
