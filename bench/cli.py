@@ -187,6 +187,14 @@ def _show_headline(args) -> int:
     return 0
 
 
+def cmd_data(args) -> int:
+    from .data import CIFAR_MD5, CIFAR_URL, download_cifar
+    path = download_cifar(args.data_dir, url=args.url or CIFAR_URL, md5=args.md5 or CIFAR_MD5,
+                          progress=not args.quiet)
+    print(path)
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench", description="lipbench: Lipschitz verification benchmark")
     ap.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -231,6 +239,13 @@ def parser() -> argparse.ArgumentParser:
     common(s, suite_required=False)
     s.add_argument("--all", action="store_true", help="every result, one line each")
     s.set_defaults(func=cmd_show)
+
+    d = sub.add_parser("data", help="download a data set that is not bundled (cifar: CIFAR-10, 163 MB)")
+    d.add_argument("name", choices=["cifar"])
+    d.add_argument("--data-dir", help="where to put it (default: $LIPBENCH_DATA or ./data)")
+    d.add_argument("--url", help="a mirror of the original cifar-10-python.tar.gz")
+    d.add_argument("--md5", help="the archive's MD5, when a mirror holds another file (default: the original's)")
+    d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("export", help="write the store as one tidy row per result")
     common(e, suite_required=False)

@@ -125,8 +125,10 @@ def _find(folder: str, sub: str, names: list[str], dataset: str, source: str) ->
             f = os.path.join(d, n)
             if os.path.exists(f):
                 return f
+    get = (f"get it with: {source}" if source.startswith("python -m")
+           else f"get it from {source} and put it there")
     raise UserError(f"{dataset}: missing file {names[0]} (or {' / '.join(names[1:])}) in "
-                    f"{os.path.join(folder, sub)}; get it from {source} and put it there, "
+                    f"{os.path.join(folder, sub)}; {get}, "
                     f"or point --data-dir / LIPBENCH_DATA at the folder that holds it")
 
 
@@ -150,7 +152,9 @@ def read_idx(path: str) -> np.ndarray:
 
 MNIST_SOURCE = "http://yann.lecun.com/exdb/mnist/ (or any MNIST mirror)"
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-CIFAR_SOURCE = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz (extract it)"
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_SOURCE = "python -m bench data cifar [--data-dir DIR]"
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
@@ -208,3 +212,90 @@ def _synthetic(p, _folder):
 
 
 _LOADERS = {"digits": _digits, "mnist5k": _mnist5k, "mnist": _mnist, "cifar": _cifar, "synthetic": _synthetic}
+
+
+# --------------------------------------------------------------------------- downloads
+def download_cifar(data_folder: str | None = None, url: str = CIFAR_URL, md5: str = CIFAR_MD5,
+                   progress: bool = True) -> str:
+    """Download the CIFAR-10 python archive, check its MD5, and extract it as
+    ``<data dir>/cifar-10-batches-py``; returns that folder.  Nothing half-written is
+    left behind: the archive is written to a temporary file and extracted into a
+    temporary folder that is renamed into place only when complete; a truncated download
+    or a wrong checksum is a one-line UserError."""
+    import hashlib
+    import shutil
+    import tarfile
+    import tempfile
+    import urllib.request
+
+    folder = data_dir(data_folder)
+    final = os.path.join(folder, "cifar-10-batches-py")
+    if all(os.path.exists(os.path.join(final, f)) for f in CIFAR_FILES):
+        return final
+    os.makedirs(folder, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".cifar-download-", dir=folder)
+    try:
+        archive = os.path.join(tmp_dir, "cifar-10-python.tar.gz")
+        h = hashlib.md5()
+        try:
+            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as out:
+                total = int(r.headers.get("Content-Length") or 0)
+                bar = _bar(total, progress)
+                got = 0
+                while True:
+                    chunk = r.read(1 << 20)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    h.update(chunk)
+                    got += len(chunk)
+                    bar(got)
+                bar(None)
+        except OSError as e:   # URLError, HTTPError, a connection cut mid-way
+            raise UserError(f"cifar: download from {url} failed: {e}") from None
+        if total and got != total:
+            raise UserError(f"cifar: download from {url} stopped at {got:,} of {total:,} bytes; run the command again")
+        if h.hexdigest() != md5:
+            raise UserError(f"cifar: {url} has MD5 {h.hexdigest()}, expected {md5}: a corrupt or different file")
+        extract = os.path.join(tmp_dir, "x")
+        try:
+            with tarfile.open(archive, "r:gz") as t:
+                t.extractall(extract, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise UserError(f"cifar: {archive} is not a readable tar.gz archive ({e})") from None
+        got_dir = os.path.join(extract, "cifar-10-batches-py")
+        missing = [f for f in CIFAR_FILES if not os.path.exists(os.path.join(got_dir, f))]
+        if missing:
+            raise UserError(f"cifar: the archive from {url} lacks cifar-10-batches-py/{missing[0]}")
+        if os.path.exists(final):   # an incomplete earlier copy: replaced, not merged
+            shutil.rmtree(final)
+        os.replace(got_dir, final)
+        return final
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _bar(total: int, show: bool):
+    """A progress bar on stderr (tqdm when installed, else a plain percentage line)."""
+    import sys
+    if not show:
+        return lambda n: None
+    try:
+        from tqdm import tqdm
+        t = tqdm(total=total or None, unit="B", unit_scale=True, desc="cifar-10-python.tar.gz", file=sys.stderr)
+        last = [0]
+
+        def update(n):
+            if n is None:
+                t.close()
+                return
+            t.update(n - last[0])
+            last[0] = n
+        return update
+    except ImportError:
+        def plain(n):
+            if n is not None and total:
+                sys.stderr.write(f"\r{n / total:6.1%} of {total / 2**20:.0f} MB")
+            elif n is None:
+                sys.stderr.write("\n")
+        return plain
