@@ -7,8 +7,10 @@ sum for p = inf.  Activations contribute the constant the network walk reports. 
 class pair (i, j) the last affine layer is replaced by the row ``c^T W_L`` with
 ``c = e_i - e_j``, whose Lipschitz constant from the p-norm is the dual norm
 ``||W_L^T c||_{p*}``.  Conv layers use exact row/column sums of |W| for p in {1, inf}
-(no unrolling) and the unrolled dense matrix for p = 2 (``unsupported`` above
-``bench.network.MAX_DENSE_ENTRIES``).  A BatchNorm is a diagonal map of its own, whose
+(no unrolling) and for p = 2 the largest norm over frequencies of the kernel's 2-D DFT on
+the padded grid (:func:`conv_spectral_upper`: no unrolling, sound for any padding,
+stride, dilation and groups), or the exact norm of the unrolled matrix where that is
+smaller and the matrix small.  A BatchNorm is a diagonal map of its own, whose
 norm is max |scale| for every p; an average pooling uses its exact row / column sums and,
 for p = 2, sqrt(||W||_1 ||W||_inf) (see :func:`operator_norm`).  The spectral norm is the square root of the top
 eigenvalue of the smaller Gram matrix, with a proven rounding margin (see
@@ -65,7 +67,90 @@ def operator_norm(layer: Affine, p: float) -> float:
         return _inflate(layer.abs_row_sums().max(), layer.in_dim)
     if isinstance(layer, Pool):
         return _inflate(math.sqrt(operator_norm(layer, 1.0) * operator_norm(layer, math.inf)), 2)
+    if layer.is_conv:
+        fft = conv_spectral_upper(layer)
+        if layer.in_dim * layer.out_dim <= DENSE_CONV_ENTRIES:   # small: the exact norm may be tighter
+            return min(fft, spectral_norm_upper(layer.matrix()))
+        return fft
     return spectral_norm_upper(layer.matrix())
+
+
+#: a conv layer whose unrolled matrix has at most this many entries also gets its exact
+#: spectral norm (the smaller of the two sound bounds is used)
+DENSE_CONV_ENTRIES = 4_000_000
+
+
+def full_kernel(module):
+    """A Conv2d's weight as a dense kernel (c_out, c_in, kh, kw), float64: groups become a
+    block-diagonal kernel and dilation zeros between the taps, so that the conv is a plain
+    cross-correlation with it (then strided).  Differentiable in the weight."""
+    import torch
+    W = module.weight.double()
+    g = module.groups
+    co, ci_g, kh, kw = W.shape
+    if g > 1:
+        full = W.new_zeros(co, ci_g * g, kh, kw)
+        per = co // g
+        for k in range(g):
+            full[k * per:(k + 1) * per, k * ci_g:(k + 1) * ci_g] = W[k * per:(k + 1) * per]
+        W = full
+    dh, dw = module.dilation
+    if dh > 1 or dw > 1:
+        D = W.new_zeros(W.shape[0], W.shape[1], (kh - 1) * dh + 1, (kw - 1) * dw + 1)
+        D[:, :, ::dh, ::dw] = W
+        W = D
+    return W if isinstance(W, torch.Tensor) else torch.as_tensor(W)
+
+
+def fft_grid(module, in_shape) -> tuple[int, int]:
+    """The periodic grid on which the conv is a compression of a circular convolution:
+    the zero-padded input's size, and at least the (dilated) kernel's."""
+    _, h, w = in_shape
+    ph, pw = module.padding if not isinstance(module.padding, str) else _same_padding(module)
+    kh = (module.kernel_size[0] - 1) * module.dilation[0] + 1
+    kw = (module.kernel_size[1] - 1) * module.dilation[1] + 1
+    return max(h + 2 * ph, kh), max(w + 2 * pw, kw)
+
+
+def _same_padding(module):
+    if module.padding == "valid":
+        return 0, 0
+    return tuple(((k - 1) * d + 1) // 2 for k, d in zip(module.kernel_size, module.dilation))
+
+
+def conv_spectral_fft(module, in_shape):
+    """max over the grid's frequencies of ||K^(w)||_2, the c_out x c_in matrices of the
+    kernel's 2-D DFT (float64 torch; differentiable in the weight, no rounding margin)."""
+    import torch
+    K = full_kernel(module)
+    nh, nw = fft_grid(module, in_shape)
+    F = torch.fft.fft2(K, s=(nh, nw))                    # (c_out, c_in, nh, nw)
+    M = F.permute(2, 3, 0, 1).reshape(nh * nw, K.shape[0], K.shape[1])
+    return torch.linalg.matrix_norm(M, ord=2).max()
+
+
+def conv_spectral_upper(layer: Affine) -> float:
+    """A sound upper bound on ||conv||_{2->2} without unrolling.
+
+    Zero padding embeds the input into the padded grid (an isometry); on a grid of that
+    size every output PyTorch computes is an entry of the circular cross-correlation,
+    since its window lies inside the grid; a stride keeps a subset of them.  So the conv
+    is P C E with E an embedding and P a selection (both of norm <= 1) and C the circular
+    correlation on the grid, which the 2-D DFT block-diagonalises:
+    ||C||_2 = max_w ||K^(w)||_2 over the grid's frequencies (K^ the c_out x c_in DFT of the
+    kernel).  Rounding: each DFT entry is within 8 log2(N) eps sum|k_oi| of the exact one
+    (N grid points; a generous bound for a float64 FFT), so the exact matrix's norm is at
+    most the computed one plus the Frobenius norm of that error; the computed singular
+    value is then inflated like every other norm here."""
+    import torch
+    m = layer.module
+    with torch.no_grad():
+        top = float(conv_spectral_fft(m, layer.in_shape))
+        K = full_kernel(m)
+        nh, nw = fft_grid(m, layer.in_shape)
+        gamma = 8.0 * math.log2(max(nh * nw, 2)) * EPS
+        err = gamma * float(torch.linalg.vector_norm(K.abs().sum(dim=(2, 3))))
+    return _inflate(top + err, max(K.shape[0], K.shape[1]))
 
 
 def spectral_norm_upper(W: np.ndarray) -> float:
@@ -159,8 +244,8 @@ class TorchTrivialBound:
     the training penalty does not need); for p = 2 the gradient flows through the top
     singular value of each weight matrix, computed as the square root of the top
     eigenvalue of its smaller Gram matrix.
-    Conv layers are supported for p in {1, inf} (row / column sums of |K| via the conv
-    itself); for p = 2 they raise (no differentiable dense unrolling here)."""
+    Conv layers: row / column sums of |K| via the conv itself for p in {1, inf}, the
+    DFT bound (:func:`conv_spectral_fft`) for p = 2."""
 
     def __init__(self, module, input_shape, p: float):
         from bench.api import parse_p, Unsupported
@@ -175,8 +260,6 @@ class TorchTrivialBound:
             if isinstance(l, Pool):   # no parameters: a constant
                 self.items.append(operator_norm(l, self.p))
             elif isinstance(l, Affine):
-                if l.is_conv and self.p == 2:
-                    raise Unsupported("differentiable p=2 trivial bound of a conv layer is not implemented")
                 self.items.append(l)
             else:
                 self.items.append(float(l.lipschitz[self.p]))
@@ -189,6 +272,8 @@ class TorchTrivialBound:
             g = m.weight.double() if m.weight is not None else torch.ones_like(m.running_var, dtype=torch.float64)
             return (g.abs() / torch.sqrt(m.running_var.double() + m.eps)).max()
         W = l.module.weight.double()
+        if l.is_conv and self.p == 2:   # the DFT bound (conv_spectral_upper without its rounding margin)
+            return conv_spectral_fft(l.module, l.in_shape)
         if l.is_conv:
             ones = torch.ones(1, *l.in_shape, dtype=torch.float64, device=W.device)
             if self.p == 1:  # column sums: the adjoint applied to ones
