@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import bench
+import bench.network
 from conftest import mlp
 from bench.testing.exact import exact_lipschitz
 
@@ -101,8 +102,8 @@ def test_spectral_norm_upper_is_above_svd_and_close():
 @pytest.mark.parametrize("seed", range(12))
 def test_conv_fft_bound_is_above_the_exact_norm_of_the_unrolled_operator(seed):
     """The DFT bound of a conv (any padding, stride, dilation, groups, size) is >= the
-    exact spectral norm of its unrolled matrix, and close to it where no stride drops
-    outputs; p = 1 and inf are exact (checked against the unrolled matrix too)."""
+    exact spectral norm of its unrolled matrix and not far above it (the grid's edges);
+    p = 1 and inf are exact (checked against the unrolled matrix too)."""
     from methods.trivial import conv_spectral_upper, operator_norm
     rng = np.random.default_rng(seed)
     g = int(rng.choice([1, 2]))
@@ -117,8 +118,7 @@ def test_conv_fft_bound_is_above_the_exact_norm_of_the_unrolled_operator(seed):
     exact2 = np.linalg.norm(W, 2)
     fft = conv_spectral_upper(layer)
     assert fft >= exact2 * (1 - 1e-12), (fft, exact2)
-    if s == 1:   # no outputs dropped: the bound is within the edge effects of the grid
-        assert fft <= exact2 * 1.6, (fft, exact2)
+    assert fft <= exact2 * 1.6, (fft, exact2)   # the phases make strides as tight as stride 1: edge effects only
     for p, exact in [(1.0, np.abs(W).sum(0).max()), (float("inf"), np.abs(W).sum(1).max())]:   # exact, + rounding margin
         assert exact <= operator_norm(layer, p) <= exact * (1 + 1e-9)
     assert operator_norm(layer, 2.0) >= exact2
