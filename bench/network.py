@@ -60,8 +60,20 @@ from .api import NORMS, Unsupported, UserError
 MAX_DENSE_ENTRIES = 25_000_000
 
 
+class _Shaped:
+    """in_dim and out_dim of a layer with ``in_shape`` and ``out_shape``."""
+
+    @property
+    def in_dim(self) -> int:
+        return int(np.prod(self.in_shape))
+
+    @property
+    def out_dim(self) -> int:
+        return int(np.prod(self.out_shape))
+
+
 @dataclass
-class Affine:
+class Affine(_Shaped):
     """x -> W x + b on flattened vectors (a Linear or an unrolled Conv2d; the subclasses
     :class:`Diagonal` and :class:`Pool` are BatchNorm and average pooling)."""
 
@@ -71,13 +83,6 @@ class Affine:
     index: int
     _dense: np.ndarray | None = field(default=None, repr=False)
 
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))
 
     @property
     def is_conv(self) -> bool:
@@ -273,7 +278,7 @@ class Activation:
 
 
 @dataclass
-class Opaque:
+class Opaque(_Shaped):
     """A module the walk does not know (a user's own module, Softmax, LayerNorm, ...):
     recorded with its class name and shapes (found by running a copy of it on a zero
     input), so that a verifier that needs nothing but the network's forward pass and
@@ -288,13 +293,6 @@ class Opaque:
     index: int
     opaque: ClassVar[bool] = True
 
-    @property
-    def in_dim(self) -> int:
-        return int(np.prod(self.in_shape))
-
-    @property
-    def out_dim(self) -> int:
-        return int(np.prod(self.out_shape))
 
 
 _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
