@@ -22,6 +22,7 @@ RASTER_ABOVE = 2000     # scatter plots with more points are rasterised inside t
 ANYTIME_PANELS = 24     # at most this many anytime panels (runs that did not close first, then the slowest)
 
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+_G4 = FuncFormatter(lambda v, _: f"{v:.4g}")
 P_ORDER = {"1": 0, "2": 1, "inf": 2}
 
 
@@ -435,8 +436,8 @@ def anytime_pages(pdf, df):
                 ax.plot([t_end, t_end], [lo, up], color=c, lw=1)
                 ax.plot([t_end], [up], marker="v", color=c, ms=7)
                 ax.plot([t_end], [lo], marker="^", mfc="none", color=c, ms=7)
-                ax.text(0.03, 0.5, "no trace:\nfinal bounds only", transform=ax.transAxes, fontsize=SMALL,
-                        color="#555555", va="center")
+                ax.text(0.03, 0.96, "no trace: final bounds only", transform=ax.transAxes, fontsize=SMALL,
+                        color="#555555", va="top")
                 vals = [up, lo]
                 t0 = t_end / 10
             if r.best_lower == r.best_lower and r.best_lower is not None:
@@ -451,8 +452,11 @@ def anytime_pages(pdf, df):
                 ax.set_yscale("log")
                 ax.set_ylim(min(vals) / 1.2, max(vals) * 1.2)
                 _log_ticks(ax, "y")
-            else:
-                ax.ticklabel_format(axis="y", useOffset=False, style="plain")
+            elif vals:
+                # linear; a closed run's bounds meet, so pad by 2% of the value (not of their tiny gap)
+                pad = max(0.08 * (max(vals) - min(vals)), 0.02 * max(vals))
+                ax.set_ylim(min(vals) - pad, max(vals) + pad)
+                ax.yaxis.set_major_formatter(_G4)
             ax.set_xlabel("time since the verifier started (s, log)")
             ax.set_ylabel(f"Lipschitz bound ({r.query})")
             net = r.network if len(r.network) <= 46 else r.network[:43] + "..."
@@ -497,8 +501,10 @@ def certified_page(pdf, df, certified):
     nets = df.drop_duplicates("network").set_index("network")
     c["method"] = c.network.map(nets.method).fillna("(network without results)")
     c["dataset"] = c.network.map(nets.dataset).fillna("").map(_dataset_name)
+    c["source"] = c["source"].fillna("")
     mean = c.groupby(["dataset", "p", "method", "verifier", "eps"], as_index=False).agg(
-        certified_acc=("certified_acc", "mean"), clean_acc=("clean_acc", "mean"), networks=("network", "nunique"))
+        certified_acc=("certified_acc", "mean"), clean_acc=("clean_acc", "mean"), networks=("network", "nunique"),
+        source=("source", "first"))
     panels = sorted(mean.groupby(["dataset", "p"]).groups, key=lambda k: (k[0], P_ORDER.get(k[1], 9), k[1]))
     ncol = min(3, len(panels))
     nrow = math.ceil(len(panels) / ncol)
@@ -508,13 +514,15 @@ def certified_page(pdf, df, certified):
                  fontsize=TITLE)
     methods = sorted(mean.method.unique())
     dashes = ["-", "--", ":", "-."]
-    shown = set()
-    reduced = False
+    shown = {}
+    # one rule for every panel: all method x verifier lines, or (too many somewhere) each method's best
+    reduced = max(mean.groupby(["dataset", "p"]).apply(
+        lambda g: g.groupby(["method", "verifier"]).ngroups, include_groups=False)) > LINES_PER_PANEL
+    top = min(1.02, max(mean.clean_acc.max(), mean.certified_acc.max()) * 1.15 + 0.02)
     for ax, key in zip(axes.flat, panels):
         g = mean[(mean.dataset == key[0]) & (mean.p == key[1])]
         pairs = sorted(g.groupby(["method", "verifier"]).groups)
-        if len(pairs) > LINES_PER_PANEL:
-            reduced = True
+        if reduced:
             best = g.groupby(["method", "verifier"]).certified_acc.mean().reset_index()
             best = best.loc[best.groupby("method").certified_acc.idxmax()]
             pairs = sorted(zip(best.method, best.verifier))
@@ -525,16 +533,17 @@ def certified_page(pdf, df, certified):
             y = [s.clean_acc.iloc[0]] + list(s.certified_acc)
             ls = dashes[methods.index(meth) % len(dashes)]
             ax.plot(x, y, color=col, marker=m, ms=4, ls=ls, lw=1.2)
-            shown.add((meth, v))
+            shown[(meth, v)] = shown.get((meth, v)) or (s.source.iloc[0] == "pairs")
         ax.set_title(f"{key[0]}, p = {key[1]}" if key[0] else f"p = {key[1]}")
         ax.set_xlabel(f"eps: radius of the input {key[1]}-norm ball")
         ax.set_ylabel("certified robust accuracy (share)")
-        ax.set_ylim(0, 1.02)
+        ax.set_ylim(0, top)
         ax.set_xlim(left=0)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     handles = [Line2D([], [], color=style(v)[0], marker=style(v)[1], ls=dashes[methods.index(meth) % len(dashes)],
-                      label=f"{meth}, {v}") for meth, v in sorted(shown)]
+                      label=f"{meth}, {v}" + (" (from the suite's class pairs only)" if shown[(meth, v)] else ""))
+               for meth, v in sorted(shown)]
     _legend_below(fig, handles, ncol=min(4, max(1, len(handles))), y=0.01)
     fig.text(0.07, 0.925, "Colour and marker: the verifier whose bounds certify; line style: the training method. "
              "At eps = 0 the clean accuracy." + (" Per method only its best verifier (more lines would not be "
