@@ -46,7 +46,7 @@ _MULTS = ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7), (1, 1.1, 1.2, 1.3, 1.5, 1.7, 2,
 
 
 def _log_ticks(ax, axis="y"):
-    """Readable ticks on a log axis: 1-2-5 (or finer, or coarser) so that there are 3 to 9
+    """Readable ticks on a log axis: 1-2-5 (or finer, or coarser) so that there are 4 to 9
     labels, printed as plain numbers (0.01, 2, 500) rather than powers."""
     lo, hi = ax.get_ylim() if axis == "y" else ax.get_xlim()
     lo, hi = min(lo, hi), max(lo, hi)
@@ -60,7 +60,7 @@ def _log_ticks(ax, axis="y"):
         if len(cand) > 9 and ticks:
             break
         ticks = cand
-        if len(cand) >= 3:
+        if len(cand) >= 4:
             break
     a = ax.yaxis if axis == "y" else ax.xaxis
     a.set_major_locator(FixedLocator(ticks))
@@ -321,10 +321,10 @@ def scaling_page(pdf, df):
     sized = df.dropna(subset=["width", "depth"]).drop_duplicates("network")
     together = (len(dims) == 2 and sized.groupby("width").depth.nunique().max() == 1
                 and sized.groupby("depth").width.nunique().max() == 1)
-    fig.text(0.5, 0.935, "Peak memory is the resident memory of the job's worker process (torch alone takes about "
-             "180 MB)." + (" In this store width and depth vary together (each width comes with one depth), so the "
-                           "left and right panels show the same results." if together else ""),
-             ha="center", fontsize=SMALL, color="#333333")
+    note = ("Peak memory is the resident memory of the job's worker process (torch alone takes about 180 MB)."
+            + (" In this store width and depth vary together (each width comes with one depth), so the left and right "
+               "panels show the same results." if together else ""))
+    fig.text(0.5, 0.945, "\n".join(textwrap.wrap(note, 150)), ha="center", va="top", fontsize=SMALL, color="#333333")
     for j, (dim, label) in enumerate(dims):
         for i, (col, ylab) in enumerate((("cost_s", "verifier time, solve_s (s, log)"),
                                          ("peak_mem_mb", "peak memory of the job (MB, log)"))):
@@ -444,7 +444,7 @@ def anytime_pages(pdf, df):
                 ax.axhline(r.best_lower, color="#777777", lw=0.8, ls=":")
                 vals.append(r.best_lower)
             vals = [v for v in vals if v > 0]
-            ax.axvline(t_end, color="#bbbbbb", lw=0.8)
+            ax.axvline(t_end, color="#bbbbbb", lw=0.8, zorder=0)
             ax.set_xscale("log")
             ax.set_xlim(t0 / 1.5, t_end * 1.5)
             _log_ticks(ax, "x")
