@@ -513,10 +513,10 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     stem = path[:-4] if path.lower().endswith(".pdf") else path
     title = title or f"lipbench report: suite {info['suite']}"
     h = headline(df)
-    tables = []
-    with plt.rc_context(RC):
-        tmp = path + ".tmp"
-        with PdfPages(tmp) as pdf:
+    tables, cert_table = [], None
+    tmp = path + ".tmp"
+    try:
+        with plt.rc_context(RC), PdfPages(tmp) as pdf:
             scaling_note = figures.scaling_note(df)
             extra = []
             if len(df):
@@ -537,18 +537,25 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 tables += evidence_pages(pdf, nets, rows, certified)
                 status_pages(pdf, df)
                 audit_pages(pdf, df)
-                if cert_table is not None:
-                    cert_table.to_csv(stem + "-certified.csv", index=False)
             pdf.infodict()["Title"] = title
         os.replace(tmp, path)
-    _write_data(stem, df, h, tables)
+    finally:
+        if os.path.exists(tmp):   # a failed report leaves the previous PDF, not half a new one
+            os.unlink(tmp)
+    _write_data(stem, df, h, tables, cert_table)
     return path
 
 
-def _write_data(stem: str, df, h, tables):
-    tmp = stem + "-data.csv.tmp"
-    df.to_csv(tmp, index=False)
-    os.replace(tmp, stem + "-data.csv")
+def _csv(frame_, path):
+    tmp = path + ".tmp"
+    frame_.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_data(stem: str, df, h, tables, cert_table=None):
+    _csv(df, stem + "-data.csv")
+    if cert_table is not None:
+        _csv(cert_table, stem + "-certified.csv")
     header, body = headline_rows(h)
     best = [i for i, r in enumerate(body) if r[-1] == "yes"]
     write_atomic(stem + "-headline.tex", to_latex(
