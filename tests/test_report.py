@@ -155,3 +155,18 @@ def test_smoke_report(smoke, tmp_path):
     text = _text(reader)
     assert "suite smoke" in text and "Audit: clean" in text and "Certified robust accuracy" in text
     assert "Appendix" not in text   # the per-row appendix is the csv now
+
+
+@pytest.mark.slow
+def test_a_10000_row_store_reports_in_under_30_s(tmp_path):
+    import time
+
+    from reports import write_report
+    from reportstores import big_store
+    out = big_store(str(tmp_path / "o"), 10_000)
+    t0 = time.perf_counter()
+    pdf = write_report(out, str(tmp_path / "r.pdf"))
+    took = time.perf_counter() - t0
+    assert took < 30, f"{took:.1f} s"
+    assert len(pypdf.PdfReader(pdf).pages) >= 8
+    assert "one row per training method" in _text(pypdf.PdfReader(pdf))   # 250 networks: the status map groups
