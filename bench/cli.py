@@ -97,7 +97,7 @@ def _describe(name: str) -> int:
 
 def cmd_report(args) -> int:
     from reports import write_report
-    path = write_report(_out(args), args.file, title=f"lipbench report: suite {_suite_name(args.suite)}")
+    path = write_report(_out(args), args.file)   # the title names the suite the store holds
     print(path)
     return 0
 

@@ -124,8 +124,10 @@ def headline(df):
     """The report's first table, long form: one row per (method, verifier) with the
     number of results, the median and interquartile range of tightness (upper bound /
     best lower bound, over the results that have one), the median cost, the share of
-    settled results, the statuses, and ``best``: the cheapest verifier (median cost)
-    whose median tightness is within ``TIGHT_WITHIN`` of the method's best median.
+    settled results, the statuses, the number of unsound results, and ``best``: the
+    cheapest verifier (median cost) whose median tightness is within ``TIGHT_WITHIN`` of
+    the method's best median, among the verifiers with no unsound result on the method's
+    networks (an unsound bound is "tight" only because it is wrong).
     Lower-bound verifiers are left out (their tightness is not defined)."""
     import pandas as pd
     up = df[df.kind.isin(["upper", "exact"]) | df.status.isin(NOT_APPLICABLE)]
@@ -140,12 +142,13 @@ def headline(df):
             "tight_q25": t.quantile(0.25) if len(t) else None, "tight_q75": t.quantile(0.75) if len(t) else None,
             "cost_median_s": applicable.cost_s.median() if len(applicable) else None,
             "settled_share": float(g.settled.mean()) if len(g) else 0.0,
-            "statuses": ", ".join(f"{k} {v}" for k, v in g.status.value_counts().sort_index().items())})
+            "statuses": ", ".join(f"{k} {v}" for k, v in g.status.value_counts().sort_index().items()),
+            "unsound": int((g.status == "unsound").sum())})
     out = pd.DataFrame(rows, columns=["method", "verifier", "n", "applicable", "tight_median", "tight_q25",
-                                      "tight_q75", "cost_median_s", "settled_share", "statuses"])
+                                      "tight_q75", "cost_median_s", "settled_share", "statuses", "unsound"])
     out["best"] = False
     for method, g in out.groupby("method"):
-        g = g.dropna(subset=["tight_median"])
+        g = g[g.unsound == 0].dropna(subset=["tight_median"])
         if not len(g):
             continue
         good = g[g.tight_median <= g.tight_median.min() * TIGHT_WITHIN]

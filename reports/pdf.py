@@ -1,12 +1,28 @@
-"""The PDF report: a summary page, results tables, and bound tightness (upper bound /
-best sound lower bound) against verification time, log scale, per network and query."""
+"""The PDF report: which verifier gives how tight a bound at what cost.
+
+Every figure and table is a group-by of the tidy frame (:func:`bench.tidy.frame`); the
+best lower bound, tightness and "settled" are computed there (and in :mod:`bench.rows`),
+never here.  Pages, in order:
+
+1. the headline: the store (suite, dates, machine, versions) and one table, training
+   method x verifier: median tightness with its IQR, median time, share settled; the
+   cheapest verifier within 10% of the best highlighted (:func:`bench.tidy.headline`);
+2. tightness against cost, one panel per norm p, with the rows that gave no bound;
+3. the cactus plot: queries settled against the time budget;
+4. scaling: time and memory against width and depth (when the store varies size);
+5. anytime bounds of bab and mip; certified accuracy; the paper's claims
+   (:mod:`reports.evidence`); the status map; the audit.
+
+Next to the PDF: ``<stem>-data.csv`` (the frame) and each table as LaTeX
+(``<stem>-headline.tex``, ...), so that a figure can be rebuilt for a paper.
+"""
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
-from collections import defaultdict
+import textwrap
+from collections import Counter
 from datetime import datetime, timezone
 
 import matplotlib
@@ -14,320 +30,545 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
-from matplotlib.ticker import FuncFormatter  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 
-from bench.rows import best_lower_values, cost_s, query_key, tightness  # noqa: E402
+from bench.rows import TIGHT_WITHIN  # noqa: E402
 from bench.store import Store  # noqa: E402
+from bench.tidy import frame, headline, headline_sentence  # noqa: E402
 
-from . import evidence  # noqa: E402
+from . import evidence, figures  # noqa: E402
+from .style import NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE, UNSOUND, style  # noqa: E402
+from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
+                     status_rows, to_latex, write_atomic)
 
 log = logging.getLogger(__name__)
-ROWS_PER_PAGE = 28
-PER_NETWORK_PAGES_UP_TO = 36  # beyond this many networks the overview pages stand alone
-A4 = (8.27, 11.69)
+logging.getLogger("fontTools").setLevel(logging.WARNING)   # font subsetting would log every glyph at INFO
 A4L = (11.69, 8.27)
+HEADLINE_ROWS = 5          # training methods per headline page
+HEADLINE_COLS = 8          # verifiers per headline page
+STATUS_ROWS = 15           # rows of the status map per page
+STATUS_BY_NETWORK_UP_TO = 60   # beyond this many networks the status map has one row per training method
+AUDIT_PAGES = 10           # unsound rows beyond these pages are in <stem>-audit.tex and the csv
 
 
-def _fmt(v, digits=4):
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return "-"
-    return f"{v:.{digits}g}"
-
-
-_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
-
-
-def _log_axes(ax, title: str):
-    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
-    ax.axhline(1.1, color="grey", lw=0.5, ls=":")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(_PLAIN)
-    ax.yaxis.set_minor_formatter(_PLAIN)
-    ax.set_title(title, fontsize=7)
-    ax.tick_params(labelsize=6, which="both")
-    ax.set_xlabel("verifier time, solve_s (s)", fontsize=7)
-    ax.set_ylabel("upper / best lower", fontsize=7)
-
-
-def _points(rows, best, key):
-    """(row, seconds (rows.cost_s), tightness, unsound) for the upper/exact rows of one query."""
-    for r in rows:
-        if (r["p"], r["target"], r["domain"]) != key:
-            continue
-        t = tightness(r, best)
-        if t is not None and cost_s(r):
-            yield r, max(cost_s(r), 1e-4), t, r["status"] == "unsound"
-
-
-def _table_pages(pdf, title: str, header: list[str], body: list[list[str]], colors=None, widths=None):
-    for start in range(0, max(len(body), 1), ROWS_PER_PAGE):
-        chunk = body[start:start + ROWS_PER_PAGE] or [["(no rows)"] + [""] * (len(header) - 1)]
-        fig = plt.figure(figsize=A4L)
-        fig.suptitle(title + (f" (rows {start + 1}-{start + len(chunk)} of {len(body)})" if len(body) > ROWS_PER_PAGE else ""),
-                     fontsize=11)
-        ax = fig.add_axes([0.02, 0.02, 0.96, 0.9])
-        ax.axis("off")
-        t = ax.table(cellText=chunk, colLabels=header, loc="upper center", cellLoc="left", colWidths=widths)
-        t.auto_set_font_size(False)
-        t.set_fontsize(6.5)
-        t.scale(1, 1.25)
-        if colors:
-            for i, row_colors in enumerate(colors[start:start + ROWS_PER_PAGE]):
-                for j, c in enumerate(row_colors):
-                    if c:
-                        t[i + 1, j].set_facecolor(c)
-        pdf.savefig(fig)
-        plt.close(fig)
-
-
-def write_report(out_dir: str, path: str | None = None, title: str | None = None) -> str:
-    store = Store(out_dir, create=False)
-    rows = store.joined()
-    nets = [dict(n) for n in store.networks()]
-    jobs = [dict(j) for j in store.jobs()]
-    certified = store.certified()
-    store.close()
-    path = path or os.path.join(out_dir, "report.pdf")
-    best = best_lower_values(rows)
-    status_counts = defaultdict(int)
-    for r in rows:
-        status_counts[r["status"]] += 1
-    unsound = [r for r in rows if r["status"] == "unsound"]
-    failed_train = [j for j in jobs if j["type"] == "train" and j["status"] != "ok"]
-    tmp = path + ".tmp"
-    with PdfPages(tmp) as pdf:
-        # --- page 1: summary
-        fig = plt.figure(figsize=A4)
-        lines = [title or f"lipbench report: {os.path.basename(os.path.abspath(out_dir))}",
-                 f"written {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {os.path.abspath(store.path)}", "",
-                 f"networks: {len(nets)}   results: {len(rows)}   "
-                 + "   ".join(f"{k}: {v}" for k, v in sorted(status_counts.items())), ""]
-        if unsound:
-            lines.append(f"AUDIT: {len(unsound)} UNSOUND result(s): an upper bound below a sound lower bound")
-            for r in unsound[:12]:
-                a = json.loads(r["audit"] or "{}")
-                lines.append(f"  {r['verifier']} on {r['network']} p={r['p']} {r['target']}: "
-                             f"{_fmt(r['value'], 6)} < lower {_fmt(a.get('lower'), 6)} ({a.get('lower_verifier')})")
-        else:
-            lines.append("audit: clean (no upper bound below a sound lower bound, rtol 1e-6)")
-        if failed_train:
-            lines.append("")
-            lines.append(f"{len(failed_train)} training job(s) failed:")
-            for j in failed_train[:8]:
-                lines.append(f"  {json.loads(j['spec']).get('network_id')}: {j['status']} {j['error'] or ''}"[:110])
-        lines += ["", "Tightness = upper bound / best sound lower bound of the same network and query",
-                  "(1 = tight; the lower bound is the norm of a real Jacobian, so the truth lies in between).",
-                  "p is the input and output norm; target 'full' bounds the whole output, 'i-j' the margin f_i - f_j.",
-                  "", "Networks:"]
-        for n in nets:
-            tp = json.loads(n["trainer_params"])
-            lines.append(f"  {n['id']}: acc {_fmt(n['clean_acc'], 3)}, {n['description']}"[:120])
-            lines.append(f"      {n['trainer']} {json.dumps(tp, sort_keys=True)}"[:120])
-        fig.text(0.06, 0.96, "\n".join(lines[:70]), va="top", ha="left", family="monospace", fontsize=6.8)
-        pdf.savefig(fig)
-        plt.close(fig)
-
-        _evidence_pages(pdf, nets, rows, certified)
-
-        # --- overview: one panel per query, every network, marker = verifier
-        queries = sorted({(r["p"], r["target"], r["domain"]) for r in rows})
-        verifiers = sorted({r["verifier"] for r in rows if r["kind"] != "lower"})
-        markers = dict(zip(verifiers, "osD^vP*Xh<>" * 3))
-        netnames = sorted({r["network"] for r in rows})
-        colors = {n: plt.cm.tab20(i % 20) for i, n in enumerate(netnames)}
-        for start in range(0, len(queries), 6):
-            chunk = queries[start:start + 6]
-            ncol = min(3, len(chunk))
-            fig, axes = plt.subplots(math.ceil(len(chunk) / ncol), ncol, figsize=A4L, squeeze=False)
-            fig.suptitle("Tightness vs verification time, all networks (colour = network, marker = verifier)",
-                         fontsize=11)
-            for ax, key in zip(axes.flat, chunk):
-                dom_s = "global" if key[2] == '"global"' else "box"
-                for r, x, y, bad in _points(rows, best, key):
-                    ax.scatter([x], [y], marker=markers[r["verifier"]], s=30,
-                               color="red" if bad else colors[r["network"]], edgecolors="black" if bad else None)
-                _log_axes(ax, f"p={key[0]}, target {key[1]}, {dom_s}")
-            for ax in list(axes.flat)[len(chunk):]:
-                ax.axis("off")
-            handles = [plt.Line2D([], [], marker=markers[v], ls="", color="grey", label=v) for v in verifiers]
-            handles += [plt.Line2D([], [], marker="o", ls="", color=colors[n], label=n[:40]) for n in netnames[:20]]
-            fig.legend(handles=handles, loc="lower center", ncol=4, fontsize=6)
-            fig.tight_layout(rect=(0, 0.12, 1, 0.95))
-            pdf.savefig(fig)
-            plt.close(fig)
-
-        _anytime_pages(pdf, rows)
-
-        # --- one page per query, one panel per network (for suites small enough to read so)
-        for key in (queries if len(netnames) <= PER_NETWORK_PAGES_UP_TO else []):
-            qnets = sorted({r["network"] for r, *_ in _points(rows, best, key)})
-            dom_s = "global" if key[2] == '"global"' else "box"
-            for start in range(0, len(qnets), 12):
-                chunk = qnets[start:start + 12]
-                ncol = min(3, len(chunk))
-                fig, axes = plt.subplots(math.ceil(len(chunk) / ncol), ncol, figsize=A4L, squeeze=False)
-                fig.suptitle(f"Tightness (upper / best lower) vs verification time: p={key[0]}, "
-                             f"target {key[1]}, {dom_s}", fontsize=11)
-                for ax, net in zip(axes.flat, chunk):
-                    for r, x, y, bad in _points(rows, best, key):
-                        if r["network"] == net:
-                            ax.scatter([x], [y], marker=markers[r["verifier"]], color="red" if bad else None,
-                                       label=r["verifier"] + (" UNSOUND" if bad else ""), s=36)
-                    _log_axes(ax, net[:48])
-                    ax.legend(fontsize=6)
-                for ax in list(axes.flat)[len(chunk):]:
-                    ax.axis("off")
-                fig.tight_layout(rect=(0, 0, 1, 0.95))
-                pdf.savefig(fig)
-                plt.close(fig)
-        # --- appendix: every result
-        header = ["network", "acc", "p", "target", "verifier", "kind", "status", "value", "tightness", "solve s",
-                  "peak MB"]
-        body, colors = [], []
-        for r in rows:
-            ratio = tightness(r, best)
-            body.append([r["network"][:44], _fmt(r["clean_acc"], 3), r["p"], r["target"], r["verifier"], r["kind"],
-                         r["status"], _fmt(r["value"], 6), _fmt(ratio, 4), _fmt(cost_s(r), 3),
-                         _fmt(r["peak_mem_mb"], 4)])
-            c = "#ffb3b3" if r["status"] == "unsound" else ("#fff2b3" if r["status"] != "ok" else None)
-            colors.append([c] * len(header))
-        _table_pages(pdf, "Appendix: every result", header, body, colors,
-                     widths=[0.3, 0.05, 0.03, 0.05, 0.08, 0.06, 0.08, 0.1, 0.08, 0.07, 0.07])
-
-        missing_lb = sorted({r["network"] for r in rows if r["kind"] != "lower"
-                             and query_key(r) not in best})
-        if missing_lb:
-            log.info("no sound lower bound for %d network(s): tightness not plotted for them", len(missing_lb))
-    os.replace(tmp, path)
-    return path
-
-
-ANYTIME_PANELS = 24
-
-
-def _anytime_pages(pdf, rows):
-    """bab's upper and lower bounds over time (stats ``trace``: [t, lower, upper] rows),
-    divided by the final value so that 1 is where a closed run ends.  The runs that did
-    not close come first, then the slowest; at most ANYTIME_PANELS panels.  (mip keeps
-    no trace: its solver reports only the final bounds, in the stats.)"""
-    runs = []
-    for r in rows:
-        if r["verifier"] == "bab" and r["value"]:
-            st = json.loads(r["stats"] or "{}")
-            if st.get("trace"):
-                runs.append((r, st))
-    if not runs:
-        return
-    runs.sort(key=lambda x: (x[0]["kind"] == "exact", -(x[0]["wall_s"] or 0)))
-    runs = runs[:ANYTIME_PANELS]
-    for start in range(0, len(runs), 6):
-        chunk = runs[start:start + 6]
-        fig, axes = plt.subplots(3, 2, figsize=A4, squeeze=False)
-        fig.suptitle("bab: upper (solid) and lower (dashed) bound over time, / final value; not closed first",
-                     fontsize=10)
-        for ax, (r, st) in zip(axes.flat, chunk):
-            v = float(r["value"])
-            tr = [(max(float(t), 1e-3), float(lo) / v, float(up) / v) for t, lo, up in st["trace"]]
-            ax.step([t for t, _, _ in tr], [u for _, _, u in tr], where="post", color="tab:blue", label="upper")
-            ax.step([t for t, _, _ in tr], [lo for _, lo, _ in tr], where="post", ls="--", color="tab:orange",
-                    label="lower")
-            ax.set_xscale("log")
-            ax.ticklabel_format(axis="y", useOffset=False)
-            ax.set_xlabel("seconds", fontsize=7)
-            ax.tick_params(labelsize=6)
-            state = f"exact {v:.6g}" if r["kind"] == "exact" else f"{r['status']}: {v:.4g} (gap {st.get('gap', 0):.2g})"
-            ax.set_title(f"{r['network'][:44]}\np={r['p']} {r['target']}: {state}", fontsize=7)
-            ax.legend(fontsize=6)
-        for ax in list(axes.flat)[len(chunk):]:
-            ax.axis("off")
-        fig.tight_layout(rect=(0, 0, 1, 0.96))
-        pdf.savefig(fig)
-        plt.close(fig)
-
-
-def _text_page(pdf, title: str, lines: list[str], size=7.5):
-    fig = plt.figure(figsize=A4L)
-    fig.suptitle(title, fontsize=11)
-    import textwrap
-    wrapped = []
-    for l in lines:
-        wrapped += textwrap.wrap(l, 150, subsequent_indent="      ") or [""]
-    fig.text(0.04, 0.92, "\n".join(wrapped[:60]), va="top", ha="left", family="monospace", fontsize=size)
+def _save(pdf, fig):
     pdf.savefig(fig)
     plt.close(fig)
 
 
-def _evidence_pages(pdf, nets, rows, certified):
-    """The paper's claims with their numbers, the per-configuration table, the ablation
-    of the obstructions, and certified accuracy against eps."""
-    if not nets or not rows:
+def _wrap(text: str, width: int) -> list[str]:
+    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
+
+
+def _chars(width_in: float, size: float) -> int:
+    """How many characters of the report's font at ``size`` pt fit ``width_in`` inches
+    (DejaVu Sans averages about half an em per character; a little margin)."""
+    return max(4, int(width_in * 72 / (size * 0.55)))
+
+
+class Flow:
+    """Text and tables laid out one after the other on landscape pages, each line wrapped to
+    the page and each table cell to its column; a new page (with the title, continued, and
+    the table's header again) when the page is full."""
+    LEFT, WIDTH, TOP, BOTTOM = 0.04, 0.92, 0.9, 0.05
+
+    def __init__(self, pdf, title: str, max_pages: int | None = None):
+        self.pdf, self.title, self.max_pages = pdf, title, max_pages
+        self.fig, self.pages, self.y, self.full = None, 0, 0.0, False
+
+    def _new(self):
+        if self.fig is not None:
+            _save(self.pdf, self.fig)
+        self.pages += 1
+        self.fig = plt.figure(figsize=A4L)
+        self.fig.text(self.LEFT, 0.955, self.title + (" (continued)" if self.pages > 1 else ""), fontsize=TITLE,
+                      va="top")
+        self.y = self.TOP
+
+    def _room(self, h: float) -> bool:
+        """Make room for ``h`` (figure fraction); False once max_pages are full."""
+        if self.fig is None:
+            self._new()
+        elif self.y - h < self.BOTTOM:
+            if self.max_pages and self.pages >= self.max_pages:
+                self.full = True
+                return False
+            self._new()
+        return True
+
+    @staticmethod
+    def line_h(size: float) -> float:
+        return size * 1.35 / 72 / A4L[1]
+
+    def text(self, s: str, size=TEXT, color="black", weight="normal", indent: int = 0, space_before=0.0):
+        width = _chars(A4L[0] * self.WIDTH, size) - indent
+        self.y -= space_before
+        for j, w in enumerate(_wrap(s.strip(), width - (4 if indent == 0 else 0))):
+            if not self._room(self.line_h(size)):
+                return
+            x = self.LEFT + (indent + (4 if j else 0)) * size * 0.55 / 72 / A4L[0]
+            self.fig.text(x, self.y, w, fontsize=size, color=color, weight=weight, va="top")
+            self.y -= self.line_h(size)
+
+    def table(self, header, body, widths, colors=None, text_colors=None, size=SMALL) -> int:
+        """Draw a table; returns how many rows were drawn (fewer once max_pages are full)."""
+        total = sum(widths)
+        ws = [w * self.WIDTH / total for w in widths]
+        xs = [self.LEFT + sum(ws[:j]) for j in range(len(ws))]
+        cols = [_chars(w * A4L[0] - 0.1, size) for w in ws]
+        lh = size * 1.22 / 72 / A4L[1]
+
+        def cells(row):
+            return [_wrap(str(c), n) for c, n in zip(row, cols)]
+        head = cells(header)
+        head_h = max(len(c) for c in head) * lh + 0.012
+
+        def draw_header():
+            self.fig.add_artist(Rectangle((self.LEFT, self.y - head_h), self.WIDTH, head_h,
+                                          transform=self.fig.transFigure, facecolor="#dddddd", edgecolor="none"))
+            for x, c in zip(xs, head):
+                self.fig.text(x + 0.004, self.y - 0.005, "\n".join(c), va="top", fontsize=size, weight="bold",
+                              linespacing=1.1)
+            self.y -= head_h
+        if not self._room(head_h + lh * 2):
+            return 0
+        draw_header()
+        if not body:
+            self.fig.text(self.LEFT + 0.004, self.y - 0.005, "(no rows)", va="top", fontsize=size)
+            self.y -= lh + 0.01
+        for i, row in enumerate(body):
+            wr = cells(row)
+            h = max(len(c) for c in wr) * lh + 0.008
+            if self.y - h < self.BOTTOM:
+                if not self._room(h + head_h):
+                    return i
+                draw_header()
+            rc = colors[i] if colors else None
+            tc = text_colors[i] if text_colors else None
+            for j, (x, c) in enumerate(zip(xs, wr)):
+                cc = rc[j] if isinstance(rc, (list, tuple)) else rc
+                if cc:
+                    self.fig.add_artist(Rectangle((x, self.y - h), ws[j], h, transform=self.fig.transFigure,
+                                                  facecolor=cc, edgecolor="none"))
+                t = tc[j] if isinstance(tc, (list, tuple)) else tc
+                self.fig.text(x + 0.004, self.y - 0.004, "\n".join(c), va="top", fontsize=size,
+                              color=t or "black", linespacing=1.1)
+            self.fig.add_artist(plt.Line2D([self.LEFT, self.LEFT + self.WIDTH], [self.y - h] * 2,
+                                           transform=self.fig.transFigure, color="#cccccc", lw=0.5))
+            self.y -= h
+        self.y -= 0.01
+        return len(body)
+
+    def close(self):
+        if self.fig is not None:
+            _save(self.pdf, self.fig)
+            self.fig = None
+
+
+# ---- the store's facts, for the headline
+
+def _counted(values, unit="jobs") -> str:
+    c = Counter(v for v in values if v not in (None, ""))
+    if not c:
+        return "not recorded"
+    if len(c) == 1:
+        return str(next(iter(c)))
+    return ", ".join(f"{k} ({n} {unit})" for k, n in c.most_common(3)) + (" ..." if len(c) > 3 else "")
+
+
+def store_info(store: Store) -> dict:
+    jobs = [dict(j) for j in store.jobs()]
+    vers = []
+    for j in jobs:
+        try:
+            vers.append(json.loads(j["versions"] or "{}"))
+        except (TypeError, ValueError):
+            vers.append({})
+    finished = [j["finished"] for j in jobs if j["finished"]]
+    nets = store.networks()
+    return {
+        "suite": store.meta("suite") or "(not recorded)",
+        "path": os.path.abspath(store.path),
+        "jobs": len(jobs), "networks": len(nets),
+        "train_failed": [j for j in jobs if j["type"] == "train" and j["status"] != "ok"],
+        "versions": {k: _counted([v.get(k) for v in vers]) for k in ("lipbench", "torch", "python")},
+        "device": _counted([j["device"] for j in jobs]),
+        "threads": _counted([j["threads"] for j in jobs]),
+        "from": min(finished) if finished else None, "to": max(finished) if finished else None,
+        "network_ids": [n["id"] for n in nets],
+    }
+
+
+def _date(t) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%d %H:%M UTC") if t else "-"
+
+
+# ---- page 1
+
+def _header(fig, title: str, info: dict, df) -> float:
+    """The store's facts at the top of the headline page; returns the y below them."""
+    fig.text(0.04, 0.965, title, fontsize=14, weight="bold", va="top")
+    v = info["versions"]
+    nq = df.groupby(["network", "p", "target", "domain"]).ngroups if len(df) else 0
+    lines = [
+        f"suite {info['suite']}:  {len(df)} results on {df.network.nunique() if len(df) else 0} of "
+        f"{info['networks']} trained networks, {nq} queries, {df.verifier.nunique() if len(df) else 0} verifiers",
+        f"jobs finished {_date(info['from'])} to {_date(info['to'])};  report written "
+        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {info['path']}",
+        f"machine: device {info['device']}, threads {info['threads']};  versions: lipbench {v['lipbench']}, "
+        f"torch {v['torch']}, python {v['python']}",
+    ]
+    y = 0.925
+    for l in lines:
+        for w in _wrap(l, _chars(A4L[0] * 0.92, TEXT)):
+            fig.text(0.04, y, w, fontsize=TEXT, va="top")
+            y -= 0.022
+    n_bad = int((df.status == "unsound").sum()) if len(df) else 0
+    if n_bad:
+        fig.text(0.04, y, f"AUDIT: {n_bad} UNSOUND result(s): an upper bound below a sound lower bound, or a "
+                 f"lower bound its witness does not show (see the audit page)", fontsize=TEXT, color=UNSOUND,
+                 weight="bold", va="top")
+    else:
+        fig.text(0.04, y, "audit: clean (no upper bound below a sound lower bound, every checked lower bound "
+                 "shown by its witness)", fontsize=TEXT, va="top")
+    return y - 0.03
+
+
+def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
+    left, right = 0.04, 0.96
+    mcol = 0.13
+    vw = min(0.12, (right - left - mcol) / max(len(verifiers), 1))
+    head_h = 0.05
+    width = mcol + vw * len(verifiers)
+    fig.add_artist(Rectangle((left, top - head_h), width, head_h, transform=fig.transFigure, facecolor="#dddddd",
+                             edgecolor="none"))
+    fig.text(left + 0.005, top - 0.008, "training method", fontsize=TEXT, weight="bold", va="top")
+    for j, v in enumerate(verifiers):
+        x = left + mcol + j * vw
+        c, m = style(v)
+        fig.add_artist(plt.Line2D([x + 0.012], [top - 0.017], marker=m, color=c, ms=7, ls="",
+                                  transform=fig.transFigure))
+        fig.text(x + 0.022, top - 0.017, v, fontsize=9 if len(v) <= _chars(vw * A4L[0] - 0.3, 9 * 1.1) else TEXT,
+                 weight="bold", va="center")
+        fig.text(x + 0.008, top - 0.036, grid["kinds"].get(v, ""), fontsize=SMALL, color="#555555", va="center")
+    y = top - head_h
+    cell_chars = _chars(vw * A4L[0] - 0.12, 7.5)
+    for m in methods:
+        fig.text(left + 0.005, y - 0.01, "\n".join(_wrap(m, _chars(mcol * A4L[0] - 0.1, 9))), fontsize=9,
+                 weight="bold", va="top")
+        fig.text(left + 0.005, y - row_h + 0.012, f"{grid['networks'].get(m, 0)} network(s)", fontsize=SMALL,
+                 color="#555555", va="bottom")
+        for j, v in enumerate(verifiers):
+            x = left + mcol + j * vw
+            cell = grid["cells"].get((m, v)) or {"lines": ["not run"], "color": GREY, "na": True, "best": False}
+            if cell["color"]:
+                fig.add_artist(Rectangle((x + 0.002, y - row_h + 0.003), vw - 0.004, row_h - 0.006,
+                                         transform=fig.transFigure, facecolor=cell["color"],
+                                         edgecolor="#2a8a2a" if cell["best"] else "none", lw=1.5))
+            na = cell.get("na")
+            ink = "#555555" if na else "black"
+            fig.text(x + 0.008, y - 0.01, cell["lines"][0], fontsize=8 if na else 11, weight="normal" if na else "bold",
+                     va="top", color=ink)
+            rest = [w for l in cell["lines"][1:] if l for w in _wrap(l, cell_chars)][:5]
+            fig.text(x + 0.008, y - (0.03 if na else 0.036), "\n".join(rest), fontsize=7.5, va="top", color=ink,
+                     linespacing=1.15)
+        fig.add_artist(plt.Line2D([left, left + width], [y - row_h] * 2, transform=fig.transFigure,
+                                  color="#bbbbbb", lw=0.5))
+        y -= row_h
+    return y
+
+
+LEGEND = [
+    "Each cell: the median tightness of the verifier's bounds on the method's networks (all queries), its "
+    "interquartile range (IQR), the median time (solve_s), and the share of the queries it settled.",
+    f"Tightness = upper bound / best sound lower bound of the same network and query (1 = tight; >= 1 for a sound "
+    f"bound). Lower bounds are witnessed: the audit evaluates each one's pair of inputs again on the stored network, "
+    f"so the true constant lies between. Settled: an exact result, or an upper bound within "
+    f"{100 * (TIGHT_WITHIN - 1):.0f}% of the best lower bound.",
+    f"Green: the cheapest verifier (median time) whose median tightness is within {100 * (TIGHT_WITHIN - 1):.0f}% "
+    f"of the method's best. Grey: the verifier does not apply (unsupported, not installed) or was not run. "
+    f"'anytime': bounds kept at a timeout.",
+]
+
+
+def headline_pages(pdf, title, info, df, h, notes):
+    grid = headline_grid(df, h)
+    methods, verifiers = grid["methods"], grid["verifiers"]
+    mchunks = [methods[i:i + HEADLINE_ROWS] for i in range(0, len(methods), HEADLINE_ROWS)] or [[]]
+    vchunks = [verifiers[i:i + HEADLINE_COLS] for i in range(0, len(verifiers), HEADLINE_COLS)] or [[]]
+    pages = [(m, v) for m in mchunks for v in vchunks]
+    for k, (ms, vs) in enumerate(pages):
+        fig = plt.figure(figsize=A4L)
+        if k == 0:
+            y = _header(fig, title, info, df)
+        else:
+            fig.text(0.04, 0.965, title + f": headline table (continued, {k + 1} of {len(pages)})",
+                     fontsize=TITLE, va="top")
+            y = 0.92
+        if ms and vs:
+            y = _table(fig, grid, ms, vs, y, row_h=0.115 if len(ms) <= 3 else 0.1)
+        elif len(df):
+            fig.text(0.04, y, "No upper or exact bounds in this store: only lower bounds, nothing to compare.",
+                     fontsize=TITLE, va="top")
+            y -= 0.05
+        if k < len(pages) - 1:
+            _save(pdf, fig)
+            continue
+        # under the last table: the answer in words, the legend, what is missing (onto a next page if long)
+        f = Flow(pdf, title + ": headline (continued)")
+        f.fig, f.pages, f.y = fig, 1, y - 0.02
+        if len(df):
+            f.text(headline_sentence(h) if len(h) else "No upper bounds to compare.", size=9.5, weight="bold")
+            f.y -= 0.012
+            for l in LEGEND:
+                f.text(l, size=SMALL, color="#333333")
+        for l in notes:
+            f.text(l, size=TEXT if not len(df) else SMALL, color="black" if not len(df) else "#333333",
+                   space_before=0.006)
+        f.close()
+
+
+# ---- the status map and the audit
+
+def status_pages(pdf, df):
+    by = "network" if df.network.nunique() <= STATUS_BY_NETWORK_UP_TO else "method"
+    counts, keys, verifiers = status_counts(df, by)
+    note = ("" if by == "network" else
+            f"{df.network.nunique()} networks: one row per training method (counts over its networks). ")
+    for start in range(0, len(keys), STATUS_ROWS):
+        chunk = keys[start:start + STATUS_ROWS]
+        fig = plt.figure(figsize=A4L)
+        fig.suptitle("Status of every result: " + ("network" if by == "network" else "training method")
+                     + " x verifier (count of each status; colour: the worst)"
+                     + (f", rows {start + 1}-{start + len(chunk)} of {len(keys)}" if len(keys) > STATUS_ROWS else ""),
+                     fontsize=TITLE, x=0.04, ha="left")
+        left, right, top, bottom = 0.27, 0.98, 0.84, 0.12
+        cw = (right - left) / max(len(verifiers), 1)
+        rh = min(0.07, (top - bottom) / max(len(chunk), 8))
+        for j, v in enumerate(verifiers):
+            c, m = style(v)
+            x = left + j * cw + cw / 2
+            fig.add_artist(plt.Line2D([x], [top + 0.04], marker=m, color=c, ms=6, ls="", transform=fig.transFigure))
+            size = TEXT if len(v) <= _chars(cw * A4L[0] - 0.05, TEXT * 1.1) else SMALL
+            fig.text(x, top + 0.015, v, ha="center", va="center", fontsize=size, weight="bold")
+        for i, k in enumerate(chunk):
+            y = top - i * rh
+            fig.text(left - 0.008, y - rh / 2, str(k)[:58], ha="right", va="center", fontsize=SMALL)
+            for j, v in enumerate(verifiers):
+                c = counts[k].get(v)
+                fig.add_artist(Rectangle((left + j * cw + 0.001, y - rh + 0.001), cw - 0.002, rh - 0.002,
+                                         transform=fig.transFigure, facecolor=cell_color(c), edgecolor="none"))
+                if c:
+                    sts = order_status(c)
+                    txt = [f"{s.replace('_', ' ')} {c[s]}" for s in sts[:3]] + (
+                        [f"+{len(sts) - 3} more"] if len(sts) > 3 else [])
+                    fig.text(left + j * cw + cw / 2, y - rh / 2, "\n".join(txt), ha="center", va="center",
+                             fontsize=SMALL, linespacing=1.0,
+                             color=UNSOUND if "unsound" in c else "black", weight="bold" if "unsound" in c else None)
+                else:
+                    fig.text(left + j * cw + cw / 2, y - rh / 2, "-", ha="center", va="center", fontsize=SMALL,
+                             color="#999999")
+        present = {s for k in keys for c in counts[k].values() for s in c}
+        handles = [Rectangle((0, 0), 1, 1, facecolor=STATUS_COLORS.get(s, "white"), label=s.replace("_", " "))
+                   for s in order_status(present)]
+        fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=SMALL, frameon=False,
+                   bbox_to_anchor=(0.5, 0.04), title="worst status in the cell (worst first)",
+                   title_fontsize=SMALL)
+        if note:
+            fig.text(0.04, 0.02, note, fontsize=SMALL)
+        _save(pdf, fig)
+
+
+def audit_pages(pdf, df):
+    """Every unsound row in red with what the audit said, or "audit clean"."""
+    header, body = audit_rows(df)
+    claims = df[df.kind.isin(["lower", "exact"]) & df.status.isin(["ok", "timeout"]) & df.audit.notna()]
+    unchecked = int(claims.audit.str.contains('"unchecked"', regex=False).sum())
+    checked = int(claims.audit.str.contains('"value"', regex=False).sum())
+    tail = (f"{checked} lower-bound claim(s) shown by their witness; {unchecked} could not be checked (they prove "
+            f"nothing and refute nothing)." if checked or unchecked else "No lower-bound claim in this store.")
+    if not body:
+        f = Flow(pdf, "Audit: clean")
+        f.text("No result is unsound: no upper bound lies below the best sound lower bound of its query (rtol 1e-6), "
+               "and every lower bound that was checked is shown by its witness (a pair of inputs whose difference "
+               "quotient the audit evaluated again on the stored network).")
+        f.text(tail, space_before=0.015)
+        f.close()
         return
+    f = Flow(pdf, f"Audit: {len(body)} UNSOUND result(s)", max_pages=AUDIT_PAGES)
+    f.text("An unsound row is an upper bound below a sound lower bound of the same network and query (the note names "
+           "the refuting lower bound), or a lower bound that its witness does not show. " + tail, color=UNSOUND)
+    f.y -= 0.01
+    drawn = f.table(header, body, widths=[0.25, 0.09, 0.09, 0.08, 0.49], text_colors=[UNSOUND] * len(body))
+    if drawn < len(body):
+        f.full = False
+        f.BOTTOM = 0.02
+        f.text(f"{len(body) - drawn} more unsound row(s) not shown: see the -audit.tex and -data.csv files.",
+               color=UNSOUND, weight="bold")
+    f.close()
+
+
+# ---- the evidence pages (the paper's claims)
+
+def evidence_pages(pdf, nets, rows, certified) -> list[tuple[str, list, list]]:
+    """The claims, the per-configuration table and the obstructions, one flow of pages;
+    returns the tables (name, header, body) for LaTeX."""
+    if not nets or not rows:
+        return []
+    f = Flow(pdf, "Evidence: the paper's claims")
+    f.text("What the numbers say about the claims of arXiv 2603.28113, measured on this store (TB = the trivial "
+           "bound, lower = the best sound lower bound of the same network and query).")
     claim_lines = evidence.claims(nets, rows)
-    intro = ["What the numbers say about the claims of arXiv 2603.28113 (measured on this store; "
-             "TB = trivial bound, lower = best sound lower bound of the same network and query).", ""]
     if not claim_lines:
-        claim_lines = ["(no tb-penalty networks with saturating activations, or no lower bounds: "
-                       "the claims are not tested by this suite)"]
-    spaced = []
+        claim_lines = ["(no tb-penalty networks with saturating activations, or no lower bounds: the claims are not "
+                       "tested by this suite)"]
     for l in claim_lines:
-        if not l.startswith(" ") and spaced:
-            spaced.append("")
-        spaced.append(l)
-    _text_page(pdf, "Evidence: the paper's claims", intro + spaced)
+        sub = l.startswith(" ")
+        f.text(l.strip(), indent=4 if sub else 0, space_before=0 if sub else 0.012,
+               color="#333333" if sub else "black")
 
     table = evidence.config_table(nets, rows, certified)
     grids = {p: sorted({e for r in table for e in r[f"cert_{p}"]}) for p in ("2", "inf")}
-    header = ["configuration", "seeds", "acc", "TB p=2", "lower p=2", "TB/lower p=2", "TB p=inf", "lower p=inf",
-              "TB/lower p=inf", "cert. acc p=2 @ " + "/".join(f"{e:g}" for e in grids["2"]),
-              "cert. acc p=inf @ " + "/".join(f"{e:g}" for e in grids["inf"])]
+    header = ["configuration", "seeds", "acc", "TB p=2", "lower p=2", "TB / lower p=2", "TB p=inf", "lower p=inf",
+              "TB / lower p=inf"]
+    widths = [0.26, 0.04, 0.05, 0.07, 0.07, 0.1, 0.07, 0.07, 0.1]
+    certs = [p for p in ("2", "inf") if grids[p]]
+    for p in certs:
+        header.append(f"cert. acc p={p} at eps " + " / ".join(f"{e:g}" for e in grids[p]))
+        widths.append(0.13)
 
     def cert(d):
-        return "/".join(f"{d[e]:.2f}" if e in d else "-" for e in sorted(d)) or "-"
+        return " / ".join(f"{d[e]:.2f}" if e in d else "-" for e in sorted(d)) or "-"
+    fmt = evidence._fmt
     body, colors = [], []
+    green = "#c8f0c8"
     for r in table:
-        body.append([r["config"][:52], str(r["n"]), _fmt(r["clean_acc"], 3), _fmt(r["tb_2"]), _fmt(r["lower_2"]),
-                     _fmt(r["ratio_2"], 3) + (f" (max {_fmt(r['ratio_max_2'], 3)})" if r["ratio_max_2"] else ""),
-                     _fmt(r["tb_inf"]), _fmt(r["lower_inf"]),
-                     _fmt(r["ratio_inf"], 3) + (f" (max {_fmt(r['ratio_max_inf'], 3)})" if r["ratio_max_inf"] else ""),
-                     cert(r["cert_2"]), cert(r["cert_inf"])])
-        colors.append([None] * 5 + [("#c8f0c8" if (r["ratio_max_2"] or 9) <= evidence.TIGHT else None)] + [None] * 2
-                      + [("#c8f0c8" if (r["ratio_max_inf"] or 9) <= evidence.TIGHT else None)] + [None] * 2)
-    _table_pages(pdf, "Per configuration (mean over seeds; green: TB within 10% of the lower bound on every seed)",
-                 header, body, colors, widths=[0.22, 0.03, 0.04, 0.06, 0.06, 0.09, 0.06, 0.06, 0.09, 0.145, 0.145])
-
+        body.append([r["config"], str(r["n"]), fmt(r["clean_acc"], 3), fmt(r["tb_2"]), fmt(r["lower_2"]),
+                     fmt(r["ratio_2"], 3) + (f" (max {fmt(r['ratio_max_2'], 3)})" if r["ratio_max_2"] else ""),
+                     fmt(r["tb_inf"]), fmt(r["lower_inf"]),
+                     fmt(r["ratio_inf"], 3) + (f" (max {fmt(r['ratio_max_inf'], 3)})" if r["ratio_max_inf"] else "")]
+                    + [cert(r[f"cert_{p}"]) for p in certs])
+        colors.append([None] * 5 + [green if (r["ratio_max_2"] or 9) <= evidence.TIGHT else None] + [None] * 2
+                      + [green if (r["ratio_max_inf"] or 9) <= evidence.TIGHT else None] + [None] * len(certs))
+    f.text("Per configuration (mean over seeds)", size=TITLE - 1, weight="bold", space_before=0.025)
+    f.text(f"A configuration is everything but the seed. Green: TB within {100 * (evidence.TIGHT - 1):.0f}% of the "
+           "best sound lower bound on every seed." + (" Certified accuracy from the trivial bound." if certs else ""),
+           size=SMALL, color="#333333")
+    f.y -= 0.006
+    f.table(header, body, widths=widths, colors=colors)
+    abl_header = ["configuration", "zero-derivative fraction", "spread init -> trained", "TB / lower p=2",
+                  "TB / lower p=inf"]
     abl = evidence.ablation(nets, rows)
-    _table_pages(pdf, "Obstructions: dead neurons (zero-derivative fraction), biases, conditioning "
-                 "(sigma_max/sigma_min, median over layers: init -> trained)",
-                 ["configuration", "zero-derivative fraction", "spread init -> trained", "TB/lower p=2",
-                  "TB/lower p=inf"], abl, widths=[0.34, 0.14, 0.24, 0.14, 0.14])
+    f.text("Obstructions: dead neurons, biases, conditioning", size=TITLE - 1, weight="bold", space_before=0.02)
+    f.text("The fraction of zero derivatives (dead neurons); conditioning: sigma_max / sigma_min of the weight "
+           "matrices, median over layers, at initialisation -> after training.", size=SMALL, color="#333333")
+    f.y -= 0.006
+    f.table(abl_header, abl, widths=[0.36, 0.14, 0.22, 0.14, 0.14])
+    f.close()
+    return [("configurations", header, body), ("obstructions", abl_header, abl)]
 
-    # certified accuracy vs eps, one panel per (data set, p), one line per configuration
-    panels = defaultdict(lambda: defaultdict(list))
-    for r in table:
-        ds = r["members"][0]["dataset"]
-        for p in ("2", "inf"):
-            for e, a in r[f"cert_{p}"].items():
-                panels[(ds, p)][r["config"]].append((e, a))
-    if panels:
-        keys = sorted(panels)
-        ncol = min(2, len(keys))
-        fig, axes = plt.subplots(math.ceil(len(keys) / ncol), ncol, figsize=A4L, squeeze=False)
-        fig.suptitle("Certified robust accuracy from the trivial bound (all class pairs), mean over seeds",
-                     fontsize=11)
-        for ax, key in zip(axes.flat, keys):
-            for i, (config, pts) in enumerate(sorted(panels[key].items())):
-                pts.sort()
-                ax.plot([e for e, _ in pts], [a for _, a in pts], marker="o", ms=3, lw=1,
-                        color=plt.cm.tab20(i % 20), label=config.split(" ", 1)[1][:44])
-            ax.set_title(f"{key[0]}, p={key[1]}", fontsize=8)
-            ax.set_xlabel("eps (input p-norm radius)", fontsize=7)
-            ax.set_ylabel("certified accuracy", fontsize=7)
-            ax.set_ylim(0, 1)
-            ax.tick_params(labelsize=6)
-            ax.legend(fontsize=4.5, ncol=2)
-        for ax in list(axes.flat)[len(keys):]:
-            ax.axis("off")
-        fig.tight_layout(rect=(0, 0, 1, 0.95))
-        pdf.savefig(fig)
-        plt.close(fig)
+
+# ---- the whole report
+
+def _notes(df, info, scaling_note, extra) -> list[str]:
+    notes = []
+    if not len(df):
+        notes.append("The store holds no results." + (
+            f" {info['networks']} network(s) trained, nothing verified yet: run the suite's verification "
+            f"(python -m bench run ...) to fill it." if info["networks"] else
+            " No network has been trained either: run the suite first."))
+        if info["jobs"]:
+            notes.append(f"{info['jobs']} job(s) recorded.")
+    else:
+        if df.best_lower.isna().all():
+            notes.append("No sound lower bound in this store (no lower-bound verifier ran, or none was witnessed): "
+                         "tightness is undefined, so the table shows costs and statuses only.")
+        missing = sorted(set(info["network_ids"]) - set(df.network))
+        if missing:
+            notes.append(f"{len(missing)} trained network(s) have no results yet: " + ", ".join(missing[:5])
+                         + (" ..." if len(missing) > 5 else ""))
+    if info["train_failed"]:
+        fails = [f"{json.loads(j['spec']).get('network_id', j['key'])} ({j['status']})" for j in info["train_failed"]]
+        notes.append(f"{len(fails)} training job(s) failed: " + ", ".join(fails[:5])
+                     + (" ..." if len(fails) > 5 else ""))
+    if scaling_note and len(df):
+        notes.append(scaling_note)
+    notes += extra
+    return notes
+
+
+def write_report(out_dir: str, path: str | None = None, title: str | None = None) -> str:
+    """Write the PDF (atomically) and, next to it, ``<stem>-data.csv`` and the tables as
+    ``<stem>-*.tex``; returns the PDF's path."""
+    store = Store(out_dir, create=False)
+    try:
+        info = store_info(store)
+        df = frame(store)
+        certified = store.certified()
+        nets = [dict(n) for n in store.networks()]
+        rows = store.joined() if len(df) else []
+    finally:
+        store.close()
+    path = path or os.path.join(out_dir, "report.pdf")
+    stem = path[:-4] if path.lower().endswith(".pdf") else path
+    title = title or f"lipbench report: suite {info['suite']}"
+    h = headline(df)
+    tables, cert_table = [], None
+    tmp = path + ".tmp"
+    try:
+        with plt.rc_context(RC), PdfPages(tmp) as pdf:
+            scaling_note = figures.scaling_note(df)
+            extra = []
+            if len(df):
+                if not figures.anytime_runs(df):
+                    extra.append("No anytime bounds (no bab or mip result with bounds over time): that page is "
+                                 "omitted.")
+                if not certified:
+                    extra.append("No certified accuracy in this store (the suite has no certify: key): that page "
+                                 "is omitted.")
+            headline_pages(pdf, title, info, df, h, _notes(df, info, scaling_note, extra))
+            if len(df):
+                figures.tightness_page(pdf, df)
+                figures.cactus_page(pdf, df)
+                if scaling_note is None:
+                    figures.scaling_page(pdf, df)
+                figures.anytime_pages(pdf, df)
+                cert_table = figures.certified_page(pdf, df, certified)
+                tables += evidence_pages(pdf, nets, rows, certified)
+                status_pages(pdf, df)
+                audit_pages(pdf, df)
+            pdf.infodict()["Title"] = title
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):   # a failed report leaves the previous PDF, not half a new one
+            os.unlink(tmp)
+    _write_data(stem, df, h, tables, cert_table)
+    return path
+
+
+def _csv(frame_, path):
+    tmp = path + ".tmp"
+    frame_.to_csv(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _write_data(stem: str, df, h, tables, cert_table=None):
+    _csv(df, stem + "-data.csv")
+    if cert_table is not None:
+        _csv(cert_table, stem + "-certified.csv")
+    header, body = headline_rows(h)
+    best = [i for i, r in enumerate(body) if r[-1] == "yes"]
+    write_atomic(stem + "-headline.tex", to_latex(
+        header, body, "lipbench headline: per training method and verifier, the median tightness (upper / best "
+        "sound lower bound) and IQR, median time, share settled; best = cheapest within 10% of the tightest",
+        bold_rows=best))
+    if len(df):
+        sh, sb = status_rows(df, "network")
+        write_atomic(stem + "-status.tex", to_latex(sh, sb, "lipbench: count of each status, network x verifier"))
+        ah, ab = audit_rows(df)
+        write_atomic(stem + "-audit.tex", to_latex(ah, ab, "lipbench audit: every unsound result"))
+    for name, header, body in tables:
+        write_atomic(f"{stem}-{name}.tex", to_latex(header, body, f"lipbench evidence: {name}"))
+
+
+__all__ = ["write_report"]

@@ -74,33 +74,41 @@ def test_report_shows_the_evidence(mini):
 
 
 def test_anytime_pages_plot_traces_unclosed_first(tmp_path):
-    """bab's traces become panels (mip has none); unclosed runs come first."""
+    """bab's traces become panels, mip's final bounds too (it keeps no trace); unclosed runs
+    come first; titles print the absolute bounds."""
     import json
+
+    import pandas as pd
     from matplotlib.backends.backend_pdf import PdfPages
-    from reports import pdf as rp
-    rows = [
-        {"verifier": "bab", "value": 2.0, "kind": "exact", "status": "ok", "wall_s": 1.0, "network": "a", "p": "inf",
-         "target": "full", "stats": json.dumps({"trace": [[0.01, 0.5, 3.0], [0.9, 2.0, 2.0]]})},
-        {"verifier": "bab", "value": 4.0, "kind": "upper", "status": "timeout", "wall_s": 5.0, "network": "b",
-         "p": "1", "target": "0-1", "stats": json.dumps({"trace": [[0.01, 0.5, 9.0], [4.9, 1.0, 4.0]], "gap": 0.75})},
-        {"verifier": "mip", "value": 3.0, "kind": "exact", "status": "ok", "wall_s": 0.5, "network": "a", "p": "inf",
-         "target": "full", "stats": json.dumps({"upper": 3.0, "lower": 3.0})},
-        {"verifier": "trivial", "value": 9.0, "kind": "upper", "status": "ok", "wall_s": 0.1, "network": "a",
-         "p": "inf", "target": "full", "stats": "{}"},
-    ]
+    from reports import figures as rf
+    base = {"best_lower": None, "query": "p=inf"}
+    df = pd.DataFrame([
+        {**base, "verifier": "bab", "value": 2.0, "kind": "exact", "status": "ok", "cost_s": 1.0, "network": "a",
+         "stats": json.dumps({"lower": 2.0, "trace": [[0.01, 0.5, 3.0], [0.9, 2.0, 2.0]]})},
+        {**base, "verifier": "bab", "value": 4.0, "kind": "upper", "status": "timeout", "cost_s": 5.0, "network": "b",
+         "query": "p=1, 0-1", "stats": json.dumps({"trace": [[0.01, 0.5, 9.0], [4.9, 1.0, 4.0]], "gap": 0.75,
+                                                    "lower": 1.0})},
+        {**base, "verifier": "mip", "value": 3.0, "kind": "exact", "status": "ok", "cost_s": 0.5, "network": "a",
+         "stats": json.dumps({"upper": 3.0, "lower": 3.0})},
+        {**base, "verifier": "trivial", "value": 9.0, "kind": "upper", "status": "ok", "cost_s": 0.1, "network": "a",
+         "stats": "{}"},
+    ])
     seen = []
-    orig = rp.plt.subplots
+    orig = rf.plt.subplots
 
     def spy(*a, **k):
         fig, axes = orig(*a, **k)
         seen.append(axes)
         return fig, axes
-    rp.plt.subplots = spy
+    rf.plt.subplots = spy
     try:
         with PdfPages(tmp_path / "t.pdf") as pdf:
-            rp._anytime_pages(pdf, rows)
+            rf.anytime_pages(pdf, df)
             assert pdf.get_pagecount() == 1
     finally:
-        rp.plt.subplots = orig
+        rf.plt.subplots = orig
     titles = [ax.get_title() for ax in seen[0].flat if ax.axison]
-    assert len(titles) == 2 and "timeout" in titles[0] and titles[0].startswith("b") and "exact 2" in titles[1]
+    assert len(titles) == 3 and titles[0].startswith("b")
+    assert "timeout after 5 s: upper 4, lower 1" in titles[0]
+    assert "bab, p=inf: exact 2 after 1 s" in titles[1] and "mip, p=inf: exact 3 after 0.5 s" in titles[2]
+    assert all(ax.get_ylabel().startswith("Lipschitz bound") for ax in seen[0].flat if ax.axison)

@@ -1,0 +1,142 @@
+"""Hand-made result stores for the report's tests (and for timing the report): networks and
+results recorded through Store.record as the scheduler would, without training or
+verifying anything."""
+from __future__ import annotations
+
+import json
+import random
+
+from bench.api import Query
+from bench.jobs import CertifyJob, Outcome, TrainedNetwork, TrainJob, VerifyJob
+from bench.store import Store
+
+VERSIONS = {"lipbench": "0.2.0", "torch": "2.13.0+cpu", "python": "3.11.7", "numpy": "2.4.6"}
+KIND = {"trivial": "upper", "lower": "lower", "lipsdp": "upper", "eclipse": "upper", "bab": "exact", "mip": "exact",
+        "lirpa": "upper", "test-missing": "upper", "test-unsound": "upper", "fake-lower": "lower"}
+
+
+def add_network(store: Store, nid: str, trainer="standard", hidden=(8,), activation="relu", seed=0, acc=0.9):
+    arch = {"hidden": list(hidden), "activation": activation, "bias": True}
+    job = TrainJob(trainer, "1", {"epochs": 1}, arch, {"name": "synthetic", "n": 10}, seed, nid, f"/nowhere/{nid}.pt",
+                   key=f"train-{nid}")
+    store.record(job, Outcome("ok", network=TrainedNetwork(f"hash-{nid}", f"/nowhere/{nid}.pt", (4,), f"mlp {nid}",
+                                                           {"clean_acc": acc}),
+                              versions=VERSIONS, device="cpu", threads=1, wall_s=1.0, solve_s=0.9))
+
+
+def add_result(store: Store, nid: str, verifier: str, status: str, value=None, p="2", target="full", stats=None,
+               solve_s=0.01, mem=250.0, error=None, kind=None):
+    q = Query(p=p, target=tuple(int(t) for t in target.split("-")) if target != "full" else "full")
+    key = f"{nid}-{verifier}-{p}-{target}"
+    job = VerifyJob(verifier, "1", {}, q, nid, f"hash-{nid}", f"/nowhere/{nid}.pt", kind or KIND.get(verifier, "upper"),
+                    key=key)
+    store.record(job, Outcome(status, kind or KIND.get(verifier, "upper"), value, stats or {}, error=error,
+                              wall_s=(solve_s or 0) + 0.05, solve_s=solve_s, peak_mem_mb=mem, device="cpu",
+                              versions=VERSIONS, threads=1))
+    return key
+
+
+def _ids(store, keys):
+    rows = {r["job_key"]: r["id"] for r in store.results()}
+    return [rows[k] for k in keys]
+
+
+def every_status_store(folder: str) -> str:
+    """Two networks (two training methods, two sizes) and every status a result can have:
+    ok, timeout with a value (anytime, with a trace) and without, error, oom, unsupported,
+    not_installed, license_limit, and unsound (an upper bound below the lower bound, and a
+    lower bound whose witness fails); certified accuracy for one network."""
+    s = Store(folder)
+    s.claim_suite("handmade")
+    add_network(s, "net-a", hidden=(8,))
+    add_network(s, "net-b", trainer="tb-penalty", hidden=(16, 16), activation="abs", seed=1)
+    witnessed = []
+    for nid, lo2, loi in (("net-a", 2.0, 3.0), ("net-b", 4.0, 5.0)):
+        witnessed.append(add_result(s, nid, "lower", "ok", lo2, "2", solve_s=0.3, stats={"witness": {}}))
+        witnessed.append(add_result(s, nid, "lower", "ok", loi, "inf", solve_s=0.4, stats={"witness": {}}))
+        add_result(s, nid, "trivial", "ok", lo2 * 2.5, "2", solve_s=0.001)
+        add_result(s, nid, "trivial", "ok", loi * 4.0, "inf", solve_s=0.002)
+        add_result(s, nid, "lirpa", "unsupported", None, "2", solve_s=None, error="no box domain")
+        add_result(s, nid, "test-missing", "not_installed", None, "2", solve_s=None, error="missing pkg")
+    # net-a: exact bab, anytime bab, mip without a bound, lipsdp ok, eclipse oom
+    add_result(s, "net-a", "bab", "ok", 2.0, "2", solve_s=0.5,
+               stats={"lower": 2.0, "trace": [[0.01, 1.5, 4.0], [0.2, 1.9, 2.5], [0.5, 2.0, 2.0]]})
+    add_result(s, "net-a", "bab", "timeout", 4.5, "inf", kind="upper", solve_s=10.0,
+               stats={"lower": 2.8, "gap": 0.4, "trace": [[0.02, 2.5, 6.0], [3.0, 2.8, 4.5]]})
+    add_result(s, "net-a", "mip", "timeout", None, "inf", solve_s=None, mem=900.0)
+    add_result(s, "net-a", "lipsdp", "ok", 2.1, "2", solve_s=3.0)
+    add_result(s, "net-a", "eclipse", "oom", None, "2", solve_s=None, mem=4000.0, error="MemoryError")
+    # net-b: a crashed lipsdp, a licence-limited mip, an anytime mip (final bounds only), unsound rows
+    add_result(s, "net-b", "lipsdp", "error", None, "2", solve_s=1.0, error="solver failed")
+    add_result(s, "net-b", "mip", "license_limit", None, "inf", solve_s=0.2, error="size-limited licence")
+    add_result(s, "net-b", "bab", "timeout", 9.0, "inf", kind="upper", solve_s=10.0,
+               stats={"lower": 4.5, "upper": 9.0})
+    bad_up = add_result(s, "net-b", "test-unsound", "ok", 0.4, "2")
+    bad_low = add_result(s, "net-b", "fake-lower", "ok", 500.0, "2")
+    s.set_audit([(i, {"witness": {"value": v}}) for i, v in
+                 zip(_ids(s, witnessed), [2.0, 3.0, 4.0, 5.0])])
+    s.mark_unsound([
+        (_ids(s, [bad_up])[0], {"was": "ok", "value": 0.4, "lower": 4.0, "lower_verifier": "lower",
+                                "lower_job": witnessed[2], "tolerance": {"rtol": 1e-6, "atol": 0}}),
+        (_ids(s, [bad_low])[0], {"was": "ok", "claimed_lower": 500.0,
+                                 "witness": {"value": None, "failed": "no witness pair in the stats"}}),
+    ])
+    cj = CertifyJob("net-a", "hash-net-a", "/nowhere/net-a.pt", "synthetic", {"2": [0.1, 0.2]}, (), key="cert-a")
+    s.record(cj, Outcome("ok", certified=(
+        {"verifier": "trivial", "verifier_params": "{}", "p": "2", "eps": [0.1, 0.2], "certified_acc": [0.6, 0.3],
+         "clean_acc": 0.9, "source": "full"},), versions=VERSIONS, device="cpu", threads=1))
+    s.close()
+    return folder
+
+
+def big_store(folder: str, rows: int = 10_000, seed: int = 0) -> str:
+    """A synthetic store of about ``rows`` results: networks of several widths and depths,
+    eight verifiers, five queries, a mix of statuses; for timing the report."""
+    rng = random.Random(seed)
+    s = Store(folder)
+    s.db.execute("PRAGMA synchronous=OFF")
+    s.claim_suite("big")
+    verifiers = ["lower", "trivial", "lipsdp", "eclipse", "bab", "mip", "lirpa", "test-missing"]
+    queries = [("2", "full"), ("inf", "full"), ("1", "full"), ("2", "3-8"), ("inf", "0-1")]
+    nets = max(1, rows // (len(verifiers) * len(queries)))
+    for i in range(nets):
+        w, d = [16, 32, 64, 128][i % 4], [1, 2, 3][i % 3]
+        method = [("standard", "relu"), ("standard", "tanh"), ("tb-penalty", "abs")][i % 3]
+        nid = f"big-{method[0]}-{method[1]}-w{w}-d{d}-s{i}"
+        add_network(s, nid, trainer=method[0], hidden=(w,) * d, activation=method[1], seed=i)
+        ids = []
+        for p, t in queries:
+            lo = rng.uniform(1, 50)
+            cost = w * d / 64
+            ids.append((add_result(s, nid, "lower", "ok", lo, p, t, solve_s=0.3 * cost, stats={"witness": {}}), lo))
+            add_result(s, nid, "trivial", "ok", lo * rng.uniform(1.0, 8), p, t, solve_s=0.001 * cost)
+            if p == "2":
+                add_result(s, nid, "lipsdp", "ok", lo * rng.uniform(1.0, 1.3), p, t, solve_s=5 * cost)
+                add_result(s, nid, "eclipse", rng.choice(["ok", "ok", "ok", "error"]), lo * 1.1, p, t, solve_s=2 * cost)
+            else:
+                add_result(s, nid, "lipsdp", "unsupported", None, p, t, solve_s=None)
+                add_result(s, nid, "eclipse", "unsupported", None, p, t, solve_s=None)
+            closed = rng.random() < 0.4
+            end = [min(10.0, cost), lo * (1 if closed else 0.9), lo * (1 if closed else 2)]
+            trace = [[0.01, lo * 0.8, lo * 3], end]
+            add_result(s, nid, "bab", "ok" if closed else "timeout", lo * (1 if closed else 2), p, t,
+                       kind="exact" if closed else "upper", solve_s=min(10.0, cost) if closed else 10.0,
+                       stats={"lower": lo * (1 if closed else 0.9), "trace": trace})
+            add_result(s, nid, "mip", "timeout", None, p, t, solve_s=None, mem=rng.uniform(300, 2000))
+            add_result(s, nid, "lirpa", "unsupported", None, p, t, solve_s=None)
+            add_result(s, nid, "test-missing", "not_installed", None, p, t, solve_s=None)
+        s.db.commit()
+        s.set_audit([(i_, {"witness": {"value": v}}) for i_, v in zip(_ids(s, [k for k, _ in ids]),
+                                                                       [v for _, v in ids])])
+    s.close()
+    return folder
+
+
+if __name__ == "__main__":   # python tests/reportstores.py every|big FOLDER [rows]
+    import sys
+    kind, folder = sys.argv[1], sys.argv[2]
+    if kind == "every":
+        every_status_store(folder)
+    else:
+        big_store(folder, int(sys.argv[3]) if len(sys.argv) > 3 else 10_000)
+    print(json.dumps({"folder": folder}))
