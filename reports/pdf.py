@@ -196,7 +196,19 @@ def store_info(store: Store) -> dict:
         "threads": _counted([j["threads"] for j in jobs]),
         "from": min(finished) if finished else None, "to": max(finished) if finished else None,
         "network_ids": [n["id"] for n in nets],
+        "provenance": _latest_provenance(store),
     }
+
+
+def _latest_provenance(store) -> dict | None:
+    """Where the latest run into the store ran (bench.provenance), or None."""
+    runs = store.runs()
+    if not runs:
+        return None
+    try:
+        return json.loads(runs[-1]["provenance"])
+    except (TypeError, ValueError):
+        return None
 
 
 def _date(t) -> str:
@@ -218,6 +230,9 @@ def _header(fig, title: str, info: dict, df) -> float:
         f"machine: device {info['device']}, threads {info['threads']};  versions: lipbench {v['lipbench']}, "
         f"torch {v['torch']}, python {v['python']}",
     ]
+    if info.get("provenance"):   # the latest run's machine, software and git commit
+        from bench.provenance import summary
+        lines += ["latest run: " + l for l in summary(info["provenance"]).splitlines() if l]
     y = 0.925
     for l in lines:
         for w in _wrap(l, _chars(A4L[0] * 0.92, TEXT)):
