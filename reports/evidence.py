@@ -1,6 +1,8 @@
 """The paper's claims, measured from the store: tightness, size, the obstructions
-(dead neurons, biases, conditioning) and accuracy.  Pure functions over store rows; the
-PDF pages that show them are in :mod:`reports.pdf`.
+(dead neurons, biases, conditioning) and accuracy.  Pure functions over the tidy frame
+(:func:`bench.tidy.frame`: values, best lower bounds) and the networks' training records
+(architecture, saturation, diagnostics); the PDF pages that show them are in
+:mod:`reports.pdf`.
 
 A network's *configuration* is everything but its seed: data set, trainer, activation,
 bias, the trainer's norm p and margin; numbers are the mean (and range) over seeds.
@@ -13,7 +15,7 @@ import math
 from collections import defaultdict
 from statistics import mean, median
 
-from bench.rows import GLOBAL, TIGHT_WITHIN as TIGHT, best_lower_values, is_upper
+from bench.rows import TIGHT_WITHIN as TIGHT
 
 
 def _p(v) -> str:
@@ -52,26 +54,27 @@ def network_info(n: dict) -> dict:
             "seed": n["seed"]}
 
 
-def bounds_by_network(rows: list[dict]) -> dict:
-    """{(network, p, target): {"trivial": v, "lower": best lower, "best_upper": (v, verifier)}}."""
+def bounds_by_network(df) -> dict:
+    """{(network, p, target): {"trivial": v, "lower": best lower, "best_upper": (v, verifier)}}
+    on the global domain, from the tidy frame."""
     out: dict = defaultdict(dict)
-    rows = [r for r in rows if r["value"] is not None and r["domain"] == GLOBAL]
-    for k, v in best_lower_values(rows).items():
-        out[k[:3]]["lower"] = v
-    for r in rows:
-        d = out[(r["network"], r["p"], r["target"])]
-        if is_upper(r) and r["status"] == "ok":
-            if r["verifier"] == "trivial":
-                d["trivial"] = r["value"]
-            if "best_upper" not in d or r["value"] < d["best_upper"][0]:
-                d["best_upper"] = (r["value"], r["verifier"])
+    g = df[(df.domain == "global") & df.value.notna()]
+    for r in g.itertuples():
+        d = out[(r.network, r.p, r.target)]
+        if r.best_lower == r.best_lower and r.best_lower is not None:   # not NaN
+            d["lower"] = float(r.best_lower)
+        if r.kind in ("upper", "exact") and r.status == "ok":
+            if r.verifier == "trivial":
+                d["trivial"] = float(r.value)
+            if "best_upper" not in d or r.value < d["best_upper"][0]:
+                d["best_upper"] = (float(r.value), r.verifier)
     return out
 
 
-def config_table(nets: list[dict], rows: list[dict], certified: list[dict], ps=("2", "inf")) -> list[dict]:
+def config_table(nets: list[dict], df, certified: list[dict], ps=("2", "inf")) -> list[dict]:
     """One row per configuration: accuracy, TB, best lower, TB / lower, certified accuracy."""
     infos = [network_info(n) for n in nets]
-    b = bounds_by_network(rows)
+    b = bounds_by_network(df)
     cert = defaultdict(dict)  # (network, p) -> {eps: acc} from trivial
     for c in certified:
         if c["verifier"] == "trivial":
@@ -100,10 +103,10 @@ def config_table(nets: list[dict], rows: list[dict], certified: list[dict], ps=(
     return table
 
 
-def claims(nets: list[dict], rows: list[dict]) -> list[str]:
+def claims(nets: list[dict], df) -> list[str]:
     """The claims, each as lines of text with the numbers; 'HOLDS' or 'DOES NOT HOLD'."""
     infos = {i["id"]: i for i in (network_info(n) for n in nets)}
-    b = bounds_by_network(rows)
+    b = bounds_by_network(df)
     out = []
     # 1. tightness of TB for tb-penalty networks with activations that saturate p
     for p in ("2", "inf"):
@@ -160,10 +163,10 @@ def claims(nets: list[dict], rows: list[dict]) -> list[str]:
     return out
 
 
-def ablation(nets: list[dict], rows: list[dict]) -> list[list[str]]:
+def ablation(nets: list[dict], df) -> list[list[str]]:
     """Rows: configuration, zero-derivative fraction, bias, spread before -> after
     (median over layers and seeds), TB / lower at p = 2 and inf."""
-    table = config_table(nets, rows, [])
+    table = config_table(nets, df, [])
     out = []
     for r in table:
         ms = [m["metrics"] for m in r["members"]]

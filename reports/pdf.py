@@ -425,15 +425,15 @@ def audit_pages(pdf, df):
 
 # ---- the evidence pages (the paper's claims)
 
-def evidence_pages(pdf, nets, rows, certified) -> list[tuple[str, list, list]]:
+def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
     """The claims, the per-configuration table and the obstructions, one flow of pages;
     returns the tables (name, header, body) for LaTeX."""
-    if not nets or not rows:
+    if not nets or not len(df):
         return []
     f = Flow(pdf, "Evidence: the paper's claims")
     f.text("What the numbers say about the claims of arXiv 2603.28113, measured on this store (TB = the trivial "
            "bound, lower = the best sound lower bound of the same network and query).")
-    claim_lines = evidence.claims(nets, rows)
+    claim_lines = evidence.claims(nets, df)
     if not claim_lines:
         claim_lines = ["(no tb-penalty networks with saturating activations, or no lower bounds: the claims are not "
                        "tested by this suite)"]
@@ -442,7 +442,7 @@ def evidence_pages(pdf, nets, rows, certified) -> list[tuple[str, list, list]]:
         f.text(l.strip(), indent=4 if sub else 0, space_before=0 if sub else 0.012,
                color="#333333" if sub else "black")
 
-    table = evidence.config_table(nets, rows, certified)
+    table = evidence.config_table(nets, df, certified)
     grids = {p: sorted({e for r in table for e in r[f"cert_{p}"]}) for p in ("2", "inf")}
     header = ["configuration", "seeds", "acc", "TB p=2", "lower p=2", "TB / lower p=2", "TB p=inf", "lower p=inf",
               "TB / lower p=inf"]
@@ -473,7 +473,7 @@ def evidence_pages(pdf, nets, rows, certified) -> list[tuple[str, list, list]]:
     f.table(header, body, widths=widths, colors=colors)
     abl_header = ["configuration", "zero-derivative fraction", "spread init -> trained", "TB / lower p=2",
                   "TB / lower p=inf"]
-    abl = evidence.ablation(nets, rows)
+    abl = evidence.ablation(nets, df)
     f.text("Obstructions: dead neurons, biases, conditioning", size=TITLE - 1, weight="bold", space_before=0.02)
     f.text("The fraction of zero derivatives (dead neurons); conditioning: sigma_max / sigma_min of the weight "
            "matrices, median over layers, at initialisation -> after training.", size=SMALL, color="#333333")
@@ -521,7 +521,6 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
         df = frame(store)
         certified = store.certified()
         nets = [dict(n) for n in store.networks()]
-        rows = store.joined() if len(df) else []
     finally:
         store.close()
     path = path or os.path.join(out_dir, "report.pdf")
@@ -549,7 +548,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                     figures.scaling_page(pdf, df)
                 figures.anytime_pages(pdf, df)
                 cert_table = figures.certified_page(pdf, df, certified)
-                tables += evidence_pages(pdf, nets, rows, certified)
+                tables += evidence_pages(pdf, nets, df, certified)
                 status_pages(pdf, df)
                 audit_pages(pdf, df)
             pdf.infodict()["Title"] = title

@@ -43,8 +43,10 @@ def mini(tmp_path_factory):
 @pytest.mark.slow
 def test_claims_are_measured(mini):
     s = Store(mini, create=False)
-    nets, rows = [dict(n) for n in s.networks()], s.joined()
+    nets = [dict(n) for n in s.networks()]
     s.close()
+    from bench.tidy import frame
+    rows = frame(mini)   # the evidence reads the tidy frame
     lines = evidence.claims(nets, rows)
     tight = [l for l in lines if l.startswith("Tightness, p=2")]
     assert len(tight) == 1 and ("1 of 1" in tight[0] or "0 of 1" in tight[0])
@@ -53,8 +55,9 @@ def test_claims_are_measured(mini):
     assert len(size) == 1 and "x smaller" in size[0]
     # the numbers in the claim are the store's numbers
     ab = next(n for n in nets if "abs" in n["id"])
-    tb = next(r["value"] for r in rows if r["network"] == ab["id"] and r["verifier"] == "trivial" and r["p"] == "2")
-    lo = next(r["value"] for r in rows if r["network"] == ab["id"] and r["verifier"] == "lower" and r["p"] == "2")
+    recs = rows.to_dict("records")
+    tb = next(r["value"] for r in recs if r["network"] == ab["id"] and r["verifier"] == "trivial" and r["p"] == "2")
+    lo = next(r["value"] for r in recs if r["network"] == ab["id"] and r["verifier"] == "lower" and r["p"] == "2")
     assert f"median {tb / lo:.3f}" in tight[0]
     table = evidence.config_table(nets, rows, [])
     assert {r["config"] for r in table} == {"synthetic 16-16 standard relu", "synthetic 16-16 tb-penalty abs nobias p=2",
