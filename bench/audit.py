@@ -25,8 +25,8 @@ from .rows import audit_note, best_lower, claimed_lower, is_upper, query_key, qu
 from .store import Store
 
 log = logging.getLogger(__name__)
-RTOL = 1e-6   # relative tolerance: float64 rounding in either computation
-ATOL = 1e-9
+# one tolerance for both steps: float64 rounding in either computation
+RTOL, ATOL = witness.CHECK_RTOL, witness.CHECK_ATOL
 
 
 def check_witnesses(store: Store) -> list[dict]:

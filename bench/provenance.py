@@ -70,9 +70,10 @@ def _git(root: str) -> dict:
 
 
 def versions() -> dict:
-    """Installed versions of the packages lipbench's plug-ins use (absent ones left out)."""
-    from ._version import __version__
-    v = {"lipbench": __version__, "python": platform.python_version()}
+    """The versions every job records (:func:`bench.worker.versions`) and those of the
+    packages lipbench's plug-ins use (absent ones left out)."""
+    from .worker import versions as job_versions
+    v = job_versions()
     for p in PACKAGES:
         try:
             v[p] = metadata.version(p)

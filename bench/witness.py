@@ -37,7 +37,7 @@ from .norms import margin_jacobian
 
 FLOAT64_EVAL_RTOL = 1e-12
 #: a claim passes its re-check when claimed <= recomputed * (1 + CHECK_RTOL) + CHECK_ATOL:
-#: the audit's tolerance for upper bounds too (a region's Jacobian norm and its pair's
+#: the audit's tolerance for upper bounds too (bench.audit uses these; a region's Jacobian norm and its pair's
 #: quotient differ by the quotient's deflation, ~1e-12 of the outputs / the step)
 CHECK_RTOL = 1e-6
 CHECK_ATOL = 1e-9

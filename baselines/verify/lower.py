@@ -49,18 +49,13 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.norms import jacobian_norm, margin_jacobian
 from bench.registry import register
-from bench.witness import as_stats, pairs
+from bench.witness import as_stats, jacobians, pairs
 
 
-def jacobian_norms(module: nn.Module, X: torch.Tensor, query: Query, create_graph: bool = False) -> torch.Tensor:
+def jacobian_norms(module: nn.Module, X: torch.Tensor, query: Query) -> torch.Tensor:
     """Operator norm of the Jacobian at each point of the batch X (shape (B, *in_shape)):
     p->p for the full output, the dual norm of the margin gradient for a class pair."""
-    def f(x):
-        return module(x.unsqueeze(0)).reshape(-1)
-
-    J = torch.func.vmap(torch.func.jacrev(f))(X)
-    J = J.reshape(X.shape[0], J.shape[1], -1)
-    return matrix_norms(J, query)
+    return matrix_norms(jacobians(module, X), query)
 
 
 def matrix_norms(J: torch.Tensor, query: Query) -> torch.Tensor:
