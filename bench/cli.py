@@ -31,8 +31,14 @@ def cmd_run(args) -> int:
         from .suite import plugin_entry
         extra = tuple(plugin_entry(p, os.getcwd()) for p in args.plugin)
         suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + extra)))
-    if args.jobs < 1:
+    if args.jobs is not None and args.jobs < 1:
         raise UserError(f"-j must be at least 1, got {args.jobs}")
+    executor = None
+    if args.executor == "ray":
+        from .executors.ray import RayExecutor
+        executor = RayExecutor(args.address, workers=args.jobs)
+    elif args.address:
+        raise UserError("--address is the Ray cluster's; give it with --executor ray")
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.mem_limit is not None and not 0 < args.mem_limit < float("inf"):
@@ -40,7 +46,7 @@ def cmd_run(args) -> int:
     out = _out(args)
     from .scheduler import folder_lock
     with folder_lock(out):   # held through the report too
-        summary = run_suite(suite, out, workers=args.jobs, device=args.device, data_dir=args.data_dir,
+        summary = run_suite(suite, out, workers=args.jobs or 1, executor=executor, device=args.device, data_dir=args.data_dir,
                             timeout=args.timeout, threads=args.threads, retry=args.retry,
                             mem_limit=args.mem_limit, mix_suites=args.mix_suites)
         if not args.no_report:
@@ -211,7 +217,12 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="train, verify, audit and report a suite (resumes an earlier run)")
     common(r, suite_required=False)
-    r.add_argument("-j", "--jobs", type=int, default=1, help="parallel worker processes (default 1)")
+    r.add_argument("-j", "--jobs", type=int, help="jobs at once (default: 1 locally; with --executor ray, as many "
+                                                  "as the cluster's CPUs hold)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where jobs run: worker processes on this machine (default), or Ray tasks")
+    r.add_argument("--address", metavar="HOST:PORT",
+                   help="with --executor ray: the Ray cluster's head (default: start a local Ray instance)")
     r.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     r.add_argument("--timeout", type=float, help="per-job timeout in seconds, overriding the suite's")
     r.add_argument("--threads", type=int, help="torch threads per job (default: the suite's threads, else 1)")

@@ -16,7 +16,7 @@ from .api import Budget, Unsupported, UserError
 from .audit import audit
 from .executors.base import Executor, Task
 from .executors.local import LocalExecutor
-from .jobs import Outcome, VerifyJob
+from .jobs import Outcome, TrainJob, VerifyJob
 from .registry import get_verifier
 from .store import Store
 from .suite import Suite
@@ -148,11 +148,17 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
         raise UserError(f"--mem-limit must be a positive number of megabytes, got {mem_limit}")
     if device not in ("cpu", "cuda", "auto"):
         raise UserError(f"--device must be cpu, cuda or auto, not {device!r}")
-    device = resolve_device(device)
-    n_gpu = 0
-    if device == "cuda":
-        import torch
-        n_gpu = torch.cuda.device_count()
+    if hasattr(executor, "gpus"):   # a cluster's GPUs, not this machine's
+        n_gpu = executor.gpus()
+        if device == "cuda" and not n_gpu:
+            raise UserError("device 'cuda' requested but the Ray cluster has no GPU")
+        device = "cuda" if device == "auto" and n_gpu else ("cpu" if device == "auto" else device)
+    else:
+        device = resolve_device(device)
+        n_gpu = 0
+        if device == "cuda":
+            import torch
+            n_gpu = torch.cuda.device_count()
     threads = threads or suite.threads or 1
     mem_limit = mem_limit or suite.mem_limit
     from .data import check
@@ -217,69 +223,82 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
     done = store.done_keys(skip)
     train_jobs = _unique(suite.train_jobs(out_dir, data_dir))
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
-    total = len(train_jobs) * (1 + n_verify_each)  # refined once the networks are known
     skipped_train = sum(1 for j in train_jobs if j.key in done)
-    prog = Progress(total, skipped_train)
-    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %d worker(s) of %d thread(s)%s, "
-             "device %s, out %s", suite.name, len(train_jobs), skipped_train, len(train_jobs) * n_verify_each,
-             workers, threads, "" if mem_limit is None else f" and {mem_limit:g} MB", device, out_dir)
+    prog = Progress(len(train_jobs) * (1 + n_verify_each), skipped_train)  # refined as networks appear
     ex = executor or LocalExecutor(workers, gpus=n_gpu)
+    how = {"workers": workers, "threads": threads, "mem_limit_mb": mem_limit, "device": device, "gpus": n_gpu,
+           **ex.describe()}
+    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %s executor, %d worker(s) of %d "
+             "thread(s)%s, device %s, out %s", suite.name, len(train_jobs), skipped_train,
+             len(train_jobs) * n_verify_each, how["executor"], how["workers"], threads,
+             "" if mem_limit is None else f" and {mem_limit:g} MB", device, out_dir)
     from .provenance import collect
-    run_id = store.start_run(suite.name, collect(executor=type(ex).__name__, workers=workers, threads=threads,
-                                                  mem_limit_mb=mem_limit, device=device, gpus=n_gpu))
+    run_id = store.start_run(suite.name, collect(**how))
 
     def budget(t: float) -> Budget:
         return Budget(timeout or t, device, threads, mem_limit)  # "cuda" becomes a free "cuda:k" at dispatch
 
-    def record(t: Task, out: Outcome):
-        store.record(t.job, out)
-        prog.finish(t, out)
-
-    # 1. training
-    ex.run([Task(j, budget(j.timeout), j.label) for j in train_jobs if j.key not in done], prog.start, record)
-
-    # 2. verification of every network this suite trained
-    nets = [store.network_by_job(j.key) for j in train_jobs]
-    nets = [dict(n) for n in nets if n is not None]
-    done = store.done_keys(skip)
-    tasks, n_verify = [], 0
-    for n in nets:
-        jobs = _unique(suite.verify_jobs(n))
-        n_verify += len(jobs)
+    def verify_tasks(job_key: str) -> list[Task]:
+        """The verification tasks of the network that train job ``job_key`` made (none if it
+        failed); what the driver can answer itself (not installed, unsupported) is stored
+        here and now.  Refines the progress total from the estimate to this network's count."""
+        n = store.network_by_job(job_key)
+        if n is None:
+            prog.total -= n_verify_each
+            return []
+        jobs = _unique(suite.verify_jobs(dict(n)))
+        prog.total += len(jobs) - n_verify_each
         todo = [j for j in jobs if j.key not in done]
+        prog.done += len(jobs) - len(todo)
         walked = _walked(n["path"]) if todo else None
+        tasks = []
         for j in todo:
             out = precheck(j, walked)
             if out is None:
                 tasks.append(Task(j, budget(j.timeout), j.label))
             else:
                 store.record(j, out)
-    # now that the networks are known, count exactly: this suite's jobs, done and to do
-    prog.total = len(train_jobs) + n_verify
-    prog.done = len(train_jobs) + n_verify - len(tasks)
-    ex.run(tasks, prog.start, record)
+                prog.done += 1
+        return tasks
 
-    # 3. audit (before certification, so that no unsound bound certifies anything)
-    flagged = audit(store)
+    def record(t: Task, out: Outcome):
+        store.record(t.job, out)
+        prog.finish(t, out)
+        if isinstance(t.job, TrainJob):  # its network's verification runs next
+            return verify_tasks(t.job.key)
+        return None
 
-    # 4. certified accuracy of every network from its bounds (if the suite asks for it)
-    done = store.done_keys(skip)
-    by_net: dict[str, list] = {}
-    for r in store.results():
-        by_net.setdefault(r["network"], []).append(dict(r))
-    tasks = []
-    for n in nets:
-        j = suite.certify_job(n, by_net.get(n["id"], []), data_dir)
-        if j is not None and j.key not in done:
-            tasks.append(Task(j, budget(j.timeout), j.label))
-    prog.total += len(tasks)
-    ex.run(tasks, prog.start, record)
-    unsound = store.unsound()   # this run's and every earlier run's: the store's state
-    summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
-               "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
-    prog.close()
-    log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
-             summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
-    store.finish_run(run_id, summary)
-    store.close()
-    return summary
+    # 1, 2. training, and the verification of each network as soon as it exists (those
+    # trained by an earlier run first)
+    tasks = [t for j in train_jobs if j.key in done for t in verify_tasks(j.key)]
+    tasks += [Task(j, budget(j.timeout), j.label) for j in train_jobs if j.key not in done]
+    try:
+        ex.run(tasks, prog.start, record)
+        nets = [store.network_by_job(j.key) for j in train_jobs]
+        nets = [dict(n) for n in nets if n is not None]
+        # 3. audit (before certification, so that no unsound bound certifies anything)
+        flagged = audit(store)
+
+        # 4. certified accuracy of every network from its bounds (if the suite asks for it)
+        done = store.done_keys(skip)
+        by_net: dict[str, list] = {}
+        for r in store.results():
+            by_net.setdefault(r["network"], []).append(dict(r))
+        tasks = []
+        for n in nets:
+            j = suite.certify_job(n, by_net.get(n["id"], []), data_dir)
+            if j is not None and j.key not in done:
+                tasks.append(Task(j, budget(j.timeout), j.label))
+        prog.total += len(tasks)
+        ex.run(tasks, prog.start, record)
+        unsound = store.unsound()   # this run's and every earlier run's: the store's state
+        summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
+                   "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
+        prog.close()
+        log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
+                 summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
+        store.finish_run(run_id, summary)
+        return summary
+    finally:
+        getattr(ex, "close", lambda: None)()
+        store.close()

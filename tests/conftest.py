@@ -22,3 +22,15 @@ def mlp(sizes, act=nn.ReLU, bias=True, seed=0):
 @pytest.fixture
 def tiny_relu():
     return mlp([2, 6, 5, 3], seed=1)
+
+
+@pytest.fixture(scope="session")
+def hostile(tmp_path_factory):
+    """The hostile suite (plug-ins that lie, crash, hog and hang, beside trivial and lower)
+    run once through the CLI with the local executor: (folder, results folder, process)."""
+    from test_cli import HOSTILE, bench
+    d = tmp_path_factory.mktemp("hostile")
+    (d / "s.yaml").write_text(HOSTILE)
+    out = str(d / "o")
+    r = bench("run", "--suite", str(d / "s.yaml"), "--out", out, "--no-report")
+    return d, out, r

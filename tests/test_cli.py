@@ -28,6 +28,18 @@ train:
 queries: [{p: 2}, {p: inf, target: [0, 1]}]
 verify: %s
 """
+HOSTILE = SMOKE_FAST % """
+  - trivial
+  - lower
+  - test-fake-lower
+  - test-fake-witness
+  - test-unsound
+  - test-zero
+  - test-exit
+  - test-kill
+  - {verifier: test-hog, timeout: 60}
+  - {verifier: test-sleep, timeout: 1}
+""" + "mem_limit: 400\n"
 
 
 def bench(*args, cwd=None, timeout=300, env_extra=None):
@@ -79,7 +91,7 @@ def test_run_smoke_end_to_end(smoke):
     db.close()
     prov = json.loads(prov)
     assert prov["machine"]["cores"] == os.cpu_count() and "torch" in prov["versions"]
-    assert prov["run"]["executor"] == "LocalExecutor" and prov["run"]["threads"] == 1
+    assert prov["run"]["executor"] == "local" and prov["run"]["threads"] == 1
     assert json.loads(summ)["results"] == len(res)
     for x in res:
         cls = get_verifier(x["verifier"])

@@ -7,28 +7,6 @@ import pytest
 
 from test_cli import SMOKE_FAST, bench, rows
 
-HOSTILE = SMOKE_FAST % """
-  - trivial
-  - lower
-  - test-fake-lower
-  - test-fake-witness
-  - test-unsound
-  - test-zero
-  - test-exit
-  - test-kill
-  - {verifier: test-hog, timeout: 60}
-  - {verifier: test-sleep, timeout: 1}
-""" + "mem_limit: 400\n"
-
-
-@pytest.fixture(scope="module")
-def hostile(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hostile")
-    (d / "s.yaml").write_text(HOSTILE)
-    out = str(d / "o")
-    r = bench("run", "--suite", str(d / "s.yaml"), "--out", out, "--no-report")
-    return d, out, r
-
 
 @pytest.mark.slow
 def test_each_hostile_plugin_gets_its_own_status(hostile):

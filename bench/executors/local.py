@@ -80,9 +80,13 @@ class LocalExecutor:
         self.workers = max(1, int(workers))
         self.gpus = int(gpus)
 
+    def describe(self) -> dict:
+        import os
+        return {"executor": "local", "workers": self.workers, "gpus": self.gpus, "cpus": os.cpu_count()}
+
     def run(self, tasks: Iterable[Task], on_start: OnStart | None = None, on_done: OnDone | None = None) -> None:
         """Run every task; ``on_done(task, outcome)`` is called in this process as each
-        one finishes (the scheduler writes the store there)."""
+        one finishes (the scheduler writes the store there); the tasks it returns run next."""
         pending = list(tasks)[::-1]
         running: list[_Running] = []
         ctx = context()
@@ -118,8 +122,8 @@ class LocalExecutor:
                         if out.device is None:
                             out = out.with_(device=t.budget.device)
                         running.remove(r)
-                        if on_done:
-                            on_done(t, out)
+                        if on_done:  # the tasks it returns run next
+                            pending.extend(list(on_done(t, out) or ())[::-1])
         finally:
             _main_not_reimported.restore()
             for r in running:  # interrupted: leave nothing behind
