@@ -494,6 +494,12 @@ def net_hash(module: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def parameter_count(module: nn.Module) -> int:
+    """The network's size: how many numbers its trainable parameters hold (a buffer, such
+    as a BatchNorm's running statistics, is not counted)."""
+    return int(sum(t.numel() for t in module.parameters()))
+
+
 def save(module: nn.Module, input_shape: tuple, path: str) -> None:
     """Save a network atomically (write to a temporary file, then rename)."""
     d = os.path.dirname(os.path.abspath(path))

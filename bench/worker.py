@@ -149,6 +149,7 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     net = netmod.walk(module, ds.input_shape)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
+    metrics["parameters"] = netmod.parameter_count(module)   # the network's size, for the report
     netmod.save(module, ds.input_shape, job.out_path)
     trained = TrainedNetwork(net.hash(), job.out_path, tuple(ds.input_shape), net.describe(), metrics)
     return Outcome("ok", network=trained, versions=versions(cls), solve_s=solve_s)

@@ -10,7 +10,8 @@ never here.  Pages, in order:
 2. tightness against cost, one panel per norm p, with the rows that gave no bound;
 3. the cactus plot: queries settled against the time budget;
 4. scaling: time and memory against width and depth (when the store varies size);
-5. anytime bounds of bab and mip; certified accuracy; the paper's claims
+5. anytime bounds of bab and mip; certified accuracy; next to the published state of the
+   art (:mod:`reports.sota`, only for CIFAR networks); the paper's claims
    (:mod:`reports.evidence`); the status map; the audit.
 
 Next to the PDF: ``<stem>-data.csv`` (the frame) and each table as LaTeX
@@ -36,8 +37,9 @@ from bench.rows import TIGHT_WITHIN  # noqa: E402
 from bench.store import Store  # noqa: E402
 from bench.tidy import frame, headline, headline_sentence  # noqa: E402
 
-from . import evidence, figures  # noqa: E402
-from .style import NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE, UNSOUND, style  # noqa: E402
+from . import evidence, figures, sota  # noqa: E402
+from .style import (MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
+                    UNSOUND, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
                      status_rows, to_latex, write_atomic)
 
@@ -158,6 +160,14 @@ class Flow:
             self.y -= h
         self.y -= 0.01
         return len(body)
+
+    def area(self, h: float):
+        """Reserve ``h`` (figure fraction) for a drawing: below what is there when it fits,
+        else on a new page; returns (figure, the top of the area)."""
+        if self.fig is None or self.y - h < self.BOTTOM:
+            self._new()
+        top, self.y = self.y, self.BOTTOM
+        return self.fig, top
 
     def close(self):
         if self.fig is not None:
@@ -483,6 +493,77 @@ def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
     return [("configurations", header, body), ("obstructions", abl_header, abl)]
 
 
+# ---- next to the published state of the art
+
+def published_page(pdf, comp: dict):
+    """The comparison with published numbers (:func:`reports.sota.comparison`): the table
+    (measured rows shaded), the sources, and clean against certified accuracy at the first
+    radius as a scatter."""
+    from matplotlib.lines import Line2D
+    e0 = sota.eps_text(comp["columns"][0])
+    f = Flow(pdf, "Next to the published state of the art: CIFAR-10, l2 balls")
+    f.text("Clean and certified robust accuracy (%); the certified radius eps in units of [0, 1] pixels. 'measured': "
+           "this store's networks on CIFAR-10 (JPEG copy): lipbench's reference CIFAR-10 went through JPEG "
+           "compression, so these are not the published test images; certified from the sound bounds of the named "
+           "verifier, the mean over seeds. 'reported': copied from the paper named (reports/published/), not run "
+           "here. Parameters and training budget as the source states them ('-': not stated); for a measured row, "
+           "its training record (epochs, mean time, device).", size=SMALL, color="#333333")
+    f.y -= 0.008
+    header, body = sota.table(comp)
+    widths = [0.07, 0.12, 0.1, 0.1, 0.07, 0.13, 0.05] + [0.065] * len(comp["columns"]) + [0.17]
+    f.table(header, body, widths, colors=[MEASURED if r["mark"] == "measured" else None for r in comp["rows"]])
+    for k, s in enumerate(comp["sources"], 1):
+        f.text(f"[{k}] {s.reference()}" + (f" Numbers: {s.note}." if s.note else ""), size=SMALL, color="#333333")
+    missing = [r for r in comp["rows"] if r["mark"] == "measured" and r["certified_pct"][0] is None]
+    if missing:
+        f.text(f"{len(missing)} measured configuration(s) have no certified accuracy at {e0}: certify at the radii "
+               f"the literature uses (in a suite: certify: {{eps: {{2: [{', '.join(f'{e:.6g}' for e in sota.EPS_GRID)}"
+               f"]}}}}).", size=SMALL, space_before=0.006)
+    pts = [r for r in comp["rows"] if r["certified_pct"][0] is not None and r["clean_pct"] is not None]
+    if not pts:
+        f.close()
+        return
+    fig, top = f.area(0.34)     # the scatter: below the table where it fits, else on the next page
+    ax = fig.add_axes([0.08, f.BOTTOM + 0.05, 0.45, top - f.BOTTOM - 0.08])
+    xs = [r["clean_pct"] for r in pts]
+    ys = [r["certified_pct"][0] for r in pts]
+    ax.plot([0, 100], [0, 100], color="#bbbbbb", lw=0.8, ls=":", zorder=0)
+    ax.set_xlim(max(0, min(xs) - 12), min(100, max(xs) + 4))
+    ax.set_ylim(max(0, min(ys) - 5), min(100, max(ys) + 5))
+    reported = sorted((r for r in pts if r["mark"] == "reported"), key=lambda r: r["certified_pct"][0])
+    for r in pts:
+        x, y = r["clean_pct"], r["certified_pct"][0]
+        if r["mark"] == "reported":
+            ax.scatter([x], [y], marker="s", facecolors="none", edgecolors="#555555", s=30, lw=1)
+        else:
+            c, m = style(r["verifier"])
+            ax.scatter([x], [y], marker=m, color=c, s=45, edgecolors="black", lw=0.6, zorder=5)
+            ax.annotate(r["method"], (x, y), xytext=(5, -9), textcoords="offset points", fontsize=SMALL)
+    if reported:   # published points cluster: their names in a column to their left, one leader line each
+        lo, hi = ax.get_ylim()
+        gap = 0.05 * (hi - lo)
+        ly = []
+        for r in reported:
+            ly.append(max(r["certified_pct"][0], ly[-1] + gap) if ly else r["certified_pct"][0])
+        shift = max(0.0, ly[-1] - (hi - gap / 2))
+        x_col = min(r["clean_pct"] for r in reported) - 0.04 * (ax.get_xlim()[1] - ax.get_xlim()[0])
+        for r, y in zip(reported, ly):
+            y -= shift
+            ax.annotate(r["method"], (r["clean_pct"], r["certified_pct"][0]), xytext=(x_col, y), textcoords="data",
+                        ha="right", va="center", fontsize=SMALL, color="#555555",
+                        arrowprops={"arrowstyle": "-", "color": "#bbbbbb", "lw": 0.5, "shrinkA": 2, "shrinkB": 3})
+    ax.set_xlabel("clean accuracy (%)")
+    ax.set_ylabel(f"certified accuracy at eps = {e0} (%)")
+    handles = [Line2D([], [], marker="s", mfc="none", color="#555555", ls="", label="reported (published), CIFAR-10")]
+    handles += [Line2D([], [], marker=style(v)[1], color=style(v)[0], mec="black", ls="",
+                       label=f"measured here, CIFAR-10 (JPEG copy), {v} bounds")
+                for v in order({r["verifier"] for r in pts if r["mark"] == "measured"})]
+    handles.append(Line2D([], [], color="#bbbbbb", ls=":", label="certified = clean"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.03, 1.0), fontsize=SMALL, frameon=False,
+              title="up and right is better", title_fontsize=SMALL)
+    f.close()
+
+
 # ---- the whole report
 
 def _notes(df, info, scaling_note, extra) -> list[str]:
@@ -528,6 +609,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     title = title or f"lipbench report: suite {info['suite']}"
     h = headline(df)
     tables, cert_table = [], None
+    comp = sota.comparison(df, certified, nets) if len(df) else None   # None: no CIFAR networks to compare
     tmp = path + ".tmp"
     try:
         with plt.rc_context(RC), PdfPages(tmp) as pdf:
@@ -540,6 +622,9 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 if not certified:
                     extra.append("No certified accuracy in this store (the suite has no certify: key): that page "
                                  "is omitted.")
+                elif comp is None:
+                    extra.append("No CIFAR-10 network with certified accuracy for p = 2 in this store: the page "
+                                 "next to the published state of the art (CIFAR-10, l2) is omitted.")
             headline_pages(pdf, title, info, df, h, _notes(df, info, scaling_note, extra))
             if len(df):
                 figures.tightness_page(pdf, df)
@@ -548,6 +633,8 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                     figures.scaling_page(pdf, df)
                 figures.anytime_pages(pdf, df)
                 cert_table = figures.certified_page(pdf, df, certified)
+                if comp is not None:
+                    published_page(pdf, comp)
                 tables += evidence_pages(pdf, nets, df, certified)
                 status_pages(pdf, df)
                 audit_pages(pdf, df)
@@ -556,7 +643,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     finally:
         if os.path.exists(tmp):   # a failed report leaves the previous PDF, not half a new one
             os.unlink(tmp)
-    _write_data(stem, df, h, tables, cert_table)
+    _write_data(stem, df, h, tables, cert_table, comp)
     return path
 
 
@@ -566,10 +653,16 @@ def _csv(frame_, path):
     os.replace(tmp, path)
 
 
-def _write_data(stem: str, df, h, tables, cert_table=None):
+def _write_data(stem: str, df, h, tables, cert_table=None, comp=None):
     _csv(df, stem + "-data.csv")
     if cert_table is not None:
         _csv(cert_table, stem + "-certified.csv")
+    if comp is not None:
+        _csv(sota.frame(comp), stem + "-published.csv")
+        header, body = sota.table(comp)
+        write_atomic(stem + "-published.tex", to_latex(
+            header, body, "lipbench: clean and certified accuracy (%) measured here on CIFAR-10 (JPEG copy), next "
+            "to published (reported) results on CIFAR-10, l2"))
     header, body = headline_rows(h)
     best = [i for i, r in enumerate(body) if r[-1] == "yes"]
     write_atomic(stem + "-headline.tex", to_latex(

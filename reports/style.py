@@ -32,6 +32,7 @@ _EXTRA_MARKERS = ("h", "p", "8", "<", ">", "H")
 UNSOUND = "#d62728"          # unsound results, everywhere
 BEST = "#c8f0c8"             # the headline's highlighted cell
 NOT_APPLICABLE = "#e6e6e6"   # a verifier that does not apply (unsupported, not installed)
+MEASURED = "#dbe9f6"         # a row measured here, next to published (reported) ones
 
 #: statuses, worst first (a status heatmap cell takes the colour of its worst status)
 STATUS_ORDER = ("unsound", "error", "oom", "timeout", "license_limit", "not_installed", "unsupported", "ok")
@@ -96,3 +97,27 @@ def fmt_s(v) -> str:
 def fmt_share(v) -> str:
     """A share as a whole percentage: '38%'."""
     return "-" if not _finite(v) else f"{100 * float(v):.0f}%"
+
+
+def fmt_duration(v) -> str:
+    """A training time: '42 s', '12 min', '3.5 h'."""
+    if not _finite(v):
+        return "-"
+    v = float(v)
+    if v < 120:
+        return f"{v:.0f} s"
+    if v < 2 * 3600:
+        return f"{v / 60:.0f} min"
+    return f"{v / 3600:.1f} h"
+
+
+def fmt_count(v) -> str:
+    """A parameter count: '842', '33.4k', '1.25M'."""
+    if not _finite(v):
+        return "-"
+    v = int(v)
+    if v < 10_000:
+        return str(v)
+    if v < 1_000_000:
+        return f"{v / 1e3:.1f}k"
+    return f"{v / 1e6:.3g}M"

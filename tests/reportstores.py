@@ -15,12 +15,14 @@ KIND = {"trivial": "upper", "lower": "lower", "lipsdp": "upper", "eclipse": "upp
         "lirpa": "upper", "test-missing": "upper", "test-unsound": "upper", "fake-lower": "lower"}
 
 
-def add_network(store: Store, nid: str, trainer="standard", hidden=(8,), activation="relu", seed=0, acc=0.9):
+def add_network(store: Store, nid: str, trainer="standard", hidden=(8,), activation="relu", seed=0, acc=0.9,
+                dataset=None, metrics=None, path=None, input_shape=(4,)):
     arch = {"hidden": list(hidden), "activation": activation, "bias": True}
-    job = TrainJob(trainer, "1", {"epochs": 1}, arch, {"name": "synthetic", "n": 10}, seed, nid, f"/nowhere/{nid}.pt",
+    path = path or f"/nowhere/{nid}.pt"
+    job = TrainJob(trainer, "1", {"epochs": 1}, arch, dataset or {"name": "synthetic", "n": 10}, seed, nid, path,
                    key=f"train-{nid}")
-    store.record(job, Outcome("ok", network=TrainedNetwork(f"hash-{nid}", f"/nowhere/{nid}.pt", (4,), f"mlp {nid}",
-                                                           {"clean_acc": acc}),
+    store.record(job, Outcome("ok", network=TrainedNetwork(f"hash-{nid}", path, tuple(input_shape), f"mlp {nid}",
+                                                           {"clean_acc": acc, **(metrics or {})}),
                               versions=VERSIONS, device="cpu", threads=1, wall_s=1.0, solve_s=0.9))
 
 
@@ -89,6 +91,49 @@ def every_status_store(folder: str) -> str:
     return folder
 
 
+def add_certified(store: Store, nid: str, dataset, p: str, eps: list, rows: list[tuple], clean_acc: float):
+    """A certify job's rows: ``rows`` = [(verifier, [certified accuracy per eps]), ...]."""
+    job = CertifyJob(nid, f"hash-{nid}", f"/nowhere/{nid}.pt", dataset, {p: list(eps)}, (), key=f"cert-{nid}-{p}")
+    store.record(job, Outcome("ok", certified=tuple(
+        {"verifier": v, "verifier_params": "{}", "p": p, "eps": list(eps), "certified_acc": list(a),
+         "clean_acc": clean_acc, "source": "full"} for v, a in rows), versions=VERSIONS, device="cpu", threads=1))
+
+
+#: the radii of the CIFAR-10 literature as a suite's eps grid holds them (floats)
+CIFAR_EPS = [36 / 255, 72 / 255, 108 / 255]
+
+
+def cifar_store(folder: str, net_dir: str | None = None) -> str:
+    """CIFAR networks with certified accuracy at p = 2, as a cifar suite would leave them: a
+    tb-penalty configuration with two seeds (trivial and lipsdp bounds, parameters recorded),
+    and a standard MLP certified at 36/255 and one other radius only whose parameter count was
+    not recorded (counted from its saved file when ``net_dir`` is given)."""
+    s = Store(folder)
+    s.claim_suite("cifar-handmade")
+    cifar = {"name": "cifar", "test_subset": 1000}
+    metrics = {"train_s": 1500.0, "epochs_done": 30, "device": "cuda:0", "parameters": 4_206_602}
+    for seed, acc, cert in ((0, 0.52, [0.31, 0.17, 0.08]), (1, 0.54, [0.33, 0.19, 0.10])):
+        nid = f"cifar-tb-s{seed}"
+        add_network(s, nid, trainer="tb-penalty", hidden=(1024, 1024), activation="abs", seed=seed, acc=acc,
+                    dataset=cifar, metrics=metrics, input_shape=(3, 32, 32))
+        add_result(s, nid, "trivial", "ok", 3.0, "2")
+        add_result(s, nid, "lipsdp", "ok", 2.5, "2", solve_s=30.0)
+        add_certified(s, nid, cifar, "2", CIFAR_EPS, [("trivial", cert), ("lipsdp", [c + 0.02 for c in cert])], acc)
+    path = None
+    if net_dir:
+        import os
+
+        from bench.network import build_mlp, save
+        path = os.path.join(net_dir, "cifar-std.pt")
+        save(build_mlp({"hidden": [16]}, (3, 32, 32), 10), (3, 32, 32), path)
+    add_network(s, "cifar-std", hidden=(16,), acc=0.4, dataset="cifar", path=path, input_shape=(3, 32, 32),
+                metrics={"train_s": 95.0, "epochs_done": 5, "device": "cpu"})
+    add_result(s, "cifar-std", "trivial", "ok", 40.0, "2")
+    add_certified(s, "cifar-std", "cifar", "2", [36 / 255, 0.5], [("trivial", [0.12, 0.01])], 0.4)
+    s.close()
+    return folder
+
+
 def big_store(folder: str, rows: int = 10_000, seed: int = 0) -> str:
     """A synthetic store of about ``rows`` results: networks of several widths and depths,
     eight verifiers, five queries, a mix of statuses; for timing the report."""
@@ -132,11 +177,13 @@ def big_store(folder: str, rows: int = 10_000, seed: int = 0) -> str:
     return folder
 
 
-if __name__ == "__main__":   # python tests/reportstores.py every|big FOLDER [rows]
+if __name__ == "__main__":   # python tests/reportstores.py every|cifar|big FOLDER [rows]
     import sys
     kind, folder = sys.argv[1], sys.argv[2]
     if kind == "every":
         every_status_store(folder)
+    elif kind == "cifar":
+        cifar_store(folder)
     else:
         big_store(folder, int(sys.argv[3]) if len(sys.argv) > 3 else 10_000)
     print(json.dumps({"folder": folder}))

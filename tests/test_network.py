@@ -107,3 +107,19 @@ def test_from_npz_reads_weights_and_rejects_an_empty_file(tmp_path):
     np.savez(tmp_path / "e.npz", x=np.zeros(1))
     with pytest.raises(UserError, match="no weight matrix W0"):
         from_npz(str(tmp_path / "e.npz"))
+
+
+def test_parameter_count_is_the_weights_and_biases_and_is_recorded_at_training(tmp_path):
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(4 * 6 * 6, 5, bias=False))
+    expected = (3 * 4 * 9 + 4) + (4 + 4) + 4 * 6 * 6 * 5      # BatchNorm: weight and bias, not its running statistics
+    assert network.parameter_count(net) == expected
+    from bench.api import Budget
+    from bench.jobs import TrainJob
+    from bench.worker import _train
+    path = str(tmp_path / "n.pt")
+    job = TrainJob("standard", "1", {"epochs": 1}, {"hidden": [7]}, {"name": "synthetic", "n": 60, "dim": 5}, 0, "n",
+                   path)
+    out = _train(job, Budget())
+    assert out.status == "ok", out.error
+    assert out.network.metrics["parameters"] == network.parameter_count(network.load(path)[0]) == 5 * 7 + 7 + 7 * 3 + 3

@@ -1,0 +1,220 @@
+"""The page next to the published state of the art: the published numbers are data
+(reports/published/), read and validated by reports.sota.load_published; the page exists
+only for a store with CIFAR networks certified at p = 2, and its table holds both the
+measured rows (from the store's certified table) and the reported ones, each marked."""
+import os
+
+import pandas as pd
+import pytest
+
+from bench.api import UserError
+from bench.store import Store
+from reports import sota
+from reportstores import CIFAR_EPS, cifar_store
+from test_report import _pages_render_and_are_not_blank, _report, _text
+
+pypdf = pytest.importorskip("pypdf")
+
+SOURCES = ("key,authors,title,venue,year,arxiv,note\n"
+           "p24,\"A. One, B. Two, C. Three\",\"A title, with a comma\",CVPR,2024,2311.16833,their final statistics\n")
+HEADER = "method,dataset,norm,eps,clean_pct,certified_pct,model,parameters,budget,source\n"
+
+
+def _folder(tmp_path, results, sources=SOURCES):
+    d = tmp_path / "pub"
+    d.mkdir(exist_ok=True)
+    (d / "sources.csv").write_text(sources)
+    (d / "cifar10.csv").write_text(results)
+    return str(d)
+
+
+# ---- the loader
+
+def test_the_shipped_numbers_load_with_their_sources():
+    rows = sota.load_published()
+    assert rows, "reports/published/ holds no result"
+    for r in rows:
+        assert r.source.title and r.source.authors and 2000 < r.source.year < 2100, r
+        assert r.p == "2" and r.dataset == "CIFAR-10" and sota.eps_column(r.eps, sota.EPS_GRID) is not None, r
+        assert 0 <= r.certified_pct <= r.clean_pct <= 100, r
+        assert r.parameters is None or r.parameters > 0
+    # every row is its own result (the loader refuses a repeated one), and every paper is cited
+    assert len({(r.method, r.model, r.source.key) for r in rows}) == len(rows)
+    assert {r.source.key for r in rows} == set(sota.load_sources(os.path.join(sota.PUBLISHED_DIR, "sources.csv")))
+
+
+def test_a_good_file(tmp_path):
+    folder = _folder(tmp_path, "# a comment line\n" + HEADER + "\n"
+                     "AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n"
+                     "X,CIFAR-10,l2,0.5,50,20.5,Big,1234567,,p24\n")
+    a, b = sota.load_published(folder)
+    assert (a.method, a.p, a.clean_pct, a.certified_pct, a.parameters, a.budget) == ("AOL", "2", 73.4, 61.0, None,
+                                                                                     "24 h")
+    assert a.eps == pytest.approx(36 / 255) and a.eps_text == "36/255" and a.where == "cifar10.csv, line 4"
+    assert (b.eps, b.parameters, b.budget, b.where) == (0.5, 1234567, "", "cifar10.csv, line 5")
+    assert a.source.title == "A title, with a comma" and a.source.arxiv == "2311.16833"
+    assert a.source.cite() == "One et al. 2024" and "arXiv 2311.16833" in a.source.reference()
+
+
+@pytest.mark.parametrize("line,words", [
+    ("AOL,CIFAR-10,l2,36/255,seventy,61.0,ConvNetM,,24 h,p24", "clean_pct 'seventy' is not a number"),
+    ("AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,nobody", "source 'nobody' is not a key of sources.csv"),
+    ("AOL,CIFAR-10,l2,36/255,61.0,73.4,ConvNetM,,24 h,p24", "is above clean_pct"),
+    ("AOL,CIFAR-10,l2,36/0,73.4,61.0,ConvNetM,,24 h,p24", "eps '36/0' is not a radius"),
+    ("AOL,CIFAR-10,l2,-1,73.4,61.0,ConvNetM,,24 h,p24", "not a positive, finite radius"),
+    ("AOL,CIFAR-10,l7,36/255,73.4,61.0,ConvNetM,,24 h,p24", "unknown norm 'l7'"),
+    ("AOL,MNIST,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24", "unknown data set 'MNIST'"),
+    ("AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,about 1M,24 h,p24", "parameters 'about 1M' is not a whole number"),
+    ("AOL,CIFAR-10,l2,36/255,173.4,61.0,ConvNetM,,24 h,p24", "clean_pct 173.4 is outside [0, 100]"),
+    ("AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,24 h,p24", "9 cells, the header has 10"),
+    (",CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24", "method is empty"),
+    ("AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24", "the same result as line 3"),
+])
+def test_a_malformed_results_file_is_one_line_naming_the_line(tmp_path, line, words):
+    folder = _folder(tmp_path, HEADER + "# a comment\nAOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n"
+                     + line + "\n")
+    with pytest.raises(UserError) as e:
+        sota.load_published(folder)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(os.path.join(folder, "cifar10.csv") + ", line 4: "), msg
+    assert words in msg, msg
+
+
+@pytest.mark.parametrize("sources,where,words", [
+    ("key,authors,title\n", "line 1", "the header must be key,authors,title,venue,year,arxiv,note"),
+    (SOURCES + "p24,X,Y,Z,2024,,\n", "line 3", "source 'p24' is named twice"),
+    (SOURCES + "q,X,Y,Z,2024,arXiv:1234,\n", "line 3", "arxiv 'arXiv:1234' is not an arXiv identifier"),
+    (SOURCES + "q,X,Y,Z,next year,,\n", "line 3", "year 'next year' is not a number"),
+    ("# only a comment\n", None, "no header line"),
+])
+def test_a_malformed_sources_file_is_one_line_naming_the_line(tmp_path, sources, where, words):
+    folder = _folder(tmp_path, HEADER, sources)
+    with pytest.raises(UserError) as e:
+        sota.load_published(folder)
+    msg = str(e.value)
+    assert "\n" not in msg and words in msg, msg
+    if where:
+        assert f"sources.csv, {where}: " in msg, msg
+
+
+def test_a_stored_eps_is_matched_with_a_tolerance():
+    assert sota.eps_column(0.1411764705882353, sota.EPS_GRID) == 0
+    assert sota.eps_column(108 / 255 + 1e-9, sota.EPS_GRID) == 2
+    assert sota.eps_column(0.141, sota.EPS_GRID) is None
+    assert [sota.eps_text(e) for e in CIFAR_EPS] == ["36/255", "72/255", "108/255"]
+    assert sota.eps_text(0.5) == "0.5"
+
+
+# ---- the page
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cifar")
+    out = cifar_store(str(d / "o"), str(d))
+    pdf = d / "r.pdf"
+    return out, pdf, _report(out, pdf)
+
+
+def _expected_measured(out):
+    """From the store itself: per configuration (here: per trainer), the verifier with the
+    highest mean certified accuracy at 36/255, its means (in %) at each radius."""
+    s = Store(out, create=False)
+    try:
+        c = pd.DataFrame(s.certified())
+        nets = {n["id"]: dict(n) for n in s.networks()}
+    finally:
+        s.close()
+    c["trainer"] = c.network.map(lambda n: nets[n]["trainer"])
+    c["col"] = c.eps.map(lambda e: sota.eps_column(e, sota.EPS_GRID))
+    exp = {}
+    for trainer, g in c.groupby("trainer"):
+        at36 = g[g.col == 0].groupby("verifier").certified_acc.mean()
+        v = at36.idxmax()
+        gv = g[g.verifier == v]
+        exp[trainer] = {"verifier": v, "clean": 100 * gv.drop_duplicates("network").clean_acc.mean(),
+                        "cert": [100 * gv[gv.col == j].certified_acc.mean() if (gv.col == j).any() else None
+                                 for j in range(3)],
+                        "networks": gv.network.nunique()}
+    return exp, nets
+
+
+def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
+    out, pdf, reader = cifar
+    pages = [i for i, p in enumerate(reader.pages) if "Next to the published state of the art" in p.extract_text()]
+    assert len(pages) == 1, pages
+    text = _text(reader, pages[0])
+    for words in ("measured", "reported", "CIFAR-10 (JPEG copy)", "at 36/255", "at 72/255",
+                  "at 108/255", "Prach et al. 2024 [1]", "1-Lipschitz Layers Compared", "arXiv 2311.16833",
+                  "clean accuracy (%)"):
+        assert words in text, words
+    _pages_render_and_are_not_blank(pdf, tmp_path)
+
+    table = pd.read_csv(pdf.parent / "r-published.csv")
+    published = sota.load_published()
+    rep = table[table["mark"] == "reported"]
+    assert len(rep) == len(published)
+    for r in published:   # each published row as its file says, with its source
+        row = rep[(rep.method == r.method) & (rep.model == r.model)].iloc[0]
+        assert (row.clean_pct, row["certified_pct_36/255"], row.dataset) == (r.clean_pct, r.certified_pct, "CIFAR-10")
+        assert r.source.cite() in row.source
+        assert r.method in text and f"{r.certified_pct:.1f}" in text
+
+    exp, nets = _expected_measured(out)
+    mea = table[table["mark"] == "measured"]
+    assert len(mea) == len(exp) == 2
+    for trainer, e in exp.items():
+        row = mea[mea.configuration.str.contains(f" {trainer} ")].iloc[0]
+        assert row.dataset.startswith("CIFAR-10 (JPEG copy)") and row.verifier == e["verifier"]
+        assert row.clean_pct == pytest.approx(e["clean"], abs=1e-3)
+        for j, col in enumerate(["certified_pct_36/255", "certified_pct_72/255", "certified_pct_108/255"]):
+            if e["cert"][j] is None:
+                assert pd.isna(row[col]), (trainer, col)
+            else:
+                assert row[col] == pytest.approx(e["cert"][j], abs=1e-3), (trainer, col)
+        assert f"{e['networks']} network(s)" in row.source
+    # the network's size: recorded at training time, else counted from the saved network
+    import json
+
+    from bench.network import load, parameter_count
+    tb = mea[mea.configuration.str.contains("tb-penalty")].iloc[0]
+    assert tb.parameters == json.loads(nets["cifar-tb-s0"]["metrics"])["parameters"]
+    std = mea[mea.configuration.str.contains("standard")].iloc[0]
+    assert "parameters" not in json.loads(nets["cifar-std"]["metrics"])
+    assert std.parameters == parameter_count(load(nets["cifar-std"]["path"])[0])
+    # the training budget: the recorded epochs and time
+    assert "30 epochs" in tb.budget and "mean of 2 seeds" in tb.budget and "5 epochs, 95 s on cpu" == std.budget
+    assert "1000 test images" in tb.dataset
+    assert "\\toprule" in (pdf.parent / "r-published.tex").read_text()
+
+
+def test_absent_without_cifar_networks(tmp_path):
+    """A store whose certified accuracy is not on CIFAR (synthetic data, as digits) has no such page."""
+    from reportstores import every_status_store
+    out = every_status_store(str(tmp_path / "o"))
+    reader = _report(out, tmp_path / "r.pdf")
+    text = _text(reader)
+    assert "Next to the published state of the art" not in text
+    assert "No CIFAR-10 network with certified accuracy for p = 2" in text
+    assert not (tmp_path / "r-published.csv").exists()
+
+
+def test_no_page_and_no_file_read_without_cifar(tmp_path):
+    """Without CIFAR networks the published numbers are not even read: a broken data
+    folder cannot break the report of a digits store."""
+    broken = _folder(tmp_path, "not,a,valid,header\n")
+    with pytest.raises(UserError):
+        sota.load_published(broken)
+    assert sota.comparison(pd.DataFrame(), [], [], folder=broken) is None
+
+
+def test_a_broken_data_file_fails_a_cifar_report_in_one_line(tmp_path):
+    out = cifar_store(str(tmp_path / "o"))
+    broken = _folder(tmp_path, HEADER + "AOL,CIFAR-10,l2,36/255,73.4,sixty,ConvNetM,,24 h,p24\n")
+    from bench.tidy import frame
+    s = Store(out, create=False)
+    try:
+        certified, nets = s.certified(), [dict(n) for n in s.networks()]
+    finally:
+        s.close()
+    with pytest.raises(UserError, match=r"cifar10.csv, line 2: certified_pct 'sixty' is not a number"):
+        sota.comparison(frame(out), certified, nets, folder=broken)
