@@ -30,7 +30,7 @@ from torch import nn
 
 from bench.api import Budget, Param, Trainer, parse_p
 from bench.data import Dataset
-from bench.network import build_mlp
+from bench.network import build_net
 from bench.registry import register
 from bench.training import fit, singular_spread, zero_derivative_fraction
 from methods.trivial import TorchTrivialBound
@@ -59,7 +59,7 @@ class TBPenalty(Trainer):
         P = self.opts
         p = parse_p(P["p"])
         torch.manual_seed(seed)
-        net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
+        net = build_net(arch, dataset.input_shape, dataset.n_classes)
         tb = TorchTrivialBound(net, dataset.input_shape, p)
         before = {"tb": float(tb.full().detach()), "spread": singular_spread(net)}
         ce = nn.CrossEntropyLoss()
