@@ -32,7 +32,7 @@ from bench.api import Budget, Param, Trainer, parse_p
 from bench.data import Dataset
 from bench.network import build_net
 from bench.registry import register
-from bench.training import fit, singular_spread, zero_derivative_fraction
+from bench.training import fit, margin_logits, singular_spread, zero_derivative_fraction
 from methods.trivial import TorchTrivialBound
 
 
@@ -78,7 +78,7 @@ class TBPenalty(Trainer):
         def loss_fn(module, logits, y, epoch):
             if P["margin_eps"] > 0:
                 K = tb.pairs().to(logits.dtype)  # (C, C), K[y, j] bounds the margin f_y - f_j
-                task = ce(logits + P["margin_eps"] * K[y], y)
+                task = ce(margin_logits(logits, y, K, P["margin_eps"]), y)
                 return task + lam_at(epoch) * penalty(K.max()).to(logits.dtype)
             return ce(logits, y) + lam_at(epoch) * penalty(tb.full()).to(logits.dtype)
 
