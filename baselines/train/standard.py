@@ -1,4 +1,5 @@
-"""``standard``: an MLP trained with cross-entropy and Adam, no Lipschitz control."""
+"""``standard``: a network (MLP or conv net, ``bench.network.build_net``) trained with
+cross-entropy and Adam, no Lipschitz control."""
 from __future__ import annotations
 
 import torch
