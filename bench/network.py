@@ -547,36 +547,158 @@ def from_npz(path: str, activation=nn.ReLU) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-def build_mlp(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
-    """An MLP from an architecture spec ``{hidden: [h1, h2, ...], activation: name,
-    activation_params: {...}, bias: bool}``; inputs of more than one dimension are
-    flattened first."""
-    known = {"hidden", "activation", "activation_params", "bias"}
-    unknown = set(arch) - known
-    if unknown:
-        raise UserError(f"architecture: unknown key(s) {sorted(unknown)}; valid: {sorted(known)}")
-    hidden = list(arch.get("hidden", []))
-    if not all(isinstance(h, int) and h > 0 for h in hidden):
-        raise UserError(f"architecture: hidden must be a list of positive integers, got {hidden!r}")
-    act = get_activation(arch.get("activation", "relu"))
+#: the keys of an architecture spec and of one conv entry (in the compact list's order)
+ARCH_KEYS = ("conv", "hidden", "activation", "activation_params", "bias")
+CONV_KEYS = ("channels", "kernel", "stride", "padding")
+
+
+class ArchError(UserError):
+    """A bad architecture spec; ``path`` is where in it (keys and list indices), so that a
+    suite can name the line."""
+
+    def __init__(self, msg: str, path: tuple = ()):
+        super().__init__(f"architecture: {msg}")
+        self.path = path
+
+
+def _count(v, low: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def conv_entries(arch: dict) -> list[dict]:
+    """The conv entries of ``arch``, each a mapping with every key of :data:`CONV_KEYS`
+    (defaults: kernel 3, stride 1, padding kernel // 2), checked."""
+    if "conv" not in arch:
+        return []
+    conv = arch["conv"]
+    if not isinstance(conv, (list, tuple)) or not conv:
+        raise ArchError(f"conv must be a non-empty list of conv layers ({{channels: C, kernel: 3, stride: 1, "
+                        f"padding: 1}} or [C, kernel, stride, padding]), got {conv!r}", ("conv",))
+    out = []
+    for i, e in enumerate(conv):
+        where = ("conv", i)
+        if isinstance(e, (list, tuple)):
+            if not 1 <= len(e) <= len(CONV_KEYS):
+                raise ArchError(f"conv[{i}]: a compact conv layer is [channels, kernel, stride, padding] (1 to 4 "
+                                f"whole numbers), got {list(e)!r}", where)
+            e = dict(zip(CONV_KEYS, e))
+        elif isinstance(e, dict):
+            bad = next((k for k in e if k not in CONV_KEYS), None)
+            if bad is not None:
+                raise ArchError(f"conv[{i}]: unknown key {bad!r}; valid: {', '.join(CONV_KEYS)}", where + (bad,))
+            if "channels" not in e:
+                raise ArchError(f"conv[{i}]: missing key 'channels'", where)
+        else:
+            raise ArchError(f"conv[{i}]: a conv layer is {{channels: C, kernel: 3, stride: 1, padding: 1}} or "
+                            f"[C, kernel, stride, padding], got {e!r}", where)
+        k = e.get("kernel", 3)
+        spec = {"channels": e["channels"], "kernel": k, "stride": e.get("stride", 1),
+                "padding": e.get("padding", k // 2 if _count(k) else 0)}
+        for key, v in spec.items():
+            if not _count(v, 0 if key == "padding" else 1):
+                need = "a whole number >= 0" if key == "padding" else "a whole number >= 1"
+                raise ArchError(f"conv[{i}]: {key} must be {need}, got {v!r}",
+                                where + ((key,) if isinstance(arch["conv"][i], dict) else ()))
+        out.append(spec)
+    return out
+
+
+def check_arch(arch: dict) -> None:
+    """Check an architecture spec without building it (every key and value; the
+    activation and its parameters by making one); a bad one is an :class:`ArchError`."""
+    if not isinstance(arch, dict):
+        raise ArchError(f"an architecture is a mapping like {{hidden: [64], activation: relu}}, got {arch!r}")
+    bad = next((k for k in arch if k not in ARCH_KEYS), None)
+    if bad is not None:
+        raise ArchError(f"unknown key {bad!r}; valid: {', '.join(ARCH_KEYS)}", (bad,))
+    conv_entries(arch)
+    hidden = arch.get("hidden", [])
+    if not isinstance(hidden, (list, tuple)) or not all(_count(h) for h in hidden):
+        raise ArchError(f"hidden must be a list of positive integers, got {hidden!r}", ("hidden",))
     bias = arch.get("bias", True)
     if not isinstance(bias, bool):
-        raise UserError(f"architecture: bias must be true or false, got {bias!r}")
+        raise ArchError(f"bias must be true or false, got {bias!r}", ("bias",))
+    _activation(arch)
+
+
+def _activation(arch: dict):
+    """A factory () -> a new activation module of ``arch``, checked by making one."""
+    name = arch.get("activation", "relu")
+    if not isinstance(name, str):
+        raise ArchError(f"activation must be a name, got {name!r}", ("activation",))
+    try:
+        act = get_activation(name)
+    except UserError as e:
+        raise ArchError(str(e), ("activation",)) from None
+    params = arch.get("activation_params", {})
+    if not isinstance(params, dict):
+        raise ArchError(f"activation_params must be a mapping, got {params!r}", ("activation_params",))
+    try:
+        act(**params)
+    except (TypeError, ValueError) as e:
+        raise ArchError(f"activation_params {dict(params)!r} of {name}: {e}", ("activation_params",)) from None
+    return lambda: act(**params)
+
+
+def build_net(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
+    """A network from an architecture spec ``{conv: [...], hidden: [h1, ...], activation:
+    name, activation_params: {...}, bias: bool}`` (every key optional; see
+    :func:`conv_entries` for a conv entry).
+
+    Without ``conv``, an MLP: inputs of more than one dimension are flattened first, then
+    Linear + activation per hidden width, then the output Linear.  With ``conv`` (the
+    input is an image (C, H, W)): Conv2d (zero padding) + activation per conv entry,
+    Flatten, Linear + activation per hidden width, the output Linear.  An activation that
+    widens (CReLU, SinSplit, SinCos: ``out_factor`` 2) multiplies the next layer's input
+    channels or features.  ``bias`` applies to every Conv2d and Linear."""
+    check_arch(arch)
+    make = _activation(arch)
+    bias = arch.get("bias", True)
+    input_shape = tuple(int(s) for s in input_shape)
     layers: list[nn.Module] = []
-    if len(input_shape) > 1:
+    convs = conv_entries(arch)
+    if convs:
+        if len(input_shape) != 3:
+            raise ArchError(f"conv layers need an image input (channels, height, width); the data's input shape is "
+                            f"{input_shape}", ("conv",))
+        c, h, w = input_shape
+        for i, e in enumerate(convs):
+            k, s, pad = e["kernel"], e["stride"], e["padding"]
+            h2, w2 = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+            if h2 < 1 or w2 < 1:
+                raise ArchError(f"conv[{i}] (kernel {k}, padding {pad}) does not fit its {h} x {w} input",
+                                ("conv", i))
+            layers.append(nn.Conv2d(c, e["channels"], k, stride=s, padding=pad, bias=bias))
+            a = make()
+            layers.append(a)
+            c, h, w = e["channels"] * activation_width_factor(a), h2, w2
         layers.append(nn.Flatten())
-    d = int(np.prod(input_shape))
-    for h in hidden:
-        layers.append(nn.Linear(d, h, bias=bias))
-        a = act(**arch.get("activation_params", {}))
+        d = c * h * w
+    else:
+        if len(input_shape) > 1:
+            layers.append(nn.Flatten())
+        d = int(np.prod(input_shape))
+    for width in arch.get("hidden", []):
+        layers.append(nn.Linear(d, width, bias=bias))
+        a = make()
         layers.append(a)
-        d = h * activation_width_factor(a)
+        d = width * activation_width_factor(a)
     layers.append(nn.Linear(d, n_out, bias=bias))
     return nn.Sequential(*layers)
 
 
-def arch_name(arch: dict) -> str:
-    h = "-".join(str(x) for x in arch.get("hidden", [])) or "linear"
-    nb = "" if arch.get("bias", True) else "-nobias"
-    return f"mlp{h}-{arch.get('activation', 'relu')}{nb}"
+#: the name of the README's plug-in example (README.md is the lead's to change)
+build_mlp = build_net
 
+
+def arch_name(arch: dict) -> str:
+    """A readable name: ``mlp32-32-relu``, ``conv32x3s1-64x3s2-fc128-relu`` (a padding
+    other than kernel // 2 is written ``p0``), ``-nobias`` without biases."""
+    act = arch.get("activation", "relu")
+    nb = "" if arch.get("bias", True) else "-nobias"
+    hidden = "-".join(str(x) for x in arch.get("hidden", []))
+    if "conv" not in arch:
+        return f"mlp{hidden or 'linear'}-{act}{nb}"
+    convs = "-".join(f"{e['channels']}x{e['kernel']}s{e['stride']}" +
+                     (f"p{e['padding']}" if e["padding"] != e["kernel"] // 2 else "") for e in conv_entries(arch))
+    return f"conv{convs}{'-fc' + hidden if hidden else ''}-{act}{nb}"

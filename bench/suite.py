@@ -354,14 +354,29 @@ def _params(e: dict, cls) -> tuple[dict, dict]:
 
 
 def _check_arch(a: dict) -> dict:
-    from .network import build_mlp
+    """An architecture checked (:func:`bench.network.check_arch`), as plain dicts and
+    lists; an error names the line of the bad key or entry."""
+    from .network import ArchError, check_arch
     try:
-        build_mlp(a, (2,), 2)
-    except UserError as err:
-        raise UserError(f"line {_line(a)}: {err}") from None
-    except (TypeError, ValueError) as err:
-        raise UserError(f"line {_line(a)}: architecture {dict(a)!r}: {err}") from None
-    return {k: (list(v) if isinstance(v, list) else (dict(v) if isinstance(v, dict) else v)) for k, v in a.items()}
+        check_arch(a)
+    except ArchError as err:
+        node, ln = a, _line(a)
+        for step in err.path:   # the deepest line the path reaches
+            ln = _line(node, step) or ln
+            try:
+                node = node[step]
+            except (KeyError, IndexError, TypeError):
+                break
+        raise UserError(f"line {ln}: {err}") from None
+    return _plain(a)
+
+
+def _plain(v):
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_plain(x) for x in v]
+    return v
 
 
 def _queries(d: dict, key: str, default) -> list[Query]:

@@ -73,6 +73,28 @@ def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: floa
             "stopped_early": done < epochs, "device": str(dev)}
 
 
+# ---- certified-margin losses (given any pairwise Lipschitz bounds K) ----
+
+def margin_logits(logits: torch.Tensor, y: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
+    """Lipschitz-margin training (Tsuzuku et al. 2018) with class-pair bounds: the logit of
+    every wrong class j is raised by eps * K[y, j] (K[i, j] bounds the Lipschitz constant
+    of the margin f_i - f_j; K[y, y] = 0), so cross-entropy on these logits asks for
+    margins that certify radius eps."""
+    return logits + eps * K.to(logits.dtype)[y]
+
+
+def gloro_logits(logits: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:
+    """GloRo's logits (Leino et al. 2021): the C logits and a bottom class,
+    f_bot = max_{j != j*} f_j + eps * K[j*, j] with j* the predicted class; cross-entropy
+    with the true label asks that f_{j*} beat every f_j by eps * K[j*, j], i.e. that the
+    prediction be certified at radius eps."""
+    K = K.to(logits.dtype)
+    top = logits.detach().argmax(1)
+    raised = logits + eps * K[top]
+    raised = raised.scatter(1, top[:, None], float("-inf"))
+    return torch.cat([logits, raised.max(1, keepdim=True).values], 1)
+
+
 # ---- diagnostics of a trained network (the obstructions to a tight trivial bound) ----
 
 def singular_spread(module: nn.Module) -> list[float]:

@@ -30,9 +30,9 @@ from torch import nn
 
 from bench.api import Budget, Param, Trainer, parse_p
 from bench.data import Dataset
-from bench.network import build_mlp
+from bench.network import build_net
 from bench.registry import register
-from bench.training import fit, singular_spread, zero_derivative_fraction
+from bench.training import fit, margin_logits, singular_spread, zero_derivative_fraction
 from methods.trivial import TorchTrivialBound
 
 
@@ -59,7 +59,7 @@ class TBPenalty(Trainer):
         P = self.opts
         p = parse_p(P["p"])
         torch.manual_seed(seed)
-        net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
+        net = build_net(arch, dataset.input_shape, dataset.n_classes)
         tb = TorchTrivialBound(net, dataset.input_shape, p)
         before = {"tb": float(tb.full().detach()), "spread": singular_spread(net)}
         ce = nn.CrossEntropyLoss()
@@ -78,7 +78,7 @@ class TBPenalty(Trainer):
         def loss_fn(module, logits, y, epoch):
             if P["margin_eps"] > 0:
                 K = tb.pairs().to(logits.dtype)  # (C, C), K[y, j] bounds the margin f_y - f_j
-                task = ce(logits + P["margin_eps"] * K[y], y)
+                task = ce(margin_logits(logits, y, K, P["margin_eps"]), y)
                 return task + lam_at(epoch) * penalty(K.max()).to(logits.dtype)
             return ce(logits, y) + lam_at(epoch) * penalty(tb.full()).to(logits.dtype)
 

@@ -156,7 +156,7 @@ def test_the_older_plugin_hooks_still_work():
 
     try:
         bench.register_activation("clip-test")(Clip)
-        net = network.build_mlp({"hidden": [3], "activation": "clip-test"}, (2,), 2)
+        net = network.build_net({"hidden": [3], "activation": "clip-test"}, (2,), 2)
         a = network.walk(net).activations[0]
         assert a.name == "clip" and a.slope == (0.0, 1.0) and a.lipschitz == {1.0: 1.0, 2.0: 1.0, INF: 1.0}
         assert isinstance(smoothed(net, 5.0)[1], nn.Tanh)
@@ -179,7 +179,7 @@ def test_a_new_activation_is_one_class():
     try:
         from bench.registry import ACTIVATIONS, get_activation
         assert ACTIVATIONS["half-test"] is HalfSpec and isinstance(get_activation("half-test")(), Half)
-        net = network.build_mlp({"hidden": [3], "activation": "half-test"}, (2,), 2)
+        net = network.build_net({"hidden": [3], "activation": "half-test"}, (2,), 2)
         assert network.walk(net).activations[0].lipschitz[2.0] == 0.5
         assert isinstance(describe(type("Sub", (Half,), {})()), HalfSpec)  # subclasses by the MRO
     finally:
@@ -189,7 +189,7 @@ def test_a_new_activation_is_one_class():
 
 def test_unknown_activation_names_the_registered_ones():
     with pytest.raises(bench.UserError, match="unknown activation 'nope'; registered: .*relu"):
-        network.build_mlp({"hidden": [3], "activation": "nope"}, (2,), 2)
+        network.build_net({"hidden": [3], "activation": "nope"}, (2,), 2)
 
 
 # ---- no import circle ------------------------------------------------------------------

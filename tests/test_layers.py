@@ -96,7 +96,7 @@ def test_trivial_and_lower_bracket_the_exact_constant_on_polyactivation_nets(act
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_differentiable_tb_equals_the_verifier(act, p):
     torch.manual_seed(3)
-    net = network.build_mlp({"hidden": [8, 6], "activation": act, "bias": act != "sincos"}, (1, 3, 3), 4)
+    net = network.build_net({"hidden": [8, 6], "activation": act, "bias": act != "sincos"}, (1, 3, 3), 4)
     tb = TorchTrivialBound(net, (1, 3, 3), p)
     full = tb.full()
     assert full.requires_grad

@@ -64,11 +64,86 @@ def test_a_module_the_walk_does_not_know_is_opaque_and_refused_by_name():
     assert b.status == "unsupported" and "layer 1 (Mine) is not supported by trivial" in b.error
 
 
-def test_build_mlp_rejects_bad_arch():
-    with pytest.raises(bench.UserError, match="unknown key"):
-        network.build_mlp({"hidden": [4], "width": 3}, (2,), 2)
-    with pytest.raises(bench.UserError, match="positive integers"):
-        network.build_mlp({"hidden": [0]}, (2,), 2)
+def test_build_net_builds_mlps_as_before():
+    """The same modules, in the same order of construction, so a seed gives the same weights."""
+    torch.manual_seed(3)
+    net = network.build_net({"hidden": [5, 4], "activation": "tanh", "bias": False}, (1, 2, 3), 3)
+    torch.manual_seed(3)
+    ref = nn.Sequential(nn.Flatten(), nn.Linear(6, 5, bias=False), nn.Tanh(), nn.Linear(5, 4, bias=False),
+                        nn.Tanh(), nn.Linear(4, 3, bias=False))
+    assert network.net_hash(net) == network.net_hash(ref)
+    assert network.arch_name({"hidden": [5, 4], "activation": "tanh", "bias": False}) == "mlp5-4-tanh-nobias"
+
+
+def test_build_net_builds_conv_nets():
+    arch = {"conv": [{"channels": 4}, [6, 3, 2], {"channels": 2, "kernel": 2, "padding": 0}], "hidden": [7]}
+    torch.manual_seed(0)
+    net = network.build_net(arch, (3, 9, 9), 5)
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.kernel_size, c.stride, c.padding) for c in convs] == \
+        [(3, 4, (3, 3), (1, 1), (1, 1)), (4, 6, (3, 3), (2, 2), (1, 1)), (6, 2, (2, 2), (1, 1), (0, 0))]
+    assert all(c.padding_mode == "zeros" for c in convs)
+    assert [type(m).__name__ for m in net] == ["Conv2d", "ReLU", "Conv2d", "ReLU", "Conv2d", "ReLU", "Flatten",
+                                                "Linear", "ReLU", "Linear"]
+    assert net(torch.zeros(2, 3, 9, 9)).shape == (2, 5)          # 9 -> 9 -> 5 -> 4: 2 * 4 * 4 features
+    assert net[7].in_features == 2 * 4 * 4
+    w = network.walk(net, (3, 9, 9))
+    assert [a.out_shape for a in w.affines] == [(4, 9, 9), (6, 5, 5), (2, 4, 4), (7,), (5,)]
+    assert network.arch_name(arch) == "conv4x3s1-6x3s2-2x2s1p0-fc7-relu"
+    # the compact form and the mapping are the same layer
+    a = network.build_net({"conv": [[4, 5, 2, 0]]}, (1, 8, 8), 2)
+    b = network.build_net({"conv": [{"channels": 4, "kernel": 5, "stride": 2, "padding": 0}]}, (1, 8, 8), 2)
+    assert repr(a) == repr(b)
+
+
+@pytest.mark.parametrize("act", ["crelu", "sinsplit", "sincos"])
+def test_widening_activations_double_the_next_layers_channels(act):
+    net = network.build_net({"conv": [[4], [3]], "hidden": [5], "activation": act, "bias": False}, (2, 5, 5), 3)
+    convs = [m for m in net if isinstance(m, nn.Conv2d)]
+    assert convs[1].in_channels == 8 and net[-1].in_features == 10 and net[5].in_features == 6 * 25
+    assert all(m.bias is None for m in net if isinstance(m, (nn.Conv2d, nn.Linear)))
+    assert net(torch.zeros(1, 2, 5, 5)).shape == (1, 3)
+
+
+@pytest.mark.parametrize("arch, match", [
+    ({"hidden": [4], "width": 3}, "unknown key 'width'"),
+    ({"hidden": [0]}, "hidden must be a list of positive integers"),
+    ({"bias": "no"}, "bias must be true or false"),
+    ({"activation": "nope"}, "unknown activation 'nope'"),
+    ({"activation": "leaky_relu", "activation_params": {"slope": 1}}, "activation_params .* of leaky_relu"),
+    ({"conv": []}, "conv must be a non-empty list"),
+    ({"conv": [[4, 3, 1, 1, 9]]}, r"conv\[0\]: a compact conv layer"),
+    ({"conv": [{"channel": 4}]}, r"conv\[0\]: unknown key 'channel'"),
+    ({"conv": [{"kernel": 4}]}, r"conv\[0\]: missing key 'channels'"),
+    ({"conv": [[4], {"channels": 2, "stride": 0}]}, r"conv\[1\]: stride must be a whole number >= 1, got 0"),
+    ({"conv": [[4, 3, 1, -1]]}, r"conv\[0\]: padding must be a whole number >= 0"),
+    ({"conv": [[True]]}, r"conv\[0\]: channels must be"),
+    ({"conv": ["8x3"]}, r"conv\[0\]: a conv layer is"),
+])
+def test_build_net_rejects_bad_archs_in_one_line(arch, match):
+    with pytest.raises(bench.UserError, match="architecture: " + match) as e:
+        network.build_net(arch, (1, 6, 6), 2)
+    assert "\n" not in str(e.value)
+
+
+def test_build_net_rejects_convs_that_do_not_fit_the_input():
+    with pytest.raises(bench.UserError, match="need an image input"):
+        network.build_net({"conv": [[4]]}, (8,), 2)
+    with pytest.raises(bench.UserError, match=r"conv\[1\] \(kernel 5, padding 0\) does not fit its 3 x 3 input"):
+        network.build_net({"conv": [[4, 3, 2], [4, 5, 1, 0]]}, (1, 6, 6), 2)
+
+
+def test_a_bad_conv_arch_is_caught_at_suite_load_with_its_line():
+    from bench.suite import parse_suite
+    text = ("datasets: [digits]\ntrain:\n  - trainer: standard\n    archs:\n      - conv:\n"
+            "          - {channels: 4}\n          - {channels: 4, strid: 2}\n        hidden: [8]\n"
+            "verify: [trivial]\n")
+    with pytest.raises(bench.UserError, match=r"line 7: architecture: conv\[1\]: unknown key 'strid'"):
+        parse_suite(text)
+    ok = parse_suite(text.replace("strid", "stride"))
+    arch = ok.train[0].archs[0]
+    assert arch == {"conv": [{"channels": 4}, {"channels": 4, "stride": 2}], "hidden": [8]}
+    assert type(arch["conv"][0]) is dict
 
 
 def test_walk_leaves_the_callers_module_alone():

@@ -8,7 +8,7 @@ import torch
 
 from bench.api import Budget, Trainer
 from bench.data import Dataset
-from bench.network import build_mlp
+from bench.network import build_net
 from bench.registry import register
 from bench.training import accuracy
 
@@ -21,6 +21,6 @@ class Init(Trainer):
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         t0 = time.perf_counter()
         torch.manual_seed(seed)
-        net = build_mlp(arch, dataset.input_shape, dataset.n_classes).eval()
+        net = build_net(arch, dataset.input_shape, dataset.n_classes).eval()
         return net, {"clean_acc": accuracy(net, dataset.X_test, dataset.y_test, torch.device("cpu")),
                      "train_s": time.perf_counter() - t0}

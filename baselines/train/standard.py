@@ -1,11 +1,12 @@
-"""``standard``: an MLP trained with cross-entropy and Adam, no Lipschitz control."""
+"""``standard``: a network (MLP or conv net, ``bench.network.build_net``) trained with
+cross-entropy and Adam, no Lipschitz control."""
 from __future__ import annotations
 
 import torch
 
 from bench.api import Budget, Param, Trainer
 from bench.data import Dataset
-from bench.network import build_mlp
+from bench.network import build_net
 from bench.registry import register
 from bench.training import fit, singular_spread, zero_derivative_fraction
 
@@ -20,7 +21,7 @@ class Standard(Trainer):
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         torch.manual_seed(seed)
-        net = build_mlp(arch, dataset.input_shape, dataset.n_classes)
+        net = build_net(arch, dataset.input_shape, dataset.n_classes)
         P = self.opts
         spread_before = singular_spread(net)
         metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],

@@ -57,9 +57,9 @@ class ConformanceError(AssertionError):
 
 # ---------------------------------------------------------------- tiny networks
 def _mlp(sizes, activation: str, bias: bool, seed: int) -> nn.Sequential:
-    from ..network import build_mlp
+    from ..network import build_net
     torch.manual_seed(seed)
-    net = build_mlp({"hidden": list(sizes[1:-1]), "activation": activation, "bias": bias}, (sizes[0],), sizes[-1])
+    net = build_net({"hidden": list(sizes[1:-1]), "activation": activation, "bias": bias}, (sizes[0],), sizes[-1])
     return net.double().eval()
 
 
