@@ -445,7 +445,7 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 except Unsupported as e:
                     raise Unsupported(f"layer {i} ({name}): {e}") from None
             else:
-                spec = activations.describe(m)
+                spec = activations.describe(m, in_shape)
             if spec is None:
                 bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
                 if bad is not None:

@@ -92,6 +92,45 @@ def test_trivial_and_lower_bracket_the_exact_constant_on_polyactivation_nets(act
         assert lo <= exact * (1 + 1e-9) and exact <= up * (1 + 1e-12), (lo, exact, up)
 
 
+CONV_SHAPE = (1, 2, 3)
+
+
+def tiny_conv(act, bias, seed=0):
+    """Two convs (2 x 2, no padding, then 1 x 1) of two channels each, then the output:
+    8 units, few enough for region enumeration."""
+    torch.manual_seed(seed)
+    return network.build_net({"conv": [[2, 2, 1, 0], [2, 1]], "activation": act, "bias": bias},
+                             CONV_SHAPE, 3).double().eval()
+
+
+@pytest.mark.parametrize("act,bias", [("relu", True), ("abs", False), ("crelu", False), ("maxmin", False),
+                                      ("maxmin", True)])
+def test_polyactivations_in_conv_form_bracket_the_exact_constant(act, bias):
+    """Conv nets with each polyactivation (bias-free too): the walk's piecewise-linear
+    form is the network, and trivial >= exact >= lower for every p (the exact constant
+    from enumerating the regions of the unrolled network)."""
+    from baselines.verify import pwl
+    from bench.testing.exact import norm, regions
+    net = tiny_conv(act, bias)
+    walked = network.walk(net, CONV_SHAPE)
+    assert [l.in_dim for l in walked.activations] == [4, 4]
+    assert all(a.spec.in_shape == (2, 1, 2) for a in walked.activations)
+    assert not any(l.has_bias for l in walked.affines) if not bias else all(l.has_bias for l in walked.affines)
+    pw = pwl.pwl(walked)
+    x = torch.randn(50, *CONV_SHAPE, dtype=torch.float64)
+    h = x.reshape(50, -1).numpy()
+    for hd in pw.hidden:
+        z = h @ hd.W.T + hd.b
+        h = z @ hd.P.T + np.maximum(z @ hd.A.T, 0) @ hd.Q.T
+    np.testing.assert_allclose(h @ pw.W_out.T + pw.b_out, net(x).detach().numpy(), rtol=1e-12, atol=1e-12)
+    R = list(regions(net, -100, 100, CONV_SHAPE))
+    for p in (1.0, 2.0, INF):
+        exact = max(norm(J, p) for J in R)
+        up = bench.verify(net, "trivial", p=p, input_shape=CONV_SHAPE).value
+        lo = bench.lower_bound(net, p=p, input_shape=CONV_SHAPE, samples=300, restarts=4, steps=15).value
+        assert lo <= exact * (1 + 1e-9) and exact <= up * (1 + 1e-12), (p, lo, exact, up)
+
+
 @pytest.mark.parametrize("act", ["relu", "abs", "crelu", "maxmin", "sincos", "sinsplit"])
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_differentiable_tb_equals_the_verifier(act, p):
