@@ -151,6 +151,81 @@ def test_differentiable_tb_equals_the_verifier(act, p):
     assert all(m.weight.grad is not None for m in net if isinstance(m, nn.Linear))
 
 
+@pytest.mark.parametrize("act", ["relu", "abs", "crelu", "maxmin", "sincos"])
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_differentiable_tb_on_conv_nets_matches_the_verifier(act, p):
+    """The training form on a conv net (strides, paddings, the boundary): equal to the
+    verifier at p = 1 and inf, the DFT bound at p = 2 (>= the verifier, which may use the
+    exact norm of a small unrolled conv); class pairs as for MLPs; every weight gets a
+    gradient."""
+    from bench.registry import get_verifier
+    from methods.trivial import conv_spectral_fft
+    shape = (3, 7, 6)
+    torch.manual_seed(5)
+    net = network.build_net({"conv": [[4, 3, 2], [4, 2, 1, 0]], "hidden": [6], "activation": act,
+                             "bias": act != "sincos"}, shape, 4)
+    tb = TorchTrivialBound(net, shape, p)
+    full = tb.full()
+    v = bench.verify(net, "trivial", p=p, input_shape=shape).value
+    walked = network.walk(net, shape)
+    Kv = get_verifier("trivial")().pair_bounds(walked, p)
+    K = tb.pairs().detach().numpy()
+    if p == 2:
+        assert float(full.detach()) >= v * (1 - 1e-9)
+        for l in (l for l in walked.affines if l.is_conv):
+            with torch.no_grad():
+                assert float(conv_spectral_fft(l.module, l.in_shape)) >= np.linalg.norm(l.matrix(), 2) * (1 - 1e-12)
+        assert np.all(K >= Kv * (1 - 1e-9))
+    else:
+        assert float(full.detach()) == pytest.approx(v, rel=1e-9)
+        np.testing.assert_allclose(K, Kv, rtol=1e-9)
+    full.backward()
+    assert all(m.weight.grad is not None and float(m.weight.grad.abs().sum()) > 0
+               for m in net if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_differentiable_conv_tb_has_the_right_gradient(p):
+    """The gradient of the training form in a conv's weight agrees with finite
+    differences (float64; random weights have no ties in the max)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), Abs(), nn.Flatten(),
+                        nn.Linear(3 * 3 * 3, 2, bias=False)).double()
+    tb = TorchTrivialBound(net, (2, 5, 5), p)
+    w = net[0].weight
+
+    def value():
+        return float(tb.full().detach())
+    net.zero_grad()
+    tb.full().backward()
+    g = w.grad.clone()
+    h = 1e-6
+    for idx in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 1)]:
+        with torch.no_grad():
+            w[idx] += h
+            up = value()
+            w[idx] -= 2 * h
+            down = value()
+            w[idx] += h
+        assert (up - down) / (2 * h) == pytest.approx(float(g[idx]), rel=1e-5, abs=1e-8), (p, idx)
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_short_tb_penalty_run_on_a_conv_net_lowers_tb(p):
+    """tb-penalty trains a conv net (digits, 8 x 8 images): the bound falls during
+    training and ends below the standard trainer's."""
+    ds = load({"name": "digits"})
+    arch = {"conv": [[4, 3, 2]], "hidden": [16], "activation": "abs", "bias": False}
+    torch.set_num_threads(1)
+    std, ms = get_trainer("standard")(epochs=4).train(ds, arch, 0, Budget(120))
+    tbp, m = get_trainer("tb-penalty")(epochs=4, p=p, lam=0.1).train(ds, arch, 0, Budget(120))
+    tb_std = bench.verify(std, "trivial", p=p, input_shape=ds.input_shape).value
+    tb_pen = bench.verify(tbp, "trivial", p=p, input_shape=ds.input_shape).value
+    assert m["tb_after"] < m["tb_before"] and tb_pen < 0.8 * tb_std, (m["tb_before"], m["tb_after"], tb_std)
+    assert m["tb_after"] >= tb_pen * (1 - 1e-6)   # the training form is the verifier's or above it (p = 2)
+    assert m["clean_acc"] > 0.3 and ms["clean_acc"] > 0.3   # chance: 0.1 (4 short epochs)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("act,p", [("abs", 2.0), ("relu", INF)])
 def test_short_tb_penalty_run_lowers_tb(act, p):
