@@ -37,6 +37,15 @@ parameters: ``self.module`` is the instance being described, None for the class)
     is differentiable (default: none).
 ``out_factor``
     Output width / input width (default 1).
+``in_shape``
+    Set by the network walk (:func:`describe` with the layer's input shape): the shape of
+    one input without the batch dimension, e.g. (C, H, W) after a conv; None for a
+    description made without a network.  ``pwl`` and ``interval`` work on flattened
+    inputs (row-major, channel first); a map that is not coordinatewise reads the flat
+    coordinates through it (MaxMin pairs channels 2k and 2k+1 at each pixel of an image,
+    coordinates 2k and 2k+1 of a vector).  Maps that act on the channel dimension (dim 1
+    of a batch: CReLU concatenates along it) need nothing: concatenating channels and then
+    flattening is concatenating the flattened parts.
 
 and the optional methods (the base class's say "not available"):
 
@@ -94,6 +103,7 @@ class ActivationSpec:
     lipschitz: dict[float, float] | None = None
     saturates: tuple[float, ...] = ()
     out_factor: int = 1
+    in_shape: tuple | None = None
 
     def __init__(self, module: nn.Module | None = None):
         self.module = module
@@ -170,18 +180,36 @@ def _register(spec: type[ActivationSpec]) -> type[ActivationSpec]:
     return spec
 
 
-def describe(module: nn.Module) -> ActivationSpec | None:
+def describe(module: nn.Module, in_shape: tuple | None = None) -> ActivationSpec | None:
     """The description of ``module``, or None when it is no known activation: its own
     ``lipbench_spec()`` if it has one, else the description registered for its class
-    (or the nearest base class)."""
+    (or the nearest base class).  ``in_shape``: the shape of one input (without the
+    batch dimension), as the walk knows it."""
     d = module.lipbench_spec() if hasattr(module, "lipbench_spec") else None
-    if d is not None:
-        return DictSpec(module, d)
-    for cls in type(module).__mro__:
-        spec = _BY_CLASS.get(cls)
-        if spec is not None:
-            return spec(module)
-    return None
+    spec = DictSpec(module, d) if d is not None else None
+    for cls in type(module).__mro__ if spec is None else ():
+        found = _BY_CLASS.get(cls)
+        if found is not None:
+            spec = found(module)
+            break
+    if spec is not None and in_shape is not None:
+        spec.in_shape = tuple(int(s) for s in in_shape)
+    return spec
+
+
+def channel_pairs(in_shape: tuple | None, in_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """The flat indices (a, b) of the pairs (channel 2k, channel 2k + 1) at every position
+    of an input of ``in_shape`` (a vector's pairs of coordinates when it is None or has
+    one dimension): the pairing of MaxMin on dim 1 of a batch.  Raises
+    :class:`Unsupported` for an odd number of channels."""
+    shape = tuple(in_shape) if in_shape else (in_dim,)
+    if int(np.prod(shape)) != in_dim:
+        raise Unsupported(f"described for inputs of shape {shape}, asked for width {in_dim}")
+    if shape[0] % 2:
+        raise Unsupported(f"pairs channels (dim 1), and an input of shape {shape} has an odd number of channels, "
+                          f"{shape[0]}")
+    idx = np.arange(in_dim).reshape(shape)
+    return idx[0::2].reshape(-1), idx[1::2].reshape(-1)
 
 
 def get(name: str) -> type[ActivationSpec]:

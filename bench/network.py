@@ -100,17 +100,18 @@ class Affine(_Shaped):
         return torch.device("cpu")
 
     def _linear_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
-        """Apply the bias-free map (with ``weight`` in place of the module's) to a batch
-        of inputs shaped (n, *in_shape), in float64."""
+        """Apply the bias-free map (with ``weight`` in place of the module's, and then
+        differentiable in it) to a batch of inputs shaped (n, *in_shape), in float64."""
         m = self.module
-        w = (m.weight if weight is None else weight).detach().double()
+        w = (m.weight.detach() if weight is None else weight).double()
         if isinstance(m, nn.Linear):
             return x @ w.T
         return torch.nn.functional.conv2d(x, w, None, m.stride, m.padding, m.dilation, m.groups)
 
-    def _abs_map(self, x: torch.Tensor) -> torch.Tensor:
-        """x -> |W| x on a batch shaped (n, *in_shape), float64."""
-        return self._linear_map(x, self.module.weight.abs())
+    def _abs_map(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """x -> |W| x on a batch shaped (n, *in_shape), float64 (W: ``weight`` or the
+        module's)."""
+        return self._linear_map(x, (self.module.weight.detach() if weight is None else weight).abs())
 
     def _check_dense(self, max_entries: int) -> None:
         n_in, n_out = self.in_dim, self.out_dim
@@ -146,23 +147,36 @@ class Affine(_Shaped):
             b = b.view(-1, 1, 1).expand(*self.out_shape)
         return b.reshape(-1).numpy()
 
+    def abs_sums(self, axis: str, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The sums of |W| along the rows (``axis="row"``: sum_j |W_ij|, one per output)
+        or the columns (``"col"``: sum_i |W_ij|, one per input), exactly, without
+        unrolling a conv (which sees the boundary: |W| applied to ones, and its adjoint
+        applied to ones); a flat float64 tensor.  With ``weight`` (the module's live
+        weight) in place of the module's, differentiable in it: the trivial bound's
+        training form at p = 1 and inf."""
+        m = self.module
+        if isinstance(m, nn.Linear):
+            W = (m.weight.detach() if weight is None else weight).double().abs()
+            return W.sum(1 if axis == "row" else 0)
+        dev = self._device
+        if axis == "row":
+            ones = torch.ones(1, *self.in_shape, dtype=torch.float64, device=dev)
+            with torch.set_grad_enabled(weight is not None and weight.requires_grad):
+                return self._abs_map(ones, weight).reshape(-1)
+        x = torch.zeros(1, *self.in_shape, dtype=torch.float64, device=dev, requires_grad=True)
+        with torch.enable_grad():
+            out = self._abs_map(x, weight)
+            (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out),
+                                       create_graph=weight is not None and weight.requires_grad)
+        return g.reshape(-1)
+
     def abs_row_sums(self) -> np.ndarray:
         """sum_j |W_ij| for every output i, exactly, without unrolling a conv."""
-        if isinstance(self.module, nn.Linear):
-            return np.abs(self.matrix()).sum(axis=1)
-        with torch.no_grad():
-            ones = torch.ones(1, *self.in_shape, dtype=torch.float64, device=self._device)
-            return self._abs_map(ones).reshape(-1).cpu().numpy()
+        return self.abs_sums("row").detach().cpu().numpy()
 
     def abs_col_sums(self) -> np.ndarray:
         """sum_i |W_ij| for every input j, exactly, without unrolling a conv."""
-        if isinstance(self.module, nn.Linear):
-            return np.abs(self.matrix()).sum(axis=0)
-        x = torch.zeros(1, *self.in_shape, dtype=torch.float64, device=self._device, requires_grad=True)
-        with torch.enable_grad():
-            out = self._abs_map(x)
-            (g,) = torch.autograd.grad(out, x, grad_outputs=torch.ones_like(out))
-        return g.reshape(-1).cpu().numpy()
+        return self.abs_sums("col").detach().cpu().numpy()
 
 
 @dataclass
@@ -200,7 +214,7 @@ class Diagonal(Affine):
         s = self.channel_scale_shift()[0] if weight is None else weight
         return x * self._per_coordinate(s)
 
-    def _abs_map(self, x):
+    def _abs_map(self, x, weight=None):
         return self._linear_map(x, self.channel_scale_shift()[0].abs())
 
     def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
@@ -240,7 +254,7 @@ class Pool(Affine):
             raise ValueError("a pooling layer has no weight to replace")
         return self.module(x)
 
-    def _abs_map(self, x):
+    def _abs_map(self, x, weight=None):
         return self.module(x)
 
     def bias(self) -> None:
@@ -445,7 +459,7 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 except Unsupported as e:
                     raise Unsupported(f"layer {i} ({name}): {e}") from None
             else:
-                spec = activations.describe(m)
+                spec = activations.describe(m, in_shape)
             if spec is None:
                 bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
                 if bad is not None:

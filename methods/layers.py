@@ -31,6 +31,15 @@ the piecewise-linear form ``pwl`` (for ``bab`` and ``mip``), the exact interval 
   layer's constant lies in [||W||_1, sqrt 2 ||W||_1]; the walk reports sqrt 2 (sound, and
   not exact in general).  A bias would only rotate each (sin, cos) pair, which the next
   layer can absorb, so the layer has none (``bias: false`` in the architecture).
+
+Conv form: every module acts on dim 1 of its batch, the features of a vector and the
+channels of an image (N, C, H, W): Abs coordinatewise, CReLU / SinSplit / SinCos
+concatenate along the channels (the width doubles as the channels do), MaxMin pairs
+channels 2k and 2k + 1 at every pixel (needs an even number of channels).  Each
+constant above holds unchanged, since each argument is about how each input coordinate
+moves its own output coordinates, whatever their layout.  The descriptions work on
+flattened inputs; MaxMin reads its pairs through the walk's input shape
+(:func:`bench.activations.channel_pairs`).
 """
 from __future__ import annotations
 
@@ -40,8 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.activations import ActivationSpec, register_activation
-from bench.api import Unsupported
+from bench.activations import ActivationSpec, channel_pairs, register_activation
 
 INF = math.inf
 SQRT2_UP = math.nextafter(math.sqrt(2.0), INF)  # a float >= sqrt 2
@@ -133,7 +141,7 @@ class SinSplitSpec(ActivationSpec):
 class MaxMin(nn.Module):
     def forward(self, x):
         if x.shape[1] % 2:
-            raise ValueError(f"MaxMin needs an even width, got {x.shape[1]}")
+            raise ValueError(f"MaxMin needs an even width (dim 1: features or channels), got {x.shape[1]}")
         a, b = x[:, 0::2], x[:, 1::2]
         out = torch.stack([torch.maximum(a, b), torch.minimum(a, b)], dim=2)
         return out.reshape(x.shape)
@@ -146,26 +154,22 @@ class MaxMinSpec(ActivationSpec):
     lipschitz = {1: 1.0, 2: 1.0, INF: 1.0}
     saturates = (1, 2, INF)
 
-    def pwl(self, in_dim):   # (max, min) of pairs (a, b) = (z_2k, z_2k+1): max = b + relu(a - b), min = a - relu(a - b)
-        d = in_dim
-        if d % 2:
-            raise Unsupported(f"maxmin on an odd width {d}")
-        k = d // 2
-        A = np.zeros((k, d))
-        A[np.arange(k), 2 * np.arange(k)] = 1.0
-        A[np.arange(k), 2 * np.arange(k) + 1] = -1.0
-        P = np.zeros((d, d))
-        P[2 * np.arange(k), 2 * np.arange(k) + 1] = 1.0
-        P[2 * np.arange(k) + 1, 2 * np.arange(k)] = 1.0
-        Q = np.zeros((d, k))
-        Q[2 * np.arange(k), np.arange(k)] = 1.0
-        Q[2 * np.arange(k) + 1, np.arange(k)] = -1.0
+    def pwl(self, in_dim):   # (max, min) of pairs (a, b): max = b + relu(a - b), min = a - relu(a - b)
+        a, b = channel_pairs(self.in_shape, in_dim)
+        k = np.arange(len(a))
+        A = np.zeros((len(a), in_dim))
+        A[k, a], A[k, b] = 1.0, -1.0
+        P = np.zeros((in_dim, in_dim))
+        P[a, b], P[b, a] = 1.0, 1.0
+        Q = np.zeros((in_dim, len(a)))
+        Q[a, k], Q[b, k] = 1.0, -1.0
         return P, Q, A
 
     def interval(self, l, u):   # max and min are monotone in each argument
-        a_l, b_l, a_u, b_u = l[:, 0::2], l[:, 1::2], u[:, 0::2], u[:, 1::2]
-        lo = torch.stack([torch.maximum(a_l, b_l), torch.minimum(a_l, b_l)], 2).reshape(l.shape)
-        hi = torch.stack([torch.maximum(a_u, b_u), torch.minimum(a_u, b_u)], 2).reshape(u.shape)
+        a, b = (torch.as_tensor(i, device=l.device) for i in channel_pairs(self.in_shape, l.shape[1]))
+        lo, hi = l.clone(), u.clone()
+        lo[:, a], lo[:, b] = torch.maximum(l[:, a], l[:, b]), torch.minimum(l[:, a], l[:, b])
+        hi[:, a], hi[:, b] = torch.maximum(u[:, a], u[:, b]), torch.minimum(u[:, a], u[:, b])
         return lo, hi
 
     def smooth(self, beta):

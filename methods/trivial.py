@@ -270,13 +270,17 @@ class TorchTrivialBound:
 
     Built once for a module (its structure must not change); each call reads the current
     weights.  Values equal the ``trivial`` verifier's (up to its rounding margin, which
-    the training penalty does not need); for p = 2 the gradient flows through the top
+    the training penalty does not need; at p = 2 a conv small enough to unroll may get
+    the smaller exact norm there, so this form is >= the verifier's); for p = 2 the gradient flows through the top
     singular value of each weight matrix, computed as the square root of the top
     eigenvalue of its smaller Gram matrix.
-    Conv layers: row / column sums of |K| via the conv itself for p in {1, inf}, the
-    DFT bound (:func:`conv_spectral_fft`) for p = 2."""
+    Conv layers: row / column sums of |K| via the conv itself for p in {1, inf}
+    (:meth:`bench.network.Affine.abs_sums`, exact at the boundary), the DFT bound
+    (:func:`conv_spectral_fft`) for p = 2.  Class pairs need a network that ends with a
+    Linear."""
 
     def __init__(self, module, input_shape, p: float):
+        import torch
         from bench.api import parse_p, Unsupported
         from bench.network import walk
         self.p = parse_p(p)
@@ -292,7 +296,8 @@ class TorchTrivialBound:
                 self.items.append(l)
             else:
                 self.items.append(float(l.lipschitz[self.p]))
-        self.last_is_affine = isinstance(self.items[-1], Affine) and not isinstance(self.items[-1], Diagonal)
+        last = self.items[-1]
+        self.last_is_affine = isinstance(last, Affine) and isinstance(last.module, torch.nn.Linear)
 
     def _norm(self, l: Affine):
         import torch
@@ -300,22 +305,12 @@ class TorchTrivialBound:
             m = l.module
             g = m.weight.double() if m.weight is not None else torch.ones_like(m.running_var, dtype=torch.float64)
             return (g.abs() / torch.sqrt(m.running_var.double() + m.eps)).max()
-        W = l.module.weight.double()
-        if l.is_conv and self.p == 2:   # the DFT bound (conv_spectral_upper without its rounding margin)
+        if self.p == 2 and l.is_conv:   # the DFT bound (conv_spectral_upper without its rounding margin)
             return conv_spectral_fft(l.module, l.in_shape)
-        if l.is_conv:
-            ones = torch.ones(1, *l.in_shape, dtype=torch.float64, device=W.device)
-            if self.p == 1:  # column sums: the adjoint applied to ones
-                x = torch.zeros_like(ones, requires_grad=True)
-                out = l._linear_map(x, W.abs())
-                (g,) = torch.autograd.grad(out, x, torch.ones_like(out), create_graph=True)
-                return g.max()
-            return l._linear_map(ones, W.abs()).max()
         if self.p == 2:
-            return spectral_norm_torch(W)
-        if self.p == 1:
-            return W.abs().sum(0).max()
-        return W.abs().sum(1).max()
+            return spectral_norm_torch(l.module.weight.double())
+        # p = 1: the largest column sum of |W|, p = inf: the largest row sum (a conv's with its boundary)
+        return l.abs_sums("col" if self.p == 1 else "row", l.module.weight).max()
 
     def _prod(self, items):
         out = 1.0
@@ -332,7 +327,7 @@ class TorchTrivialBound:
         import torch
         if not self.last_is_affine:
             from bench.api import Unsupported
-            raise Unsupported("class-pair trivial bounds need a network that ends with an affine layer")
+            raise Unsupported("class-pair trivial bounds (training form) need a network that ends with a Linear layer")
         W = self.items[-1].module.weight.double()
         D = W[:, None, :] - W[None, :, :]
         q = dual(self.p)

@@ -19,7 +19,10 @@ from conftest import REPO
 
 load_plugins()
 INF = math.inf
-D = 6  # an even width: MaxMin pairs coordinates
+# each description on a vector and on an image after a conv (C, H, W): an even width, an
+# even number of channels (MaxMin pairs coordinates, channels on an image)
+SHAPES = [(6,), (4, 2, 3)]
+SHAPE_IDS = ["flat", "conv"]
 
 # every registered description, and a few parameter values of the parametrised ones
 CASES = [(name, {}) for name in sorted(activations.ACTIVATIONS)] + [
@@ -27,18 +30,37 @@ CASES = [(name, {}) for name in sorted(activations.ACTIVATIONS)] + [
     ("hardtanh", {"min_val": -0.5, "max_val": 2.0}), ("softplus", {"beta": 3.0}), ("softplus", {"beta": -2.0}),
     ("elu", {"alpha": 0.5}), ("elu", {"alpha": 2.5}), ("elu", {"alpha": -0.7}), ("gelu", {"approximate": "tanh"})]
 IDS = [n + "".join(f"-{v}" for v in p.values()) for n, p in CASES]
+each_case = pytest.mark.parametrize("name,params", CASES, ids=IDS)
+each_shape = pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 
 
-def described(name, params):
-    m = activations.get(name).build(**params).double()
-    spec = describe(m)
-    assert spec is not None and spec.name == name and isinstance(spec, activations.get(name))
-    return m, spec
+class Described:
+    """An activation as the walk reads it after a layer with output ``shape``: ``a`` (the
+    walked layer), ``spec`` (its description), and ``flat(m)``, a map on flattened
+    inputs (B, in_dim) -> (B, out_dim) that runs the module ``m`` on (B, *shape), the
+    layout on which the description's ``pwl`` and ``interval`` work."""
+
+    def __init__(self, name, params, shape):
+        self.m = activations.get(name).build(**params).double()
+        self.shape, self.dim = shape, int(math.prod(shape))
+        spec = describe(self.m)
+        assert spec is not None and spec.name == name and isinstance(spec, activations.get(name))
+        first = nn.Linear(6, shape[0]) if len(shape) == 1 else nn.Conv2d(2, shape[0], 3, padding=1)
+        width = self.dim * spec.out_factor
+        net = nn.Sequential(first, self.m, nn.Flatten(), nn.Linear(width, 2)).double()
+        self.a = network.walk(net, (6,) if len(shape) == 1 else (2, *shape[1:])).activations[0]
+        self.spec = self.a.spec
+        assert type(self.spec) is type(spec) and self.a.name == name and self.spec.in_shape == shape
+        assert (self.a.in_dim, self.a.out_dim) == (self.dim, width)
+
+    def flat(self, m=None):
+        m = self.m if m is None else m
+        return lambda z: m(z.reshape(-1, *self.shape)).reshape(z.shape[0], -1)
 
 
-def points(n, seed, scale=3.0):
+def points(n, seed, dim, scale=3.0):
     g = torch.Generator().manual_seed(seed)
-    return scale * torch.randn(n, D, generator=g, dtype=torch.float64)
+    return scale * torch.randn(n, dim, generator=g, dtype=torch.float64)
 
 
 def op_norm(J, p):
@@ -49,17 +71,17 @@ def op_norm(J, p):
     return float(J.abs().sum(1).max())
 
 
-@pytest.mark.parametrize("name,params", CASES, ids=IDS)
-def test_width_slope_and_lipschitz_hold_on_samples(name, params):
-    m, spec = described(name, params)
-    a = network.walk(nn.Sequential(nn.Linear(D, D), m, nn.Linear(D * spec.out_factor, 2))).activations[0]
-    assert a.spec is not None and type(a.spec) is type(spec) and a.name == name
+@each_shape
+@each_case
+def test_width_slope_and_lipschitz_hold_on_samples(name, params, shape):
+    d = Described(name, params, shape)
+    a, spec = d.a, d.spec
     assert set(a.lipschitz) == set(bench.api.NORMS)
-    x, y = points(400, 0), points(400, 1)
-    y[:200] = x[:200] + 1e-3 * points(200, 8, scale=1.0)  # near pairs too
-    f = spec.reference() or m   # the function the description describes
+    x, y = points(400, 0, d.dim), points(400, 1, d.dim)
+    y[:200] = x[:200] + 1e-3 * points(200, 8, d.dim, scale=1.0)  # near pairs too
+    f = d.flat(spec.reference() or d.m)   # the function the description describes
     fx, fy = f(x), f(y)
-    assert fx.shape == (400, D * spec.out_factor)
+    assert fx.shape == (400, d.dim * spec.out_factor)
     for p in (1.0, 2.0, INF):
         q = torch.linalg.vector_norm(fx - fy, ord=p, dim=1) / torch.linalg.vector_norm(x - y, ord=p, dim=1)
         assert float(q.max()) <= a.lipschitz[p] * (1 + 1e-9), (p, float(q.max()))
@@ -69,33 +91,43 @@ def test_width_slope_and_lipschitz_hold_on_samples(name, params):
         assert float(dq.min()) >= lo - 1e-9 and float(dq.max()) <= hi + 1e-9
 
 
-@pytest.mark.parametrize("name,params", CASES, ids=IDS)
-def test_saturating_norms_have_jacobian_norm_one(name, params):
-    m, spec = described(name, params)
-    for z in points(30, 2):
-        J = torch.autograd.functional.jacobian(lambda t: m(t[None])[0], z)
-        for p in spec.saturates:
+@each_shape
+@each_case
+def test_jacobians_are_bounded_and_saturate_where_declared(name, params, shape):
+    d = Described(name, params, shape)
+    f = d.flat(d.spec.reference() or d.m)
+    for z in points(30, 2, d.dim):
+        J = torch.autograd.functional.jacobian(lambda t: f(t[None])[0], z)
+        for p in (1.0, 2.0, INF):
+            assert op_norm(J, p) <= d.a.lipschitz[p] * (1 + 1e-12), (p, z)
+        for p in d.spec.saturates:
             assert op_norm(J, float(p)) == pytest.approx(1.0, abs=1e-12), (p, z)
 
 
-@pytest.mark.parametrize("name,params", CASES, ids=IDS)
-def test_pwl_form_equals_the_module(name, params):
-    m, spec = described(name, params)
-    form = spec.pwl(D)
+@each_shape
+@each_case
+def test_pwl_form_equals_the_module_and_its_jacobian(name, params, shape):
+    d = Described(name, params, shape)
+    form = d.spec.pwl(d.dim)
     if form is None:
         pytest.skip(f"{name} is not piecewise linear")
     P, Q, A = (torch.as_tensor(M) for M in form)
     assert P.dtype == Q.dtype == A.dtype == torch.float64
-    z = points(500, 3)
+    z = points(500, 3, d.dim)
     z[:50] = torch.round(z[:50])  # ties (kinks) too
     h = z @ P.T + torch.relu(z @ A.T) @ Q.T
-    torch.testing.assert_close(h, m(z), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(h, d.flat()(z), rtol=1e-14, atol=1e-14)
+    for x in z[50:60]:   # away from kinks: the Jacobian is P + Q diag(A x > 0) A
+        J = torch.autograd.functional.jacobian(lambda t: d.flat()(t[None])[0], x)
+        torch.testing.assert_close(J, P + Q @ torch.diag((A @ x > 0).double()) @ A, rtol=0, atol=1e-14)
 
 
-@pytest.mark.parametrize("name,params", CASES, ids=IDS)
-def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params):
-    m, spec = described(name, params)
-    c, r = points(40, 4), torch.rand(40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
+@each_shape
+@each_case
+def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params, shape):
+    d = Described(name, params, shape)
+    spec, D = d.spec, d.dim
+    c, r = points(40, 4, D), torch.rand(40, D, dtype=torch.float64, generator=torch.Generator().manual_seed(5)) * 2
     r[:5] = 0.0  # degenerate boxes
     l, u = c - r, c + r
     iv = spec.interval(l, u)
@@ -105,7 +137,7 @@ def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params
     assert lo.shape == hi.shape == (40, D * spec.out_factor)
     tol = 1e-12 * (1 + lo.abs() + hi.abs())
     g = torch.Generator().manual_seed(6)
-    f = spec.reference() or m   # the function the description describes
+    f = d.flat(spec.reference() or d.m)   # the function the description describes
     for _ in range(50):
         x = l + (u - l) * torch.rand(40, D, dtype=torch.float64, generator=g)
         fx = f(x)
@@ -119,17 +151,36 @@ def test_interval_image_holds_the_samples_and_its_ends_are_attained(name, params
     torch.testing.assert_close(hi, cand.amax(0), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("name,params", CASES, ids=IDS)
-def test_smooth_surrogate_is_close_for_a_large_beta(name, params):
-    m, spec = described(name, params)
+@each_shape
+@each_case
+def test_smooth_surrogate_is_close_for_a_large_beta(name, params, shape):
+    d = Described(name, params, shape)
     beta = 1e4
-    s = spec.smooth(beta)
+    s = d.spec.smooth(beta)
     if s is None:
         pytest.skip(f"{name} is used as it is")
-    z = points(300, 7)
-    err = float((s.double()(z) - m(z)).abs().max())
+    z = points(300, 7, d.dim)
+    err = float((d.flat(s.double())(z) - d.flat()(z)).abs().max())
     assert err <= 1.0 / beta, err
-    assert spec.smooth(1.0) is not None and not isinstance(spec.smooth(1.0), type(m))
+    assert d.spec.smooth(1.0) is not None and not isinstance(d.spec.smooth(1.0), type(d.m))
+
+
+def test_maxmin_pairs_channels_on_an_image():
+    """On (N, C, H, W) MaxMin sorts channels 2k and 2k + 1 at each pixel, and its pwl form
+    and interval image say the same; an odd number of channels is refused by name."""
+    from methods.layers import MaxMin
+    x = torch.randn(3, 4, 2, 2, dtype=torch.float64)
+    y = MaxMin()(x)
+    torch.testing.assert_close(y[:, 0::2], torch.maximum(x[:, 0::2], x[:, 1::2]))
+    torch.testing.assert_close(y[:, 1::2], torch.minimum(x[:, 0::2], x[:, 1::2]))
+    spec = describe(MaxMin(), (4, 2, 2))
+    P, Q, A = (torch.as_tensor(M) for M in spec.pwl(16))
+    z = x.reshape(3, -1)
+    torch.testing.assert_close(z @ P.T + torch.relu(z @ A.T) @ Q.T, y.reshape(3, -1))
+    with pytest.raises(Unsupported, match="odd number of channels"):
+        describe(MaxMin(), (3, 2, 2)).pwl(12)
+    with pytest.raises(bench.UserError, match="even width"):
+        network.walk(nn.Sequential(nn.Conv2d(1, 3, 1), MaxMin(), nn.Flatten(), nn.Linear(12, 1)), (1, 2, 2))
 
 
 def test_negative_leaky_slope_has_no_pwl_form():

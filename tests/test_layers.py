@@ -92,6 +92,45 @@ def test_trivial_and_lower_bracket_the_exact_constant_on_polyactivation_nets(act
         assert lo <= exact * (1 + 1e-9) and exact <= up * (1 + 1e-12), (lo, exact, up)
 
 
+CONV_SHAPE = (1, 2, 3)
+
+
+def tiny_conv(act, bias, seed=0):
+    """Two convs (2 x 2, no padding, then 1 x 1) of two channels each, then the output:
+    8 units, few enough for region enumeration."""
+    torch.manual_seed(seed)
+    return network.build_net({"conv": [[2, 2, 1, 0], [2, 1]], "activation": act, "bias": bias},
+                             CONV_SHAPE, 3).double().eval()
+
+
+@pytest.mark.parametrize("act,bias", [("relu", True), ("abs", False), ("crelu", False), ("maxmin", False),
+                                      ("maxmin", True)])
+def test_polyactivations_in_conv_form_bracket_the_exact_constant(act, bias):
+    """Conv nets with each polyactivation (bias-free too): the walk's piecewise-linear
+    form is the network, and trivial >= exact >= lower for every p (the exact constant
+    from enumerating the regions of the unrolled network)."""
+    from baselines.verify import pwl
+    from bench.testing.exact import norm, regions
+    net = tiny_conv(act, bias)
+    walked = network.walk(net, CONV_SHAPE)
+    assert [l.in_dim for l in walked.activations] == [4, 4]
+    assert all(a.spec.in_shape == (2, 1, 2) for a in walked.activations)
+    assert not any(l.has_bias for l in walked.affines) if not bias else all(l.has_bias for l in walked.affines)
+    pw = pwl.pwl(walked)
+    x = torch.randn(50, *CONV_SHAPE, dtype=torch.float64)
+    h = x.reshape(50, -1).numpy()
+    for hd in pw.hidden:
+        z = h @ hd.W.T + hd.b
+        h = z @ hd.P.T + np.maximum(z @ hd.A.T, 0) @ hd.Q.T
+    np.testing.assert_allclose(h @ pw.W_out.T + pw.b_out, net(x).detach().numpy(), rtol=1e-12, atol=1e-12)
+    R = list(regions(net, -100, 100, CONV_SHAPE))
+    for p in (1.0, 2.0, INF):
+        exact = max(norm(J, p) for J in R)
+        up = bench.verify(net, "trivial", p=p, input_shape=CONV_SHAPE).value
+        lo = bench.lower_bound(net, p=p, input_shape=CONV_SHAPE, samples=300, restarts=4, steps=15).value
+        assert lo <= exact * (1 + 1e-9) and exact <= up * (1 + 1e-12), (p, lo, exact, up)
+
+
 @pytest.mark.parametrize("act", ["relu", "abs", "crelu", "maxmin", "sincos", "sinsplit"])
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_differentiable_tb_equals_the_verifier(act, p):
@@ -110,6 +149,81 @@ def test_differentiable_tb_equals_the_verifier(act, p):
     assert bench.verify(net, "trivial", p=p, target=(1, 3), input_shape=(1, 3, 3)).value == pytest.approx(K[1, 3], rel=1e-9)
     full.backward()
     assert all(m.weight.grad is not None for m in net if isinstance(m, nn.Linear))
+
+
+@pytest.mark.parametrize("act", ["relu", "abs", "crelu", "maxmin", "sincos"])
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_differentiable_tb_on_conv_nets_matches_the_verifier(act, p):
+    """The training form on a conv net (strides, paddings, the boundary): equal to the
+    verifier at p = 1 and inf, the DFT bound at p = 2 (>= the verifier, which may use the
+    exact norm of a small unrolled conv); class pairs as for MLPs; every weight gets a
+    gradient."""
+    from bench.registry import get_verifier
+    from methods.trivial import conv_spectral_fft
+    shape = (3, 7, 6)
+    torch.manual_seed(5)
+    net = network.build_net({"conv": [[4, 3, 2], [4, 2, 1, 0]], "hidden": [6], "activation": act,
+                             "bias": act != "sincos"}, shape, 4)
+    tb = TorchTrivialBound(net, shape, p)
+    full = tb.full()
+    v = bench.verify(net, "trivial", p=p, input_shape=shape).value
+    walked = network.walk(net, shape)
+    Kv = get_verifier("trivial")().pair_bounds(walked, p)
+    K = tb.pairs().detach().numpy()
+    if p == 2:
+        assert float(full.detach()) >= v * (1 - 1e-9)
+        for l in (l for l in walked.affines if l.is_conv):
+            with torch.no_grad():
+                assert float(conv_spectral_fft(l.module, l.in_shape)) >= np.linalg.norm(l.matrix(), 2) * (1 - 1e-12)
+        assert np.all(K >= Kv * (1 - 1e-9))
+    else:
+        assert float(full.detach()) == pytest.approx(v, rel=1e-9)
+        np.testing.assert_allclose(K, Kv, rtol=1e-9)
+    full.backward()
+    assert all(m.weight.grad is not None and float(m.weight.grad.abs().sum()) > 0
+               for m in net if isinstance(m, (nn.Conv2d, nn.Linear)))
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, INF])
+def test_differentiable_conv_tb_has_the_right_gradient(p):
+    """The gradient of the training form in a conv's weight agrees with finite
+    differences (float64; random weights have no ties in the max)."""
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1, bias=False), Abs(), nn.Flatten(),
+                        nn.Linear(3 * 3 * 3, 2, bias=False)).double()
+    tb = TorchTrivialBound(net, (2, 5, 5), p)
+    w = net[0].weight
+
+    def value():
+        return float(tb.full().detach())
+    net.zero_grad()
+    tb.full().backward()
+    g = w.grad.clone()
+    h = 1e-6
+    for idx in [(0, 0, 0, 0), (1, 1, 2, 1), (2, 0, 1, 1)]:
+        with torch.no_grad():
+            w[idx] += h
+            up = value()
+            w[idx] -= 2 * h
+            down = value()
+            w[idx] += h
+        assert (up - down) / (2 * h) == pytest.approx(float(g[idx]), rel=1e-5, abs=1e-8), (p, idx)
+
+
+@pytest.mark.parametrize("p", [2.0, INF])
+def test_short_tb_penalty_run_on_a_conv_net_lowers_tb(p):
+    """tb-penalty trains a conv net (digits, 8 x 8 images): the bound falls during
+    training and ends below the standard trainer's."""
+    ds = load({"name": "digits"})
+    arch = {"conv": [[4, 3, 2]], "hidden": [16], "activation": "abs", "bias": False}
+    torch.set_num_threads(1)
+    std, ms = get_trainer("standard")(epochs=4).train(ds, arch, 0, Budget(120))
+    tbp, m = get_trainer("tb-penalty")(epochs=4, p=p, lam=0.1).train(ds, arch, 0, Budget(120))
+    tb_std = bench.verify(std, "trivial", p=p, input_shape=ds.input_shape).value
+    tb_pen = bench.verify(tbp, "trivial", p=p, input_shape=ds.input_shape).value
+    assert m["tb_after"] < m["tb_before"] and tb_pen < 0.8 * tb_std, (m["tb_before"], m["tb_after"], tb_std)
+    assert m["tb_after"] >= tb_pen * (1 - 1e-6)   # the training form is the verifier's or above it (p = 2)
+    assert m["clean_acc"] > 0.3 and ms["clean_acc"] > 0.3   # chance: 0.1 (4 short epochs)
 
 
 @pytest.mark.slow

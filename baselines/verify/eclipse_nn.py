@@ -15,7 +15,8 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import chain, chain_reason
+from .eclipse import ECLipsE, ECLipsEFast
+from .sdp_common import chain, chain_reason, size_reason
 
 
 @register
@@ -29,7 +30,9 @@ class ECLipsENN(Verifier):
     params = {"method": Param("fast", "the package's ECLipsE_Fast or ECLipsE", choices=("fast", "eclipse"))}
 
     def supports(self, net: Net, query: Query) -> str | None:
-        return super().supports(net, query) or chain_reason(net, query, self.name, nonnegative_slopes=True)
+        limit = (ECLipsEFast if self.opts["method"] == "fast" else ECLipsE).MAX_NEURONS   # the same computations
+        return (super().supports(net, query) or size_reason(net, self.name, limit, per_layer=True)
+                or chain_reason(net, query, self.name, nonnegative_slopes=True))
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         import torch

@@ -25,7 +25,13 @@ with half the step size; it stops below a step size of 1e-4, after ``max_iters``
 or at the time limit.  Its answer is no optimum
 certificate: it is a feasible point, certified like any other, and at most slightly
 above the SDP's optimum (e.g. +0.06% on a 784-64-64-10 network, 1.4 s against SCS's 2.6 s).
-Conv layers are unrolled into dense matrices (``unsupported`` above the dense limit).
+Conv layers are unrolled into dense matrices (``unsupported`` above the dense limit), and
+with a cvxpy solver a network of more than ``MAX_NEURONS`` hidden neurons (a conv counts
+channels x pixels) is ``unsupported`` with its size: one dense LMI of that order does not
+solve within a suite's budget (two ReLU convs, SCS, one thread: 2 x 256 neurons 122 s; 2 x 512 not
+certified after 144 s; 2 x 1024 a timeout at 150 s with 11.9 GB).  NATIVE, which never
+forms the LMI, starts from ECLipsE-Fast's multipliers and has ECLipsE-Fast's limit per
+layer.
 """
 from __future__ import annotations
 
@@ -37,7 +43,8 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, chain_reason, lmi_terms
+from .sdp_common import (CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, chain_reason, lmi_terms,
+                         size_reason)
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -209,11 +216,19 @@ class LipSDP(Verifier):
               "eps": Param(1e-5, "the solver's tolerance (tightness, not soundness)", gt=0, lt=1),
               "max_iters": Param(100000, "the solver's iteration limit", ge=1)}
 
+    #: hidden neurons (all layers) of the largest network attempted with a cvxpy solver
+    MAX_NEURONS = 1024
+
     def supports(self, net: Net, query: Query) -> str | None:
         r = super().supports(net, query)
         if r:
             return r
-        reason = chain_reason(net, query, self.name)
+        if self.opts["solver"] == "NATIVE":
+            from .eclipse import ECLipsEFast
+            reason = size_reason(net, f"{self.name} (solver NATIVE)", ECLipsEFast.MAX_NEURONS, per_layer=True)
+        else:
+            reason = size_reason(net, self.name, self.MAX_NEURONS, per_layer=False)
+        reason = reason or chain_reason(net, query, self.name)
         if reason:
             return reason
         if self.opts["solver"] == "MOSEK":

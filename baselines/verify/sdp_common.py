@@ -159,6 +159,22 @@ def block_offsets(ch: Chain) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([ch.Ws[0].shape[1]] + ch.hidden)]).astype(int)
 
 
+def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool) -> str | None:
+    """Why the network is too large for an SDP verifier (None if it is not): its hidden
+    neurons, all of them (``per_layer`` False: LipSDP's one LMI) or the widest layer's
+    (ECLipsE's stages), counted from the walk's shapes before anything is unrolled.  A
+    conv counts every channel at every pixel, so conv nets pass the limit quickly."""
+    widths = [(a.in_dim, a.index) for a in net.activations]
+    if not widths:
+        return None
+    n, index = max(widths, key=lambda w: w[0]) if per_layer else (sum(w for w, _ in widths), None)
+    if n <= max_neurons:
+        return None
+    what = f"layer {index} has {n:,} neurons" if per_layer else f"the network has {n:,} hidden neurons"
+    return (f"{name} solves networks up to {max_neurons:,} {'neurons per layer' if per_layer else 'hidden neurons'} "
+            f"(beyond that it cannot finish in a suite's budget); {what} (convs unrolled: channels x pixels)")
+
+
 def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False) -> str | None:
     """Why :func:`chain` cannot read this network for this query (None if it can); with
     ``nonnegative_slopes``, also an activation with a negative lower slope (the ECLipsE

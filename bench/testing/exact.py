@@ -1,5 +1,8 @@
-"""Exact Lipschitz constants of tiny piecewise-linear networks (ReLU, Abs, CReLU, MaxMin)
-by enumerating activation regions (the ground truth of the conformance checks and the tests).
+"""Exact Lipschitz constants of tiny piecewise-linear networks (Linear and Conv2d layers;
+ReLU, Abs, CReLU, MaxMin) by enumerating activation regions (the ground truth of the
+conformance checks and the tests).  A conv is unrolled here, from torch's own conv2d on
+the unit vectors; activations after it act on the channel dimension (MaxMin pairs
+channels 2k and 2k + 1 at every pixel).
 
 For a piecewise-linear network the Lipschitz constant over a convex domain equals the
 largest Jacobian norm over the full-dimensional linear regions that meet the domain.
@@ -10,14 +13,24 @@ interior).  Independent of everything in bench/ and methods/ by construction.
 from __future__ import annotations
 
 import numpy as np
+import torch
 from scipy.optimize import linprog
 from torch import nn
 
 
-def _act_rules(m: nn.Module, d: int):
-    """(A, jac) for a piecewise-linear, positively homogeneous activation on width d:
-    the region is decided by the signs s of A z, and in that region act(z) = jac(s) z."""
+def _pairs(shape: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices of the pairs MaxMin sorts: (2k, 2k + 1) along the first axis of one
+    input of ``shape`` (coordinates of a vector, channels of an image)."""
+    idx = np.arange(int(np.prod(shape))).reshape(shape)
+    return idx[0::2].reshape(-1), idx[1::2].reshape(-1)
+
+
+def _act_rules(m: nn.Module, shape: tuple):
+    """(A, jac) for a piecewise-linear, positively homogeneous activation on inputs of
+    ``shape``: the region is decided by the signs s of A z, and in that region
+    act(z) = jac(s) z."""
     name = type(m).__name__
+    d = int(np.prod(shape))
     I = np.eye(d)
     if name == "ReLU":
         return I, lambda s: np.diag((s > 0).astype(float))
@@ -26,14 +39,15 @@ def _act_rules(m: nn.Module, d: int):
     if name == "CReLU":
         return I, lambda s: np.vstack([np.diag((s > 0).astype(float)), -np.diag((s < 0).astype(float))])
     if name == "MaxMin":
-        A = np.zeros((d // 2, d))
-        A[np.arange(d // 2), 2 * np.arange(d // 2)] = 1.0
-        A[np.arange(d // 2), 2 * np.arange(d // 2) + 1] = -1.0
+        pa, pb = _pairs(shape)
+        A = np.zeros((len(pa), d))
+        A[np.arange(len(pa)), pa] = 1.0
+        A[np.arange(len(pa)), pb] = -1.0
 
         def jac(s):
             J = np.zeros((d, d))
             for k, sg in enumerate(s):
-                a, b = 2 * k, 2 * k + 1
+                a, b = pa[k], pb[k]
                 hi, lo = (a, b) if sg > 0 else (b, a)
                 J[a, hi] = 1.0  # max
                 J[b, lo] = 1.0  # min
@@ -42,16 +56,37 @@ def _act_rules(m: nn.Module, d: int):
     raise TypeError(f"exact enumeration handles ReLU, Abs, CReLU, MaxMin, not {name}")
 
 
-def _layers(module: nn.Sequential):
+def _unrolled(m: nn.Conv2d, shape: tuple) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A Conv2d on inputs of ``shape`` as (W, b, output shape), float64."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        E = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+        out = torch.nn.functional.conv2d(E, m.weight.double(), None, m.stride, m.padding, m.dilation, m.groups)
+    oshape = tuple(out.shape[1:])
+    b = np.zeros(oshape) if m.bias is None else np.broadcast_to(m.bias.detach().double().numpy()[:, None, None],
+                                                                oshape)
+    return out.reshape(n, -1).T.numpy(), np.asarray(b, dtype=float).reshape(-1), oshape
+
+
+def _layers(module: nn.Sequential, input_shape: tuple | None = None):
     out = []
+    shape = tuple(input_shape) if input_shape is not None else None
     for m in module:
         if isinstance(m, nn.Linear):
             b = np.zeros(m.out_features) if m.bias is None else m.bias.detach().double().numpy()
             out.append(("lin", m.weight.detach().double().numpy(), b))
+            shape = (m.out_features,)
+        elif isinstance(m, nn.Conv2d):
+            if shape is None or len(shape) != 3:
+                raise TypeError("a conv needs input_shape=(C, H, W)")
+            W, b, shape = _unrolled(m, shape)
+            out.append(("lin", W, b))
         elif isinstance(m, nn.Flatten):
-            continue
+            shape = (int(np.prod(shape)),) if shape is not None else None
         else:
-            out.append(("act", m, None))
+            out.append(("act", m, shape))   # an activation's entry holds its input shape
+            if type(m).__name__ == "CReLU" and shape is not None:
+                shape = (2 * shape[0], *shape[1:])
     assert out[0][0] == "lin" and out[-1][0] == "lin"
     return out
 
@@ -70,9 +105,9 @@ def _interior(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> b
     return res.status == 0 and -res.fun > 1e-9
 
 
-def regions(module: nn.Sequential, lo, hi):
+def regions(module: nn.Sequential, lo, hi, input_shape: tuple | None = None):
     """Yield the Jacobian (as a matrix) of every full-dimensional linear region in the box."""
-    layers = _layers(module)
+    layers = _layers(module, input_shape)
     n = layers[0][1].shape[1]
     lo, hi = np.broadcast_to(np.asarray(lo, float), n), np.broadcast_to(np.asarray(hi, float), n)
 
@@ -85,7 +120,7 @@ def regions(module: nn.Sequential, lo, hi):
         if kind == "lin":
             yield from rec(i + 1, W @ M, W @ v + b, A, c)
             return
-        Ad, jac = _act_rules(W, M.shape[0])
+        Ad, jac = _act_rules(W, b if b is not None else (M.shape[0],))   # (module, its input shape)
         Z, z = Ad @ M, Ad @ v
         k = Z.shape[0]
 
@@ -121,7 +156,9 @@ def norm(J: np.ndarray, p: float, target=None) -> float:
     return float(np.abs(J).sum(1).max())
 
 
-def exact_lipschitz(module: nn.Sequential, p: float, target=None, lo=-100.0, hi=100.0) -> float:
+def exact_lipschitz(module: nn.Sequential, p: float, target=None, lo=-100.0, hi=100.0,
+                    input_shape: tuple | None = None) -> float:
     """The exact Lipschitz constant over the box [lo, hi]^n (global when the box holds
-    every vertex of the arrangement, which a box of +-100 does for the tiny test nets)."""
-    return max(norm(J, p, target) for J in regions(module, lo, hi))
+    every vertex of the arrangement, which a box of +-100 does for the tiny test nets).
+    ``input_shape`` (C, H, W) for a network that starts with a conv."""
+    return max(norm(J, p, target) for J in regions(module, lo, hi, input_shape))
