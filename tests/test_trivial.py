@@ -139,3 +139,22 @@ def test_conv_fft_bound_at_cifar_size_is_fast_and_differentiable():
     tb = TorchTrivialBound(net, (3, 32, 32), 2).full()
     tb.backward()
     assert net[0].weight.grad is not None and float(tb) <= b.value * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_fft_training_form_has_the_gradient_of_the_max_over_all_frequencies(stride):
+    """The training form takes the max's gradient from its one frequency: the same value and
+    gradient as backpropagating through every frequency's matrix norm."""
+    from methods.trivial import conv_spectral_fft, phase_kernel
+    torch.manual_seed(stride)
+    conv = nn.Conv2d(3, 5, 3, stride=stride, padding=1).double()
+    fast = conv_spectral_fft(conv, (3, 9, 9))
+    (g_fast,) = torch.autograd.grad(fast, conv.weight)
+    K, (mh, mw) = phase_kernel(conv, (3, 9, 9))
+    M = torch.fft.fft2(K, s=(mh, mw)).permute(2, 3, 0, 1).reshape(mh * mw, K.shape[0], K.shape[1])
+    full = torch.linalg.matrix_norm(M, ord=2).max()
+    (g_full,) = torch.autograd.grad(full, conv.weight)
+    assert abs(float(fast) - float(full)) <= 1e-12 * float(full)
+    assert torch.allclose(g_fast, g_full, rtol=1e-9, atol=1e-12)
+    with torch.no_grad():   # without a gradient: the plain max
+        assert abs(float(conv_spectral_fft(conv, (3, 9, 9))) - float(full)) <= 1e-12 * float(full)
