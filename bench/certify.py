@@ -103,7 +103,19 @@ def certify_network(module, dataset, rows: list[dict], eps: dict, verifiers: dic
 
 
 def eps_by_p(spec) -> dict:
-    """Normalise a suite's eps grid: a list (every p) or {p: list} -> {p name: list}."""
+    """Normalise a suite's eps grid: a list (every p) or {p: list} -> {p name: list}.  An
+    eps is a number >= 0 or a fraction written "36/255" (pixel units)."""
     if isinstance(spec, dict):
-        return {p_name(parse_p(k)): [float(e) for e in v] for k, v in spec.items()}
-    return {p: [float(e) for e in spec] for p in ("1", "2", "inf")}
+        return {p_name(parse_p(k)): [_eps(e) for e in v] for k, v in spec.items()}
+    return {p: [_eps(e) for e in spec] for p in ("1", "2", "inf")}
+
+
+def _eps(e) -> float:
+    if isinstance(e, str) and "/" in e:
+        a, _, b = e.partition("/")
+        v = float(a) / float(b)
+    else:
+        v = float(e)
+    if not (0 <= v < math.inf):
+        raise ValueError(f"eps {e!r} is not a number >= 0")
+    return v

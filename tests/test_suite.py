@@ -32,6 +32,11 @@ def test_good_suite_expands_grid(tmp_path):
     assert len(s.verify_jobs(net)) == 2 * 2  # verifiers x queries
 
 
+def test_eps_may_be_written_in_pixel_units():
+    s = parse_suite(GOOD + "certify:\n  eps: {2: [36/255, '72/255', 0.5], inf: [1/255]}\n")
+    assert s.certify_eps == {"2": [36 / 255, 72 / 255, 0.5], "inf": [1 / 255]}
+
+
 @pytest.mark.parametrize("text,line,words", [
     (GOOD.replace("seeds:", "sedes:"), 3, ["unknown key 'sedes'", "seeds"]),
     (GOOD.replace("trainer: standard", "trainer: standrd"), 5, ["unknown trainer 'standrd'", "standard"]),
@@ -42,6 +47,8 @@ def test_good_suite_expands_grid(tmp_path):
     (GOOD.replace("{p: 2}", "{p: 3}"), 10, ["p=3", "1, 2, inf"]),
     (GOOD.replace("activation: relu", "activation: swish"), 6, ["unknown activation 'swish'", "relu"]),
     (GOOD.replace("params: {epochs: 1}", "params: {epochs: 1"), None, ["malformed YAML"]),
+    (GOOD + "certify:\n  eps: {2: [36/255, x/255]}\n", 17, ["bad eps grid"]),
+    (GOOD + "certify:\n  eps: [-0.1]\n", 17, ["bad eps grid", "-0.1"]),
 ])
 def test_errors_name_the_line(text, line, words):
     with pytest.raises(UserError) as e:
