@@ -185,6 +185,9 @@ def _mnist(p, folder):
 
 
 def _cifar(p, folder):
+    jpeg = [False]   # the offline JPEG copy's batches are labelled by file name, the original's
+                     # "training batch 1 of 5"
+
     def batch(name):
         path = _find(folder, "cifar-10-batches-py", [name], "cifar", CIFAR_SOURCE)
         with open(path, "rb") as fh:
@@ -192,13 +195,14 @@ def _cifar(p, folder):
                 d = pickle.load(fh, encoding="bytes")
             except Exception as e:
                 raise UserError(f"{path}: not a CIFAR-10 python batch ({type(e).__name__})") from None
+        jpeg[0] = jpeg[0] or d.get(b"batch_label") == name.encode()
         X = np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
         return X.astype(np.float32) / 255.0, np.asarray(d[b"labels"], dtype=np.int64)
 
     tr = [batch(f"data_batch_{i}") for i in range(1, 6)]
     Xte, yte = batch("test_batch")
     return Dataset("cifar", np.concatenate([t[0] for t in tr]), np.concatenate([t[1] for t in tr]),
-                   Xte, yte, 10, "CIFAR-10 (python batches)")
+                   Xte, yte, 10, "CIFAR-10 (JPEG copy)" if jpeg[0] else "CIFAR-10")
 
 
 def _synthetic(p, _folder):

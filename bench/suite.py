@@ -7,6 +7,7 @@ names the file and line and lists the valid choices.
 from __future__ import annotations
 
 import itertools
+import math
 import json
 import os
 from dataclasses import dataclass, replace
@@ -150,6 +151,7 @@ class Suite:
             for params in entry.combos():
                 resolved = cls.resolve_params(params)
                 for q in (entry.queries or self.queries):
+                    q = _fit_domain(q, network)
                     jobs.append(keyed(VerifyJob(cls.name, cls.version, resolved, q, network["id"],
                                                 network["net_hash"], network["path"], cls.kind,
                                                 entry.timeout or self.timeout, tuple(self.plugins))))
@@ -379,6 +381,17 @@ def _plain(v):
     return v
 
 
+def _fit_domain(q: Query, network) -> Query:
+    """A box whose center is one number (``{center: 0.5, radius: 0.5}``: every coordinate
+    0.5, here the box of all images [0, 1]^n) gets the network's input size."""
+    if q.domain == "global" or len(q.domain[0]) != 1 or "input_shape" not in network.keys():
+        return q
+    n = math.prod(json.loads(network["input_shape"]))
+    if n == 1:
+        return q
+    return Query(q.p, q.target, {"center": [q.domain[0][0]] * n, "radius": q.domain[1]}, q.q)
+
+
 def _queries(d: dict, key: str, default) -> list[Query]:
     if key not in d:
         return default
@@ -388,9 +401,11 @@ def _queries(d: dict, key: str, default) -> list[Query]:
         if not isinstance(q, dict):
             raise UserError(f"line {ln}: a query is a mapping like {{p: 2, target: full}}")
         _keys(q, QUERY_KEYS, "query")
+        dom = q.get("domain", "global")
+        if isinstance(dom, dict) and isinstance(dom.get("center"), (int, float)):
+            dom = {**dom, "center": [dom["center"]]}   # one number: every coordinate (see _fit_domain)
         try:
-            out.append(Query(p=q.get("p", 2), target=q.get("target", "full"), domain=q.get("domain", "global"),
-                             q=q.get("q")))
+            out.append(Query(p=q.get("p", 2), target=q.get("target", "full"), domain=dom, q=q.get("q")))
         except (UserError, KeyError, TypeError) as err:
             raise UserError(f"line {ln}: {err}") from None
     return out

@@ -147,6 +147,7 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     solve_s = _clock(budget.device) - t
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
+    metrics.setdefault("data", ds.note or ds.name)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
     metrics["parameters"] = netmod.parameter_count(module)   # the network's size, for the report

@@ -45,8 +45,8 @@ def network_info(n: dict) -> dict:
     margin = tp.get("margin_eps", 0.0) or 0.0
     act = arch.get("activation", "relu")
     bias = bool(arch.get("bias", True))
-    hidden = "-".join(str(h) for h in arch.get("hidden", []))
-    config = (f"{ds} {hidden} {n['trainer']} {act}{'' if bias else ' nobias'}"
+    from bench.network import arch_name   # conv layers included: two archs never share a configuration
+    config = (f"{ds} {arch_name(arch)} {n['trainer']}"
               + (f" p={trained_p}" if trained_p != "-" else "") + (f" margin={margin:g}" if margin else ""))
     return {"id": n["id"], "dataset": ds, "trainer": n["trainer"], "activation": act, "bias": bias,
             "hidden": tuple(arch.get("hidden", [])), "trained_p": trained_p, "margin": margin,

@@ -258,9 +258,12 @@ def _budget(infos: list[dict]) -> str:
     return ", ".join(parts) or "not recorded"
 
 
-def _dataset_label(ds) -> str:
+def _dataset_label(ds, recorded: str | None = None) -> str:
+    """The data a network was trained on: the loader's own description recorded at training
+    ("CIFAR-10 (JPEG copy)" or "CIFAR-10"), else, for an older store, what lipbench's
+    reference copy is."""
     name = ds if isinstance(ds, str) else ds.get("name", "")
-    label = MEASURED_DATASET.get(name, name)
+    label = recorded or MEASURED_DATASET.get(name, name)
     sub = ds.get("test_subset") if isinstance(ds, dict) else None
     return label + (f", {sub} test images" if sub else "")
 
@@ -317,7 +320,7 @@ def measured(df, certified: list[dict], nets: list[dict], columns=EPS_GRID) -> l
         margin = f" margin={info['margin']:g}" if info["margin"] else ""
         rows.append({
             "mark": "measured", "method": info["method"] + margin, "model": info["arch"],
-            "dataset": _dataset_label(info["dataset_raw"]), "p": "2",
+            "dataset": _dataset_label(info["dataset_raw"], info["metrics"].get("data")), "p": "2",
             "parameters": sizes[0] if len(sizes) == 1 else None,
             "parameters_text": "/".join(fmt_count(s) for s in sizes) or "-",
             "budget": _budget(infos) + (f" (mean of {len(infos)} seeds)" if len(infos) > 1 else ""),

@@ -62,6 +62,13 @@ def test_cifar_from_python_batches(tmp_path):
     ds = data.load({"name": "cifar"}, str(tmp_path))
     assert ds.X_train.shape == (20, 3, 32, 32) and ds.X_test.shape == (4, 3, 32, 32)
     assert ds.n_classes == 10
+    assert ds.note == "CIFAR-10"   # batches without the JPEG copy's labels: the original's
+    for name in data.CIFAR_FILES:   # the offline JPEG copy labels each batch by its file name
+        with open(d / name, "rb") as f:
+            b = pickle.load(f)
+        with open(d / name, "wb") as f:
+            pickle.dump({**b, b"batch_label": name.encode()}, f)
+    assert data.load({"name": "cifar"}, str(tmp_path)).note == "CIFAR-10 (JPEG copy)"
     os.unlink(d / "data_batch_3")
     with pytest.raises(UserError, match="data_batch_3"):
         data.check("cifar", str(tmp_path))

@@ -60,11 +60,11 @@ def test_claims_are_measured(mini):
     lo = next(r["value"] for r in recs if r["network"] == ab["id"] and r["verifier"] == "lower" and r["p"] == "2")
     assert f"median {tb / lo:.3f}" in tight[0]
     table = evidence.config_table(nets, rows, [])
-    assert {r["config"] for r in table} == {"synthetic 16-16 standard relu", "synthetic 16-16 tb-penalty abs nobias p=2",
-                                             "synthetic 16-16 tb-penalty relu nobias p=2"}
+    assert {r["config"] for r in table} == {"synthetic mlp16-16-relu standard", "synthetic mlp16-16-abs-nobias tb-penalty p=2",
+                                             "synthetic mlp16-16-relu-nobias tb-penalty p=2"}
     abl = {r[0]: r for r in evidence.ablation(nets, rows)}
-    assert abl["synthetic 16-16 tb-penalty abs nobias p=2"][1] == "0.00"  # |x| has no dead units
-    assert float(abl["synthetic 16-16 standard relu"][1]) > 0
+    assert abl["synthetic mlp16-16-abs-nobias tb-penalty p=2"][1] == "0.00"  # |x| has no dead units
+    assert float(abl["synthetic mlp16-16-relu standard"][1]) > 0
 
 
 @pytest.mark.slow

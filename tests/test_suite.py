@@ -71,3 +71,11 @@ def test_shipped_suites_parse():
     for name in shipped_suites():
         s = load_suite(name)
         assert s.train and s.verify
+
+
+def test_a_box_center_of_one_number_fills_every_input():
+    """{center: 0.5, radius: 0.5}: the box of all images [0, 1]^n, sized to each network."""
+    s = parse_suite(GOOD.replace("  - {p: 2}\n", "  - {p: 2, domain: {center: 0.5, radius: 0.5}}\n"))
+    jobs = s.verify_jobs({"id": "n", "net_hash": "abc", "path": "x", "input_shape": "[3, 2, 2]"})
+    boxes = {j.query.domain for j in jobs if j.query.domain != "global"}
+    assert boxes == {((0.5,) * 12, 0.5)}
