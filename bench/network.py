@@ -12,7 +12,10 @@ BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + 
                                      t = beta - running_mean * s
 AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
                                      entries >= 0
-MaxPool2d                            an :class:`Activation` (piecewise linear, not
+PixelShuffle, PixelUnshuffle,        :class:`Selection`, a Pool whose matrix has at most one
+ChannelShuffle, :class:`FirstChannels`, 1 in each row and column (a partial permutation):
+:class:`ZeroChannelPad`              norm 1 for every p
+MaxPool2d, AdaptiveMaxPool2d         an :class:`Activation` (piecewise linear, not
                                      elementwise; :class:`bench.activations.MaxPool2dSpec`)
 a registered activation              an :class:`Activation` (its description:
                                      :mod:`bench.activations`)
@@ -235,8 +238,9 @@ class Diagonal(Affine):
 
 @dataclass
 class Pool(Affine):
-    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool1d/2d): a linear map without bias
-    whose matrix has entries >= 0 (each output is a weighted mean of its window), so
+    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool1d/2d), and the selections
+    (:class:`Selection`): a linear map without bias whose matrix has entries >= 0 (each
+    output is a weighted mean of its window), so
     |W| = W and its row and column sums are the map applied to ones and its adjoint
     applied to ones: exact without unrolling.  The module's own forward is the map
     (stride, padding, ceil_mode, count_include_pad, divisor_override included)."""
@@ -261,10 +265,96 @@ class Pool(Affine):
         return None
 
 
+class FirstChannels(nn.Module):
+    """x -> its first ``channels`` channels (dimension 1: the channels of an image, the
+    features of a vector): a selection of coordinates, whose matrix has one 1 in each row
+    and at most one in each column, so its operator norm is 1 for every p.  ConvNetM
+    (Prach et al. 2024) halves the channels with it before each PixelUnshuffle and keeps
+    the first ``n_classes`` outputs of its head with it."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] < self.channels:
+            raise ValueError(f"FirstChannels({self.channels}) of an input with {x.shape[1]} channels")
+        return x[:, :self.channels]
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+class ZeroChannelPad(nn.Module):
+    """x -> x followed by zero channels, ``channels`` in all (dimension 1): an isometric
+    embedding (one 1 in each column, at most one in each row; ||W x||_p = ||x||_p), norm 1
+    for every p.  ConvNetM's first layer, widening the image to its base width."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.channels - x.shape[1]
+        if pad < 0:
+            raise ValueError(f"ZeroChannelPad({self.channels}) of an input with {x.shape[1]} channels")
+        return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+@dataclass
+class Selection(Pool):
+    """A linear map whose matrix has entries 0 and 1, at most one 1 in each row and in
+    each column (a partial permutation: output i is input ``source[i]``, or 0 where
+    ``source[i] = -1``): PixelShuffle, PixelUnshuffle, ChannelShuffle (permutations),
+    :class:`FirstChannels` (a selection), :class:`ZeroChannelPad` (an embedding).  Its
+    operator norm is 1 for every p (0 if it selects nothing): ||W x||_p^p sums |x_j|^p
+    over the selected j.  The walk reads ``source`` from the module itself, on the input
+    1, 2, ..., n (float64, exact up to 2^53), and checks there that the module is such a
+    map (distinct whole numbers or 0, and 0 on the input 0); the matrix and the row and
+    column sums come from ``source`` without running the module again."""
+
+    source: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        n = self.in_dim
+        with torch.no_grad():
+            x = torch.arange(1, n + 1, dtype=torch.float64, device=self._device).reshape(1, *self.in_shape)
+            y = self.module(x).reshape(-1).cpu().numpy()
+            y0 = self.module(torch.zeros_like(x)).reshape(-1).cpu().numpy()
+        nz = y[y != 0]
+        name = type(self.module).__name__
+        if (np.any(y0 != 0) or np.any(nz != np.round(nz)) or np.any(nz < 1) or np.any(nz > n)
+                or len(np.unique(nz)) != len(nz)):
+            raise Unsupported(f"layer {self.index} ({name}) is not a selection of its inputs (a partial permutation)")
+        self.source = np.where(y != 0, y - 1, -1).astype(np.int64)
+
+    def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
+        if self._dense is None:
+            self._check_dense(max_entries)
+            W = np.zeros((self.out_dim, self.in_dim))
+            rows = np.flatnonzero(self.source >= 0)
+            W[rows, self.source[rows]] = 1.0
+            self._dense = W
+        return self._dense
+
+    def abs_row_sums(self) -> np.ndarray:
+        return (self.source >= 0).astype(np.float64)
+
+    def abs_col_sums(self) -> np.ndarray:
+        return np.bincount(self.source[self.source >= 0], minlength=self.in_dim).astype(np.float64)
+
+
 #: BatchNorm modules (eval mode, running statistics): :class:`Diagonal`
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: average pooling modules: :class:`Pool`
 AVGPOOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+#: modules that select, permute or zero-pad their inputs: :class:`Selection`
+SELECTIONS = (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, FirstChannels, ZeroChannelPad)
+#: max pooling modules: an :class:`Activation` described by :class:`bench.activations.MaxPool2dSpec`
+MAXPOOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
 @dataclass
@@ -449,11 +539,15 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 x = _run(m, x, i, in_shape)
                 layers.append(Pool(m, in_shape, tuple(x.shape[1:]), i))
                 continue
+            if isinstance(m, SELECTIONS):
+                x = _run(m, x, i, in_shape)
+                layers.append(Selection(m, in_shape, tuple(x.shape[1:]), i))
+                continue
             if isinstance(m, _PASS_THROUGH):
                 if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
                     x = m(x)
                 continue
-            if isinstance(m, nn.MaxPool2d):
+            if isinstance(m, MAXPOOLS):
                 try:
                     spec = activations.MaxPool2dSpec(m, in_shape)
                 except Unsupported as e:
