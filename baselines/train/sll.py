@@ -135,6 +135,9 @@ def build_sll(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     """The SLL network of ``arch`` (see the module doc)."""
     from bench.network import check_arch
     check_arch(arch)
+    if "preset" in arch:
+        raise UserError(f"sll: builds its residual blocks from conv and hidden layers; the {arch['preset']} preset "
+                        f"is not one of those")
     if arch.get("activation", "relu") != "relu" or arch.get("activation_params"):
         raise UserError(f"sll: SLL blocks use relu (the export writes the identity as relu(x) - relu(-x)); "
                         f"got activation {arch.get('activation')!r}")
