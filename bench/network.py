@@ -12,6 +12,8 @@ BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + 
                                      t = beta - running_mean * s
 AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
                                      entries >= 0
+lipbench's :class:`Shift`            :class:`Translation`, a Diagonal with scale 1:
+                                     x -> x + t per channel (a centering), norm 1
 PixelShuffle, PixelUnshuffle,        :class:`Selection`, a Pool whose matrix has at most one
 ChannelShuffle, :class:`FirstChannels`, 1 in each row and column (a partial permutation):
 :class:`ZeroChannelPad`              norm 1 for every p
@@ -234,6 +236,31 @@ class Diagonal(Affine):
 
     def abs_col_sums(self) -> np.ndarray:
         return np.abs(self.scale())
+
+
+class Shift(nn.Module):
+    """x -> x + shift, one number per channel (dimension 1: an image's channels, a
+    vector's features): a translation, Lipschitz constant 1 for every p.  A network
+    trained on centred data (x - mean) starts with Shift(-mean), so that it reads raw
+    inputs (and a radius eps stays in the data's own units)."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.register_buffer("shift", torch.as_tensor(np.asarray(shift, dtype=np.float32)).reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.shift.numel():
+            raise ValueError(f"Shift of {self.shift.numel()} channels on an input with {x.shape[1]}")
+        return x + self.shift.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))
+
+
+@dataclass
+class Translation(Diagonal):
+    """A :class:`Shift`: x -> x + t, t per channel; a :class:`Diagonal` with s = 1."""
+
+    def channel_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.module.shift.detach().double()
+        return torch.ones_like(t), t
 
 
 @dataclass
@@ -534,6 +561,10 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                     raise Unsupported(f"layer {i} ({name}) {reason}")
                 x = _run(m, x, i, in_shape)
                 layers.append(Diagonal(m, in_shape, tuple(x.shape[1:]), i))
+                continue
+            if isinstance(m, Shift):
+                x = _run(m, x, i, in_shape)
+                layers.append(Translation(m, in_shape, tuple(x.shape[1:]), i))
                 continue
             if isinstance(m, AVGPOOLS):
                 x = _run(m, x, i, in_shape)

@@ -557,7 +557,6 @@ def test_adaptive_maxpool_windows_constants_and_interval(size, shape):
     if size == 1:   # the max over all pixels of a channel: each input in one window, Lipschitz 1
         assert c == 1 and a.lipschitz == {1.0: 1.0, 2.0: 1.0, INF: 1.0} and a.saturates == (1.0, 2.0, INF)
     g = torch.Generator().manual_seed(9)
-    n = int(np.prod(shape))
     x = torch.randn(300, *shape, dtype=torch.float64, generator=g)
     y = x + 1e-2 * torch.randn(300, *shape, dtype=torch.float64, generator=g)
     fx, fy = m(x).reshape(300, -1), m(y).reshape(300, -1)
