@@ -69,9 +69,9 @@ and the optional methods (the base class's say "not available"):
 A description may raise :class:`bench.api.Unsupported` from ``slope`` or ``lipschitz``
 for parameter values it cannot describe; the walk names the layer.
 
-MaxPool2d is described by :class:`MaxPool2dSpec`, which the walk makes with the layer's
-input shape (its windows depend on it); it is registered under no name (no architecture
-builds it from a flat input).
+MaxPool2d and AdaptiveMaxPool2d are described by :class:`MaxPool2dSpec`, which the walk
+makes with the layer's input shape (its windows depend on it); it is registered under no
+name (no architecture builds it from a flat input).
 
 Modules of plug-ins may still describe themselves with the older hook
 ``lipbench_spec() -> dict`` (keys ``name``, ``slope``, ``lipschitz``, ``saturates``,
@@ -465,11 +465,14 @@ class SoftplusSpec(ActivationSpec):
 
 
 class MaxPool2dSpec(ActivationSpec):
-    r"""MaxPool2d on an input of shape (C, H, W): output w is the largest input in its
-    window S_w (padding counts as -inf, so only input pixels count).  Made by the walk
-    with the input shape; the windows are those torch uses (kernel, stride, padding,
-    dilation, ceil_mode): along each axis, window o covers o s - pad + d j, 0 <= j < k,
-    clipped to the axis, and a 2-d window is the product of one window per axis.  Let
+    r"""MaxPool2d or AdaptiveMaxPool2d on an input of shape (C, H, W): output w is the
+    largest input in its window S_w (padding counts as -inf, so only input pixels count).
+    Made by the walk with the input shape; the windows are those torch uses (kernel,
+    stride, padding, dilation, ceil_mode): along each axis, window o covers
+    o s - pad + d j, 0 <= j < k, clipped to the axis; adaptive pooling to n outputs on an
+    axis of length L: window o covers [floor(o L / n), ceil((o + 1) L / n)) (so
+    AdaptiveMaxPool2d(1), the max over all pixels of each channel, puts each input in
+    exactly one window); a 2-d window is the product of one window per axis.  Let
     c_i be the number of windows that hold input i and c = max_i c_i (the product of the
     two axes' maxima; 1 when stride >= dilation (kernel - 1) + 1, the windows then being
     disjoint).
@@ -508,27 +511,34 @@ class MaxPool2dSpec(ActivationSpec):
         super().__init__(module)
         m = module
         if m.return_indices:
-            raise Unsupported("MaxPool2d with return_indices=True returns a tuple")
+            raise Unsupported(f"{type(m).__name__} with return_indices=True returns a tuple")
         if len(in_shape) != 3:
-            raise Unsupported(f"MaxPool2d on an input of shape {tuple(in_shape)}: the walk reads it on (C, H, W)")
+            raise Unsupported(f"{type(m).__name__} on an input of shape {tuple(in_shape)}: the walk reads it on "
+                              f"(C, H, W)")
         self.in_shape = tuple(int(s) for s in in_shape)
         with torch.no_grad():
             out = m(torch.zeros(1, *self.in_shape))
         self.out_shape = tuple(out.shape[1:])
-        pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-        k, s, pad, dil = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size), \
-            pair(m.padding), pair(m.dilation)
         self.windows = []    # per axis: the input positions of each window
-        for ax in range(2):
-            L, n_out = self.in_shape[1 + ax], self.out_shape[1 + ax]
-            wins = []
-            for o in range(n_out):
-                start = o * s[ax] - pad[ax]
-                w = [start + dil[ax] * j for j in range(k[ax]) if 0 <= start + dil[ax] * j < L]
-                if not w:
-                    raise Unsupported(f"MaxPool2d window {o} along axis {ax + 1} holds no input (only padding)")
-                wins.append(w)
-            self.windows.append(wins)
+        if isinstance(m, nn.AdaptiveMaxPool2d):   # torch's adaptive windows: [floor(o L / n), ceil((o + 1) L / n))
+            self.name = "adaptivemaxpool2d"
+            for ax in range(2):
+                L, n_out = self.in_shape[1 + ax], self.out_shape[1 + ax]
+                self.windows.append([list(range((o * L) // n_out, -((-(o + 1) * L) // n_out))) for o in range(n_out)])
+        else:
+            pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
+            k, s, pad, dil = pair(m.kernel_size), pair(m.stride if m.stride is not None else m.kernel_size), \
+                pair(m.padding), pair(m.dilation)
+            for ax in range(2):
+                L, n_out = self.in_shape[1 + ax], self.out_shape[1 + ax]
+                wins = []
+                for o in range(n_out):
+                    start = o * s[ax] - pad[ax]
+                    w = [start + dil[ax] * j for j in range(k[ax]) if 0 <= start + dil[ax] * j < L]
+                    if not w:
+                        raise Unsupported(f"MaxPool2d window {o} along axis {ax + 1} holds no input (only padding)")
+                    wins.append(w)
+                self.windows.append(wins)
         counts = [np.bincount(np.concatenate(w), minlength=self.in_shape[1 + ax]) for ax, w in enumerate(self.windows)]
         self.max_count = int(counts[0].max()) * int(counts[1].max())
 
@@ -554,18 +564,18 @@ class MaxPool2dSpec(ActivationSpec):
 
     def pwl(self, in_dim):
         if in_dim != int(np.prod(self.in_shape)):
-            raise Unsupported(f"maxpool2d described for {self.in_shape}, asked for width {in_dim}")
+            raise Unsupported(f"{self.name} described for {self.in_shape}, asked for width {in_dim}")
         if self.max_count > 1:
-            raise Unsupported(f"maxpool2d with overlapping windows (an input in up to {self.max_count}) has no "
+            raise Unsupported(f"{self.name} with overlapping windows (an input in up to {self.max_count}) has no "
                               f"form h = P z + Q relu(A z) with each input in one unit (bab, mip)")
         wins = list(self._flat_windows())
         big = max(len(w) for w in wins)
         if big > 2:
-            raise Unsupported(f"maxpool2d with windows of {big} inputs: the max of more than 2 values needs nested "
+            raise Unsupported(f"{self.name} with windows of {big} inputs: the max of more than 2 values needs nested "
                               f"ReLUs, which the one-layer form h = P z + Q relu(A z) of bab and mip cannot hold")
         pairs = [o for o, w in enumerate(wins) if len(w) == 2]
         if not pairs:
-            raise Unsupported("maxpool2d whose windows all hold one input (a subsampling) has no unit for the "
+            raise Unsupported(f"{self.name} whose windows all hold one input (a subsampling) has no unit for the "
                               "form of bab and mip")
         P = np.zeros((len(wins), in_dim))
         Q = np.zeros((len(wins), len(pairs)))

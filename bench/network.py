@@ -12,7 +12,12 @@ BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + 
                                      t = beta - running_mean * s
 AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
                                      entries >= 0
-MaxPool2d                            an :class:`Activation` (piecewise linear, not
+lipbench's :class:`Shift`            :class:`Translation`, a Diagonal with scale 1:
+                                     x -> x + t per channel (a centering), norm 1
+PixelShuffle, PixelUnshuffle,        :class:`Selection`, a Pool whose matrix has at most one
+ChannelShuffle, :class:`FirstChannels`, 1 in each row and column (a partial permutation):
+:class:`ZeroChannelPad`              norm 1 for every p
+MaxPool2d, AdaptiveMaxPool2d         an :class:`Activation` (piecewise linear, not
                                      elementwise; :class:`bench.activations.MaxPool2dSpec`)
 a registered activation              an :class:`Activation` (its description:
                                      :mod:`bench.activations`)
@@ -233,10 +238,36 @@ class Diagonal(Affine):
         return np.abs(self.scale())
 
 
+class Shift(nn.Module):
+    """x -> x + shift, one number per channel (dimension 1: an image's channels, a
+    vector's features): a translation, Lipschitz constant 1 for every p.  A network
+    trained on centred data (x - mean) starts with Shift(-mean), so that it reads raw
+    inputs (and a radius eps stays in the data's own units)."""
+
+    def __init__(self, shift):
+        super().__init__()
+        self.register_buffer("shift", torch.as_tensor(np.asarray(shift, dtype=np.float32)).reshape(-1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.shift.numel():
+            raise ValueError(f"Shift of {self.shift.numel()} channels on an input with {x.shape[1]}")
+        return x + self.shift.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))
+
+
+@dataclass
+class Translation(Diagonal):
+    """A :class:`Shift`: x -> x + t, t per channel; a :class:`Diagonal` with s = 1."""
+
+    def channel_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.module.shift.detach().double()
+        return torch.ones_like(t), t
+
+
 @dataclass
 class Pool(Affine):
-    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool1d/2d): a linear map without bias
-    whose matrix has entries >= 0 (each output is a weighted mean of its window), so
+    """Average pooling (AvgPool1d/2d, AdaptiveAvgPool1d/2d), and the selections
+    (:class:`Selection`): a linear map without bias whose matrix has entries >= 0 (each
+    output is a weighted mean of its window), so
     |W| = W and its row and column sums are the map applied to ones and its adjoint
     applied to ones: exact without unrolling.  The module's own forward is the map
     (stride, padding, ceil_mode, count_include_pad, divisor_override included)."""
@@ -261,10 +292,96 @@ class Pool(Affine):
         return None
 
 
+class FirstChannels(nn.Module):
+    """x -> its first ``channels`` channels (dimension 1: the channels of an image, the
+    features of a vector): a selection of coordinates, whose matrix has one 1 in each row
+    and at most one in each column, so its operator norm is 1 for every p.  ConvNetM
+    (Prach et al. 2024) halves the channels with it before each PixelUnshuffle and keeps
+    the first ``n_classes`` outputs of its head with it."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] < self.channels:
+            raise ValueError(f"FirstChannels({self.channels}) of an input with {x.shape[1]} channels")
+        return x[:, :self.channels]
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+class ZeroChannelPad(nn.Module):
+    """x -> x followed by zero channels, ``channels`` in all (dimension 1): an isometric
+    embedding (one 1 in each column, at most one in each row; ||W x||_p = ||x||_p), norm 1
+    for every p.  ConvNetM's first layer, widening the image to its base width."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = int(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad = self.channels - x.shape[1]
+        if pad < 0:
+            raise ValueError(f"ZeroChannelPad({self.channels}) of an input with {x.shape[1]} channels")
+        return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
+
+    def extra_repr(self) -> str:
+        return str(self.channels)
+
+
+@dataclass
+class Selection(Pool):
+    """A linear map whose matrix has entries 0 and 1, at most one 1 in each row and in
+    each column (a partial permutation: output i is input ``source[i]``, or 0 where
+    ``source[i] = -1``): PixelShuffle, PixelUnshuffle, ChannelShuffle (permutations),
+    :class:`FirstChannels` (a selection), :class:`ZeroChannelPad` (an embedding).  Its
+    operator norm is 1 for every p (0 if it selects nothing): ||W x||_p^p sums |x_j|^p
+    over the selected j.  The walk reads ``source`` from the module itself, on the input
+    1, 2, ..., n (float64, exact up to 2^53), and checks there that the module is such a
+    map (distinct whole numbers or 0, and 0 on the input 0); the matrix and the row and
+    column sums come from ``source`` without running the module again."""
+
+    source: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self):
+        n = self.in_dim
+        with torch.no_grad():
+            x = torch.arange(1, n + 1, dtype=torch.float64, device=self._device).reshape(1, *self.in_shape)
+            y = self.module(x).reshape(-1).cpu().numpy()
+            y0 = self.module(torch.zeros_like(x)).reshape(-1).cpu().numpy()
+        nz = y[y != 0]
+        name = type(self.module).__name__
+        if (np.any(y0 != 0) or np.any(nz != np.round(nz)) or np.any(nz < 1) or np.any(nz > n)
+                or len(np.unique(nz)) != len(nz)):
+            raise Unsupported(f"layer {self.index} ({name}) is not a selection of its inputs (a partial permutation)")
+        self.source = np.where(y != 0, y - 1, -1).astype(np.int64)
+
+    def matrix(self, max_entries: int = MAX_DENSE_ENTRIES) -> np.ndarray:
+        if self._dense is None:
+            self._check_dense(max_entries)
+            W = np.zeros((self.out_dim, self.in_dim))
+            rows = np.flatnonzero(self.source >= 0)
+            W[rows, self.source[rows]] = 1.0
+            self._dense = W
+        return self._dense
+
+    def abs_row_sums(self) -> np.ndarray:
+        return (self.source >= 0).astype(np.float64)
+
+    def abs_col_sums(self) -> np.ndarray:
+        return np.bincount(self.source[self.source >= 0], minlength=self.in_dim).astype(np.float64)
+
+
 #: BatchNorm modules (eval mode, running statistics): :class:`Diagonal`
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: average pooling modules: :class:`Pool`
 AVGPOOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
+#: modules that select, permute or zero-pad their inputs: :class:`Selection`
+SELECTIONS = (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, FirstChannels, ZeroChannelPad)
+#: max pooling modules: an :class:`Activation` described by :class:`bench.activations.MaxPool2dSpec`
+MAXPOOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
 
 @dataclass
@@ -445,15 +562,23 @@ def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
                 x = _run(m, x, i, in_shape)
                 layers.append(Diagonal(m, in_shape, tuple(x.shape[1:]), i))
                 continue
+            if isinstance(m, Shift):
+                x = _run(m, x, i, in_shape)
+                layers.append(Translation(m, in_shape, tuple(x.shape[1:]), i))
+                continue
             if isinstance(m, AVGPOOLS):
                 x = _run(m, x, i, in_shape)
                 layers.append(Pool(m, in_shape, tuple(x.shape[1:]), i))
+                continue
+            if isinstance(m, SELECTIONS):
+                x = _run(m, x, i, in_shape)
+                layers.append(Selection(m, in_shape, tuple(x.shape[1:]), i))
                 continue
             if isinstance(m, _PASS_THROUGH):
                 if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
                     x = m(x)
                 continue
-            if isinstance(m, nn.MaxPool2d):
+            if isinstance(m, MAXPOOLS):
                 try:
                     spec = activations.MaxPool2dSpec(m, in_shape)
                 except Unsupported as e:
@@ -564,6 +689,11 @@ def from_npz(path: str, activation=nn.ReLU) -> nn.Sequential:
 #: the keys of an architecture spec and of one conv entry (in the compact list's order)
 ARCH_KEYS = ("conv", "hidden", "activation", "activation_params", "bias")
 CONV_KEYS = ("channels", "kernel", "stride", "padding")
+#: presets (``preset: NAME``): each one's own keys with their defaults; a preset arch takes
+#: these, ``activation``, ``activation_params`` and ``bias`` (not ``conv`` or ``hidden``)
+PRESETS = {"convnet": {"base_width": 64, "blocks": 5, "layers_per_block": 5, "kernel": 3}}
+#: Prach et al.'s names of convnet sizes (5 blocks of 5 layers, kernel 3): base width -> name
+CONVNET_SIZES = {16: "XS", 32: "S", 64: "M", 128: "L"}
 
 
 class ArchError(UserError):
@@ -622,6 +752,9 @@ def check_arch(arch: dict) -> None:
     activation and its parameters by making one); a bad one is an :class:`ArchError`."""
     if not isinstance(arch, dict):
         raise ArchError(f"an architecture is a mapping like {{hidden: [64], activation: relu}}, got {arch!r}")
+    if "preset" in arch:
+        _check_preset(arch)
+        return
     bad = next((k for k in arch if k not in ARCH_KEYS), None)
     if bad is not None:
         raise ArchError(f"unknown key {bad!r}; valid: {', '.join(ARCH_KEYS)}", (bad,))
@@ -633,6 +766,75 @@ def check_arch(arch: dict) -> None:
     if not isinstance(bias, bool):
         raise ArchError(f"bias must be true or false, got {bias!r}", ("bias",))
     _activation(arch)
+
+
+def _check_preset(arch: dict) -> dict:
+    """The values of a preset arch's own keys (defaults filled in), every key checked."""
+    name = arch["preset"]
+    if name not in PRESETS:
+        raise ArchError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}", ("preset",))
+    own = PRESETS[name]
+    valid = ("preset", *own, "activation", "activation_params", "bias")
+    bad = next((k for k in arch if k not in valid), None)
+    if bad is not None:
+        raise ArchError(f"preset {name}: unknown key {bad!r}; valid: {', '.join(valid)}", (bad,))
+    vals = {k: arch.get(k, d) for k, d in own.items()}
+    for k, v in vals.items():
+        if not _count(v):
+            raise ArchError(f"preset {name}: {k} must be a whole number >= 1, got {v!r}", (k,))
+    if vals["base_width"] % 2:
+        raise ArchError(f"preset {name}: base_width must be even (each block keeps half its channels, then "
+                        f"PixelUnshuffle quadruples them), got {vals['base_width']}", ("base_width",))
+    if vals["kernel"] % 2 == 0:
+        raise ArchError(f"preset {name}: kernel must be odd (padding kernel // 2 keeps the size), got "
+                        f"{vals['kernel']}", ("kernel",))
+    bias = arch.get("bias", True)
+    if not isinstance(bias, bool):
+        raise ArchError(f"bias must be true or false, got {bias!r}", ("bias",))
+    if activation_width_factor(_activation(arch)()) != 1:
+        raise ArchError(f"preset {name}: the activation must keep the width (its convs map c channels to c), "
+                        f"got {arch.get('activation')!r}", ("activation",))
+    return vals
+
+
+def _build_convnet(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
+    """Prach et al.'s ConvNet ("1-Lipschitz layers compared", 2024; their repository's
+    ``SimplifiedConvNet``, which they describe as similar to the LipConvnet of SOC), built
+    from plain Conv2d (zero padding kernel // 2, stride 1): ZeroChannelPad to the base
+    width w, a 1x1 conv + activation; ``blocks`` blocks, block b on c = w 2^b channels
+    holding ``layers_per_block`` convs c -> c (kernel ``kernel``, 1 in the last block) each
+    followed by the activation, then FirstChannels(c / 2) and PixelUnshuffle(2) (c / 2 * 4
+    = 2c channels, half the height and width); AdaptiveMaxPool2d(1); a 1x1 conv head on
+    w 2^blocks channels; Flatten; FirstChannels(n_out).  Their ConvNetM is base_width 64,
+    5 blocks of 5, kernel 3, MaxMin (their BCOP runs end in a linear layer instead of the
+    1x1 conv: on a 1 x 1 input the same map; their convs pad circularly, these with zeros,
+    which the walk reads)."""
+    vals = _check_preset(arch)
+    make = _activation(arch)
+    bias = arch.get("bias", True)
+    w, nb, per, k = vals["base_width"], vals["blocks"], vals["layers_per_block"], vals["kernel"]
+    if len(input_shape) != 3:
+        raise ArchError(f"preset convnet needs an image input (channels, height, width); the data's input shape is "
+                        f"{tuple(input_shape)}", ("preset",))
+    c_in, h, wd = input_shape
+    if c_in > w:
+        raise ArchError(f"preset convnet: base_width {w} is below the input's {c_in} channels", ("base_width",))
+    if h % 2 ** nb or wd % 2 ** nb:
+        raise ArchError(f"preset convnet: {nb} blocks halve the {h} x {wd} input {nb} times: height and width must "
+                        f"be multiples of {2 ** nb}", ("blocks",))
+    if w * 2 ** nb < n_out:
+        raise ArchError(f"preset convnet: the head has {w * 2 ** nb} channels, fewer than the {n_out} classes",
+                        ("base_width",))
+    layers: list[nn.Module] = [ZeroChannelPad(w), nn.Conv2d(w, w, 1, bias=bias), make()]
+    c = w
+    for b in range(nb):
+        kb = k if b < nb - 1 else 1   # the last block's input is 2 x 2 (for a 32 x 32 image): 1x1 convs
+        for _ in range(per):
+            layers += [nn.Conv2d(c, c, kb, padding=kb // 2, bias=bias), make()]
+        layers += [FirstChannels(c // 2), nn.PixelUnshuffle(2)]
+        c *= 2
+    layers += [nn.AdaptiveMaxPool2d(1), nn.Conv2d(c, c, 1, bias=bias), nn.Flatten(), FirstChannels(n_out)]
+    return nn.Sequential(*layers)
 
 
 def _activation(arch: dict):
@@ -664,11 +866,17 @@ def build_net(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     input is an image (C, H, W)): Conv2d (zero padding) + activation per conv entry,
     Flatten, Linear + activation per hidden width, the output Linear.  An activation that
     widens (CReLU, SinSplit, SinCos: ``out_factor`` 2) multiplies the next layer's input
-    channels or features.  ``bias`` applies to every Conv2d and Linear."""
+    channels or features.  ``bias`` applies to every Conv2d and Linear.
+
+    ``{preset: convnet, base_width: 64, blocks: 5, layers_per_block: 5, kernel: 3,
+    activation: maxmin}`` (defaults: these, with activation relu as everywhere) is Prach
+    et al.'s ConvNet (:func:`_build_convnet`; these values are their ConvNetM)."""
     check_arch(arch)
+    input_shape = tuple(int(s) for s in input_shape)
+    if "preset" in arch:
+        return _build_convnet(arch, input_shape, n_out)
     make = _activation(arch)
     bias = arch.get("bias", True)
-    input_shape = tuple(int(s) for s in input_shape)
     layers: list[nn.Module] = []
     convs = conv_entries(arch)
     if convs:
@@ -707,9 +915,16 @@ build_mlp = build_net
 
 def arch_name(arch: dict) -> str:
     """A readable name: ``mlp32-32-relu``, ``conv32x3s1-64x3s2-fc128-relu`` (a padding
-    other than kernel // 2 is written ``p0``), ``-nobias`` without biases."""
+    other than kernel // 2 is written ``p0``), ``convnetM64-5x5-maxmin`` (a preset),
+    ``-nobias`` without biases."""
     act = arch.get("activation", "relu")
     nb = "" if arch.get("bias", True) else "-nobias"
+    if "preset" in arch:   # convnetM64-5x5-maxmin (Prach et al.'s size name where theirs), convnet8-2x1k5-relu
+        v = {k: arch.get(k, d) for k, d in PRESETS[arch["preset"]].items()}
+        size = CONVNET_SIZES.get(v["base_width"], "") if (v["blocks"], v["layers_per_block"], v["kernel"]) == \
+            (5, 5, 3) else ""
+        k = "" if v["kernel"] == 3 else f"k{v['kernel']}"
+        return f"{arch['preset']}{size}{v['base_width']}-{v['blocks']}x{v['layers_per_block']}{k}-{act}{nb}"
     hidden = "-".join(str(x) for x in arch.get("hidden", []))
     if "conv" not in arch:
         return f"mlp{hidden or 'linear'}-{act}{nb}"

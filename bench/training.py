@@ -35,11 +35,23 @@ def accuracy(module: nn.Module, X: np.ndarray, y: np.ndarray, device=None, batch
     return correct / max(len(X), 1)
 
 
+#: SGD's momentum (``optimizer="sgd"``), as Prach et al. train
+SGD_MOMENTUM = 0.9
+
+
 def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: float, batch_size: int,
         seed: int, weight_decay: float = 0.0,
-        loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None) -> dict:
-    """Train ``module`` with Adam on ``loss_fn(module, logits, labels, epoch)`` (default:
-    cross-entropy).  Stops early, and says so, when 90% of the budget's time is spent."""
+        loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor, int], torch.Tensor] | None = None,
+        optimizer: str = "adam", lr_schedule: str = "constant",
+        augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None) -> dict:
+    """Train ``module`` on ``loss_fn(module, logits, labels, epoch)`` (default:
+    cross-entropy) with ``optimizer`` "adam" or "sgd" (momentum :data:`SGD_MOMENTUM`),
+    ``weight_decay`` (the optimizer's, on every parameter) and ``lr_schedule``
+    "constant" (``lr`` throughout) or "onecycle" (torch's OneCycleLR peaking at ``lr``,
+    its defaults, stepped once per epoch as Prach et al. do; with SGD it also cycles the
+    momentum between 0.85 and 0.95).  ``augment(batch, generator)``, if given, transforms
+    each training batch (e.g. :func:`crop_flip`).  Stops early, and says so, when 90% of
+    the budget's time is spent."""
     t0 = time.perf_counter()
     deadline = t0 + 0.9 * budget.timeout_s if budget.timeout_s else float("inf")
     dev = device_of(budget)
@@ -47,10 +59,21 @@ def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: floa
     gen = torch.Generator().manual_seed(seed)
     X = torch.as_tensor(ds.X_train, device=dev)
     y = torch.as_tensor(ds.y_train, device=dev)
-    opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=SGD_MOMENTUM, weight_decay=weight_decay)
+    elif optimizer == "adam":
+        opt = torch.optim.Adam(module.parameters(), lr=lr, weight_decay=weight_decay)
+    else:
+        raise ValueError(f"optimizer {optimizer!r}: adam or sgd")
+    if lr_schedule == "onecycle":
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, epochs=epochs, steps_per_epoch=1)
+    elif lr_schedule == "constant":
+        sched = None
+    else:
+        raise ValueError(f"lr_schedule {lr_schedule!r}: constant or onecycle")
     lossf = nn.CrossEntropyLoss()
     n = len(X)
-    last = float("nan")
+    last = lr_last = float("nan")
     done = 0
     for epoch in range(epochs):
         if time.perf_counter() > deadline:
@@ -58,19 +81,46 @@ def fit(module: nn.Module, ds: Dataset, budget: Budget, *, epochs: int, lr: floa
         perm = torch.randperm(n, generator=gen).to(dev)
         for s in range(0, n, batch_size):
             idx = perm[s:s + batch_size]
-            logits = module(X[idx])
+            xb = X[idx] if augment is None else augment(X[idx], gen)
+            logits = module(xb)
             loss = lossf(logits, y[idx]) if loss_fn is None else loss_fn(module, logits, y[idx], epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             last = float(loss.detach())
+        lr_last = float(opt.param_groups[0]["lr"])   # the rate of this epoch's steps
+        if sched is not None:
+            sched.step()
         done += 1
     module.eval()
     train_s = time.perf_counter() - t0
     return {"clean_acc": accuracy(module, ds.X_test, ds.y_test, dev),
             "train_acc": accuracy(module, ds.X_train, ds.y_train, dev),
             "train_s": train_s, "epochs_done": done, "final_loss": last,
-            "stopped_early": done < epochs, "device": str(dev)}
+            "stopped_early": done < epochs, "device": str(dev), "lr_last": lr_last}
+
+
+def channel_mean(X: np.ndarray) -> np.ndarray:
+    """The mean of every channel (dimension 1 of a batch: an image's channels, a vector's
+    features) over the data, float64: what a centring subtracts (:class:`bench.network.Shift`)."""
+    return np.asarray(X, dtype=np.float64).mean(axis=tuple(a for a in range(X.ndim) if a != 1))
+
+
+def crop_flip(x: torch.Tensor, gen: torch.Generator, pad: int = 4, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """The standard CIFAR augmentation, per image of a batch (n, C, H, W): pad by ``pad``
+    pixels with ``fill`` (one value per channel; 0 if None), crop a random H x W window,
+    flip left-right with probability 1/2.  Random numbers from ``gen`` (a CPU generator)."""
+    n, c, h, w = x.shape
+    f = 0.0 if fill is None else fill.to(x.device, x.dtype).view(1, c, 1, 1)
+    xp = torch.nn.functional.pad(x - f, (pad, pad, pad, pad)) + f
+    oy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    ox = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    flip = (torch.rand(n, generator=gen) < 0.5).to(x.device)
+    rows = oy[:, None] + torch.arange(h, device=x.device)
+    cols = ox[:, None] + torch.arange(w, device=x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    b = torch.arange(n, device=x.device)[:, None, None]
+    return xp.permute(0, 2, 3, 1)[b, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2).contiguous()
 
 
 # ---- certified-margin losses (given any pairwise Lipschitz bounds K) ----
@@ -81,6 +131,16 @@ def margin_logits(logits: torch.Tensor, y: torch.Tensor, K: torch.Tensor, eps: f
     of the margin f_i - f_j; K[y, y] = 0), so cross-entropy on these logits asks for
     margins that certify radius eps."""
     return logits + eps * K.to(logits.dtype)[y]
+
+
+def lip_ce(logits: torch.Tensor, y: torch.Tensor, margin: float, temperature: float) -> torch.Tensor:
+    """Prach et al.'s Lipschitz cross-entropy (``LipCrossEntropyLoss`` of their repository,
+    reimplemented): the true class's logit lowered by ``margin``, the logits divided by
+    ``temperature``, cross-entropy (mean over the batch), times ``temperature``.  For a
+    1-Lipschitz network a margin of sqrt(2) eps between the true logit and every other
+    certifies radius eps; they train with margin 2 sqrt(2) 36/255 = 0.3993, temperature 0.25."""
+    z = logits - margin * torch.nn.functional.one_hot(y, logits.shape[1]).to(logits.dtype)
+    return torch.nn.functional.cross_entropy(z / temperature, y) * temperature
 
 
 def gloro_logits(logits: torch.Tensor, K: torch.Tensor, eps: float) -> torch.Tensor:

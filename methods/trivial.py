@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from bench.api import Bound, Budget, Query, Verifier, dual, p_name
-from bench.network import Affine, Diagonal, Net, Pool
+from bench.network import Affine, Diagonal, Net, Pool, Translation
 from bench.registry import register
 
 EPS = float(np.finfo(np.float64).eps)
@@ -319,7 +319,7 @@ class TorchTrivialBound:
             if getattr(l, "opaque", False):
                 raise Unsupported(f"layer {l.index} ({l.name}) is not supported by the trivial bound: the network "
                                   f"walk does not know this module")
-            if isinstance(l, Pool):   # no parameters: a constant
+            if isinstance(l, (Pool, Translation)):   # no parameters: a constant
                 self.items.append(operator_norm(l, self.p))
             elif isinstance(l, Affine):
                 self.items.append(l)

@@ -79,3 +79,17 @@ def test_a_box_center_of_one_number_fills_every_input():
     jobs = s.verify_jobs({"id": "n", "net_hash": "abc", "path": "x", "input_shape": "[3, 2, 2]"})
     boxes = {j.query.domain for j in jobs if j.query.domain != "global"}
     assert boxes == {((0.5,) * 12, 0.5)}
+
+
+def test_cifar_full_trains_convnetm_with_prach_et_al_s_schedules():
+    from bench.network import arch_name
+    s = load_suite("cifar-full")
+    jobs = {j.trainer: j for j in s.train_jobs("/nonexistent")}
+    assert set(jobs) == {"aol", "orthogonal"}
+    for name, epochs in (("aol", 4404), ("orthogonal", 1128)):
+        j = jobs[name]
+        assert arch_name(j.arch) == "convnetM64-5x5-maxmin"
+        assert j.params["epochs"] == epochs and j.params["batch_size"] == 256
+        assert (j.params["optimizer"], j.params["lr_schedule"], j.params["loss"]) == ("sgd", "onecycle", "lip-ce")
+        assert (j.params["margin"], j.params["temperature"], j.params["center"]) == (0.3993, 0.25, True)
+    assert s.certify_eps == {"2": [36 / 255, 72 / 255, 108 / 255]}

@@ -473,3 +473,145 @@ def test_walking_an_unknown_module_does_not_change_it():
     c = Counter()
     network.walk(nn.Sequential(nn.Linear(2, 2), c, nn.Linear(2, 1)))
     assert float(c.calls) == 0
+
+
+# --- selections (PixelShuffle, PixelUnshuffle, ChannelShuffle, FirstChannels, ZeroChannelPad)
+# and AdaptiveMaxPool2d: ConvNetM's layers (Prach et al. 2024) ----------------------------
+
+SELECTION_CASES = [
+    ("unshuffle", lambda: nn.PixelUnshuffle(2), (2, 4, 6)),
+    ("shuffle", lambda: nn.PixelShuffle(2), (8, 2, 3)),
+    ("channel-shuffle", lambda: nn.ChannelShuffle(2), (4, 3, 3)),
+    ("first-channels", lambda: network.FirstChannels(3), (5, 2, 2)),
+    ("first-features", lambda: network.FirstChannels(4), (7,)),
+    ("zero-pad", lambda: network.ZeroChannelPad(5), (2, 3, 3)),
+    ("zero-pad-flat", lambda: network.ZeroChannelPad(6), (3,)),
+]
+
+
+@pytest.mark.parametrize("name,make,shape", SELECTION_CASES, ids=[c[0] for c in SELECTION_CASES])
+def test_selections_are_the_modules_maps_with_norm_one(name, make, shape):
+    m = make()
+    layer = network.walk(nn.Sequential(m), shape).layers[0]
+    assert isinstance(layer, network.Selection) and isinstance(layer, network.Affine)
+    assert not layer.has_bias and layer.bias() is None
+    g = torch.Generator().manual_seed(8)
+    x = 3 * torch.randn(20, *shape, dtype=torch.float64, generator=g)
+    with torch.no_grad():
+        y = m(x).reshape(20, -1).numpy()
+    W = layer.matrix()
+    assert W.shape == (layer.out_dim, layer.in_dim)
+    np.testing.assert_array_equal(x.reshape(20, -1).numpy() @ W.T, y)
+    # the unrolled module (torch's forward on the unit vectors) is the same matrix
+    n = layer.in_dim
+    with torch.no_grad():
+        unrolled = m(torch.eye(n, dtype=torch.float64).reshape(n, *shape)).reshape(n, -1).T.numpy()
+    np.testing.assert_array_equal(W, unrolled)
+    assert set(np.unique(W)) <= {0.0, 1.0} and W.sum(1).max() <= 1 and W.sum(0).max() <= 1
+    np.testing.assert_array_equal(layer.abs_row_sums(), W.sum(1))
+    np.testing.assert_array_equal(layer.abs_col_sums(), W.sum(0))
+    for p in NORMS:
+        exact_norm = {1.0: W.sum(0).max(), 2.0: np.linalg.norm(W, 2), INF: W.sum(1).max()}[p]
+        assert exact_norm == pytest.approx(1.0, abs=1e-12)
+        v = operator_norm(layer, p)
+        assert exact_norm <= v <= 1 + 1e-12, (p, v)
+        assert float(TorchTrivialBound(nn.Sequential(m), shape, p).full()) == pytest.approx(v, rel=1e-12)
+    if name.startswith("zero-pad"):   # an isometry: every p-norm kept
+        for p in NORMS:
+            np.testing.assert_allclose(np.linalg.norm(y, ord=p, axis=1),
+                                       np.linalg.norm(x.reshape(20, -1).numpy(), ord=p, axis=1), rtol=1e-15)
+    if name in ("unshuffle", "shuffle", "channel-shuffle"):   # a permutation
+        np.testing.assert_array_equal(W @ W.T, np.eye(layer.out_dim))
+
+
+def test_a_selection_the_module_cannot_make_names_the_layer():
+    with pytest.raises(UserError, match=r"layer 1 \(FirstChannels\) does not accept input of shape \(2, 2, 2\)"):
+        network.walk(nn.Sequential(nn.Conv2d(1, 2, 1), network.FirstChannels(3)), (1, 2, 2))
+    with pytest.raises(UserError, match=r"layer 0 \(ZeroChannelPad\)"):
+        network.walk(nn.Sequential(network.ZeroChannelPad(2), nn.Flatten(), nn.Linear(12, 1)), (3, 2, 2))
+
+    class Doubling(network.FirstChannels):   # claims to be a selection, scales instead
+        def forward(self, x):
+            return 2 * super().forward(x)
+    with pytest.raises(Unsupported, match=r"layer 0 \(Doubling\) is not a selection"):
+        network.walk(nn.Sequential(Doubling(2), nn.Flatten(), nn.Linear(8, 1)), (3, 2, 2))
+
+
+# (output_size, input shape)
+ADAPTIVE_MAXPOOLS = [(1, (2, 3, 5)), ((2, 3), (1, 5, 7)), ((None, 2), (1, 3, 4)), (3, (1, 7, 7)), (1, (3, 1, 1))]
+
+
+@pytest.mark.parametrize("size,shape", ADAPTIVE_MAXPOOLS)
+def test_adaptive_maxpool_windows_constants_and_interval(size, shape):
+    m = nn.AdaptiveMaxPool2d(size)
+    a = pool_layer(m, shape)
+    assert isinstance(a, network.Activation) and a.name == "adaptivemaxpool2d"
+    spec = a.spec
+    # the description's windows are the module's: each input in as many windows as the module says
+    counts = np.zeros(int(np.prod(shape)), dtype=int)
+    for w in spec._flat_windows():
+        counts[w] += 1
+    np.testing.assert_array_equal(counts, window_counts(m, shape))
+    c = int(counts.max())
+    assert a.lipschitz == {1.0: c, 2.0: pytest.approx(math.sqrt(c), rel=1e-15), INF: 1.0}
+    if size == 1:   # the max over all pixels of a channel: each input in one window, Lipschitz 1
+        assert c == 1 and a.lipschitz == {1.0: 1.0, 2.0: 1.0, INF: 1.0} and a.saturates == (1.0, 2.0, INF)
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(300, *shape, dtype=torch.float64, generator=g)
+    y = x + 1e-2 * torch.randn(300, *shape, dtype=torch.float64, generator=g)
+    fx, fy = m(x).reshape(300, -1), m(y).reshape(300, -1)
+    for p in NORMS:
+        q = torch.linalg.vector_norm(fx - fy, ord=p, dim=1) / torch.linalg.vector_norm((x - y).reshape(300, -1),
+                                                                                      ord=p, dim=1)
+        assert float(q.max()) <= a.lipschitz[p] * (1 + 1e-12)
+    lo_in, hi_in = x.reshape(300, -1) - 0.3, x.reshape(300, -1) + 0.3
+    lo, hi = spec.interval(lo_in, hi_in)
+    torch.testing.assert_close(lo, m(lo_in.reshape(300, *shape)).reshape(300, -1), rtol=0, atol=0)
+    torch.testing.assert_close(hi, m(hi_in.reshape(300, *shape)).reshape(300, -1), rtol=0, atol=0)
+    assert torch.all(fx >= lo) and torch.all(fx <= hi)
+
+
+def test_adaptive_maxpool_of_pairs_has_the_pwl_form():
+    m, shape = nn.AdaptiveMaxPool2d(1), (3, 1, 2)
+    spec = pool_layer(m, shape).spec
+    P, Q, A = (torch.as_tensor(M) for M in spec.pwl(6))
+    z = 3 * torch.randn(100, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(z @ P.T + torch.relu(z @ A.T) @ Q.T, m(z.reshape(100, *shape)).reshape(100, -1),
+                               rtol=1e-15, atol=1e-15)
+    with pytest.raises(Unsupported, match="adaptivemaxpool2d with windows of 6 inputs"):
+        pool_layer(m, (1, 2, 3)).spec.pwl(6)
+
+
+def convnet_like():
+    """A tiny net with every ConvNetM layer, on a 2-d input (few regions): a Linear into a
+    (1, 2, 4) image, zero channels to 2, a 3x3 conv, MaxMin, the first channel,
+    PixelUnshuffle (-> 4 x 1 x 2), the max over pixels, a 1x1 head, the first 3 outputs."""
+    torch.manual_seed(5)
+    return nn.Sequential(nn.Linear(2, 8), nn.Unflatten(1, (1, 2, 4)), network.ZeroChannelPad(2),
+                         nn.Conv2d(2, 2, 3, padding=1), MaxMin(), network.FirstChannels(1), nn.PixelUnshuffle(2),
+                         nn.AdaptiveMaxPool2d(1), nn.Conv2d(4, 4, 1), nn.Flatten(), network.FirstChannels(3)
+                         ).double().eval()
+
+
+def test_every_verifier_is_sound_on_a_tiny_convnet_with_these_layers():
+    from bench.testing.exact import exact_lipschitz
+    net = convnet_like()
+    w = network.walk(net)
+    assert [type(l).__name__ for l in w.layers] == ["Affine", "Selection", "Affine", "Activation", "Selection",
+                                                    "Selection", "Activation", "Affine", "Selection"]
+    for p in NORMS:
+        ex = exact_lipschitz(net, p)
+        low = bench.lower_bound(net, p=p, samples=300, restarts=4, steps=10)
+        assert low.status == "ok" and 0 < low.value <= ex * (1 + 1e-9), (p, low, ex)
+        tb = bench.verify(net, "trivial", p=p)
+        assert tb.status == "ok" and tb.value >= ex * (1 - 1e-12), (p, tb, ex)
+        b = bench.verify(net, "bab", p=p)
+        assert b.status == "ok" and b.kind == "exact" and b.value == pytest.approx(ex, rel=1e-6), (p, b, ex)
+        if p != 2:
+            b = bench.verify(net, "mip", p=p)
+            assert b.status == "ok" and b.value == pytest.approx(ex, rel=1e-6), (p, b, ex)
+        for v in ("lipsdp", "eclipse-fast"):
+            b = bench.verify(net, v, p=p)
+            assert b.status == "unsupported", (v, b)   # MaxMin then a max pool: not one activation per layer
+        b = bench.verify(net, "lirpa", p=p, domain={"center": [0.0, 0.0], "radius": 1.0})
+        assert b.status == "unsupported", b

@@ -11,7 +11,7 @@ from bench.api import Budget, Trainer
 from bench.data import Dataset
 from bench.registry import register
 
-from baselines.train.lipschitz import PARAMS, AOLScaled, parametrize_layers, train_constrained
+from baselines.train.lipschitz import PARAMS, check_schedule, AOLScaled, parametrize_layers, train_constrained
 
 
 @register
@@ -20,6 +20,7 @@ class AOL(Trainer):
     description = "almost-orthogonal Lipschitz layers (Prach & Lampert 2022), exported as plain layers"
     quick_params = {"epochs": 2}
     params = dict(PARAMS)
+    check_params = classmethod(check_schedule)
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         def constrain(net, shape):

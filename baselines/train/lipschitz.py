@@ -23,6 +23,7 @@ reads (it refuses a parametrized weight).  Here:
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -30,8 +31,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bench.api import Param, UserError
-from bench.network import Affine, build_net, flat_children, walk
-from bench.training import fit
+from bench.network import Affine, Shift, build_net, flat_children, walk
+from bench.training import channel_mean, crop_flip, fit, lip_ce
 from methods.trivial import conv_spectral_fft, operator_norm, spectral_norm_torch
 
 
@@ -149,27 +150,82 @@ def renormalise(net: nn.Sequential, input_shape: tuple, p: float = 2.0, only=Non
 
 # ---- the training run shared by the constrained trainers ------------------------------
 
-#: parameters every constrained trainer declares
+#: parameters every constrained trainer declares: the first four from the start, the rest
+#: (their defaults keep the first behaviour: Adam, a constant rate, cross-entropy on
+#: logit_scale * logits, raw data) for Prach et al.'s schedules (``cifar-full``)
 PARAMS = {"epochs": Param(30, "passes over the training set", ge=1),
-          "lr": Param(1e-3, "Adam's learning rate", gt=0),
+          "lr": Param(1e-3, "the learning rate (with onecycle: its peak)", gt=0),
           "batch_size": Param(64, ge=1),
-          "logit_scale": Param(10.0, "the loss reads the logits times this (a temperature for 1-Lipschitz nets, "
-                                    "whose logits are small); the network is exported unscaled", gt=0)}
+          "logit_scale": Param(10.0, "loss ce reads the logits times this (a temperature for 1-Lipschitz nets, "
+                                    "whose logits are small); the network is exported unscaled", gt=0),
+          "optimizer": Param("adam", "adam, or sgd with momentum 0.9", choices=("adam", "sgd")),
+          "weight_decay": Param(0.0, "the optimizer's weight decay, on every parameter", ge=0),
+          "lr_schedule": Param("constant", "constant, or onecycle (torch's OneCycleLR, stepped per epoch)",
+                               choices=("constant", "onecycle")),
+          "loss": Param("ce", "ce: cross-entropy on logit_scale * logits; lip-ce: Prach et al.'s Lipschitz "
+                              "cross-entropy with margin and temperature", choices=("ce", "lip-ce")),
+          "margin": Param(0.0, "lip-ce: the true logit is lowered by this", ge=0),
+          "temperature": Param(1.0, "lip-ce: the logits are divided by this, the loss multiplied", gt=0),
+          "center": Param(False, "subtract the training data's mean per channel: the network starts with "
+                                 "Shift(-mean) and reads raw inputs (a translation: Lipschitz constant unchanged)"),
+          "augment": Param("none", "crop-flip: random 4-pixel-padded crops (padded with the data's mean when "
+                                   "centring, as Prach et al.'s centred data pads with 0) and left-right flips",
+                           choices=("none", "crop-flip"))}
+
+
+def check_schedule(cls, params: dict) -> None:
+    """The combinations of :data:`PARAMS` that would leave a value unused (a trainer's
+    ``check_params``)."""
+    d = {k: p.default for k, p in PARAMS.items()}
+    if params["loss"] == "ce" and (params["margin"] != d["margin"] or params["temperature"] != d["temperature"]):
+        raise UserError(f"{cls.name}: margin and temperature are loss lip-ce's; loss ce reads logit_scale")
+    if params["loss"] == "lip-ce" and params["logit_scale"] != d["logit_scale"]:
+        raise UserError(f"{cls.name}: loss lip-ce reads margin and temperature, not logit_scale")
+
+
+def centred(net: nn.Module, dataset, opts: dict) -> nn.Module:
+    """``net`` with Shift(-mean of the training data per channel) in front when
+    ``opts["center"]`` (flat), else ``net``."""
+    if not opts["center"]:
+        return net
+    return nn.Sequential(Shift(-channel_mean(dataset.X_train)), *flat_children(net))
+
+
+def fit_constrained(net: nn.Module, dataset, budget, opts: dict, seed: int) -> dict:
+    """Train ``net`` with the schedule of :data:`PARAMS` (``bench.training.fit``)."""
+    if opts["loss"] == "lip-ce":
+        m, t = opts["margin"], opts["temperature"]
+
+        def loss_fn(module, logits, y, epoch):
+            return lip_ce(logits, y, m, t)
+    else:
+        ce, scale = nn.CrossEntropyLoss(), opts["logit_scale"]
+
+        def loss_fn(module, logits, y, epoch):
+            return ce(scale * logits, y)
+    augment = None
+    if opts["augment"] == "crop-flip":
+        if len(dataset.input_shape) != 3:
+            raise UserError(f"augment crop-flip needs images (channels, height, width), not inputs of shape "
+                            f"{dataset.input_shape}")
+        fill = torch.as_tensor(channel_mean(dataset.X_train), dtype=torch.float32) if opts["center"] else None
+        augment = functools.partial(crop_flip, fill=fill)
+    return fit(net, dataset, budget, epochs=opts["epochs"], lr=opts["lr"], batch_size=opts["batch_size"], seed=seed,
+               weight_decay=opts["weight_decay"], loss_fn=loss_fn, optimizer=opts["optimizer"],
+               lr_schedule=opts["lr_schedule"], augment=augment)
 
 
 def train_constrained(opts: dict, dataset, arch: dict, seed: int, budget, constrain) -> tuple[nn.Sequential, dict]:
-    """Build ``arch``, let ``constrain(net, input_shape)`` return the network to train
-    (parametrized or with layers replaced), train it with cross-entropy on
-    ``logit_scale`` * logits, export it (:func:`export`) and return it with its metrics:
-    fit's (``train_s``, ...), ``clean_acc`` of the exported network, ``export_rescale``
-    and the exported network's sound trivial bound at p = 2 (``tb_after``)."""
+    """Build ``arch`` (centred if asked: :func:`centred`), let ``constrain(net,
+    input_shape)`` return the network to train (parametrized or with layers replaced),
+    train it (:func:`fit_constrained`), export it (:func:`export`) and return it with its
+    metrics: fit's (``train_s``, ...), ``clean_acc`` of the exported network,
+    ``export_rescale`` and the exported network's sound trivial bound at p = 2
+    (``tb_after``)."""
     torch.manual_seed(seed)
     shape = dataset.input_shape
-    net = constrain(build_net(arch, shape, dataset.n_classes), shape)
-    ce = nn.CrossEntropyLoss()
-    scale = opts["logit_scale"]
-    metrics = fit(net, dataset, budget, epochs=opts["epochs"], lr=opts["lr"], batch_size=opts["batch_size"],
-                  seed=seed, loss_fn=lambda module, logits, y, epoch: ce(scale * logits, y))
+    net = constrain(centred(build_net(arch, shape, dataset.n_classes), dataset, opts), shape)
+    metrics = fit_constrained(net, dataset, budget, opts, seed)
     out, rescale = export(net, shape)
     metrics.update(finish_metrics(out, dataset), export_rescale=rescale)
     return out, metrics

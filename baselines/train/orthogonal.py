@@ -19,7 +19,7 @@ from bench.data import Dataset
 from bench.network import flat_children
 from bench.registry import register
 
-from baselines.train.lipschitz import PARAMS, train_constrained
+from baselines.train.lipschitz import PARAMS, check_schedule, train_constrained
 
 
 def _orthogonal(m: nn.Module) -> nn.Module:
@@ -41,6 +41,7 @@ class Orthogonal(Trainer):
     install_hint = "pip install orthogonium  (or lipbench[lipnets])"
     quick_params = {"epochs": 2}
     params = dict(PARAMS)
+    check_params = classmethod(check_schedule)
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         def constrain(net, shape):

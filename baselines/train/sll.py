@@ -39,9 +39,9 @@ from bench.api import Budget, Trainer, UserError
 from bench.data import Dataset
 from bench.network import conv_entries
 from bench.registry import register
-from bench.training import fit
 
-from baselines.train.lipschitz import PARAMS, AOLScaled, finish_metrics, plain, renormalise
+from baselines.train.lipschitz import (PARAMS, AOLScaled, centred, check_schedule, finish_metrics, fit_constrained,
+                                       plain, renormalise)
 
 
 def _sll_t(M: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -135,6 +135,9 @@ def build_sll(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     """The SLL network of ``arch`` (see the module doc)."""
     from bench.network import check_arch
     check_arch(arch)
+    if "preset" in arch:
+        raise UserError(f"sll: builds its residual blocks from conv and hidden layers; the {arch['preset']} preset "
+                        f"is not one of those")
     if arch.get("activation", "relu") != "relu" or arch.get("activation_params"):
         raise UserError(f"sll: SLL blocks use relu (the export writes the identity as relu(x) - relu(-x)); "
                         f"got activation {arch.get('activation')!r}")
@@ -188,16 +191,13 @@ class SLL(Trainer):
     description = "SDP-based Lipschitz layers (Araujo et al. 2023), exported as exact non-residual layers"
     quick_params = {"epochs": 2}
     params = dict(PARAMS)
+    check_params = classmethod(check_schedule)
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         torch.manual_seed(seed)
         shape = dataset.input_shape
-        net = build_sll(arch, shape, dataset.n_classes)
-        ce = nn.CrossEntropyLoss()
-        scale = self.opts["logit_scale"]
-        metrics = fit(net, dataset, budget, epochs=self.opts["epochs"], lr=self.opts["lr"],
-                      batch_size=self.opts["batch_size"], seed=seed,
-                      loss_fn=lambda module, logits, y, epoch: ce(scale * logits, y))
+        net = centred(build_sll(arch, shape, dataset.n_classes), dataset, self.opts)
+        metrics = fit_constrained(net, dataset, budget, self.opts, seed)
         out, rescale = export_sll(net, shape)
         metrics.update(finish_metrics(out, dataset), export_rescale=rescale)
         return out, metrics

@@ -13,7 +13,7 @@ from bench.api import Budget, Trainer
 from bench.data import Dataset
 from bench.registry import register
 
-from baselines.train.lipschitz import PARAMS, SpectralNormalized, parametrize_layers, train_constrained
+from baselines.train.lipschitz import PARAMS, check_schedule, SpectralNormalized, parametrize_layers, train_constrained
 
 
 @register
@@ -22,6 +22,7 @@ class SpectralNorm(Trainer):
     description = "each layer divided by max(1, its sound l2 norm) while training; exported as plain layers"
     quick_params = {"epochs": 2}
     params = dict(PARAMS)
+    check_params = classmethod(check_schedule)
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         def constrain(net, shape):

@@ -1,8 +1,12 @@
 """Exact Lipschitz constants of tiny piecewise-linear networks (Linear and Conv2d layers;
-ReLU, Abs, CReLU, MaxMin) by enumerating activation regions (the ground truth of the
-conformance checks and the tests).  A conv is unrolled here, from torch's own conv2d on
-the unit vectors; activations after it act on the channel dimension (MaxMin pairs
-channels 2k and 2k + 1 at every pixel).
+ReLU, Abs, CReLU, MaxMin, max pooling) by enumerating activation regions (the ground
+truth of the conformance checks and the tests).  A conv is unrolled here, from torch's
+own conv2d on the unit vectors; activations after it act on the channel dimension
+(MaxMin pairs channels 2k and 2k + 1 at every pixel).  Modules without parameters that
+only move, drop or zero-pad inputs (PixelShuffle, PixelUnshuffle, ChannelShuffle,
+FirstChannels, ZeroChannelPad, by class name) are unrolled the same way; a max pooling
+(MaxPool2d, AdaptiveMaxPool2d) takes its windows from the module itself (input i is in
+the window of output o when o moves as i goes from 0 to 1).
 
 For a piecewise-linear network the Lipschitz constant over a convex domain equals the
 largest Jacobian norm over the full-dimensional linear regions that meet the domain.
@@ -53,7 +57,44 @@ def _act_rules(m: nn.Module, shape: tuple):
                 J[b, lo] = 1.0  # min
             return J
         return A, jac
-    raise TypeError(f"exact enumeration handles ReLU, Abs, CReLU, MaxMin, not {name}")
+    if name in MAXPOOLS:
+        n = d
+        with torch.no_grad():
+            E = torch.eye(n, dtype=torch.float64).reshape(n, *shape)
+            hit = (m(E).reshape(n, -1) > 0).numpy().T           # (outputs, inputs): the windows
+        wins = [np.flatnonzero(r) for r in hit]
+        pairs = [(a, b) for w in wins for ia, a in enumerate(w) for b in w[ia + 1:]]
+        A = np.zeros((len(pairs), d))
+        for k, (a, b) in enumerate(pairs):
+            A[k, a], A[k, b] = 1.0, -1.0
+        where = {pr: k for k, pr in enumerate(pairs)}
+
+        def jac(s):   # in each region every window's maximum is the input that beats the others
+            J = np.zeros((len(wins), d))
+            for o, w in enumerate(wins):
+                best = w[0]
+                for c in w[1:]:
+                    if s[where[(min(best, c), max(best, c))]] * (1.0 if best < c else -1.0) < 0:
+                        best = c
+                J[o, best] = 1.0
+            return J
+        return A, jac
+    raise TypeError(f"exact enumeration handles ReLU, Abs, CReLU, MaxMin, max pooling, not {name}")
+
+
+#: parameter-free modules that move, drop or zero-pad inputs: linear, unrolled by probing
+MOVES = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "FirstChannels", "ZeroChannelPad")
+#: max pooling modules (piecewise linear, their windows probed)
+MAXPOOLS = ("MaxPool2d", "AdaptiveMaxPool2d")
+
+
+def _probed(m: nn.Module, shape: tuple) -> tuple[np.ndarray, np.ndarray, tuple]:
+    """A parameter-free linear module on inputs of ``shape`` as (W, 0, output shape)."""
+    n = int(np.prod(shape))
+    with torch.no_grad():
+        out = m(torch.eye(n, dtype=torch.float64).reshape(n, *shape))
+    oshape = tuple(out.shape[1:])
+    return out.reshape(n, -1).T.numpy(), np.zeros(int(np.prod(oshape))), oshape
 
 
 def _unrolled(m: nn.Conv2d, shape: tuple) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -68,10 +109,17 @@ def _unrolled(m: nn.Conv2d, shape: tuple) -> tuple[np.ndarray, np.ndarray, tuple
     return out.reshape(n, -1).T.numpy(), np.asarray(b, dtype=float).reshape(-1), oshape
 
 
+def _flat(module: nn.Module) -> list:
+    """The modules of nested Sequentials, in order."""
+    if isinstance(module, nn.Sequential):
+        return [c for m in module for c in _flat(m)]
+    return [module]
+
+
 def _layers(module: nn.Sequential, input_shape: tuple | None = None):
     out = []
     shape = tuple(input_shape) if input_shape is not None else None
-    for m in module:
+    for m in _flat(module):
         if isinstance(m, nn.Linear):
             b = np.zeros(m.out_features) if m.bias is None else m.bias.detach().double().numpy()
             out.append(("lin", m.weight.detach().double().numpy(), b))
@@ -81,12 +129,19 @@ def _layers(module: nn.Sequential, input_shape: tuple | None = None):
                 raise TypeError("a conv needs input_shape=(C, H, W)")
             W, b, shape = _unrolled(m, shape)
             out.append(("lin", W, b))
-        elif isinstance(m, nn.Flatten):
-            shape = (int(np.prod(shape)),) if shape is not None else None
+        elif isinstance(m, (nn.Flatten, nn.Unflatten)):
+            shape = tuple(m(torch.zeros(1, *shape)).shape[1:]) if shape is not None else None
+        elif type(m).__name__ in MOVES:
+            if shape is None:
+                raise TypeError(f"a {type(m).__name__} needs input_shape")
+            W, b, shape = _probed(m, shape)
+            out.append(("lin", W, b))
         else:
             out.append(("act", m, shape))   # an activation's entry holds its input shape
             if type(m).__name__ == "CReLU" and shape is not None:
                 shape = (2 * shape[0], *shape[1:])
+            elif type(m).__name__ in MAXPOOLS:
+                shape = tuple(m(torch.zeros(1, *shape)).shape[1:])
     assert out[0][0] == "lin" and out[-1][0] == "lin"
     return out
 
