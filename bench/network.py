@@ -916,18 +916,21 @@ build_mlp = build_net
 def arch_name(arch: dict) -> str:
     """A readable name: ``mlp32-32-relu``, ``conv32x3s1-64x3s2-fc128-relu`` (a padding
     other than kernel // 2 is written ``p0``), ``convnetM64-5x5-maxmin`` (a preset),
-    ``-nobias`` without biases."""
-    act = arch.get("activation", "relu")
-    nb = "" if arch.get("bias", True) else "-nobias"
-    if "preset" in arch:   # convnetM64-5x5-maxmin (Prach et al.'s size name where theirs), convnet8-2x1k5-relu
+    ``-nobias`` without biases: :func:`arch_shape`, the activation, the biases."""
+    return f"{arch_shape(arch)}-{arch.get('activation', 'relu')}{'' if arch.get('bias', True) else '-nobias'}"
+
+
+def arch_shape(arch: dict) -> str:
+    """The layers alone: ``mlp32-32``, ``conv32x3s1-64x3s2-fc128``, ``convnetM64-5x5``."""
+    if "preset" in arch:   # convnetM64-5x5 (Prach et al.'s size name where theirs), convnet8-2x1k5
         v = {k: arch.get(k, d) for k, d in PRESETS[arch["preset"]].items()}
         size = CONVNET_SIZES.get(v["base_width"], "") if (v["blocks"], v["layers_per_block"], v["kernel"]) == \
             (5, 5, 3) else ""
         k = "" if v["kernel"] == 3 else f"k{v['kernel']}"
-        return f"{arch['preset']}{size}{v['base_width']}-{v['blocks']}x{v['layers_per_block']}{k}-{act}{nb}"
+        return f"{arch['preset']}{size}{v['base_width']}-{v['blocks']}x{v['layers_per_block']}{k}"
     hidden = "-".join(str(x) for x in arch.get("hidden", []))
     if "conv" not in arch:
-        return f"mlp{hidden or 'linear'}-{act}{nb}"
+        return f"mlp{hidden or 'linear'}"
     convs = "-".join(f"{e['channels']}x{e['kernel']}s{e['stride']}" +
                      (f"p{e['padding']}" if e["padding"] != e["kernel"] // 2 else "") for e in conv_entries(arch))
-    return f"conv{convs}{'-fc' + hidden if hidden else ''}-{act}{nb}"
+    return f"conv{convs}{'-fc' + hidden if hidden else ''}"

@@ -8,8 +8,9 @@ Columns, beyond the store's result columns (see :data:`COLUMNS`):
 ``trainer, trainer_params, dataset, seed, clean_acc``
     the network's, from its training job;
 ``arch, activation, bias, width, depth``
-    its architecture (``arch``: e.g. "mlp64-64"; width the widest hidden layer, depth
-    the number of hidden layers; None for a network not built from ``hidden``);
+    its architecture (``arch``: its layers, e.g. "mlp64-64", "conv16x3s2-32x3s2-fc100"
+    (:func:`bench.network.arch_shape`); width the widest hidden dense layer, depth the
+    number of hidden dense layers; None for a network not built from ``hidden``);
 ``method``
     the training method as a reader names it: the trainer with the norm it trains for
     where it has one, x the activation where it is not ReLU ("tb-penalty p=2 x abs",
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 
 from .api import p_name, parse_p
+from .network import arch_shape
 from .rows import TIGHT_WITHIN, best_lower_values, cost_s, query_key, tightness
 
 #: the frame's columns, in order
@@ -102,7 +104,7 @@ def frame(store_or_dir):
         d = dict(r)
         d.update(
             method=method_label(r["trainer"], act, _trained_p(r.get("trainer_params"))), activation=act,
-            arch=("mlp" + "-".join(str(h) for h in hidden)) if hidden else ("linear" if hidden == [] else None),
+            arch=arch_shape(a) if a else None,
             width=max(hidden) if hidden else None, depth=len(hidden) if hidden is not None else None,
             bias=a.get("bias", True) if a else None, query=query_label(r["p"], r["target"]),
             dataset=_plain(r["dataset"]), domain=_plain(r["domain"]),

@@ -308,10 +308,10 @@ def test_box_around_the_origin_of_a_bias_free_net(act):
 
 def test_bab_and_mip_refuse_networks_above_their_size_limit_before_unrolling():
     from baselines.verify.pwl import MAX_UNITS_X_INPUTS
-    net = nn.Sequential(nn.Linear(3000, 700), nn.ReLU(), nn.Linear(700, 10))
-    assert 700 * 3000 > MAX_UNITS_X_INPUTS
+    net = nn.Sequential(nn.Linear(3000, 400), nn.ReLU(), nn.Linear(400, 10))
+    assert 400 * 3000 > MAX_UNITS_X_INPUTS
     for v in ("bab", "mip"):
         t = time.perf_counter()
         b = bench.verify(net, v, p=float("inf"))
-        assert b.status == "unsupported" and "700 units x 3,000 inputs" in b.error, b
+        assert b.status == "unsupported" and "400 units x 3,000 inputs" in b.error, b
         assert time.perf_counter() - t < 5
