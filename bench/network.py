@@ -909,9 +909,6 @@ def build_net(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-#: the name of the README's plug-in example (README.md is the lead's to change)
-build_mlp = build_net
-
 
 def arch_name(arch: dict) -> str:
     """A readable name: ``mlp32-32-relu``, ``conv32x3s1-64x3s2-fc128-relu`` (a padding

@@ -123,9 +123,9 @@ def cifar_store(folder: str, net_dir: str | None = None) -> str:
     if net_dir:
         import os
 
-        from bench.network import build_mlp, save
+        from bench.network import build_net, save
         path = os.path.join(net_dir, "cifar-std.pt")
-        save(build_mlp({"hidden": [16]}, (3, 32, 32), 10), (3, 32, 32), path)
+        save(build_net({"hidden": [16]}, (3, 32, 32), 10), (3, 32, 32), path)
     add_network(s, "cifar-std", hidden=(16,), acc=0.4, dataset="cifar", path=path, input_shape=(3, 32, 32),
                 metrics={"train_s": 95.0, "epochs_done": 5, "device": "cpu"})
     add_result(s, "cifar-std", "trivial", "ok", 40.0, "2")

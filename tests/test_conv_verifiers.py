@@ -56,7 +56,8 @@ def test_every_verifier_is_sound_or_refuses_on_a_tiny_conv_net(act, bias, p):
     net = tiny(act, bias)
     truth = exact(act, bias, p)
     answered = set()
-    for name in sorted(VERIFIERS):
+    for name in sorted(n for n, cls in VERIFIERS.items()   # lipbench's own, not the tests' misbehaving ones
+                       if cls.__module__.split(".")[0] in ("methods", "baselines")):
         params = {"samples": 300, "restarts": 4, "steps": 15} if name == "lower" else {}
         b = bench.verify(net, name, p=p, input_shape=TINY, **params)
         if check_sound(b, truth, (name, act, p)):
@@ -126,7 +127,7 @@ def test_sdp_verifiers_refuse_conv_nets_above_their_size_naming_it():
     assert "32,768 neurons" in get_verifier("eclipse-fast")().refusal(cifar, q)
     box = Query(p=2.0, domain=([0.5] * cifar.in_dim, 0.1))
     assert "dense limit" in get_verifier("lirpa")().refusal(cifar, box)
-    for name in ("bab", "mip"):
-        assert "dense limit" in get_verifier(name)().refusal(cifar, Query(p=INF))
+    for name in ("bab", "mip"):   # refused by size before anything is unrolled
+        assert "41,024 units x 3,072 inputs" in get_verifier(name)().refusal(cifar, Query(p=INF))
     for name in ("trivial", "lower"):
         assert get_verifier(name)().refusal(cifar, q) is None

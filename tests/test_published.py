@@ -163,7 +163,7 @@ def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
     mea = table[table["mark"] == "measured"]
     assert len(mea) == len(exp) == 2
     for trainer, e in exp.items():
-        row = mea[mea.configuration.str.contains(f" {trainer} ")].iloc[0]
+        row = mea[mea.configuration.str.contains(rf" {trainer}(?: |$)")].iloc[0]
         assert row.dataset.startswith("CIFAR-10 (JPEG copy)") and row.verifier == e["verifier"]
         assert row.clean_pct == pytest.approx(e["clean"], abs=1e-3)
         for j, col in enumerate(["certified_pct_36/255", "certified_pct_72/255", "certified_pct_108/255"]):

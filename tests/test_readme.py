@@ -45,14 +45,14 @@ def test_decorator_plugin_example(tmp_path):
     (tmp_path / "mine.yaml").write_text(block("<!-- example: mine.yaml -->"))
     r = run(["run", "--suite", "mine.yaml", "--no-report"], tmp_path, str(tmp_path))
     assert r.returncode == 0, r.stderr
-    assert "weight-decay" in r.stderr and "frobenius" in r.stderr
+    assert "my-decay" in r.stderr and "frobenius" in r.stderr
     e = run(["export", "--suite", "mine"], tmp_path, str(tmp_path))
     import csv
     import io
     ok = {r["verifier"] for r in csv.DictReader(io.StringIO(e.stdout)) if r["status"] == "ok"}
     assert {"frobenius", "trivial", "lower"} <= ok
     lst = run(["--plugin", "my_plugins", "list"], tmp_path, str(tmp_path))
-    assert "frobenius" in lst.stdout and "weight-decay" in lst.stdout
+    assert "frobenius" in lst.stdout and "my-decay" in lst.stdout
     # the Frobenius bound is an upper bound at least as large as the trivial one
     import bench
     import sys as _s
@@ -64,7 +64,7 @@ def test_decorator_plugin_example(tmp_path):
         assert bench.verify(net, "frobenius", p=2).value >= bench.verify(net, "trivial", p=2).value
         assert bench.verify(net, "frobenius", p=2, target=(0, 1)).status == "unsupported"
         from bench.testing import check_trainer, check_verifier  # the README's last step
-        assert "relu 3-5-4-3, p=2" in check_verifier("frobenius") and check_trainer("weight-decay")
+        assert "relu 3-5-4-3, p=2" in check_verifier("frobenius") and check_trainer("my-decay")
     finally:
         _s.path.remove(str(tmp_path))
 
@@ -79,7 +79,7 @@ def test_plugin_folder_needs_no_install(tmp_path):
     (tmp_path / "mine.yaml").write_text(suite)
     r = run(["run", "--suite", "mine.yaml", "--no-report"], str(tmp_path), "")
     assert r.returncode == 0, r.stderr
-    assert "ok      verify frobenius" in r.stderr and "ok      train  synthetic-weight-decay" in r.stderr
+    assert "ok      verify frobenius" in r.stderr and "ok      train  synthetic-my-decay" in r.stderr
     lst = run(["--plugin", str(folder), "list"], "/", "")
     assert re.search(r"^frobenius\s+verifier", lst.stdout, re.M), lst.stdout + lst.stderr
     bad = run(["--plugin", str(tmp_path / "nope.py"), "list"], "/", "")
