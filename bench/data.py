@@ -127,7 +127,8 @@ def _find(folder: str, sub: str, names: list[str], dataset: str, source: str) ->
                 return f
     get = (f"get it with: {source}" if source.startswith("python -m")
            else f"get it from {source} and put it there")
-    raise UserError(f"{dataset}: missing file {names[0]} (or {' / '.join(names[1:])}) in "
+    alt = f" (or {' / '.join(names[1:])})" if names[1:] else ""
+    raise UserError(f"{dataset}: missing file {names[0]}{alt} in "
                     f"{os.path.join(folder, sub)}; {get}, "
                     f"or point --data-dir / LIPBENCH_DATA at the folder that holds it")
 
