@@ -248,19 +248,19 @@ def test_hanging_job_is_killed_as_timeout_and_the_run_goes_on(tmp_path):
     assert all(x["status"] == "ok" for x in res if x["verifier"] == "trivial")
 
 
-@pytest.mark.slow
-def test_resume_after_sigkill(tmp_path):
-    """Kill the whole run (SIGKILL) halfway; the rerun finishes only what is missing."""
+def killed_midway(tmp_path, *args, wait_s=120):
+    """A 12-job run started with ``args`` and killed (SIGKILL, the whole process group) once
+    4 results are stored: (suite file, results folder, the dead driver, its rows)."""
     f = tmp_path / "s.yaml"
     f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 0.4}}]")
                  .replace("seeds: [0]", "seeds: [0, 1, 2]"))
     out = str(tmp_path / "o")
     env = dict(os.environ, PYTHONPATH=TESTS)
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report"],
-                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report",
+                             *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     db = os.path.join(out, "lipbench.sqlite")
-    deadline = time.time() + 120
+    deadline = time.time() + wait_s
     while time.time() < deadline:
         time.sleep(0.2)
         if os.path.exists(db) and len(rows(out)) >= 4:
@@ -269,6 +269,14 @@ def test_resume_after_sigkill(tmp_path):
     proc.wait()
     first = rows(out)
     assert 4 <= len(first) < 12, len(first)
+    return f, out, proc, first
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill(tmp_path):
+    """Kill the whole run (SIGKILL) halfway; the rerun finishes only what is missing."""
+    f, out, proc, first = killed_midway(tmp_path)
+    db = os.path.join(out, "lipbench.sqlite")
     assert f"pid {proc.pid}" in open(os.path.join(out, "lipbench.lock")).read()  # the dead driver's lock ...
     conn = sqlite3.connect(db)
     jobs_before = conn.execute("SELECT key, finished FROM jobs").fetchall()

@@ -4,7 +4,6 @@ with the local executor's status, the driver's own deadline (``ray.cancel(force=
 and a killed driver's rerun leaving one row per job."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 
 import pytest
 
-from test_cli import SMOKE_FAST, TESTS, bench, rows
+from test_cli import SMOKE_FAST, TESTS, bench, killed_midway, rows
 
 # token authentication for the test cluster; set before Ray is imported, which reads it then
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(), "RAY_USAGE_STATS_ENABLED": "0"}
@@ -101,24 +100,7 @@ def test_driver_cancels_a_task_past_its_deadline_with_force(cluster, tmp_path, m
 
 @pytest.mark.slow
 def test_killed_driver_resumes_with_one_row_per_job(cluster, tmp_path):
-    f = tmp_path / "s.yaml"
-    f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 0.4}}]")
-                 .replace("seeds: [0]", "seeds: [0, 1, 2]"))
-    out = str(tmp_path / "o")
-    cmd = [sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report",
-           "--executor", "ray", "--address", cluster]
-    proc = subprocess.Popen(cmd, env=dict(os.environ, PYTHONPATH=TESTS), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
-    db = os.path.join(out, "lipbench.sqlite")
-    deadline = time.time() + 180
-    while time.time() < deadline:
-        time.sleep(0.2)
-        if os.path.exists(db) and len(rows(out)) >= 4:
-            break
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = rows(out)
-    assert 4 <= len(first) < 12, len(first)
+    f, out, _, first = killed_midway(tmp_path, "--executor", "ray", "--address", cluster, wait_s=180)
     r = bench("run", "--suite", str(f), "--out", out, "--no-report", "--executor", "ray", "--address", cluster)
     assert r.returncode == 0, r.stderr
     final = rows(out)
