@@ -38,7 +38,7 @@ def test_reproduces_the_published_lipsdp_values(solver):
     layer = bench.verify(net, "lipsdp", p=2, form="layer", solver=solver, eps=1e-7)
     assert neuron.status == "ok" and layer.status == "ok", (neuron.error, layer.error)
     assert round(neuron.value, 3) == 36.482 and round(layer.value, 3) == 39.839
-    assert neuron.stats["lmi_lambda_max"] + neuron.stats["lmi_margin"] <= 0
+    assert 0 < neuron.stats["lmi_margin"] <= neuron.stats["lmi_shift"]  # the rounding is covered by the shift
     fast = bench.verify(net, "eclipse-fast", p=2).value
     ecl = bench.verify(net, "eclipse", p=2).value
     triv = bench.verify(net, "trivial", p=2).value
@@ -87,6 +87,62 @@ def test_pair_target_is_tighter_than_full_times_sqrt2():
     assert pair <= full * math.sqrt(2) * (1 + 1e-6)
 
 
+def exact_negative_definite(ch, rho, T):
+    """M(rho, T) < 0 decided exactly: the matrix assembled in rational arithmetic from the
+    floats W, T, rho, a, b, then Gaussian elimination of -M (every pivot > 0)."""
+    from fractions import Fraction as F
+    Ws = [[[F(float(x)) for x in row] for row in W] for W in ch.Ws]
+    n = [len(Ws[0][0])] + ch.hidden
+    offs = np.concatenate([[0], np.cumsum(n)]).astype(int)
+    N = offs[-1]
+    M = [[F(0)] * N for _ in range(N)]
+    for i in range(n[0]):
+        M[i][i] -= F(float(rho))
+    for k, t in enumerate(T):
+        W, a, b = Ws[k], F(ch.a[k]), F(ch.b[k])
+        t = [F(float(x)) for x in t]
+        o_in, o_h = offs[k], offs[k + 1]
+        for p in range(len(t)):
+            for i in range(n[k]):
+                c = (a + b) * W[p][i] * t[p]
+                M[o_in + i][o_h + p] += c
+                M[o_h + p][o_in + i] += c
+                for j in range(n[k]):
+                    M[o_in + i][o_in + j] -= 2 * a * b * W[p][i] * t[p] * W[p][j]
+            M[o_h + p][o_h + p] -= 2 * t[p]
+    WL, o = Ws[-1], offs[-2]
+    for i in range(n[-1]):
+        for j in range(n[-1]):
+            M[o + i][o + j] += sum(WL[r][i] * WL[r][j] for r in range(len(WL)))
+    A = [[-x for x in row] for row in M]
+    for i in range(N):
+        if A[i][i] <= 0:
+            return False
+        for r in range(i + 1, N):
+            f = A[r][i] / A[i][i]
+            if f:
+                for c in range(i, N):
+                    A[r][c] -= f * A[i][c]
+    return True
+
+
+@pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0)])
+def test_certification_is_exact_and_tight(slopes):
+    """The structured certificate (block Cholesky with rounding margins) is right in exact
+    rational arithmetic, and just below the Schur value M(rho, T) is not <= 0."""
+    from baselines.verify.eclipse import eclipse
+    rng = np.random.default_rng(5)
+    a, b = slopes
+    ch = Chain([rng.normal(size=(5, 3)), rng.normal(size=(4, 5)), rng.normal(size=(2, 4))], [a, a], [b, b])
+    T = [1.05 * t for t in eclipse(ch, fast=True)[0]]
+    value, stats = certify(ch, T)
+    rho = stats["rho_certified"]
+    assert exact_negative_definite(ch, rho, T)
+    assert not exact_negative_definite(ch, stats["rho_schur"] * (1 - 1e-9), T)
+    assert check(ch, rho, T)[1] < 0 and not check(ch, stats["rho_schur"] * (1 - 1e-6), T)[0]  # the dense check agrees
+    assert rho <= stats["rho_schur"] * (1 + 1e-9) and value == pytest.approx(math.sqrt(rho))
+
+
 def test_certification_raises_rho_and_refuses_infeasible_multipliers():
     rng = np.random.default_rng(0)
     ch = Chain([rng.normal(size=(6, 3)), rng.normal(size=(2, 6))], [0.0], [1.0])
@@ -95,9 +151,15 @@ def test_certification_raises_rho_and_refuses_infeasible_multipliers():
     value, stats = certify(ch, [np.full(6, 5.0)])
     rho = stats["rho_certified"]
     assert stats["T_enlarged_by"] == 0.0
-    assert check(ch, rho, [np.full(6, 5.0)])[0]
+    assert exact_negative_definite(ch, rho, [np.full(6, 5.0)])
     assert not check(ch, stats["rho_schur"] * (1 - 1e-6), [np.full(6, 5.0)])[0]  # just below fails
     assert value == pytest.approx(math.sqrt(rho))
+    # multipliers on the boundary of the hidden block's feasibility are enlarged until it is strict
+    W1 = ch.Ws[1]
+    t_edge = np.full(6, float(np.linalg.eigvalsh(W1.T @ W1)[-1]) / 2)  # 2 T - W^T W singular
+    value, stats = certify(ch, [t_edge])
+    assert stats["T_enlarged_by"] > 0
+    assert exact_negative_definite(ch, stats["rho_certified"], [t_edge * (1 + stats["T_enlarged_by"])])
 
 
 def test_unsupported_inputs_say_why():
@@ -152,11 +214,10 @@ def _dense(terms, sizes, zeros):
 
 @pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0), (-1.0, 1.0)])  # relu, leaky relu, abs
 def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(slopes):
-    """assemble (numpy), the TORCH terms and the CVXPY terms of lmi_terms are one matrix,
-    and the torch Schur complement is the numpy one."""
+    """assemble (numpy) and the CVXPY terms of lmi_terms are one matrix, and the block
+    elimination of NATIVE (torch, differentiable) gives that matrix's least rho."""
     import cvxpy as cp
-    from baselines.verify.lipsdp import _rho_torch
-    from baselines.verify.sdp_common import CVXPY, NUMPY, TORCH, _rho_schur, assemble, block_offsets, lmi_terms
+    from baselines.verify.sdp_common import CVXPY, NUMPY, assemble, block_offsets, lmi_terms, rho_of, torch_chain
     rng = np.random.default_rng(3)
     a, b = slopes
     ch = Chain([rng.normal(size=(5, 3)), rng.normal(size=(4, 5)), rng.normal(size=(2, 4))], [a, a], [b, b])
@@ -182,11 +243,6 @@ def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(s
                         abs(a + b) * absch.Ws[1].T @ T2],
                        [np.zeros((4, 3)), abs(a + b) * T2 @ absch.Ws[1], 2 * T2 + absch.Ws[2].T @ absch.Ws[2]]])
     assert np.allclose(Mabs, refabs, rtol=0, atol=1e-13) and np.all(Mabs >= np.abs(M) - 1e-13)
-    # torch
-    tch = Chain([torch.as_tensor(W) for W in ch.Ws], ch.a, ch.b)
-    Mt = _dense(lmi_terms(tch, [torch.as_tensor(t) for t in T], TORCH, rho), sizes,
-                lambda n: torch.zeros(n, n, dtype=torch.float64))
-    assert np.allclose(Mt.numpy(), M, rtol=0, atol=1e-13)  # torch's matmul may round differently
     # cvxpy: T = diag(parameter), rho a parameter
     Tc = [cp.diag(cp.Parameter(len(t), value=t)) for t in T]
     blocks = [[np.zeros((m, n)) for n in sizes] for m in sizes]
@@ -199,15 +255,18 @@ def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(s
     for i, j, term in lmi_terms(ch, [cp.Parameter(value=t[0]) * np.eye(len(t)) for t in Tl], CVXPY, rho):
         blocks[i][j] = blocks[i][j] + term
     assert np.allclose(cp.bmat(blocks).value, assemble(ch, rho, Tl), rtol=0, atol=1e-13)
-    # the Schur complement of NATIVE (torch, differentiable) is certify's (numpy)
-    if a >= 0:
-        from baselines.verify.eclipse import eclipse
-        T5 = [1.1 * t for t in eclipse(ch, fast=True)[0]]  # strictly feasible multipliers
-        r = _rho_schur(ch, T5)
-        Ts = [torch.tensor(t, requires_grad=True) for t in T5]
-        rt = _rho_torch(ch, ch.Ws[0], Ts)
-        U, S, _ = np.linalg.svd(ch.Ws[0], full_matrices=False)
-        rr = _rho_torch(ch, U * S, [torch.as_tensor(t) for t in T5])  # the reduced chain
-        assert float(rt.detach()) == pytest.approx(r, rel=1e-12) and float(rr) == pytest.approx(r, rel=1e-10)
-        rt.backward()
-        assert all(bool(torch.isfinite(t.grad).all()) for t in Ts)
+    # the block elimination of NATIVE (torch, differentiable): rho(L) is the least rho with
+    # M(rho, rho L / 2) <= 0, the a b terms included (here with a negative lower slope too)
+    # multipliers that keep every Y_k positive definite: L_1 <= 1/2 ||W_0||^-2, then each
+    # layer's at most half the previous one's smallest over ||W_k||^2
+    L, top = [], 0.5 / np.linalg.norm(ch.Ws[0], 2) ** 2
+    for k, n in enumerate(ch.hidden):
+        L.append(torch.tensor(rng.uniform(0.5, 1.0, size=n) * top, requires_grad=True))
+        top = 0.5 * float(L[-1].detach().min()) / np.linalg.norm(ch.Ws[k + 1], 2) ** 2
+    r = rho_of(torch_chain(ch), L)[-1]
+    rho = float(r.detach())
+    def top(r):  # M(r, T) with T = r L / 2
+        return check(ch, r, [r * l.detach().numpy() / 2 for l in L])[1]
+    assert top(rho * (1 + 1e-6)) < 0 < top(rho * (1 - 1e-6))
+    r.backward()
+    assert all(bool(torch.isfinite(l.grad).all()) for l in L)

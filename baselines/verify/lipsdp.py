@@ -35,6 +35,7 @@ layer.
 """
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
@@ -43,8 +44,8 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import (CVXPY, TORCH, Chain, RepairError, block_offsets, certify, chain, chain_reason, lmi_terms,
-                         size_reason)
+from .sdp_common import (CVXPY, Chain, RepairError, certify, chain, chain_reason, device, lmi_terms, minimise, rho_of,
+                         size_reason, torch_chain)
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -64,102 +65,43 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
     return out
 
 
-def _rho_torch(ch: Chain, W0r: np.ndarray, Ts: list):
-    """rho(T) = lambda_max(D_0 + O_0 (-C)^{-1}_11 O_0^T) (D_0 without -rho I) for the
-    reduced chain (W_0 replaced by W0r), from the blocks of ``sdp_common.lmi_terms``,
-    differentiable in T (torch, float64); None if the hidden block C is not negative
-    definite."""
-    import torch
-    red = Chain([torch.as_tensor(W0r)] + [torch.as_tensor(W) for W in ch.Ws[1:]], ch.a, ch.b)
-    offs = block_offsets(red) - red.Ws[0].shape[1]  # hidden blocks 1.. of M: C starts at 0
-    C = torch.zeros(int(offs[-1]), int(offs[-1]), dtype=torch.float64)
-    D0 = O0T = None
-    for i, j, term in lmi_terms(red, Ts, TORCH):  # no rho: D_0 = -2 a_1 b_1 W0r^T T_1 W0r
-        if i and j:
-            s, e = slice(offs[i], offs[i + 1]), slice(offs[j], offs[j + 1])
-            C[s, e] = C[s, e] + term
-        elif i == j == 0:
-            D0 = term
-        elif (i, j) == (1, 0):
-            O0T = term  # O_0^T
-    L, info = torch.linalg.cholesky_ex(-C)
-    if int(info) != 0:
-        return None
-    # O_0 (-C)^{-1}_11 O_0^T = X^T X with L X = [O_0^T; 0] (L the Cholesky factor of -C)
-    B = torch.zeros(int(offs[-1]), O0T.shape[1], dtype=torch.float64)
-    B[:offs[2]] = O0T
-    X = torch.linalg.solve_triangular(L, B, upper=False)
-    Q = X.T @ X
-    if D0 is not None:
-        Q = Q + D0
-    return torch.linalg.eigvalsh(Q)[-1]
-
-
-def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None):
+def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None):
+    """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
+    hidden layer and an eigenvalue problem of the output's size) over log L with Adam,
+    from ECLipsE-Fast's multipliers; returns T = rho L / 2 (for the chain given)."""
     import torch
     from .eclipse import eclipse
     if any(a < 0 for a in ch.a):
         raise RepairError("solver NATIVE starts from ECLipsE-Fast, which needs lower slopes >= 0; use SCS")
+    t0 = time.perf_counter()
     U, S, _ = np.linalg.svd(ch.Ws[0], full_matrices=False)
-    W0r = U * S
-    T0, _, _ = eclipse(ch, fast=True)
+    tc = torch_chain(Chain([U * S] + ch.Ws[1:], ch.a, ch.b), device)  # the input reduced to W_0's rank
+    G0 = tc.Ws[0] @ tc.Ws[0].T
+    T0, fast, _ = eclipse(ch, fast=True, device=device)
+    rho0 = fast * fast
+    L0 = [2 * t / rho0 for t in T0]
     if form == "layer":
-        T0 = [np.full(1, float(np.mean(t))) for t in T0]
-    params = [torch.tensor(np.log(np.maximum(t, 1e-300)), requires_grad=True) for t in T0]
+        L0 = [np.full(1, float(np.mean(l))) for l in L0]
+    params = [torch.tensor(np.log(np.maximum(l, 1e-300)), device=G0.device, requires_grad=True) for l in L0]
     sizes = ch.hidden
 
-    def Ts():
-        return [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(params, sizes)]
-    opt = torch.optim.Adam(params, lr=0.05)
-    t0 = time.perf_counter()
-    best, best_p, steps, backtracks, since, restarts = np.inf, [p.detach().clone() for p in params], 0, 0, 0, 0
-
-    def back_to_best_with_smaller_steps():
-        with torch.no_grad():
-            for p, b in zip(params, best_p):
-                p.copy_(b)
-        for g in opt.param_groups:
-            g["lr"] *= 0.5
-        opt.state.clear()
-
-    for steps in range(1, max_iters + 1):
-        opt.zero_grad()
-        r = _rho_torch(ch, W0r, Ts())
-        if r is None:  # stepped out of the feasible set
-            back_to_best_with_smaller_steps()
-            backtracks += 1
-            continue
-        v = float(r.detach())
-        if v < best * (1 - eps):
-            since = 0
-        else:
-            since += 1
-        if v < best:
-            best, best_p = v, [p.detach().clone() for p in params]
-        if since >= 30:  # a plateau (lambda_max is not smooth): restart from the best point, smaller steps
-            back_to_best_with_smaller_steps()
-            restarts += 1
-            since = 0
-            if opt.param_groups[0]["lr"] < 1e-4:
-                break
-            continue
-        if time_limit and time.perf_counter() - t0 > time_limit:
-            break
-        r.backward()
-        opt.step()
-    T = [np.exp(p.numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
-    return T, {"solver": "NATIVE", "solver_status": f"{steps} steps, {restarts} step-size halvings, "
-                                                    f"{backtracks} backtracks",
-               "solve_s": time.perf_counter() - t0, "lmi_size": int(W0r.shape[1] + sum(sizes)),
-               "input_block": int(W0r.shape[1]), "raw_rho_scaled": best}
+    def f(ps):
+        return rho_of(tc, [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)],
+                      G0)
+    deadline = t0 + time_limit if time_limit else math.inf
+    best, best_p, status = minimise(f, params, eps, max_iters, deadline)
+    L = [np.exp(p.cpu().numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
+    return [best * l / 2 for l in L], {"solver": "NATIVE", "solver_status": status,
+                                       "solve_s": time.perf_counter() - t0, "lmi_size": int(tc.Ws[0].shape[1] + sum(sizes)),
+                                       "input_block": int(tc.Ws[0].shape[1]), "raw_rho_scaled": best}
 
 
 def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_limit: float | None,
-          verbose: bool = False) -> tuple[list[np.ndarray], dict]:
+          verbose: bool = False, device=None) -> tuple[list[np.ndarray], dict]:
     """Solve the rescaled, reduced LipSDP; returns the multipliers (for the rescaled
     chain, full size) and solver statistics."""
     if solver == "NATIVE":
-        return solve_native(ch, form, eps, max_iters, time_limit)
+        return solve_native(ch, form, eps, max_iters, time_limit, device)
     import cvxpy as cp
     W0 = ch.Ws[0]
     U, S, _ = np.linalg.svd(W0, full_matrices=False)
@@ -246,10 +188,11 @@ class LipSDP(Verifier):
         sch, s = scaled(ch)
         P = self.opts
         try:
+            dev = device(budget)
             T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"],
-                             0.8 * budget.timeout_s if budget.timeout_s else None)
+                             0.8 * budget.timeout_s if budget.timeout_s else None, device=dev)
             t0 = time.perf_counter()
-            value, cert = certify(ch, unscale_T(T, s))
+            value, cert = certify(ch, unscale_T(T, s), dev)
         except RepairError as e:
             return Bound(None, "upper", "error", error=f"not certified: {e}")
         stats.update(cert)

@@ -201,22 +201,6 @@ def assemble(ch: Chain, rho: float, T: list[np.ndarray], absolute: bool = False)
     return M
 
 
-def _rho_schur(ch: Chain, T: list[np.ndarray]) -> float:
-    """The least rho with M(rho, T) <= 0 in exact arithmetic (before the check)."""
-    M0 = assemble(ch, 0.0, T)
-    n0 = ch.Ws[0].shape[1]
-    C = M0[n0:, n0:]
-    try:
-        Lc = scipy.linalg.cholesky(-C, lower=True)
-    except np.linalg.LinAlgError:
-        raise RepairError("the multipliers leave the hidden-layer block of the LMI indefinite: "
-                          "no rho makes M(rho, T) <= 0") from None
-    O0 = M0[:n0, n0:]
-    X = scipy.linalg.solve_triangular(Lc, O0.T, lower=True)  # O0 (-C)^-1 O0^T = X^T X
-    Q = M0[:n0, :n0] + X.T @ X
-    return float(scipy.linalg.eigvalsh(Q, subset_by_index=[n0 - 1, n0 - 1])[0])
-
-
 def check(ch: Chain, rho: float, T: list[np.ndarray]) -> tuple[bool, float, float]:
     """(passes, computed lambda_max, error margin) of the float64 check of M(rho, T) <= 0."""
     M = assemble(ch, rho, T)
@@ -226,35 +210,335 @@ def check(ch: Chain, rho: float, T: list[np.ndarray]) -> tuple[bool, float, floa
     return lam + margin <= 0.0, lam, margin
 
 
-def certify(ch: Chain, T: list[np.ndarray]) -> tuple[float, dict]:
-    """The certified bound sqrt(rho) for multipliers T, and what was done."""
-    T0 = [np.maximum(np.asarray(t, dtype=np.float64), 0.0) for t in T]
-    # a solver's optimum sits on the boundary, where the hidden block may be singular
-    # rather than negative definite: enlarge T slightly until it is strictly feasible.
-    # First uniformly (this outgrows the constant W_L^T W_L), then geometrically by depth,
-    # T_k (1 + s)^(K - k): where the hidden block is homogeneous in T (a negative lower
-    # slope, e.g. |x|: block k is -2 T_k + 2 W^T T_{k+1} W) only this makes -2 T_k win.
+
+
+# --------------------------------------------------------------------------------------
+# The block machinery: one dense factorisation per layer, never the whole LMI.
+#
+# N = -M(rho, T) is block-tridiagonal: with L_k = 2 T_k / rho,
+#   N_00 / rho = I + a_1 b_1 W_0^T L_1 W_0,
+#   N_kk / rho = L_k + a_{k+1} b_{k+1} W_k^T L_{k+1} W_k   (1 <= k < K),
+#   N_KK / rho = L_K - W_L^T W_L / rho,
+#   N_{k,k+1} / rho = -m_{k+1} W_k^T L_{k+1},  m = (a + b) / 2.
+# Eliminating from the input forward (Y_0 = N_00 / rho,
+# Y_k = N_kk / rho - m_k^2 L_k W_{k-1} Y_{k-1}^{-1} W_{k-1}^T L_k) leaves the last block
+# Y_K - W_L^T W_L / rho >= 0, so for multipliers L with every Y_k positive definite the
+# least rho is lambda_max(W_L Y_K^{-1} W_L^T): an eigenvalue problem of the output's size.
+# That is NATIVE's objective, and each ECLipsE stage is the same recursion one layer at a
+# time (ECLipsE drops the a b terms, sound for a b >= 0).
+# --------------------------------------------------------------------------------------
+
+def device(budget) -> str:
+    """Where the block machinery runs: the budget's device (CPU unless it says cuda)."""
+    return budget.device if budget.device not in ("auto", None) else "cpu"
+
+
+def torch_chain(ch: Chain, device=None) -> Chain:
+    """The chain's matrices as float64 torch tensors on ``device``."""
+    import torch
+    return Chain([torch.as_tensor(np.asarray(W), dtype=torch.float64, device=device) for W in ch.Ws],
+                 ch.a, ch.b)
+
+
+def input_gram(tc: Chain, L1=None, drop_ab: bool = False):
+    """G_0 = W_0 Y_0^{-1} W_0^T (torch): W_0 W_0^T when a_1 b_1 = 0 (or dropped), else
+    through the Cholesky factor of Y_0 = I + a_1 b_1 W_0^T L_1 W_0; None if Y_0 is not
+    positive definite."""
+    import torch
+    W0 = tc.Ws[0]
+    ab = tc.a[0] * tc.b[0]
+    if ab == 0 or drop_ab:
+        return W0 @ W0.T
+    Y0 = torch.eye(W0.shape[1], dtype=W0.dtype, device=W0.device) + ab * (W0.T * L1) @ W0
+    C, info = torch.linalg.cholesky_ex(Y0)
+    if int(info) != 0:
+        return None
+    Z = torch.linalg.solve_triangular(C, W0.T, upper=False)
+    return Z.T @ Z
+
+
+def stage(tc: Chain, k: int, G, L, L_next=None, drop_ab: bool = False):
+    """One elimination step (torch, differentiable in L and L_next): from
+    G_{k-1} = W_{k-1} Y_{k-1}^{-1} W_{k-1}^T (``G``, hidden layer k's size; k counts from
+    0 here, the chain's activation k) to G_k = W_{k+1} Y_k^{-1} W_{k+1}^T, with
+    Y_k = diag(L) - m^2 L G L (+ a' b' W_{k+1}^T L_next W_{k+1} for the next activation's
+    slopes, unless ``drop_ab``).  None if Y_k is not positive definite."""
+    import torch
+    m = (tc.a[k] + tc.b[k]) / 2
+    Y = torch.diag(L) - (m * m) * (L[:, None] * G * L[None, :])
+    W = tc.Ws[k + 1]
+    if k + 1 < len(tc.hidden) and not drop_ab:
+        ab = tc.a[k + 1] * tc.b[k + 1]
+        if ab != 0:
+            Y = Y + ab * (W.T * L_next) @ W
+    C, info = torch.linalg.cholesky_ex(Y)
+    if int(info) != 0:
+        return None
+    Z = torch.linalg.solve_triangular(C, W.T, upper=False)  # W Y^{-1} W^T = Z^T Z
+    return Z.T @ Z
+
+
+def eigs(G):
+    """The eigenvalues of a symmetric matrix, ascending (torch, differentiable)."""
+    import torch
+    return torch.linalg.eigvalsh((G + G.T) / 2)
+
+
+def top_eig(G):
+    """The largest eigenvalue of a symmetric matrix (torch, differentiable)."""
+    return eigs(G)[-1]
+
+
+def rho_of(tc: Chain, Ls: list, G0=None):
+    """The eigenvalues of W_L Y_K^{-1} W_L^T, the largest of which is the least rho for
+    normalised multipliers L (full LipSDP-Neuron, a b terms included), differentiable;
+    None if some Y_k is not positive definite.  ``G0``: a precomputed
+    W_0 W_0^T when a_1 b_1 = 0."""
+    G = G0 if G0 is not None and tc.a[0] * tc.b[0] == 0 else input_gram(tc, Ls[0])
+    for k in range(len(Ls)):
+        if G is None:
+            return None
+        G = stage(tc, k, G, Ls[k], Ls[k + 1] if k + 1 < len(Ls) else None)
+    return None if G is None else eigs(G)
+
+
+class _Deadline(Exception):
+    pass
+
+
+#: L-BFGS iterations per round of :func:`minimise` (one value of tau)
+ROUND_ITERS = 100
+
+
+def minimise(f, params: list, eps: float, max_iters: int, deadline: float = math.inf):
+    """Minimise the largest of the eigenvalues f(params) returns (a 1-d tensor, or None
+    outside the feasible set) over ``params`` (torch leaves).  A largest eigenvalue is not
+    smooth where eigenvalues meet, which is where its minimum lies, so L-BFGS (strong
+    Wolfe line search) minimises the soft maximum tau log sum exp(lambda / tau) >=
+    lambda_max instead, with tau a fraction of the best value, 1e-2 and then ten times
+    smaller each round (of at most ``ROUND_ITERS`` iterations) down to ``eps`` / 10 (Adam
+    on lambda_max itself needed ten times as many steps and stalled 1% above the
+    optimum).  It stops after ``max_iters`` evaluations of f or at ``deadline`` (a ``time.perf_counter()`` value).  Returns (best
+    lambda_max, best params (detached), 'k evaluations, ...')."""
+    import time
+
+    import torch
+    best, best_p, evals, infeasible = math.inf, [p.detach().clone() for p in params], 0, 0
+    soft, rounds = 1e-2, 0
+    try:
+        while soft >= eps / 10 and evals < max_iters:
+            rounds += 1
+            scale = abs(best) if math.isfinite(best) else 1.0
+            opt = torch.optim.LBFGS(params, lr=1, max_iter=min(ROUND_ITERS, max_iters - evals), history_size=20,
+                                    line_search_fn="strong_wolfe", tolerance_grad=1e-12 * scale,
+                                    tolerance_change=1e-14 * scale)
+            tau = None
+
+            def closure():
+                nonlocal best, best_p, evals, infeasible, tau
+                if time.perf_counter() > deadline:
+                    raise _Deadline
+                evals += 1
+                opt.zero_grad()
+                lam = f(params)
+                if lam is None:  # outside the feasible set: the line search steps back
+                    infeasible += 1
+                    # large but finite: the line search interpolates and steps back
+                    return torch.tensor(1e3 * (abs(best) + 1), dtype=torch.float64)
+                v = float(lam[-1].detach())
+                if v < best:
+                    best, best_p = v, [p.detach().clone() for p in params]
+                if tau is None:
+                    tau = soft * abs(v) + 1e-300
+                loss = tau * torch.logsumexp(lam / tau, 0)
+                loss.backward()
+                return loss
+            opt.step(closure)
+            with torch.no_grad():  # the next round starts from the best point
+                for p, b in zip(params, best_p):
+                    p.copy_(b)
+            soft /= 10
+    except _Deadline:
+        pass
+    return best, best_p, f"{evals} evaluations in {rounds} rounds of L-BFGS, {infeasible} infeasible"
+
+
+# --------------------------------------------------------------------------------------
+# Structured certification
+# --------------------------------------------------------------------------------------
+
+def _gamma(k: int) -> float:
+    u = EPS / 2
+    return k * u / (1 - k * u)
+
+
+def certify(ch: Chain, T: list[np.ndarray], device=None) -> tuple[float, dict]:
+    """The certified bound sqrt(rho) for multipliers T, and what was done.
+
+    N = -M(rho, T) >= 0 is proved by a block Cholesky factorisation of N - delta I taken
+    from the output backwards (hidden block K first, the input block last, so rho enters
+    only the last factorisation): one dense factorisation per layer, in float64, on
+    ``device``.  If every block factorises, the computed factor R satisfies
+    R^T R = A + E with A the assembled N - delta I and |E| <= gamma |R|^T |R| (the
+    componentwise backward error of Cholesky, Higham, Thm 10.3, which holds for the
+    blocked order too), so ||E||_2 <= gamma ||R||_F^2; the assembly of N itself is off by
+    at most gamma_a ||N_abs||_F (N_abs: the same sums from |W|, |T|, |a b|, |a + b|).  So
+    N >= (delta - gamma ||R||_F^2 - gamma_a ||N_abs||_F) I >= 0 when delta covers both,
+    which is checked after the factorisation with the computed ||R||_F.  No eigenvalue of
+    the LMI is ever estimated: rho's value comes from the (small) input block's Schur
+    complement, and only a rho whose factorisation succeeds is reported.
+
+    The multipliers must make the hidden part strictly feasible: a solver's optimum sits
+    on the boundary, so T is enlarged slightly until it is -- first uniformly, then
+    geometrically by depth, T_k (1 + s)^(K - k) (where the hidden block is homogeneous in
+    T, e.g. |x|, only this makes -2 T_k win)."""
+    import torch
+    tc = torch_chain(ch, device)
+    T0 = [torch.as_tensor(np.maximum(np.asarray(t, dtype=np.float64), 0.0), device=tc.Ws[0].device) for t in T]
     K = len(T0)
     repairs = [(s, lambda k, s=s: 1 + s) for s in (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
     repairs += [(-s, lambda k, s=s: (1 + s) ** (K - k)) for s in (1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
     for n, (scale, factor) in enumerate(repairs):
-        T = [t * factor(k) for k, t in enumerate(T0)]
+        Ts = [t * factor(k) for k, t in enumerate(T0)]
         try:
-            rho_s = max(_rho_schur(ch, T), 0.0)
+            value, stats = _certify_blocks(tc, Ts)
             break
         except RepairError:
             if n == len(repairs) - 1:
                 raise
-    rho = rho_s * (1 + 1e-10) + 1e-300
-    tries = 0
-    for tries in range(1, 40):
-        ok, lam, margin = check(ch, rho, T)
-        if ok:
+    stats["T_enlarged_by"] = scale  # < 0: geometrically, (1 + |s|)^(K - k)
+    return value, stats
+
+
+class _Blocks:
+    """The blocks of N = -M(rho, T) (torch, float64) and bounds on their rounding."""
+
+    def __init__(self, tc: Chain, T: list):
+        self.tc, self.T, self.K = tc, T, len(T)
+        Ws = tc.Ws
+        self.n = [Ws[0].shape[1]] + tc.hidden
+        rows2 = [(W * W).sum(1) for W in Ws]  # squared row norms of each W_k
+        # the hidden part's trace and Frobenius bound (entries of |W|^T T |W| bounded by
+        # its trace: a positive semidefinite matrix's Frobenius norm is at most its trace)
+        tr = fro = 0.0
+        for k in range(1, self.K + 1):
+            t = T[k - 1]
+            tr += 2 * float(t.sum())
+            fro += 2 * float(torch_norm(t))
+            if k < self.K:
+                ab = abs(tc.a[k] * tc.b[k])
+                if ab:
+                    x = 2 * ab * float((T[k] * rows2[k]).sum())
+                    tr, fro = tr + x, fro + x
+            apb = abs(tc.a[k - 1] + tc.b[k - 1])  # the coupling of block k - 1 with block k, twice
+            fro += 2 * apb * float(torch_norm(t[:, None] * Ws[k - 1]))
+        last = float(rows2[-1].sum())  # ||W_L||_F^2 bounds ||W_L^T W_L||_F and its trace
+        self.tr_h, self.fro_h = tr + last, fro + last
+        ab1 = abs(tc.a[0] * tc.b[0])
+        self.in_abs = 2 * ab1 * float((T[0] * rows2[0]).sum())
+        self.gc = _gamma(2 * (sum(self.n) + 2))
+        self.ga = _gamma(2 * (max(max(W.shape) for W in Ws) + 5))
+
+    def delta(self, rho: float) -> float:
+        """The shift that covers the rounding at this rho (twice the a priori bound)."""
+        tr = self.tr_h + self.n[0] * rho + self.in_abs
+        fro = self.fro_h + math.sqrt(self.n[0]) * rho + self.in_abs
+        return 2 * (self.gc * tr / (1 - self.gc) + self.ga * fro) + 1e-300
+
+    def margin(self, fro2: float, rho: float) -> float:
+        """The rounding bound a posteriori, from the computed factor's ||R||_F^2."""
+        fro = self.fro_h + math.sqrt(self.n[0]) * rho + self.in_abs
+        return (self.gc * fro2 + self.ga * fro) * (1 + 1e-9)
+
+    def diag_block(self, k: int):
+        """N_kk for a hidden block k (1..K)."""
+        import torch
+        tc, T = self.tc, self.T
+        t = T[k - 1]
+        if k == self.K:
+            W = tc.Ws[-1]
+            return torch.diag(2 * t) - W.T @ W
+        D = torch.diag(2 * t)
+        ab = tc.a[k] * tc.b[k]
+        if ab:
+            W = tc.Ws[k]
+            D = D + (2 * ab) * ((W.T * T[k]) @ W)
+        return D
+
+    def input_block(self):
+        """N_00 without rho (None when it is zero)."""
+        tc = self.tc
+        ab = tc.a[0] * tc.b[0]
+        if not ab:
+            return None
+        W = tc.Ws[0]
+        return (2 * ab) * ((W.T * self.T[0]) @ W)
+
+    def coupling_T(self, k: int):
+        """N_{k,k+1}^T (n_{k+1} x n_k): -(a + b) T_{k+1} W_k."""
+        tc = self.tc
+        return -(tc.a[k] + tc.b[k]) * (self.T[k][:, None] * tc.Ws[k])
+
+    def factor_hidden(self, delta: float):
+        """Factor the hidden blocks of N - delta I from the output backwards; returns
+        (X_0, sum of the squared Frobenius norms of the factor's blocks so far), with
+        X_0^T X_0 = N_01 S_1^{-1} N_10.  RepairError if a block is not positive definite."""
+        import torch
+        fro2 = 0.0
+        S = self.diag_block(self.K)
+        for k in range(self.K, 0, -1):
+            S.diagonal().sub_(delta)
+            R, info = torch.linalg.cholesky_ex(S)
+            if int(info) != 0:
+                raise RepairError("the multipliers leave the hidden-layer block of the LMI indefinite: "
+                                  f"no rho makes M(rho, T) <= 0 (block {k} of {self.K})")
+            X = torch.linalg.solve_triangular(R, self.coupling_T(k - 1), upper=False)
+            fro2 += float((R * R).sum()) + float((X * X).sum())
+            if k == 1:
+                return X, fro2
+            S = self.diag_block(k - 1) - X.T @ X
+
+
+def torch_norm(t):
+    import torch
+    return torch.linalg.vector_norm(t.reshape(-1))
+
+
+def _certify_blocks(tc: Chain, T: list) -> tuple[float, dict]:
+    import torch
+    B = _Blocks(tc, T)
+    n0 = B.n[0]
+    N00 = B.input_block()
+    delta, passes = B.delta(0.0), 0
+    while True:
+        passes += 1
+        X0, fro2 = B.factor_hidden(delta)
+        # the input block's Schur complement: rho must exceed lambda_max(X_0^T X_0 - N_00)
+        if N00 is None and X0.shape[0] < n0:
+            lam = float(top_eig(X0 @ X0.T))  # the same nonzero spectrum, smaller
+        else:
+            Q = X0.T @ X0 - (N00 if N00 is not None else 0)
+            lam = float(top_eig(Q))
+        rho_s = max(lam, 0.0)
+        need = B.delta(rho_s * 1.01 + 1e-300)
+        if delta >= need or passes == 3:
             break
+        delta = 2 * need  # the input block's rounding is larger than guessed: factor again
+    rho = (rho_s + delta) * (1 + 1e-12) + 1e-300
+    eye = torch.eye(n0, dtype=X0.dtype, device=X0.device)
+    for tries in range(1, 40):
+        S0 = (rho - delta) * eye - X0.T @ X0
+        if N00 is not None:
+            S0 = S0 + N00
+        R0, info = torch.linalg.cholesky_ex(S0)
+        if int(info) == 0:
+            total = fro2 + float((R0 * R0).sum())
+            margin = B.margin(total, rho)
+            if margin <= delta:
+                break
         rho = rho * (1 + 1e-9 * 4 ** tries) + 1e-12 * 4 ** tries
     else:
-        raise RepairError(f"no certified rho found (largest eigenvalue {lam:.3g} with margin {margin:.3g} "
-                          f"at rho {rho:.6g})")
+        raise RepairError(f"no certified rho found (the input block did not factorise at rho {rho:.6g})")
     value = math.nextafter(math.sqrt(rho), math.inf)
-    return value, {"rho_schur": rho_s, "rho_certified": rho, "lmi_lambda_max": lam, "lmi_margin": margin,
-                   "checks": tries, "T_enlarged_by": scale}  # < 0: geometrically, (1 + |s|)^(K - k)
+    return value, {"rho_schur": rho_s, "rho_certified": rho, "lmi_shift": delta, "lmi_margin": margin,
+                   "checks": tries, "factorisations": passes}
