@@ -412,12 +412,12 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     if lower is not None and upper - lower <= rtol * upper + 1e-12:
         return Bound(upper, "exact", "ok", stats=stats)
     if tie:
-        why = {"license_limit": "the size-limited Gurobi licence refused the program with the cuts",
-               "max_cuts": f"max_cuts ({max_cuts}) cuts were added"}.get(stop, stop)
+        why = ("the region LP could not decide whether it has one" if stop is None else
+               f"the size-limited Gurobi licence refused the program with {len(cuts)} cuts" if stop == "license_limit"
+               else f"max_cuts = {max_cuts} no-good cuts were spent" if stop == "max_cuts"
+               else f"the re-solve with {len(cuts)} cuts gave no bound ({stop})")
         stats["note"] = ("the solver closed, but the incumbent's activation pattern has no interior point in the "
-                         "domain (a tie)" + (f" after {len(cuts)} no-good cuts; {why}" if why else
-                                             " the region LP could not decide") +
-                         ": the value is a sound upper bound, not certified exact")
+                         f"domain (a tie) and {why}: the value is a sound upper bound, not certified exact")
     return Bound(upper, "upper", "ok", stats=stats)
 
 
