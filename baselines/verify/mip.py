@@ -369,7 +369,7 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
             tie = False
             break
         tie = True
-        if points and upper - max(v for v, _ in points) <= rtol * upper * 0.5:
+        if points and (upper + const) - max(v for v, _ in points) <= rtol * (upper + const) * 0.5:
             tie = False   # a real region (the sampled one) already meets the dual bound
             break
         if state != "empty" or not binaries.size:   # (no binaries: a fixed pattern has no tie)
@@ -378,7 +378,7 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
             stop = "max_cuts"
             break
         t_cut = time.perf_counter() if t_cut is None else t_cut
-        # the no-good cut: sum_{a*=1} (1 - a) + sum_{a*=0} a >= 1 over the unit binaries
+        # the no-good cut: sum_{K, a*=1} (1 - a) + sum_{K, a*=0} a >= 1 over the unit binaries K (_tie_cut)
         ones = np.round(np.asarray(out["x"])[binaries]) > 0.5
         row = np.zeros(model.n)
         row[binaries] = np.where(ones, -1.0, 1.0)
