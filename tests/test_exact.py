@@ -315,3 +315,50 @@ def test_bab_and_mip_refuse_networks_above_their_size_limit_before_unrolling():
         b = bench.verify(net, v, p=float("inf"))
         assert b.status == "unsupported" and "400 units x 3,000 inputs" in b.error, b
         assert time.perf_counter() - t < 5
+
+
+def tie_net(seed):
+    """2-4-4-4-1 with biases (conftest.mlp): on the global domain the big-M program's
+    optimum sits on activation patterns with no interior (ties, e.g. at t = 0 where layer 1
+    is off and every later unit is at its kink) for these seeds, found by a seeded search."""
+    return mlp([2, 4, 4, 4, 1], seed=seed)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed,p", [(2, INF), (2, 1.0), (8, INF)])
+def test_mip_cuts_tie_patterns_until_its_incumbent_is_a_real_region(seed, p, backend):
+    """Without cuts (max_cuts = 0, mip version 4's behaviour) the program closes on a tie:
+    kind upper, well above the truth.  With them mip is exact and equals bab and the region
+    enumeration."""
+    from bench.testing.exact import exact_lipschitz
+    net = tie_net(seed)
+    truth_ = exact_lipschitz(net, p)
+    old = bench.verify(net, "mip", p=p, backend=backend, max_cuts=0)
+    assert old.status == "ok" and old.kind == "upper" and old.stats["cuts"] == 0, old
+    assert "(a tie)" in old.stats["note"] and "max_cuts = 0" in old.stats["note"]
+    assert old.value > truth_ * 1.05
+    m = bench.verify(net, "mip", p=p, backend=backend)
+    assert m.status == "ok" and m.kind == "exact", m
+    assert m.stats["cuts"] >= 1 and m.stats["cuts_s"] >= 0 and "note" not in m.stats
+    assert m.value == pytest.approx(truth_, rel=1e-6)
+    assert m.stats["lower"] <= truth_ * (1 + 1e-9) <= m.value * (1 + 2e-9)
+    b = bench.verify(net, "bab", p=p)
+    assert b.kind == "exact" and m.value == pytest.approx(b.value, rel=1e-6)
+
+
+def test_mip_keeps_the_last_sound_bound_when_a_re_solve_is_refused(monkeypatch):
+    """Gurobi's size-limited licence may refuse the program once cuts are added: the first
+    solve's dual bound stands, kind upper, and the note says why (HiGHS stands in here)."""
+    from baselines.verify import mip
+    real, calls = mip._highs, []
+
+    def refusing(*args):
+        calls.append(1)
+        out = real(*args)
+        return out if len(calls) == 1 else {"backend": "gurobi", "license_limit": True, "status_text": "size-limited",
+                                            "t_start": out["t_start"]}
+    monkeypatch.setattr(mip, "_highs", refusing)
+    b = bench.verify(tie_net(2), "mip", p=INF)
+    assert len(calls) == 2 and b.status == "ok" and b.kind == "upper" and b.stats["cuts"] == 1, b
+    assert "licence refused the program with 1 cuts" in b.stats["note"]
+    assert b.value >= 0.0797301959 * (1 - 1e-9)

@@ -32,7 +32,45 @@ of the two is reported as a witnessed lower bound (``stats["lower"]`` and
 ``stats["witness"]``, a pair of inputs around that point: :func:`pwl.witness`), which the
 audit evaluates again.  Kind ``exact`` when the witnessed lower bound and the upper bound
 meet within ``rtol``; otherwise kind ``upper`` with the lower bound in the stats (at a
-timeout, or when the incumbent's pattern has no interior: a tie the program allowed).
+timeout, or when a tie could not be cut off: below).
+
+Ties.  The big-M rows accept a unit at its kink (d = 0) with either value of its binary,
+so the program may pick a pattern whose region has no interior: the closed sets
+{a_k = 1 => d_k >= 0, a_k = 0 => d_k <= 0} meet, but the open region is empty (e.g. on
+the global domain's face t = 0, or where two kinks cross), and its Jacobian J(a) is no
+Jacobian of the network.  When the incumbent's pattern is such a tie (the region LP says
+``empty``) it is cut off by a no-good cut, sum_{k in K, a*_k = 1} (1 - a_k) +
+sum_{k in K, a*_k = 0} a_k >= 1, over a set K of unit binaries whose values alone leave
+no interior (``_tie_cut``: the shortest prefix of layers whose constraints are already
+empty, then that prefix's last layer pruned unit by unit; one small LP each; K is often
+a few units where all of them would cut one pattern of thousands alike), and the
+program is solved again with
+the time left, until the incumbent's pattern has an interior (then ``exact`` as above),
+the budget ends (``timeout``), ``max_cuts`` cuts were added, the region LP cannot decide
+(``undecided``: no cut, a real region could be that thin), or a re-solve gives nothing
+(Gurobi's size-limited licence may refuse the model once it has the cuts); these answer
+kind ``upper`` with the last sound dual bound.  ``stats["cuts"]`` counts the cuts,
+``stats["cuts_s"]`` the seconds from the first cut to the answer.
+
+Why every dual bound stays an upper bound.  The Lipschitz constant is the largest
+||C J(a)|| over the patterns a whose region has an interior point in the domain.  In the
+program the objective depends on the binaries alone: the backward pass u = a w is
+linearised with interval bounds on w that hold for *every* pattern consistent with the
+stable units (``jacobian_interval``), so for binary a it is exactly C J(a), and the
+sign / face / output binaries only choose how the norm is attained and where x lies; x
+only certifies that a's closed region meets the domain.  Every real pattern a is
+therefore feasible, with its full norm, in the program with any set of cuts that all
+exclude tie patterns only: a no-good cut removes exactly the points whose binaries in K
+equal a*'s (every x, every face, every output and sign choice), and no such pattern has
+an interior, since a unit's pre-activation is affine in x given the binaries of the
+layers before it, so the region of any pattern agreeing with a* on K lies in the set
+cut out by K's constraints alone, which the LP found empty (fewer constraints only
+widen the LP's margin).  So the cut program's optimum is still >= the constant.  The
+cut is over unit binaries only: the face binaries do not define a region (a region with an interior in the solid
+homogenised cube with t > 0 is one of R^n whatever face x sits on), nor do the sign or
+output binaries.  Stable units are fixed strictly on the whole domain by their bounds.
+"No interior" is the region LP's verdict ``empty`` (margin <= ``pwl.EMPTY_EPS``), the
+same one that lets ``bab`` drop a pattern at a leaf.
 """
 from __future__ import annotations
 
@@ -56,13 +94,15 @@ DEFLATE = 1e-12
 @register
 class MIP(Verifier):
     name = "mip"
-    version = "4"  # 4: a witnessed lower bound (bench.witness)
+    version = "5"  # 5: a tie incumbent (no interior) is cut off and the program re-solved, so a tie no longer
+    #                   leaves it at kind upper; 4: a witnessed lower bound (bench.witness)
     kind = "exact"
     norms = (1.0, math.inf)
     description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
     params = {"backend": Param("highs", "the MILP solver: HiGHS (free) or Gurobi (licence)", choices=("highs", "gurobi")),
               "rtol": Param(1e-6, "relative gap at which it says exact", gt=0, lt=1),
-              "margin_s": Param(0.5, "seconds kept back from the budget to answer", ge=0)}
+              "margin_s": Param(0.5, "seconds kept back from the budget to answer", ge=0),
+              "max_cuts": Param(10_000, "no-good cuts on tie patterns (no interior) before it answers upper", ge=0)}
     install_hint = "pip install 'lipbench[mip]' (gurobipy, highspy)"
 
     def supports(self, net: Net, query: Query) -> str | None:
@@ -262,7 +302,7 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
 
 
 def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5,
-          net: Net | None = None) -> Bound:
+          max_cuts=10_000, net: Net | None = None) -> Bound:
     t0 = time.perf_counter()
     if query.p == 2:
         raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
@@ -292,26 +332,68 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     sampled = _sampled_lower(pw, T, query)
     size = {"variables": model.n, "binaries": int(sum(model.integer)), "constraints": A.shape[0],
             "unstable_units": int(sum(len(u) for u in layout["unst"])), "units": pw.n_units}
-    left = math.inf if budget.timeout_s is None else budget.timeout_s - margin_s - (time.perf_counter() - t0)
-    if left <= 0:
-        return Bound(None, "upper", "timeout", stats=size, error="the budget ran out while building the program")
     run = _gurobi if backend == "gurobi" else _highs
-    out = run(model, A, rlo, rhi, obj, left, rtol / 10, budget.threads)
-    stats = {**size, "backend": out["backend"], "nodes": out.get("nodes"), "build_s": out["t_start"] - t0,
-             "solver_status": out["status_text"]}
-    if out.get("license_limit"):
-        return Bound(None, "upper", "license_limit", stats=stats,
-                     error=f"the size-limited Gurobi licence refused the model ({model.n} variables, "
-                           f"{A.shape[0]} constraints; limit 2,000 each): use backend highs")
-    if out["upper"] is None:
+    points = [sampled] if sampled is not None else []
+    cuts: list[np.ndarray] = []           # no-good cuts, one row each over the model's variables
+    upper, out, stop, nodes, tie, t_first, t_cut = None, None, None, 0, False, None, None
+    while True:
+        left = math.inf if budget.timeout_s is None else budget.timeout_s - margin_s - (time.perf_counter() - t0)
+        if left <= 0:
+            if out is None:
+                return Bound(None, "upper", "timeout", stats=size, error="the budget ran out while building the program")
+            stop = "budget"
+            break
+        if cuts:
+            Ac = sp.vstack([A, sp.csr_matrix(np.array(cuts))]).tocsr()
+            lo_c = np.r_[rlo, [1.0 - float(np.sum(c < 0)) for c in cuts]]
+            hi_c = np.r_[rhi, np.full(len(cuts), np.inf)]
+        else:
+            Ac, lo_c, hi_c = A, rlo, rhi
+        res = run(model, Ac, lo_c, hi_c, obj, left, rtol / 10, budget.threads)
+        t_first = res["t_start"] if t_first is None else t_first
+        if res.get("license_limit") or res["upper"] is None:
+            if out is None:
+                out = res
+            else:   # a re-solve with cuts gave nothing: the last solve's bounds stand
+                stop = "license_limit" if res.get("license_limit") else (
+                    "budget" if res.get("timed_out") else f"{res['backend']}: {res['status_text']}")
+            break
+        out = res
+        nodes += out.get("nodes") or 0
+        upper = out["upper"] if upper is None else min(upper, out["upper"])   # every one is sound (docstring)
+        if out["timed_out"] or out["x"] is None:
+            break
+        state, inc, binaries = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
+        if state == "in":
+            points.append(inc)
+            tie = False
+            break
+        tie = True
+        if points and (upper + const) - max(v for v, _ in points) <= rtol * (upper + const) * 0.5:
+            tie = False   # a real region (the sampled one) already meets the dual bound
+            break
+        if state != "empty" or not binaries.size:   # (no binaries: a fixed pattern has no tie)
+            break   # undecided: a region too thin for the LP to say; cutting it could drop a real one
+        if len(cuts) >= max_cuts:
+            stop = "max_cuts"
+            break
+        t_cut = time.perf_counter() if t_cut is None else t_cut
+        # the no-good cut: sum_{K, a*=1} (1 - a) + sum_{K, a*=0} a >= 1 over the unit binaries K (_tie_cut)
+        ones = np.round(np.asarray(out["x"])[binaries]) > 0.5
+        row = np.zeros(model.n)
+        row[binaries] = np.where(ones, -1.0, 1.0)
+        cuts.append(row)
+    stats = {**size, "backend": out["backend"], "nodes": nodes if upper is not None else out.get("nodes"),
+             "build_s": t_first - t0, "solver_status": out["status_text"], "cuts": len(cuts),
+             "cuts_s": 0.0 if t_cut is None else time.perf_counter() - t_cut}
+    if upper is None:
+        if out.get("license_limit"):
+            return Bound(None, "upper", "license_limit", stats=stats,
+                         error=f"the size-limited Gurobi licence refused the model ({model.n} variables, "
+                               f"{A.shape[0]} constraints; limit 2,000 each): use backend highs")
         status_ = "timeout" if out["timed_out"] else "error"
         return Bound(None, "upper", status_, stats=stats, error=f"{out['backend']}: {out['status_text']}, no bound")
-    upper = (out["upper"] + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
-    points = [sampled] if sampled is not None else []
-    if out["x"] is not None:
-        inc = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
-        if inc is not None:
-            points.append(inc)
+    upper = (upper + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
     lower, wit = None, None
     if points and net is not None:   # the reported lower bound is a witnessed one (bench.witness)
         claimed = max(v for v, _ in points)
@@ -319,17 +401,23 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
         lower = settle(claimed, lower)   # 0 without a witness: a bound that needs none
     stats.update(upper=upper, lower=lower, witness=wit, incumbent=None if out["obj"] is None else out["obj"] + const)
     stats["gap"] = None if lower is None else (upper - lower) / upper if upper > 0 else 0.0
-    if out["timed_out"]:
+    if out["timed_out"] or stop == "budget":
         return Bound(upper, "upper", "timeout", stats=stats,
-                     error=f"budget reached: upper {upper:.6g}, lower {lower if lower is None else f'{lower:.6g}'}")
+                     error=f"budget reached{f' after {len(cuts)} tie cuts' if cuts else ''}: upper {upper:.6g}, "
+                           f"lower {lower if lower is None else f'{lower:.6g}'}")
     if lower is not None and lower > upper * (1 + 1e-9) + 1e-12:
         return Bound(None, "upper", "error", stats=stats,
                      error=f"{out['backend']} reported an upper bound {upper:.9g} below a certified lower bound "
                            f"{lower:.9g}: a solver tolerance failure, no value reported")
     if lower is not None and upper - lower <= rtol * upper + 1e-12:
         return Bound(upper, "exact", "ok", stats=stats)
-    stats["note"] = ("the solver closed, but the incumbent's activation pattern has no interior point in the "
-                     "domain (a tie): the value is a sound upper bound, not certified exact")
+    if tie:
+        why = ("the region LP could not decide whether it has one" if stop is None else
+               f"the size-limited Gurobi licence refused the program with {len(cuts)} cuts" if stop == "license_limit"
+               else f"max_cuts = {max_cuts} no-good cuts were spent" if stop == "max_cuts"
+               else f"the re-solve with {len(cuts)} cuts gave no bound ({stop})")
+        stats["note"] = ("the solver closed, but the incumbent's activation pattern has no interior point in the "
+                         f"domain (a tie) and {why}: the value is a sound upper bound, not certified exact")
     return Bound(upper, "upper", "ok", stats=stats)
 
 
@@ -351,8 +439,10 @@ def _sampled_lower(pw, T, query, n=256, seed=0) -> tuple[float, torch.Tensor] | 
     return float(v[k]) * (1 - DEFLATE), X[ok][k]
 
 
-def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> tuple[float, torch.Tensor] | None:
-    """The incumbent's region: its norm and a point strictly inside it, or None."""
+def _certify_incumbent(pw, T, query, x, layout, lo, hi):
+    """The incumbent's region: (state, (norm, point strictly inside) or None, the indices
+    of the unit binaries of the tie cut, or None); state as :func:`pwl.region_point`
+    says: ``in``, ``empty`` (no interior: a tie) or ``undecided``."""
     # the program's pattern: stable units as the forward pass at x has them (their bounds
     # fix them on the whole domain), unstable ones from the binaries
     yt = np.asarray(x)[layout["x"]]
@@ -366,11 +456,36 @@ def _certify_incumbent(pw, T, query, x, layout, lo, hi) -> tuple[float, torch.Te
         f[u] = True
         free.append(f)
     state, point = pwl.region_point(pw, pattern, lo, hi, free)
+    if state == "empty":
+        return state, None, _tie_cut(pw, pattern, free, layout, lo, hi)
     if state != "in":
-        return None
+        return state, None, None
     C = torch.as_tensor(pwl.targets(pw, query), dtype=torch.float64)
     J = T.jacobians(C, [torch.as_tensor(a)[None] for a in pattern])
-    return float(pwl.norms(J, query.p, query.is_pair)[0]) * (1 - DEFLATE), torch.as_tensor(point, dtype=torch.float64)
+    value = float(pwl.norms(J, query.p, query.is_pair)[0]) * (1 - DEFLATE)
+    return state, (value, torch.as_tensor(point, dtype=torch.float64)), None
+
+
+def _tie_cut(pw, pattern, free, layout, lo, hi) -> np.ndarray:
+    """The unit binaries a no-good cut on a tie pattern runs over: the fewest of this
+    greedy search whose values alone leave no interior.  The pre-activations of layer l
+    are affine in x given the pattern of the layers before it, so the constraints of the
+    layers 1..l (and of a subset S of layer l's units) depend on the binaries of layers
+    < l and of S only; when they already have no interior, neither has any pattern that
+    agrees there.  So: the shortest prefix of layers with no interior, then layer l's
+    units dropped one by one while it stays empty (one small LP each)."""
+    depth = len(pattern)
+    for li in range(depth):
+        if pwl.region_point(pw, pattern[:li + 1], lo, hi, free[:li + 1])[0] == "empty":
+            depth = li + 1
+            break
+    keep = free[depth - 1].copy()
+    for k in np.nonzero(keep)[0]:
+        keep[k] = False
+        if pwl.region_point(pw, pattern[:depth], lo, hi, free[:depth - 1] + [keep])[0] != "empty":
+            keep[k] = True
+    last = np.asarray(layout["a"][depth - 1], int)[keep[layout["unst"][depth - 1]]]
+    return np.concatenate([np.asarray(ab, int) for ab in layout["a"][:depth - 1]] + [last])
 
 
 def _highs(model, A, rlo, rhi, obj, time_limit, gap, threads):
