@@ -1,38 +1,84 @@
-"""Cost of the SDP verifiers on random 784-h-h-10 ReLU networks (the issue's target:
-certified LipSDP-Neuron on 784-256-256-10 within 60 s and 2 GB on 2 cores).  Each job
-runs in a fresh worker with a hard timeout, as in a suite.
+"""Cost of the SDP verifiers as networks grow: random 784-h-...-h-10 ReLU MLPs (width h,
+depth = number of hidden layers) and, with ``--networks DIR``, the conv nets a suite
+trained (e.g. the ``cifar`` suite's results folder).  Each job runs in a fresh worker
+with a hard timeout, as in a suite; the table gives the network, the verifier and its
+solver, the device, wall time, peak memory, the bound over the trivial bound and over
+the sampled lower bound.
 
-    python benchmarks/sdp_scaling.py [--widths 64 128 256] [--solvers NATIVE SCS] [--timeout 600]
+    python benchmarks/sdp_scaling.py [--widths 128 256] [--depths 2] \\
+        [--verifiers eclipse-fast eclipse lipsdp:NATIVE lipsdp:SCS] [--timeout 600] \\
+        [--device cpu|cuda] [--networks RESULTS/networks] [--csv out.csv]
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import glob
+import os
 
 import torch
 from torch import nn
 
 import bench
+from bench.network import load
+
+
+def mlps(widths, depths):
+    for d in depths:
+        for h in widths:
+            torch.manual_seed(0)
+            layers, n = [], 784
+            for _ in range(d):
+                layers += [nn.Linear(n, h), nn.ReLU()]
+                n = h
+            yield f"784-{'-'.join([str(h)] * d)}-10", nn.Sequential(*layers, nn.Linear(n, 10)), None
+
+
+def stored(folder):
+    for path in sorted(glob.glob(os.path.join(folder, "*.pt"))):
+        module, shape = load(path)
+        yield os.path.basename(path)[:-3], module, shape
 
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--widths", type=int, nargs="+", default=[64, 128, 256])
-    ap.add_argument("--solvers", nargs="+", default=["NATIVE", "SCS"])
+    ap.add_argument("--widths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
+    ap.add_argument("--depths", type=int, nargs="*", default=[2])
+    ap.add_argument("--verifiers", nargs="+", default=["eclipse-fast", "eclipse", "lipsdp:NATIVE"],
+                    help="verifier names; lipsdp:SOLVER picks lipsdp's solver")
     ap.add_argument("--timeout", type=float, default=600)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--networks", help="a folder of stored networks (a results folder's networks/) to add")
+    ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
-    print(f"{'network':<16} {'verifier':<22} {'status':<8} {'value':>10} {'/trivial':>8} {'wall_s':>8} {'peak_MB':>8}")
-    for h in args.widths:
-        torch.manual_seed(0)
-        net = nn.Sequential(nn.Linear(784, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 10))
-        tb = bench.verify(net, "trivial", p=2).value
-        runs = [("eclipse-fast", {})] + [("lipsdp", {"solver": s}) for s in args.solvers]
-        for name, kw in runs:
-            b = bench.verify(net, name, p=2, timeout=args.timeout, **kw)
-            label = name + (f" {kw['solver']}" if kw else "")
-            val = f"{b.value:.6g}" if b.value is not None else "-"
-            ratio = f"{b.value / tb:.3f}" if b.value is not None else "-"
-            print(f"784-{h}-{h}-10{'':<4} {label:<22} {b.status:<8} {val:>10} {ratio:>8} {b.wall_s:>8.1f} "
-                  f"{b.peak_mem_mb or 0:>8.0f}", flush=True)
+    nets = list(mlps(args.widths, args.depths)) + (list(stored(args.networks)) if args.networks else [])
+    cols = ["network", "verifier", "device", "status", "value", "bound/trivial", "bound/lower", "wall_s", "peak_MB"]
+    print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
+    rows = []
+    for label, module, shape in nets:
+        kw = {"input_shape": shape} if shape else {}
+        tb = bench.verify(module, "trivial", p=2, **kw).value
+        low = bench.lower_bound(module, p=2, samples=500, restarts=8, steps=30, timeout=args.timeout, **kw).value
+        for spec in args.verifiers:
+            name, _, solver = spec.partition(":")
+            params = {"solver": solver} if solver else {}
+            b = bench.verify(module, name, p=2, timeout=args.timeout, device=args.device, threads=args.threads,
+                             **params, **kw)
+            row = {"network": label, "verifier": spec, "device": args.device, "status": b.status,
+                   "value": b.value, "bound/trivial": b.value / tb if b.value else None,
+                   "bound/lower": b.value / low if b.value and low else None, "wall_s": b.wall_s,
+                   "peak_MB": b.peak_mem_mb}
+            rows.append(row)
+            fmt = {"value": "{:.6g}", "bound/trivial": "{:.3f}", "bound/lower": "{:.3f}", "wall_s": "{:.1f}",
+                   "peak_MB": "{:.0f}"}
+            print("| " + " | ".join("-" if row[c] is None else fmt.get(c, "{}").format(row[c]) for c in cols)
+                  + " |", flush=True)
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=cols)
+            w.writeheader()
+            w.writerows(rows)
 
 
 if __name__ == "__main__":

@@ -166,15 +166,31 @@ def test_unsupported_inputs_say_why():
     net = mlp([3, 4, 2])
     b = bench.verify(net, "lipsdp", p=math.inf)
     assert b.status == "unsupported" and "supports p in {2}" in b.error
-    from methods.layers import Abs, CReLU
-    crelu = nn.Sequential(nn.Linear(3, 4), CReLU(), nn.Linear(8, 2))
-    b = bench.verify(crelu, "lipsdp", p=2)
-    assert b.status == "unsupported" and "elementwise" in b.error
-    absnet = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 2))
-    b = bench.verify(absnet, "eclipse-fast", p=2)
-    assert b.status == "unsupported" and "lower slope" in b.error
-    ok = bench.verify(absnet, "lipsdp", p=2)  # LipSDP handles the sector [-1, 1]
-    assert ok.status == "ok" and ok.value <= bench.verify(absnet, "trivial", p=2).value * (1 + 1e-6)
+    gelu = nn.Sequential(nn.Linear(3, 4), nn.GELU(), nn.Linear(4, 2))  # a negative slope, no ReLU form
+    for name in ("eclipse", "eclipse-fast"):
+        b = bench.verify(gelu, name, p=2)
+        assert b.status == "unsupported" and "lower slope >= 0" in b.error
+    assert bench.verify(gelu, "lipsdp", p=2).status == "ok"  # LipSDP takes the slope range [-0.13, 1.13]
+
+
+@pytest.mark.parametrize("act", ["abs", "maxmin", "crelu"])
+def test_polyactivations_through_their_relu_forms_are_sound(act):
+    """|x|, MaxMin and CReLU: every SDP verifier answers (|x| in its sector [-1, 1] where
+    the verifier takes it, else through its exact ReLU form), above the exact constant."""
+    from methods.layers import Abs, CReLU, MaxMin
+    cls, w = {"abs": (Abs, 6), "maxmin": (MaxMin, 6), "crelu": (CReLU, 12)}[act]
+    torch.manual_seed(1)
+    net = nn.Sequential(nn.Linear(3, 6), cls(), nn.Linear(w, 6), cls(), nn.Linear(w, 2)).double()
+    exact = exact_lipschitz(net, 2.0, None)
+    runs = [("lipsdp", {}), ("lipsdp", {"form": "layer"}), ("eclipse", {}), ("eclipse-fast", {})]
+    runs += [] if act == "abs" else [("lipsdp", {"solver": "NATIVE"})]
+    for name, kw in runs:
+        b = bench.verify(net, name, p=2, **kw)
+        assert b.status == "ok" and b.value >= exact * (1 - 1e-9), (name, kw, b.value, exact, b.error)
+        sector = act == "abs" and name == "lipsdp"
+        assert ("relu_forms" in b.stats) != sector, (name, b.stats.get("relu_forms"))
+    if act == "abs":
+        assert bench.verify(net, "lipsdp", p=2, solver="NATIVE").status == "unsupported"  # |x|: use SCS
 
 
 def test_small_conv_network_is_unrolled():

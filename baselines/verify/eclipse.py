@@ -20,7 +20,9 @@ which must stay positive definite; at the end rho = lambda_max(G_K) (``sdp_commo
 Either way the multipliers T_k = rho L_k / 2 are then certified on the full LipSDP matrix
 (``sdp_common.certify``, block by block), so the reported value is a checked bound on the
 network.  The elimination drops the -2 a b W^T T W terms, which is sound only for a_k >= 0
-(ReLU, tanh, sigmoid, leaky ReLU): a negative lower slope (|x|) is ``unsupported``.
+(ReLU, tanh, sigmoid, leaky ReLU); |x|, CReLU and MaxMin are read through their exact
+ReLU forms (``sdp_common.relu_form``), and an elementwise map with a negative lower slope
+and no such form (GELU) is ``unsupported``.
 
 Conv layers are unrolled (``unsupported`` above the dense limit); a layer wider than
 ``MAX_NEURONS`` (a conv counts channels x pixels) is ``unsupported`` with its width.
@@ -37,7 +39,7 @@ from bench.network import Net
 from bench.registry import register
 
 from .sdp_common import (Chain, RepairError, certify, chain, chain_reason, device, eigs, input_gram, minimise, size_reason,
-                         stage, top_eig, torch_chain)
+                         stage, top_eig_estimate, torch_chain)
 
 
 def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, deadline: float = math.inf,
@@ -51,7 +53,7 @@ def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, dead
     Ls, stages = [], []
     for k, n in enumerate(ch.hidden):
         m = (ch.a[k] + ch.b[k]) / 2
-        l_fast = 1.0 / (2.0 * m * m * float(top_eig(G)))
+        l_fast = 1.0 / (2.0 * m * m * top_eig_estimate(G))
         L = torch.full((n,), l_fast, dtype=torch.float64, device=G.device)
         G_next = stage(tc, k, G, L, drop_ab=True)
         if G_next is None:
@@ -69,14 +71,14 @@ def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, dead
             cand = torch.exp(bp)
             with torch.no_grad():
                 Gc = stage(tc, k, G, cand, drop_ab=True)  # the stage's check, float64
-            if Gc is not None and float(top_eig(Gc)) < float(top_eig(G_next)):
+            if Gc is not None and top_eig_estimate(Gc) < top_eig_estimate(G_next):
                 L, G_next = cand, Gc
                 stages.append(f"native ({status})")
             else:
                 stages.append("closed form (the stage's answer was no better or failed the check)")
         Ls.append(L.detach())
         G = G_next.detach()
-    rho = float(top_eig(G))
+    rho = top_eig_estimate(G)
     T = [(rho * L / 2).cpu().numpy() for L in Ls]
     return T, float(np.sqrt(max(rho, 0.0))), {"stages": stages}
 
@@ -99,7 +101,7 @@ class _ECLipsEBase(Verifier):
                 or chain_reason(net, query, self.name, nonnegative_slopes=True))
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
-        ch = chain(net, query, self.name)
+        ch = chain(net, query, self.name, nonnegative=True)
         t0 = time.perf_counter()
         dev = device(budget)
         try:
@@ -110,11 +112,13 @@ class _ECLipsEBase(Verifier):
                                                              "max_iters": self.opts["max_iters"]}))
             stats["solve_s"] = time.perf_counter() - t0
             stats["raw_value"] = raw
-            value, cert = certify(ch, T, dev)
+            value, cert = certify(ch, T, dev, rho_hint=raw * raw)
         except (RepairError, np.linalg.LinAlgError) as e:
             return Bound(None, "upper", "error", error=f"not certified: {e}")
         stats.update(cert)
         stats["certify_s"] = time.perf_counter() - t0 - stats["solve_s"]
+        if ch.relu_forms:
+            stats["relu_forms"] = list(ch.relu_forms)
         return Bound(value, "upper", "ok", stats=stats)
 
 

@@ -39,7 +39,7 @@ class ECLipsENN(Verifier):
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         import torch
-        ch = chain(net, query, self.name)
+        ch = chain(net, query, self.name, nonnegative=True)
         ws = [torch.tensor(W, dtype=torch.float64) for W in ch.Ws]
         t0 = time.perf_counter()
         if self.opts["method"] == "fast":

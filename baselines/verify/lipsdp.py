@@ -1,4 +1,4 @@
-"""``lipsdp``: LipSDP-Neuron and LipSDP-Layer (Fazlyab et al., NeurIPS 2019) through cvxpy.
+"""``lipsdp``: LipSDP-Neuron and LipSDP-Layer (Fazlyab et al., NeurIPS 2019), through cvxpy or natively.
 
 The SDP of :mod:`baselines.verify.sdp_common` is solved in a well-conditioned, smaller
 but equivalent form, and the answer is certified on the original network:
@@ -16,22 +16,23 @@ SCS (first order, scales), CLARABEL (interior point, accurate, but through cvxpy
 needed 6.7 GB and 278 s for a 192-row LMI here: use it on small networks only), MOSEK
 (needs its licence); ``eps`` is the solver's tolerance (the certified value does not
 depend on it for soundness, only for tightness).  NATIVE is ours, for scale: it minimises
-rho(T) = lambda_max(-2ab W_0^T T_1 W_0 + O_0 (-C(T))^{-1}_11 O_0^T) (the least feasible rho
-for multipliers T, by the Schur complement) over log T with Adam, from ECLipsE-Fast's
-multipliers, with a Cholesky factor of the block-tridiagonal -C(T) per step instead of
-an eigendecomposition of the whole LMI.  When 30 steps gain less than ``eps``
-relatively (lambda_max is not smooth, so Adam stalls), it restarts from the best point
-with half the step size; it stops below a step size of 1e-4, after ``max_iters`` steps,
-or at the time limit.  Its answer is no optimum
-certificate: it is a feasible point, certified like any other, and at most slightly
-above the SDP's optimum (e.g. +0.06% on a 784-64-64-10 network, 1.4 s against SCS's 2.6 s).
-Conv layers are unrolled into dense matrices (``unsupported`` above the dense limit), and
-with a cvxpy solver a network of more than ``MAX_NEURONS`` hidden neurons (a conv counts
-channels x pixels) is ``unsupported`` with its size: one dense LMI of that order does not
-solve within a suite's budget (two ReLU convs, SCS, one thread: 2 x 256 neurons 122 s; 2 x 512 not
-certified after 144 s; 2 x 1024 a timeout at 150 s with 11.9 GB).  NATIVE, which never
-forms the LMI, starts from ECLipsE-Fast's multipliers and has ECLipsE-Fast's limit per
-layer.
+rho(L), the largest eigenvalue of the output-sized matrix W_L Y_K^{-1} W_L^T left by the
+forward block elimination (``sdp_common.rho_of``: one Cholesky factor per hidden layer,
+the -2ab terms included, differentiable), over log L with L-BFGS on a soft maximum of
+those eigenvalues (``sdp_common.minimise``), from ECLipsE-Fast's multipliers, in torch on
+the budget's device (CPU or CUDA); ``eps`` sets how far the soft maximum is sharpened,
+``max_iters`` caps the evaluations, and 80% of the budget caps its time.  Its answer is no
+optimum certificate: it is a feasible point, certified like any other, and usually at or
+slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).
+
+Every solver's multipliers are certified by ``sdp_common.certify`` (a block Cholesky
+factorisation per layer), so the structured path needs no dense LMI.  Conv layers are
+unrolled into dense matrices per layer (``unsupported`` above the dense limit).  With a
+cvxpy solver a network of more than ``MAX_NEURONS`` hidden neurons (a conv counts
+channels x pixels) is ``unsupported`` with its size: one dense LMI of that order does
+not solve within a suite's budget (two ReLU convs, SCS, one thread: 2 x 256 neurons 122 s;
+2 x 512 not certified after 144 s; 2 x 1024 a timeout at 150 s with 11.9 GB).  NATIVE
+has ECLipsE's limit per layer.
 """
 from __future__ import annotations
 
@@ -67,23 +68,26 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
 
 def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None):
     """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
-    hidden layer and an eigenvalue problem of the output's size) over log L with Adam,
-    from ECLipsE-Fast's multipliers; returns T = rho L / 2 (for the chain given)."""
+    hidden layer and an eigenvalue problem of the output's size) over log L with L-BFGS,
+    from ECLipsE-Fast's multipliers; returns T = rho L / 2 for the chain given (already
+    rescaled, ||W_k|| = 1).  A negative lower slope is refused: for |x| (a + b = 0) the
+    layers decouple, rho(L) depends on the last multipliers alone and the others only
+    through feasibility, a wall that gave L-BFGS nothing to follow (it stopped 17% above
+    SCS on small |x| nets)."""
     import torch
     from .eclipse import eclipse
-    if any(a < 0 for a in ch.a):
-        raise RepairError("solver NATIVE starts from ECLipsE-Fast, which needs lower slopes >= 0; use SCS")
     t0 = time.perf_counter()
     U, S, _ = np.linalg.svd(ch.Ws[0], full_matrices=False)
     tc = torch_chain(Chain([U * S] + ch.Ws[1:], ch.a, ch.b), device)  # the input reduced to W_0's rank
     G0 = tc.Ws[0] @ tc.Ws[0].T
+    sizes = ch.hidden
+    if any(a < 0 for a in ch.a):
+        raise RepairError("solver NATIVE needs activation slopes >= 0; use SCS")
     T0, fast, _ = eclipse(ch, fast=True, device=device)
-    rho0 = fast * fast
-    L0 = [2 * t / rho0 for t in T0]
+    L0 = [2 * t / (fast * fast) for t in T0]
     if form == "layer":
         L0 = [np.full(1, float(np.mean(l))) for l in L0]
     params = [torch.tensor(np.log(np.maximum(l, 1e-300)), device=G0.device, requires_grad=True) for l in L0]
-    sizes = ch.hidden
 
     def f(ps):
         return rho_of(tc, [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)],
@@ -92,7 +96,8 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     best, best_p, status = minimise(f, params, eps, max_iters, deadline)
     L = [np.exp(p.cpu().numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
     return [best * l / 2 for l in L], {"solver": "NATIVE", "solver_status": status,
-                                       "solve_s": time.perf_counter() - t0, "lmi_size": int(tc.Ws[0].shape[1] + sum(sizes)),
+                                       "solve_s": time.perf_counter() - t0,
+                                       "lmi_size": int(tc.Ws[0].shape[1] + sum(sizes)),
                                        "input_block": int(tc.Ws[0].shape[1]), "raw_rho_scaled": best}
 
 
@@ -146,7 +151,9 @@ def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_li
 @register
 class LipSDP(Verifier):
     name = "lipsdp"
-    version = "3"  # 2: NATIVE restarts with smaller steps on a plateau; 3: depth-geometric repair of T (|x| nets)
+    # 2: NATIVE restarts with smaller steps on a plateau; 3: depth-geometric repair of T (|x| nets);
+    # 4: NATIVE on the block elimination with L-BFGS, certification block by block (torch, CPU or CUDA)
+    version = "4"
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
@@ -166,11 +173,13 @@ class LipSDP(Verifier):
         if r:
             return r
         if self.opts["solver"] == "NATIVE":
-            from .eclipse import ECLipsEFast
-            reason = size_reason(net, f"{self.name} (solver NATIVE)", ECLipsEFast.MAX_NEURONS, per_layer=True)
+            from .eclipse import ECLipsE
+            reason = size_reason(net, f"{self.name} (solver NATIVE)", ECLipsE.MAX_NEURONS, per_layer=True)
         else:
             reason = size_reason(net, self.name, self.MAX_NEURONS, per_layer=False)
-        reason = reason or chain_reason(net, query, self.name)
+        reason = reason or chain_reason(net, query, self.name, negative=(
+            "solver NATIVE needs activation slopes >= 0 (for |x| its objective sees only the last layer's "
+            "multipliers); use solver SCS" if self.opts["solver"] == "NATIVE" else None))
         if reason:
             return reason
         if self.opts["solver"] == "MOSEK":
@@ -178,9 +187,6 @@ class LipSDP(Verifier):
                 import mosek  # noqa: F401
             except ImportError:
                 return "solver MOSEK needs the mosek package and its licence"
-        if self.opts["solver"] == "NATIVE" and any(
-                a.slope is not None and a.slope[0] < 0 for a in net.activations):
-            return "solver NATIVE starts from ECLipsE-Fast, which needs activation slopes >= 0; use solver SCS"
         return None
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
@@ -192,11 +198,14 @@ class LipSDP(Verifier):
             T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"],
                              0.8 * budget.timeout_s if budget.timeout_s else None, device=dev)
             t0 = time.perf_counter()
-            value, cert = certify(ch, unscale_T(T, s), dev)
+            hint = stats["raw_rho_scaled"] * float(np.prod(s)) ** 2 if stats["raw_rho_scaled"] is not None else None
+            value, cert = certify(ch, unscale_T(T, s), dev, rho_hint=hint)
         except RepairError as e:
             return Bound(None, "upper", "error", error=f"not certified: {e}")
         stats.update(cert)
         stats["certify_s"] = time.perf_counter() - t0
+        if ch.relu_forms:
+            stats["relu_forms"] = list(ch.relu_forms)
         if stats["raw_rho_scaled"] is not None:
             stats["raw_value"] = float(np.sqrt(max(stats["raw_rho_scaled"], 0.0)) * np.prod(s))
         return Bound(value, "upper", "ok", stats=stats)

@@ -11,18 +11,23 @@ D_k = -2 T_k - 2 a_{k+1} b_{k+1} W_k^T T_{k+1} W_k, D_last = -2 T_last + W_L^T W
 off-diagonal blocks O_k = (a_{k+1} + b_{k+1}) W_k^T T_{k+1}), then sqrt(rho) bounds the
 l2 Lipschitz constant.  Biases do not enter.
 
-The blocks are written once, in :func:`lmi_terms`, for any backend that supplies the few
-operations they need (:class:`Ops`): :data:`NUMPY` for the dense matrix of the
-certification (:func:`assemble`), :data:`TORCH` for the differentiable Schur complement of
-lipsdp's NATIVE solver, :data:`CVXPY` for lipsdp's SDP.
+The blocks are written once, in :func:`lmi_terms`, for the backends that need the
+assembled matrix (:class:`Ops`): :data:`CVXPY` for lipsdp's SDP, :data:`NUMPY` for
+:func:`assemble` and :func:`check`, the dense reference that the tests hold the
+structured certificate against.
 
-Certification (:func:`certify`): for given multipliers T (clipped at 0), the least rho
-is found by a Schur complement, rho_S = lambda_max(-2ab W_0^T T_1 W_0 + O_0 (-C)^{-1}_11 O_0^T)
-with C the matrix without the input block (which must be negative definite: else no rho
-works and the multipliers cannot be repaired), and then *checked* on the full, unreduced
-M in float64: rho is raised until the largest eigenvalue of M(rho) plus a bound on the
-rounding of its assembly and of the eigensolver is <= 0.  Only a rho that passes is
-reported.
+Everything else works block by block, one dense matrix per layer and never the whole LMI,
+in torch (float64) on the verifier's device, CPU or CUDA:
+
+- the forward elimination (:func:`input_gram`, :func:`stage`, :func:`rho_of`): for
+  normalised multipliers L_k = 2 T_k / rho the least rho is the largest eigenvalue of
+  an output-sized matrix, after one Cholesky factor per hidden layer: NATIVE's
+  objective, and ECLipsE's stages one layer at a time; :func:`minimise` is the solver
+  both use (L-BFGS on a soft maximum of the eigenvalues);
+- certification (:func:`certify`): a block Cholesky factorisation of -M(rho, T) - delta I
+  from the output backwards, with the rounding of the assembly and of the factorisation
+  bounded a posteriori and covered by the shift delta; rho comes from the input block's
+  Schur complement, and only a rho whose factorisation succeeds is reported.
 """
 from __future__ import annotations
 
@@ -46,21 +51,48 @@ class RepairError(Exception):
 @dataclass
 class Chain:
     """The network as W_0, ..., W_L (float64, out x in; the last one already the pair
-    row c^T W_L for a class-pair query) and the slope range [a_k, b_k] of activation k."""
+    row c^T W_L for a class-pair query) and the slope range [a_k, b_k] of activation k;
+    ``relu_forms`` names the activations read through their exact ReLU form."""
     Ws: list
     a: list
     b: list
+    relu_forms: tuple = ()
 
     @property
     def hidden(self) -> list[int]:
         return [W.shape[0] for W in self.Ws[:-1]]
 
 
-def chain(net: Net, query: Query, name: str) -> Chain:
+def relu_form(act: Activation) -> tuple[np.ndarray, np.ndarray] | None:
+    """(A, Q) with act(z) = Q relu(A z) exactly, from the description's piecewise-linear
+    form h = P z + Q relu(A z) (with P z = P relu(z) - P relu(-z)); None without one.
+    |x| = relu(x) + relu(-x), CReLU = (relu(x), relu(-x)), MaxMin's max(u, v) =
+    v + relu(u - v) and min(u, v) = u - relu(u - v)."""
+    try:
+        form = act.spec.pwl(act.in_dim) if act.spec is not None else None
+    except Unsupported:
+        return None
+    if form is None:
+        return None
+    P, Q, A = form
+    if np.any(P):
+        eye = np.eye(P.shape[1])
+        A, Q = np.vstack([A, eye, -eye]), np.hstack([Q, P, -P])
+    return A, Q
+
+
+def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain:
     """Read the network as an alternating chain, or raise Unsupported with the reason.
     Consecutive affine maps (a Linear and the BatchNorm after it, an average pooling and
     the Linear after it, ...) are composed into one matrix: exactly the same map, and
-    biases do not enter the LMI."""
+    biases do not enter the LMI.  An activation that is not elementwise (CReLU, MaxMin),
+    and with ``nonnegative`` one whose lower slope is negative (|x|: ECLipsE needs a >= 0),
+    is read through its exact ReLU form (:func:`relu_form`): its A joins the affine map
+    before it, its Q the one after, and the chain sees ReLUs (the same function, so the
+    same constant).  Sound, but loose: LipSDP's bound of the form is at least its largest
+    product W_L D ... D W_0 over 0/1 diagonal D, which for |x| = relu(x) + relu(-x) doubles
+    per layer (the hard suite's ``identity`` family); |x| keeps its sector [-1, 1] where
+    the verifier takes negative slopes."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
     if query.domain != "global":
@@ -74,31 +106,45 @@ def chain(net: Net, query: Query, name: str) -> Chain:
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
         raise Unsupported(f"{name} needs affine layers separated by single activations, starting and ending "
                           f"with an affine layer (got {' '.join(kinds)})")
-    Ws, a, b = [], [], []
-    prev_affine = False
+    Ws, a, b, forms = [], [], [], []
+    prev_affine, after = False, None
     for l in layers:
         if isinstance(l, Affine):   # consecutive affine maps (e.g. Linear, BatchNorm) compose exactly
             if prev_affine:
                 Ws[-1] = l.matrix() @ Ws[-1]
             else:
-                Ws.append(l.matrix())
+                Ws.append(l.matrix() if after is None else l.matrix() @ after)
+                after = None
             prev_affine = True
-        else:
-            prev_affine = False
-            if not l.elementwise:
-                raise Unsupported(f"{name} needs elementwise slope-restricted activations; {l.name} is not")
+            continue
+        prev_affine = False
+        if l.elementwise and (l.slope[0] >= 0 or not nonnegative):
             a.append(float(l.slope[0]))
             b.append(float(l.slope[1]))
+            continue
+        form = relu_form(l)
+        if form is not None:
+            A, after = form
+            Ws[-1] = A @ Ws[-1]
+            a.append(0.0)
+            b.append(1.0)
+            forms.append(l.name)
+        elif l.elementwise:
+            a.append(float(l.slope[0]))  # no ReLU form (GELU, ...): the caller refuses a < 0
+            b.append(float(l.slope[1]))
+        else:
+            raise Unsupported(f"{name} needs elementwise slope-restricted activations or a piecewise-linear "
+                              f"form; {l.name} has neither")
     if query.is_pair:
         i, j = query.target
         Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
-    return Chain(Ws, a, b)
+    return Chain(Ws, a, b, tuple(forms))
 
 
 @dataclass(frozen=True)
 class Ops:
     """What one backend supplies to :func:`lmi_terms`.  ``t`` is a layer's multiplier in
-    the backend's own form (a vector for numpy and torch, the matrix T for cvxpy); products
+    the backend's own form (a vector for numpy, the matrix T for cvxpy); products
     with a scalar, ``@``, ``+`` and ``.T`` are the backend's operators."""
     #: (W^T, t) -> W^T T: the columns of W^T scaled by t (never diag(t) formed for it)
     colscale: Callable
@@ -108,15 +154,8 @@ class Ops:
     eye: Callable
 
 
-def _torch_eye(n: int):
-    import torch
-    return torch.eye(n, dtype=torch.float64)
-
-
 #: numpy arrays: t a vector
 NUMPY = Ops(colscale=lambda Wt, t: Wt * t, diag=np.diag, eye=np.eye)
-#: torch tensors (float64, differentiable in t): t a vector
-TORCH = Ops(colscale=lambda Wt, t: Wt * t, diag=lambda t: t.diag(), eye=_torch_eye)
 #: cvxpy expressions: t is already the diagonal matrix T (cp.diag(variable), or
 #: variable * I for one multiplier per layer)
 CVXPY = Ops(colscale=lambda Wt, T: Wt @ T, diag=lambda T: T, eye=np.eye)
@@ -130,7 +169,7 @@ def lmi_terms(ch: Chain, T: list, ops: Ops, rho=None, absolute: bool = False) ->
     (last block) W_L^T W_L.  The -2ab terms are left out where ab = 0 (ReLU, tanh, ...).
 
     ``ch.Ws`` and ``T`` hold the backend's matrices and multipliers (see :class:`Ops`), so
-    that numpy, torch and cvxpy build one matrix.  ``ch.Ws[0]`` may be lipsdp's reduced
+    that numpy and cvxpy build one matrix.  ``ch.Ws[0]`` may be lipsdp's reduced
     U S (W_0 = U S V^T): the input blocks are then those of W_0 in the basis V.
     ``rho=None`` leaves out the -rho I term.  With ``absolute`` every scalar coefficient is
     replaced by its absolute value (the caller passes |W_k| and |t_k|): the entrywise bound
@@ -145,11 +184,9 @@ def lmi_terms(ch: Chain, T: list, ops: Ops, rho=None, absolute: bool = False) ->
         ab, apb = ch.a[k] * ch.b[k], ch.a[k] + ch.b[k]
         if ab != 0:
             yield k, k, f(-2 * ab) * (WtT @ W)
-        yield k, k + 1, f(apb) * WtT
-        # O_k^T from its own product, not O_k.T: the torch graph then sums NATIVE's
-        # gradients in the same order as before this builder existed (NATIVE's path is
-        # sensitive to the last bit, and the suites' numbers are kept)
-        yield k + 1, k, (f(apb) * ops.colscale(W.T, t)).T
+        O = f(apb) * WtT
+        yield k, k + 1, O
+        yield k + 1, k, O.T
         yield k + 1, k + 1, f(-2) * ops.diag(t)
     yield K, K, ch.Ws[-1].T @ ch.Ws[-1]
 
@@ -175,17 +212,23 @@ def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool) -> str |
             f"(beyond that it cannot finish in a suite's budget); {what} (convs unrolled: channels x pixels)")
 
 
-def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False) -> str | None:
-    """Why :func:`chain` cannot read this network for this query (None if it can); with
-    ``nonnegative_slopes``, also an activation with a negative lower slope (the ECLipsE
-    elimination drops the -2ab W^T T W terms, sound only for a >= 0)."""
+def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False,
+                 negative: str | None = None) -> str | None:
+    """Why :func:`chain` cannot read this network for this query (None if it can).  With
+    ``nonnegative_slopes`` the chain is read as ECLipsE reads it (ReLU forms for |x|) and an
+    activation left with a negative lower slope is refused (the elimination drops the
+    -2ab W^T T W terms, sound only for a >= 0); ``negative``, if given, is the reason to
+    refuse a negative lower slope in the chain as read without them."""
     try:
-        ch = chain(net, query, name)
+        ch = chain(net, query, name, nonnegative_slopes)
     except Unsupported as e:
         return str(e)
-    if nonnegative_slopes and any(a < 0 for a in ch.a):
-        return (f"{name} drops the -2ab W^T T W terms, sound only for activations with a lower slope >= 0 "
-                f"(this network has {min(ch.a)})")
+    if any(a < 0 for a in ch.a):
+        if nonnegative_slopes:
+            return (f"{name} needs activations with a lower slope >= 0 or a piecewise-linear (ReLU) form "
+                    f"(this network has a slope range down to {min(ch.a)} and no such form)")
+        if negative:
+            return negative
     return None
 
 
@@ -202,7 +245,8 @@ def assemble(ch: Chain, rho: float, T: list[np.ndarray], absolute: bool = False)
 
 
 def check(ch: Chain, rho: float, T: list[np.ndarray]) -> tuple[bool, float, float]:
-    """(passes, computed lambda_max, error margin) of the float64 check of M(rho, T) <= 0."""
+    """(passes, computed lambda_max, error margin) of a dense float64 check of M(rho, T) <= 0:
+    the reference the tests hold :func:`certify` against on small networks."""
     M = assemble(ch, rho, T)
     N = M.shape[0]
     lam = float(scipy.linalg.eigvalsh(M, subset_by_index=[N - 1, N - 1], check_finite=True)[0])
@@ -289,6 +333,21 @@ def top_eig(G):
     return eigs(G)[-1]
 
 
+def top_eig_estimate(G) -> float:
+    """The largest eigenvalue of a symmetric torch matrix, not differentiated: dense below
+    512 rows, Lanczos (ARPACK, to 1e-12 relatively) above, where a full eigendecomposition
+    costs seconds (15 s at 4,096 rows here).  Only ever a choice of multipliers or of the
+    rho to try: a certificate rests on a factorisation, never on this number."""
+    n = G.shape[0]
+    if n <= 512:
+        return float(top_eig(G))
+    import scipy.sparse.linalg
+    A = G.detach().cpu().numpy()
+    A = (A + A.T) / 2
+    v0 = np.ones(n) / math.sqrt(n)
+    return float(scipy.sparse.linalg.eigsh(A, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
+
+
 def rho_of(tc: Chain, Ls: list, G0=None):
     """The eigenvalues of W_L Y_K^{-1} W_L^T, the largest of which is the least rho for
     normalised multipliers L (full LipSDP-Neuron, a b terms included), differentiable;
@@ -372,7 +431,7 @@ def _gamma(k: int) -> float:
     return k * u / (1 - k * u)
 
 
-def certify(ch: Chain, T: list[np.ndarray], device=None) -> tuple[float, dict]:
+def certify(ch: Chain, T: list[np.ndarray], device=None, rho_hint: float | None = None) -> tuple[float, dict]:
     """The certified bound sqrt(rho) for multipliers T, and what was done.
 
     N = -M(rho, T) >= 0 is proved by a block Cholesky factorisation of N - delta I taken
@@ -391,7 +450,10 @@ def certify(ch: Chain, T: list[np.ndarray], device=None) -> tuple[float, dict]:
     The multipliers must make the hidden part strictly feasible: a solver's optimum sits
     on the boundary, so T is enlarged slightly until it is -- first uniformly, then
     geometrically by depth, T_k (1 + s)^(K - k) (where the hidden block is homogeneous in
-    T, e.g. |x|, only this makes -2 T_k win)."""
+    T, e.g. |x|, only this makes -2 T_k win).
+
+    ``rho_hint`` (the solver's value) sizes the shift before the first factorisation; without
+    it, or if it is too small, the hidden blocks are factorised twice."""
     import torch
     tc = torch_chain(ch, device)
     T0 = [torch.as_tensor(np.maximum(np.asarray(t, dtype=np.float64), 0.0), device=tc.Ws[0].device) for t in T]
@@ -401,7 +463,7 @@ def certify(ch: Chain, T: list[np.ndarray], device=None) -> tuple[float, dict]:
     for n, (scale, factor) in enumerate(repairs):
         Ts = [t * factor(k) for k, t in enumerate(T0)]
         try:
-            value, stats = _certify_blocks(tc, Ts)
+            value, stats = _certify_blocks(tc, Ts, rho_hint)
             break
         except RepairError:
             if n == len(repairs) - 1:
@@ -504,23 +566,22 @@ def torch_norm(t):
     return torch.linalg.vector_norm(t.reshape(-1))
 
 
-def _certify_blocks(tc: Chain, T: list) -> tuple[float, dict]:
+def _certify_blocks(tc: Chain, T: list, rho_hint: float | None) -> tuple[float, dict]:
     import torch
     B = _Blocks(tc, T)
     n0 = B.n[0]
     N00 = B.input_block()
-    delta, passes = B.delta(0.0), 0
+    delta, passes = B.delta(1.05 * max(rho_hint or 0.0, 0.0)), 0
     while True:
         passes += 1
         X0, fro2 = B.factor_hidden(delta)
         # the input block's Schur complement: rho must exceed lambda_max(X_0^T X_0 - N_00)
         if N00 is None and X0.shape[0] < n0:
-            lam = float(top_eig(X0 @ X0.T))  # the same nonzero spectrum, smaller
+            lam = top_eig_estimate(X0 @ X0.T)  # the same nonzero spectrum, smaller
         else:
-            Q = X0.T @ X0 - (N00 if N00 is not None else 0)
-            lam = float(top_eig(Q))
+            lam = top_eig_estimate(X0.T @ X0 - (N00 if N00 is not None else 0))
         rho_s = max(lam, 0.0)
-        need = B.delta(rho_s * 1.01 + 1e-300)
+        need = B.delta(rho_s * (1 + 1e-6) + 1e-300)
         if delta >= need or passes == 3:
             break
         delta = 2 * need  # the input block's rounding is larger than guessed: factor again
