@@ -117,6 +117,12 @@ class Construct(Trainer):
               "bias": Param(0.0, "gate: beta, subtracted from every gated unit's bias (beta = k / width kills k units)",
                             ge=0, le=1)}
 
+    @classmethod
+    def network_label(cls, arch: dict, params: dict) -> str:
+        """``identity-depth3``, ``gate-bias0.125``: the family and its parameter."""
+        key = FAMILY_PARAM[params["family"]]
+        return f"{params['family']}-{key}{params[key]:g}"
+
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         t0 = time.perf_counter()
         P = self.opts
