@@ -631,7 +631,8 @@ def family_pages(pdf, df, fams=None):
         fig.text(0.5, 0.935, "\n".join(textwrap.wrap(
             "Hand-built networks (docs/hard.md). Global constant unless marked box (lirpa bounds boxes only); exact: "
             "bab or mip where it closed (kind exact). The SDP bounds never read biases; their ratio to the exact "
-            "constant grows with the trivial bound's where the construction defeats them.", 170)),
+            "constant grows with the trivial bound's where the construction defeats them. In the table, - is no bound (an "
+            "error, a timeout or unsupported: see the status page).", 170)),
             ha="center", va="top", fontsize=SMALL, color="#333333")
         axes = [fig.add_axes([0.07, 0.42, 0.38, 0.45]), fig.add_axes([0.57, 0.42, 0.38, 0.45])]
         for ax, ratio in zip(axes, (False, True)):
