@@ -361,3 +361,10 @@ class Trainer(Plugin):
 
     def train(self, dataset, arch: dict, seed: int, budget: Budget):  # pragma: no cover
         raise NotImplementedError
+
+    @classmethod
+    def network_label(cls, arch: dict, params: dict) -> str | None:
+        """What a network's id calls what this trainer made from ``arch`` and its resolved
+        ``params``; None (the default): the architecture's name.  A trainer that ignores
+        ``arch`` (``construct``) names its own."""
+        return None

@@ -138,7 +138,8 @@ class Suite:
                             job = TrainJob(cls.name, cls.version, resolved, arch, ds, seed, "", "",
                                            entry.timeout or self.timeout, data_dir, tuple(self.plugins))
                             key = job_key(job.ident())
-                            nid = f"{ds_name}-{cls.name}-{arch_name(arch)}-s{seed}-{key[:6]}"
+                            label = cls.network_label(arch, resolved) or arch_name(arch)
+                            nid = f"{ds_name}-{cls.name}-{label}-s{seed}-{key[:6]}"
                             jobs.append(replace(job, key=key, network_id=nid,
                                                 out_path=os.path.join(out_dir, "networks", nid + ".pt")))
         return jobs

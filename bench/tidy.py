@@ -13,8 +13,8 @@ Columns, beyond the store's result columns (see :data:`COLUMNS`):
     number of hidden dense layers; None for a network not built from ``hidden``);
 ``method``
     the training method as a reader names it: the trainer with the norm it trains for
-    where it has one, x the activation where it is not ReLU ("tb-penalty p=2 x abs",
-    "standard x tanh");
+    where it has one (or the family it builds, "construct identity"), x the activation
+    where it is not ReLU ("tb-penalty p=2 x abs", "standard x tanh");
 ``query``
     "p=2" or "p=inf, 3-8";
 ``best_lower``
@@ -52,17 +52,20 @@ def _arch(trainer_params: str) -> dict:
     return a if isinstance(a, dict) else {}
 
 
-def method_label(trainer: str, activation: str | None, p=None) -> str:
+def method_label(trainer: str, activation: str | None, p=None, family: str | None = None) -> str:
     """How a training method is named on every page: the trainer (with the norm it
-    trains for, where it has one: "tb-penalty p=2"), x the activation where it is not
+    trains for, where it has one: "tb-penalty p=2"; with the family of a trainer that
+    builds networks from one: "construct identity"), x the activation where it is not
     ReLU."""
     name = trainer if p is None else f"{trainer} p={p_name(parse_p(p))}"
+    name = name if family is None else f"{name} {family}"
     return name if activation in (None, "relu") else f"{name} x {activation}"
 
 
-def _trained_p(trainer_params: str):
+def _trained(trainer_params: str, key: str):
+    """A trainer parameter of a stored network (``p``, ``family``), or None."""
     try:
-        return json.loads(trainer_params or "{}").get("p")
+        return json.loads(trainer_params or "{}").get(key)
     except (TypeError, ValueError, AttributeError):
         return None
 
@@ -103,7 +106,8 @@ def frame(store_or_dir):
         t = tightness(r, best)
         d = dict(r)
         d.update(
-            method=method_label(r["trainer"], act, _trained_p(r.get("trainer_params"))), activation=act,
+            method=method_label(r["trainer"], act, _trained(r.get("trainer_params"), "p"),
+                                _trained(r.get("trainer_params"), "family")), activation=act,
             arch=arch_shape(a) if a else None,
             width=max(hidden) if hidden else None, depth=len(hidden) if hidden is not None else None,
             bias=a.get("bias", True) if a else None, query=query_label(r["p"], r["target"]),

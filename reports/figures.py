@@ -551,3 +551,121 @@ def certified_page(pdf, df, certified):
              fontsize=SMALL, color="#333333")
     _save(pdf, fig)
     return mean
+
+
+# ---- hand-built families (a trainer with a ``family`` parameter, e.g. construct)
+
+#: the family page's columns: (label, verifier, what its parameters must hold, which query)
+FAMILY_BOUNDS = (("trivial", "trivial", {}, "global"), ("LipSDP-Neuron", "lipsdp", {"form": "neuron"}, "global"),
+                 ("LipSDP-Layer", "lipsdp", {"form": "layer"}, "global"), ("ECLipsE", "eclipse", {}, "global"),
+                 ("ECLipsE-Fast", "eclipse-fast", {}, "global"), ("lirpa (box)", "lirpa", {}, "box"),
+                 ("lower", "lower", {}, "global"), ("exact", None, {}, "global"), ("exact (box)", None, {}, "box"))
+
+
+def _family_of(trainer_params):
+    try:
+        d = json.loads(trainer_params or "{}")
+    except (TypeError, ValueError):
+        return None, {}
+    return (d.get("family"), d) if isinstance(d, dict) else (None, {})
+
+
+def family_frame(df):
+    """One row per network of a hand-built family at p = 2 (the global query, and for
+    lirpa and "exact (box)" the first box): the family, the parameter that varies within it
+    and its value, each bound of :data:`FAMILY_BOUNDS` (the best ``ok`` value where several
+    parameter sets or solvers answer; "exact": an ``ok`` row of kind exact), and the ratios
+    trivial / exact and LipSDP-Neuron / exact.  Empty when the frame has no family."""
+    import pandas as pd
+    fam = df.trainer_params.map(lambda t: _family_of(t)[0])
+    d = df[fam.notna() & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
+    cols = ["family", "parameter", "value_of_parameter", "network"] + [c for c, *_ in FAMILY_BOUNDS] + \
+        ["trivial / exact", "LipSDP-Neuron / exact"]
+    if not len(d):
+        return pd.DataFrame(columns=cols)
+    d["family"] = fam[d.index]
+    boxes = sorted(x for x in d.domain.dropna().unique() if x != "global")
+    d["where"] = d.domain.map(lambda x: "global" if x == "global" else ("box" if boxes and x == boxes[0] else None))
+    rows = []
+    for family, g in d.groupby("family", sort=True):
+        params = {n: _family_of(t)[1] for n, t in g.groupby("network").trainer_params.first().items()}
+        keys = sorted({k for p in params.values() for k in p if k not in ("arch", "family")})
+        varies = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
+        key = varies[0] if varies else (keys[0] if keys else "network")
+        for net, h in g.groupby("network"):
+            row = {"family": family, "parameter": key, "value_of_parameter": params[net].get(key, net), "network": net}
+            for label, verifier, need, where in FAMILY_BOUNDS:
+                r = h[h["where"] == where]
+                if verifier is None:
+                    r = r[r.kind == "exact"]
+                else:
+                    r = r[r.verifier == verifier]
+                    if need:
+                        r = r[r.verifier_params.map(lambda s: all(_family_of(s)[1].get(k) == v for k, v in need.items()))]
+                row[label] = (r.value.max() if verifier == "lower" else r.value.min()) if len(r) else None
+            ex = row["exact"]
+            for label, top in (("trivial / exact", "trivial"), ("LipSDP-Neuron / exact", "LipSDP-Neuron")):
+                row[label] = row[top] / ex if ex and row[top] is not None else None
+            rows.append(row)
+    out = pd.DataFrame(rows, columns=cols)
+    return out.sort_values(["family", "value_of_parameter"], kind="stable").reset_index(drop=True)
+
+
+def _geometric(values) -> bool:
+    v = sorted(values)
+    return len(v) > 2 and v[0] > 0 and all(b / a >= 1.5 for a, b in zip(v, v[1:]))
+
+
+def family_pages(pdf, df, fams=None):
+    """One page per hand-built family: every bound against the family's parameter (log
+    scale), the ratio of each upper bound to the exact constant, and the numbers."""
+    fams = family_frame(df) if fams is None else fams
+    lines = {"trivial": ("trivial", "-"), "LipSDP-Neuron": ("lipsdp", "-"), "LipSDP-Layer": ("lipsdp", "--"),
+             "ECLipsE": ("eclipse", "-"), "ECLipsE-Fast": ("eclipse-fast", "-"), "lirpa (box)": ("lirpa", "-"),
+             "lower": ("lower", ":")}
+    for family, g in fams.groupby("family", sort=True):
+        key = g.parameter.iloc[0]
+        x = g.value_of_parameter.astype(float)
+        fig = plt.figure(figsize=A4L)
+        fig.suptitle(f"Family {family}: bounds (p = 2) against its parameter {key}", fontsize=TITLE)
+        fig.text(0.5, 0.935, "\n".join(textwrap.wrap(
+            "Hand-built networks (docs/hard.md). Global constant unless marked box (lirpa bounds boxes only); exact: "
+            "bab or mip where it closed (kind exact). The SDP bounds never read biases; their ratio to the exact "
+            "constant grows with the trivial bound's where the construction defeats them. In the table, - is no bound (an "
+            "error, a timeout or unsupported: see the status page).", 170)),
+            ha="center", va="top", fontsize=SMALL, color="#333333")
+        axes = [fig.add_axes([0.07, 0.42, 0.38, 0.45]), fig.add_axes([0.57, 0.42, 0.38, 0.45])]
+        for ax, ratio in zip(axes, (False, True)):
+            for k, label in enumerate(lines):
+                if label not in g or g[label].isna().all() or (ratio and label == "lower"):
+                    continue
+                c, m = style(lines[label][0])
+                y = g[label].astype(float) / (g["exact"].astype(float) if ratio else 1.0)
+                ok = y.notna() & (y > 0) & np.isfinite(y)
+                ax.plot(x[ok] * (1 + 0.01 * (k - 3)), y[ok], marker=m, color=c, ls=lines[label][1], lw=1.2, ms=5,
+                        label=label)
+            if not ratio and g["exact"].notna().any():
+                ok = g["exact"].astype(float) > 0
+                ax.plot(x[ok], g["exact"][ok].astype(float), color="black", lw=2.2, alpha=0.5, label="exact")
+            if _geometric(x.unique()):
+                ax.set_xscale("log")
+                ax.xaxis.set_major_locator(FixedLocator(sorted(x.unique())))
+                ax.xaxis.set_major_formatter(_PLAIN)
+                ax.xaxis.set_minor_locator(NullLocator())
+            ax.set_yscale("log")
+            _log_ticks(ax, "y")
+            ax.set_xlabel(key)
+            ax.set_ylabel("bound / exact constant (log)" if ratio else "bound on the Lipschitz constant (log)")
+            ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=SMALL, frameon=False, loc="best")
+        shown = [c for c in ("trivial", "LipSDP-Neuron", "LipSDP-Layer", "ECLipsE", "ECLipsE-Fast", "lirpa (box)",
+                             "lower", "exact", "trivial / exact", "LipSDP-Neuron / exact")]
+        cells = [[f"{v:g}"] + ["-" if r is None or (isinstance(r, float) and not math.isfinite(r)) else f"{r:.4g}"
+                               for r in row] for v, row in zip(g.value_of_parameter, g[shown].itertuples(index=False))]
+        tab = fig.add_axes([0.04, 0.02, 0.92, 0.3])
+        tab.axis("off")
+        t = tab.table(cellText=cells[:16], colLabels=[key] + shown, loc="upper center", cellLoc="right")
+        t.auto_set_font_size(False)
+        t.set_fontsize(SMALL)
+        t.scale(1, 1.0)
+        _save(pdf, fig)

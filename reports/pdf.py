@@ -609,6 +609,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     title = title or f"lipbench report: suite {info['suite']}"
     h = headline(df)
     tables, cert_table = [], None
+    fams = figures.family_frame(df)   # hand-built families (a trainer with a family parameter); often empty
     comp = sota.comparison(df, certified, nets) if len(df) else None   # None: no CIFAR networks to compare
     tmp = path + ".tmp"
     try:
@@ -631,6 +632,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 figures.cactus_page(pdf, df)
                 if scaling_note is None:
                     figures.scaling_page(pdf, df)
+                figures.family_pages(pdf, df, fams)
                 figures.anytime_pages(pdf, df)
                 cert_table = figures.certified_page(pdf, df, certified)
                 if comp is not None:
@@ -643,7 +645,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     finally:
         if os.path.exists(tmp):   # a failed report leaves the previous PDF, not half a new one
             os.unlink(tmp)
-    _write_data(stem, df, h, tables, cert_table, comp)
+    _write_data(stem, df, h, tables, cert_table, comp, fams)
     return path
 
 
@@ -653,8 +655,10 @@ def _csv(frame_, path):
     os.replace(tmp, path)
 
 
-def _write_data(stem: str, df, h, tables, cert_table=None, comp=None):
+def _write_data(stem: str, df, h, tables, cert_table=None, comp=None, fams=None):
     _csv(df, stem + "-data.csv")
+    if fams is not None and len(fams):
+        _csv(fams, stem + "-families.csv")
     if cert_table is not None:
         _csv(cert_table, stem + "-certified.csv")
     if comp is not None:
