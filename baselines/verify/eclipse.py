@@ -97,7 +97,8 @@ class _ECLipsEBase(Verifier):
     MAX_NEURONS = 8192
 
     def supports(self, net: Net, query: Query) -> str | None:
-        return (super().supports(net, query) or size_reason(net, self.name, self.MAX_NEURONS, per_layer=True)
+        return (super().supports(net, query)
+                or size_reason(net, self.name, self.MAX_NEURONS, per_layer=True, nonnegative=True)
                 or chain_reason(net, query, self.name, nonnegative_slopes=True))
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:

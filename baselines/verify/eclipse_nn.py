@@ -34,7 +34,7 @@ class ECLipsENN(Verifier):
 
     def supports(self, net: Net, query: Query) -> str | None:
         limit = self.MAX_NEURONS[self.opts["method"]]
-        return (super().supports(net, query) or size_reason(net, self.name, limit, per_layer=True)
+        return (super().supports(net, query) or size_reason(net, self.name, limit, per_layer=True, nonnegative=True)
                 or chain_reason(net, query, self.name, nonnegative_slopes=True))
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:

@@ -196,18 +196,29 @@ def block_offsets(ch: Chain) -> np.ndarray:
     return np.concatenate([[0], np.cumsum([ch.Ws[0].shape[1]] + ch.hidden)]).astype(int)
 
 
-def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool) -> str | None:
+#: neurons of an activation's ReLU form per input (MaxMin: 5 per pair of inputs; CReLU and
+#: |x|: 2 per input), the most of them, for the size check before the form is built
+RELU_FORM_WIDTH = 2.5
+
+
+def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegative: bool = False) -> str | None:
     """Why the network is too large for an SDP verifier (None if it is not): its hidden
     neurons, all of them (``per_layer`` False: LipSDP's one LMI) or the widest layer's
     (ECLipsE's stages), counted from the walk's shapes before anything is unrolled.  A
-    conv counts every channel at every pixel, so conv nets pass the limit quickly."""
-    widths = [(a.in_dim, a.index) for a in net.activations]
+    conv counts every channel at every pixel, so conv nets pass the limit quickly; an
+    activation read through its ReLU form (see :func:`chain`; ``nonnegative`` as there)
+    counts ``RELU_FORM_WIDTH`` neurons per input."""
+    def width(a):
+        plain = a.elementwise and (a.slope[0] >= 0 or not nonnegative)
+        return a.in_dim if plain else int(math.ceil(RELU_FORM_WIDTH * a.in_dim))
+    widths = [(width(a), a.index) for a in net.activations]
     if not widths:
         return None
     n, index = max(widths, key=lambda w: w[0]) if per_layer else (sum(w for w, _ in widths), None)
     if n <= max_neurons:
         return None
     what = f"layer {index} has {n:,} neurons" if per_layer else f"the network has {n:,} hidden neurons"
+    what += " (ReLU forms counted)" if any(w != a.in_dim for (w, _), a in zip(widths, net.activations)) else ""
     return (f"{name} solves networks up to {max_neurons:,} {'neurons per layer' if per_layer else 'hidden neurons'} "
             f"(beyond that it cannot finish in a suite's budget); {what} (convs unrolled: channels x pixels)")
 
