@@ -286,3 +286,36 @@ def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(s
     assert top(rho * (1 + 1e-6)) < 0 < top(rho * (1 - 1e-6))
     r.backward()
     assert all(bool(torch.isfinite(l.grad).all()) for l in L)
+
+
+def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
+    """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
+    the same SDP value, on MLPs and on a small conv net (unrolled per layer)."""
+    for seed in range(3):
+        net = mlp([5, 12, 10, 3], seed=seed)
+        ref = bench.verify(net, "lipsdp", p=2, solver="CLARABEL", eps=1e-9).value
+        assert bench.verify(net, "lipsdp", p=2, solver="NATIVE", eps=1e-7).value == pytest.approx(ref, rel=1e-5)
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
+    kw = {"p": 2, "input_shape": (1, 5, 5)}
+    ref = bench.verify(conv, "lipsdp", solver="CLARABEL", eps=1e-9, **kw).value
+    native = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, **kw).value
+    assert ref <= native <= ref * (1 + 1e-3)
+    assert native <= bench.verify(conv, "eclipse", **kw).value <= bench.verify(conv, "eclipse-fast", **kw).value
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_the_gpu_path_certifies_the_same_value():
+    """NATIVE, ECLipsE and the certificate on CUDA: the same certified values as on the CPU
+    (float64 on both; the solver's path may differ in the last bits)."""
+    from baselines.verify.eclipse import eclipse
+    net = mlp([20, 64, 64, 10], seed=3)
+    for name, kw in [("lipsdp", {"solver": "NATIVE"}), ("eclipse", {}), ("eclipse-fast", {})]:
+        cpu = bench.verify(net, name, p=2, device="cpu", **kw)
+        gpu = bench.verify(net, name, p=2, device="cuda", **kw)
+        assert cpu.status == gpu.status == "ok" and gpu.value == pytest.approx(cpu.value, rel=1e-6), name
+    rng = np.random.default_rng(0)
+    ch = Chain([rng.normal(size=(30, 8)), rng.normal(size=(20, 30)), rng.normal(size=(3, 20))], [0.0, 0.0], [1.0, 1.0])
+    T = [1.05 * t for t in eclipse(ch, fast=True)[0]]
+    assert certify(ch, T, "cuda")[0] == pytest.approx(certify(ch, T, "cpu")[0], rel=1e-12)
