@@ -69,7 +69,7 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
 def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None):
     """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
     hidden layer and an eigenvalue problem of the output's size) over log L with L-BFGS,
-    from ECLipsE's multipliers (50 steps a stage, a tenth of the time); returns T = rho L / 2
+    from ECLipsE's multipliers (the layer form from ECLipsE-Fast's); returns T = rho L / 2
     for the chain given (already rescaled, ||W_k|| = 1).  A negative lower slope is refused: for |x| (a + b = 0) the
     layers decouple, rho(L) depends on the last multipliers alone and the others only
     through feasibility, a wall that gave L-BFGS nothing to follow (it stopped 17% above
@@ -83,11 +83,16 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     sizes = ch.hidden
     if any(a < 0 for a in ch.a):
         raise RepairError("solver NATIVE needs activation slopes >= 0; use SCS")
-    # ECLipsE's multipliers (its stages within a tenth of the time, 50 evaluations each): L-BFGS
-    # from ECLipsE-Fast's stalled at 8 on the hard suite's abs depth 8, where ECLipsE finds 1;
-    # on wide layers (an eigendecomposition of the next layer per step) the cap keeps it cheap
-    stage_deadline = t0 + 0.1 * time_limit if time_limit else math.inf
-    T0, value, _ = eclipse(ch, fast=False, max_iters=50, deadline=stage_deadline, device=device)
+    # the neuron form starts from ECLipsE's multipliers (its stages within a tenth of the time, 50
+    # evaluations each): L-BFGS from ECLipsE-Fast's stalled at 8 on the hard suite's abs depth 8,
+    # where ECLipsE finds 1; on wide layers (an eigendecomposition of the next layer per step) the
+    # cap keeps it cheap.  The layer form starts from ECLipsE-Fast's, one multiplier a layer already
+    # (the mean of ECLipsE's per layer need not be feasible).
+    if form == "layer":
+        T0, value, _ = eclipse(ch, fast=True, device=device)
+    else:
+        stage_deadline = t0 + 0.1 * time_limit if time_limit else math.inf
+        T0, value, _ = eclipse(ch, fast=False, max_iters=50, deadline=stage_deadline, device=device)
     L0 = [2 * t / (value * value) for t in T0]
     if form == "layer":
         L0 = [np.full(1, float(np.mean(l))) for l in L0]
@@ -98,6 +103,8 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
                       G0)
     deadline = t0 + time_limit if time_limit else math.inf
     best, best_p, status = minimise(f, params, eps, max_iters, deadline)
+    if not math.isfinite(best):
+        raise RepairError(f"solver NATIVE found no feasible multipliers ({status})")
     L = [np.exp(p.cpu().numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
     return [best * l / 2 for l in L], {"solver": "NATIVE", "solver_status": status,
                                        "solve_s": time.perf_counter() - t0,
