@@ -78,7 +78,8 @@ def relu_form(act: Activation) -> tuple[np.ndarray, np.ndarray] | None:
     if np.any(P):
         eye = np.eye(P.shape[1])
         A, Q = np.vstack([A, eye, -eye]), np.hstack([Q, P, -P])
-    return A, Q
+    used = np.any(Q != 0, axis=0)  # a unit whose output goes nowhere (P's zero columns) is dropped
+    return A[used], Q[:, used]
 
 
 def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain:
@@ -467,7 +468,10 @@ def certify(ch: Chain, T: list[np.ndarray], device=None, rho_hint: float | None 
     it, or if it is too small, the hidden blocks are factorised twice."""
     import torch
     tc = torch_chain(ch, device)
-    T0 = [torch.as_tensor(np.maximum(np.asarray(t, dtype=np.float64), 0.0), device=tc.Ws[0].device) for t in T]
+    # clipped at 0, and floored at 1e-12 of the layer's largest: a solver leaves exact zeros on
+    # neurons that couple to nothing (a zero column), and a zero multiplier no scaling repairs
+    T0 = [np.maximum(np.asarray(t, dtype=np.float64), 0.0) for t in T]
+    T0 = [torch.as_tensor(np.maximum(t, 1e-12 * t.max(initial=0.0)), device=tc.Ws[0].device) for t in T0]
     K = len(T0)
     repairs = [(s, lambda k, s=s: 1 + s) for s in (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
     repairs += [(-s, lambda k, s=s: (1 + s) ** (K - k)) for s in (1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
