@@ -263,8 +263,11 @@ def killed_midway(tmp_path, *args, wait_s=120):
     deadline = time.time() + wait_s
     while time.time() < deadline:
         time.sleep(0.2)
-        if os.path.exists(db) and len(rows(out)) >= 4:
-            break
+        try:
+            if os.path.exists(db) and len(rows(out)) >= 4:
+                break
+        except sqlite3.OperationalError:  # the file exists, its tables not yet
+            pass
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = rows(out)
