@@ -1,6 +1,5 @@
 """The exact verifiers ``mip`` (both backends) and ``bab`` against region enumeration,
 the class-pair trap, the soundness chain, budgets, and the LipBaB reference networks."""
-import glob
 import importlib.util
 import math
 import os
