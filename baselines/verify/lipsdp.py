@@ -169,7 +169,7 @@ class LipSDP(Verifier):
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
     install_hint = "pip install 'lipbench[sdp]'"
-    description = "LipSDP-Neuron / -Layer through cvxpy, certified in float64"
+    description = "LipSDP-Neuron / -Layer through cvxpy or the NATIVE solver, certified in float64 layer by layer"
     # eps 1e-5: SCS within ~0.1% of the optimum, 3-10x faster than 1e-6 (digits networks)
     params = {"form": Param("neuron", "one multiplier per neuron, or per layer", choices=("neuron", "layer")),
               "solver": Param("SCS", "cvxpy's SCS, CLARABEL or MOSEK, or our first-order NATIVE", choices=SOLVERS),
