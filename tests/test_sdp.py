@@ -183,14 +183,12 @@ def test_polyactivations_through_their_relu_forms_are_sound(act):
     net = nn.Sequential(nn.Linear(3, 6), cls(), nn.Linear(w, 6), cls(), nn.Linear(w, 2)).double()
     exact = exact_lipschitz(net, 2.0, None)
     runs = [("lipsdp", {}), ("lipsdp", {"form": "layer"}), ("eclipse", {}), ("eclipse-fast", {})]
-    runs += [] if act == "abs" else [("lipsdp", {"solver": "NATIVE"})]
+    runs += [("lipsdp", {"solver": "NATIVE"}), ("lipsdp", {"solver": "NATIVE", "form": "layer"})]
     for name, kw in runs:
         b = bench.verify(net, name, p=2, **kw)
         assert b.status == "ok" and b.value >= exact * (1 - 1e-9), (name, kw, b.value, exact, b.error)
         sector = act == "abs" and name == "lipsdp"
         assert ("relu_forms" in b.stats) != sector, (name, b.stats.get("relu_forms"))
-    if act == "abs":
-        assert bench.verify(net, "lipsdp", p=2, solver="NATIVE").status == "unsupported"  # |x|: use SCS
 
 
 def test_small_conv_network_is_unrolled():
@@ -213,11 +211,48 @@ def test_our_fast_equals_the_eclipse_nn_package():
         assert ours.value == pytest.approx(ref.value, rel=1e-8)
 
 
-def test_native_solver_on_abs_says_why():
+def test_symmetric_sectors_are_a_product_of_rescaled_norms():
+    """For |x| (slopes [-c, c]) LipSDP splits into diagonal blocks, and the multipliers of
+    ``symmetric_multipliers`` make each block singular: rho(u) is the least rho for them
+    (the dense LMI passes just above it and fails just below), u = 0 gives the trivial
+    bound, and the class-pair row is read the same way."""
+    from baselines.verify.sdp_common import symmetric, symmetric_factors, symmetric_multipliers, torch_chain
+    rng = np.random.default_rng(0)
+    for c, pair in [(1.0, False), (0.5, True)]:
+        Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(1 if pair else 3, 5))]
+        ch = Chain(Ws, [-c, -c], [c, c])
+        assert symmetric(ch) and not symmetric(Chain(Ws, [-c, 0.0], [c, 1.0]))
+        tc = torch_chain(ch)
+        us = [torch.as_tensor(rng.normal(size=n)) for n in ch.hidden]
+        T, rho = symmetric_multipliers(tc, us)
+        # block diagonal: the hidden blocks are singular (lambda_max 0), the input block decides
+        above, below = check(ch, rho * (1 + 1e-7), T)[1], check(ch, rho * (1 - 1e-7), T)[1]
+        assert abs(above) <= 1e-12 * rho and below >= 0.9e-7 * rho
+        assert certify(ch, T)[0] == pytest.approx(math.sqrt(rho), rel=1e-6)  # repaired to strict, then certified
+        assert math.prod(float(f[-1]) for f in symmetric_factors(tc, us)) == pytest.approx(rho, rel=1e-12)
+        zero = symmetric_multipliers(tc, [torch.zeros(n, dtype=torch.float64) for n in ch.hidden])[1]
+        tb = c ** 4 * math.prod(np.linalg.norm(W, 2) ** 2 for W in Ws)
+        assert zero == pytest.approx(tb, rel=1e-12)
+
+
+def test_native_on_abs_equals_an_interior_point_solver():
+    """NATIVE on |x| networks (the product of rescaled norms, from the trivial bound) reaches
+    Clarabel's LipSDP value; its layer form is the trivial bound; a chain that mixes |x|
+    with ReLU is refused with the reason."""
     from methods.layers import Abs
-    net = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 2))
-    b = bench.verify(net, "lipsdp", p=2, solver="NATIVE")
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = nn.Sequential(nn.Linear(5, 12), Abs(), nn.Linear(12, 10), Abs(), nn.Linear(10, 3)).double()
+        ref = bench.verify(net, "lipsdp", p=2, solver="CLARABEL", eps=1e-9).value
+        native = bench.verify(net, "lipsdp", p=2, solver="NATIVE", eps=1e-7)
+        assert native.stats["symmetric_sectors"] and native.value == pytest.approx(ref, rel=1e-5)
+        tb = bench.verify(net, "trivial", p=2).value
+        assert bench.verify(net, "lipsdp", p=2, solver="NATIVE", form="layer").value == pytest.approx(tb, rel=1e-8)
+        assert native.value < 0.95 * tb
+    mixed = nn.Sequential(nn.Linear(3, 4), Abs(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    b = bench.verify(mixed, "lipsdp", p=2, solver="NATIVE")
     assert b.status == "unsupported" and "use solver SCS" in b.error
+    assert bench.verify(mixed, "lipsdp", p=2).status == "ok"
 
 
 def _dense(terms, sizes, zeros):

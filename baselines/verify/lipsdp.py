@@ -23,7 +23,11 @@ those eigenvalues (``sdp_common.minimise``), from ECLipsE's multipliers, in torc
 the budget's device (CPU or CUDA); ``eps`` sets how far the soft maximum is sharpened,
 ``max_iters`` caps the evaluations, and 80% of the budget caps its time.  Its answer is no
 optimum certificate: it is a feasible point, certified like any other, and usually at or
-slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).
+slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).  On networks of
+|x| alone (every slope range symmetric, so the layers decouple) it minimises LipSDP's
+equivalent form, the product of diagonally rescaled layer norms
+(``sdp_common.symmetric_factors``), from the trivial bound; the layer form is the
+trivial bound there.
 
 Every solver's multipliers are certified by ``sdp_common.certify`` (a block Cholesky
 factorisation per layer), so the structured path needs no dense LMI.  Conv layers are
@@ -46,7 +50,7 @@ from bench.network import Net
 from bench.registry import register
 
 from .sdp_common import (CVXPY, Chain, RepairError, certify, chain, chain_reason, device, lmi_terms, minimise, rho_of,
-                         size_reason, torch_chain)
+                         size_reason, symmetric, symmetric_factors, symmetric_multipliers, torch_chain)
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -70,10 +74,14 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
     hidden layer and an eigenvalue problem of the output's size) over log L with L-BFGS,
     from ECLipsE's multipliers (the layer form from ECLipsE-Fast's); returns T = rho L / 2
-    for the chain given (already rescaled, ||W_k|| = 1).  A negative lower slope is refused: for |x| (a + b = 0) the
-    layers decouple, rho(L) depends on the last multipliers alone and the others only
-    through feasibility, a wall that gave L-BFGS nothing to follow (it stopped 17% above
-    SCS on small |x| nets)."""
+    for the chain given (already rescaled, ||W_k|| = 1).
+
+    Symmetric sectors (|x|, a + b = 0 in every layer) decouple the layers: there rho(L)
+    would see the last multipliers alone and the others only through feasibility, a wall
+    L-BFGS cannot follow (it stopped 17% above SCS), so NATIVE minimises LipSDP's
+    equivalent form instead, the product of diagonally rescaled layer norms
+    (``sdp_common.symmetric_factors``), from u = 0 (the trivial bound).  Any other
+    negative lower slope (a chain mixing |x| with other activations, GELU) is refused."""
     import torch
     from .eclipse import eclipse
     t0 = time.perf_counter()
@@ -81,8 +89,19 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     tc = torch_chain(Chain([U * S] + ch.Ws[1:], ch.a, ch.b), device)  # the input reduced to W_0's rank
     G0 = tc.Ws[0] @ tc.Ws[0].T
     sizes = ch.hidden
+    deadline = t0 + time_limit if time_limit else math.inf
+    stats = {"solver": "NATIVE", "lmi_size": int(tc.Ws[0].shape[1] + sum(sizes)), "input_block": int(tc.Ws[0].shape[1])}
+    if symmetric(ch):  # |x|: the product of diagonally rescaled layer norms, from the trivial bound (u = 0)
+        us = [torch.zeros(n, dtype=torch.float64, device=G0.device, requires_grad=form == "neuron") for n in sizes]
+        if form == "neuron":
+            _, us, status = minimise(lambda ps: symmetric_factors(tc, ps), us, eps, max_iters, deadline)
+        else:
+            status = "the layer form of a symmetric sector is the trivial bound: nothing to solve"
+        T, rho = symmetric_multipliers(tc, us)
+        return T, {**stats, "solver_status": status, "solve_s": time.perf_counter() - t0, "raw_rho_scaled": rho,
+                   "symmetric_sectors": True}
     if any(a < 0 for a in ch.a):
-        raise RepairError("solver NATIVE needs activation slopes >= 0; use SCS")
+        raise RepairError("solver NATIVE needs activation slopes >= 0 or all symmetric ([-c, c]); use SCS")
     # the neuron form starts from ECLipsE's multipliers (its stages within a tenth of the time, 50
     # evaluations each): L-BFGS from ECLipsE-Fast's stalled at 8 on the hard suite's abs depth 8,
     # where ECLipsE finds 1; on wide layers (an eigendecomposition of the next layer per step) the
@@ -101,15 +120,12 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     def f(ps):
         return rho_of(tc, [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)],
                       G0)
-    deadline = t0 + time_limit if time_limit else math.inf
     best, best_p, status = minimise(f, params, eps, max_iters, deadline)
     if not math.isfinite(best):
         raise RepairError(f"solver NATIVE found no feasible multipliers ({status})")
     L = [np.exp(p.cpu().numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
-    return [best * l / 2 for l in L], {"solver": "NATIVE", "solver_status": status,
-                                       "solve_s": time.perf_counter() - t0,
-                                       "lmi_size": int(tc.Ws[0].shape[1] + sum(sizes)),
-                                       "input_block": int(tc.Ws[0].shape[1]), "raw_rho_scaled": best}
+    return [best * l / 2 for l in L], {**stats, "solver_status": status, "solve_s": time.perf_counter() - t0,
+                                       "raw_rho_scaled": best}
 
 
 def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_limit: float | None,
@@ -164,7 +180,8 @@ class LipSDP(Verifier):
     name = "lipsdp"
     # 2: NATIVE restarts with smaller steps on a plateau; 3: depth-geometric repair of T (|x| nets);
     # 4: NATIVE on the block elimination with L-BFGS, certification block by block (torch, CPU or CUDA)
-    version = "4"
+    # 5: NATIVE takes |x| networks (the product of rescaled layer norms)
+    version = "5"
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
@@ -188,11 +205,14 @@ class LipSDP(Verifier):
             reason = size_reason(net, f"{self.name} (solver NATIVE)", ECLipsE.MAX_NEURONS, per_layer=True)
         else:
             reason = size_reason(net, self.name, self.MAX_NEURONS, per_layer=False)
-        reason = reason or chain_reason(net, query, self.name, negative=(
-            "solver NATIVE needs activation slopes >= 0 (for |x| its objective sees only the last layer's "
-            "multipliers); use solver SCS" if self.opts["solver"] == "NATIVE" else None))
+        reason = reason or chain_reason(net, query, self.name)
         if reason:
             return reason
+        if self.opts["solver"] == "NATIVE":
+            ch = chain(net, query, self.name)
+            if any(a < 0 for a in ch.a) and not symmetric(ch):
+                return ("solver NATIVE needs activation slopes >= 0, or every activation's slope range symmetric "
+                        f"([-c, c], as |x|); this network's go down to {min(ch.a):g} otherwise: use solver SCS")
         if self.opts["solver"] == "MOSEK":
             try:
                 import mosek  # noqa: F401

@@ -224,23 +224,18 @@ def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegat
             f"(beyond that it cannot finish in a suite's budget); {what} (convs unrolled: channels x pixels)")
 
 
-def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False,
-                 negative: str | None = None) -> str | None:
+def chain_reason(net: Net, query: Query, name: str, nonnegative_slopes: bool = False) -> str | None:
     """Why :func:`chain` cannot read this network for this query (None if it can).  With
     ``nonnegative_slopes`` the chain is read as ECLipsE reads it (ReLU forms for |x|) and an
     activation left with a negative lower slope is refused (the elimination drops the
-    -2ab W^T T W terms, sound only for a >= 0); ``negative``, if given, is the reason to
-    refuse a negative lower slope in the chain as read without them."""
+    -2ab W^T T W terms, sound only for a >= 0)."""
     try:
         ch = chain(net, query, name, nonnegative_slopes)
     except Unsupported as e:
         return str(e)
-    if any(a < 0 for a in ch.a):
-        if nonnegative_slopes:
-            return (f"{name} needs activations with a lower slope >= 0 or a piecewise-linear (ReLU) form "
-                    f"(this network has a slope range down to {min(ch.a)} and no such form)")
-        if negative:
-            return negative
+    if nonnegative_slopes and any(a < 0 for a in ch.a):
+        return (f"{name} needs activations with a lower slope >= 0 or a piecewise-linear (ReLU) form "
+                f"(this network has a slope range down to {min(ch.a)} and no such form)")
     return None
 
 
@@ -373,6 +368,55 @@ def rho_of(tc: Chain, Ls: list, G0=None):
     return None if G is None else eigs(G)
 
 
+def symmetric(ch: Chain) -> bool:
+    """Every activation's slope range is symmetric, [-c, c] with c > 0 (|x|): then a + b = 0
+    and LipSDP splits layer by layer (:func:`symmetric_factors`)."""
+    return bool(ch.a) and all(a + b == 0 and b > 0 for a, b in zip(ch.a, ch.b))
+
+
+def symmetric_factors(tc: Chain, us: list) -> list:
+    """LipSDP-Neuron for a :func:`symmetric` chain, as a product of scaled norms (torch,
+    differentiable in ``us``).
+
+    With slopes in [-c_k, c_k] every off-diagonal block (a + b) W_k^T T_{k+1} vanishes and
+    M(rho, T) <= 0 is the diagonal blocks alone: rho I >= 2 c_1^2 W_0^T T_1 W_0,
+    T_k >= c_{k+1}^2 W_k^T T_{k+1} W_k and 2 T_K >= W_L^T W_L.  For multipliers of shape
+    T_k = t_k E_k (E_k = diag(exp(u_k))) the least scalars t_k, taken from the output back,
+    make each block singular, and then
+      rho(u) = prod_k c_k^2 * prod_{k=0}^{K} ||E_{k+1}^{1/2} W_k E_k^{-1/2}||_2^2   (E_0 = E_{K+1} = I),
+    so LipSDP's value is the least product of diagonally rescaled layer norms (u = 0, and
+    the layer form, give the trivial bound).  Returns the eigenvalues of each factor's Gram
+    matrix (the smaller of B B^T and B^T B), c_k^2 folded into them: rho(u) is the product
+    of their largest.  :func:`symmetric_multipliers` gives the T."""
+    import torch
+    out, K = [], len(us)
+    for k, W in enumerate(tc.Ws):
+        B = W
+        if k > 0:
+            B = B * torch.exp(-us[k - 1] / 2)[None, :]
+        if k < K:
+            B = torch.exp(us[k] / 2)[:, None] * B
+        G = B @ B.T if B.shape[0] <= B.shape[1] else B.T @ B
+        c2 = tc.b[k] ** 2 if k < K else 1.0  # W_k meets the slope of the activation after it
+        out.append(c2 * eigs(G))
+    return out
+
+
+def symmetric_multipliers(tc: Chain, us: list) -> tuple[list[np.ndarray], float]:
+    """The multipliers T_k = t_k E_k of :func:`symmetric_factors` (each block made singular
+    from the output back) and rho(u), in float64."""
+    import torch
+    with torch.no_grad():
+        n = [float(l[-1]) for l in symmetric_factors(tc, us)]  # factor k, its slope's c^2 folded in
+    K = len(us)
+    t = [0.0] * K
+    t[K - 1] = n[K] / 2  # 2 T_K >= W_L^T W_L
+    for k in range(K - 2, -1, -1):  # T_k >= c_{k+1}^2 W_k^T T_{k+1} W_k
+        t[k] = n[k + 1] * t[k + 1]
+    rho = float(np.prod(n))  # = 2 n[0] t[0]: rho I >= 2 c_1^2 W_0^T T_1 W_0
+    return [t[k] * torch.exp(us[k]).detach().cpu().numpy() for k in range(K)], rho
+
+
 class _Deadline(Exception):
     pass
 
@@ -383,7 +427,9 @@ ROUND_ITERS = 100
 
 def minimise(f, params: list, eps: float, max_iters: int, deadline: float = math.inf):
     """Minimise the largest of the eigenvalues f(params) returns (a 1-d tensor, or None
-    outside the feasible set) over ``params`` (torch leaves).  A largest eigenvalue is not
+    outside the feasible set; or a list of such tensors, all positive, whose largest
+    entries' product is minimised, each softened on the log scale) over ``params`` (torch
+    leaves).  A largest eigenvalue is not
     smooth where eigenvalues meet, which is where its minimum lies, so L-BFGS (strong
     Wolfe line search) minimises the soft maximum tau log sum exp(lambda / tau) >=
     lambda_max instead, with tau a fraction of the best value, 1e-2 and then ten times
@@ -416,12 +462,18 @@ def minimise(f, params: list, eps: float, max_iters: int, deadline: float = math
                     infeasible += 1
                     # large but finite: the line search interpolates and steps back
                     return torch.tensor(1e3 * (abs(best) + 1), dtype=torch.float64)
-                v = float(lam[-1].detach())
+                if isinstance(lam, (list, tuple)):  # a product of largest eigenvalues, all positive
+                    v = math.prod(float(l[-1].detach()) for l in lam)
+                    # each factor's soft maximum on the log scale: tau is a relative precision
+                    logs = [torch.log(l.clamp_min(1e-300)) for l in lam]
+                    loss = torch.exp(sum(soft * torch.logsumexp(g / soft, 0) for g in logs))
+                else:
+                    v = float(lam[-1].detach())
+                    if tau is None:
+                        tau = soft * abs(v) + 1e-300
+                    loss = tau * torch.logsumexp(lam / tau, 0)
                 if v < best:
                     best, best_p = v, [p.detach().clone() for p in params]
-                if tau is None:
-                    tau = soft * abs(v) + 1e-300
-                loss = tau * torch.logsumexp(lam / tau, 0)
                 loss.backward()
                 return loss
             opt.step(closure)
