@@ -1,5 +1,5 @@
-"""Cost of the SDP verifiers as networks grow: random 784-h-...-h-10 ReLU MLPs (width h,
-depth = number of hidden layers) and, with ``--networks DIR``, the conv nets a suite
+"""Cost of the SDP verifiers as networks grow: random 784-h-...-h-10 MLPs (width h,
+depth = number of hidden layers; ReLU, or ``--activation abs`` for the paper's |x|) and, with ``--networks DIR``, the conv nets a suite
 trained (e.g. the ``cifar`` suite's results folder).  Each job runs in a fresh worker
 with a hard timeout, as in a suite; the table gives the network, the verifier and its
 solver, the device, wall time, peak memory, the bound over the trivial bound and over
@@ -7,7 +7,7 @@ the sampled lower bound.
 
     python benchmarks/sdp_scaling.py [--widths 128 256] [--depths 2] \\
         [--verifiers eclipse-fast eclipse lipsdp:NATIVE lipsdp:SCS] [--timeout 600] \\
-        [--device cpu|cuda] [--networks RESULTS/networks] [--csv out.csv]
+        [--device cpu|cuda] [--activation relu|abs] [--networks RESULTS/networks] [--csv out.csv]
 """
 from __future__ import annotations
 
@@ -23,15 +23,18 @@ import bench
 from bench.network import load
 
 
-def mlps(widths, depths):
+def mlps(widths, depths, activation="relu"):
+    from methods.layers import Abs
+    act = {"relu": nn.ReLU, "abs": Abs}[activation]
     for d in depths:
         for h in widths:
             torch.manual_seed(0)
             layers, n = [], 784
             for _ in range(d):
-                layers += [nn.Linear(n, h), nn.ReLU()]
+                layers += [nn.Linear(n, h), act()]
                 n = h
-            yield f"784-{'-'.join([str(h)] * d)}-10", nn.Sequential(*layers, nn.Linear(n, 10)), None
+            tag = "" if activation == "relu" else f" {activation}"
+            yield f"784-{'-'.join([str(h)] * d)}-10{tag}", nn.Sequential(*layers, nn.Linear(n, 10)), None
 
 
 def stored(folder):
@@ -48,11 +51,12 @@ def main():
                     help="verifier names; lipsdp:SOLVER picks lipsdp's solver")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--activation", choices=["relu", "abs"], default="relu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--networks", help="a folder of stored networks (a results folder's networks/) to add")
     ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
-    nets = list(mlps(args.widths, args.depths)) + (list(stored(args.networks)) if args.networks else [])
+    nets = list(mlps(args.widths, args.depths, args.activation)) + (list(stored(args.networks)) if args.networks else [])
     cols = ["network", "verifier", "device", "status", "value", "bound/trivial", "bound/lower", "wall_s", "peak_MB"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     rows = []

@@ -323,6 +323,36 @@ def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(s
     assert all(bool(torch.isfinite(l.grad).all()) for l in L)
 
 
+@pytest.mark.parametrize("slopes", [(0.0, 1.0), (-0.1, 1.1), (-0.5, 0.3)])
+def test_the_elimination_gradient_in_closed_form_equals_autograd(slopes):
+    """rho_of's backward is the adjoint of the elimination written out (rank r, no autograd
+    through Cholesky factors); it must equal autograd through the same steps (input_gram,
+    stage), the a b terms of negative lower slopes included, for any weights on the
+    eigenvalues (the soft maximum's)."""
+    from baselines.verify.sdp_common import eigs, input_gram, rho_of, stage, torch_chain
+    rng = np.random.default_rng(1)
+    Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(7, 5)), rng.normal(size=(3, 7))]
+    tc = torch_chain(Chain([W / np.linalg.norm(W, 2) for W in Ws], [slopes[0]] * 3, [slopes[1]] * 3))
+    Ls = [torch.tensor(rng.uniform(0.2, 0.4, size=n), requires_grad=True) for n in tc.hidden]
+    weights = torch.tensor([0.1, 0.3, 0.6], dtype=torch.float64)
+
+    def autograd_path():
+        G = input_gram(tc, Ls[0])
+        for k in range(len(Ls)):
+            G = stage(tc, k, G, Ls[k], Ls[k + 1] if k + 1 < len(Ls) else None)
+        return eigs(G)
+    grads = []
+    for f in (lambda: rho_of(tc, Ls), autograd_path):
+        lam = f()
+        (lam * weights).sum().backward()
+        grads.append([l.grad.clone() for l in Ls])
+        for l in Ls:
+            l.grad = None
+    assert torch.allclose(rho_of(tc, Ls), autograd_path().detach(), rtol=1e-12, atol=0)
+    for ours, ref in zip(*grads):
+        assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
+
+
 def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
     the same SDP value, on MLPs and on a small conv net (unrolled per layer)."""
