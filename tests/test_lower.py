@@ -70,3 +70,46 @@ def test_lower_rejects_bad_parameters():
         bench.lower_bound(mlp([2, 2]), far=2.0)
     with pytest.raises(bench.UserError, match="samples"):
         bench.lower_bound(mlp([2, 2]), samples=0)
+
+
+def _sin_net(c):
+    """f(x) = sum_i sin(x_i - c_i) + sin(2 (x_i - c_i)) / 2: a bias-free-after-the-first
+    -layer sinusoidal net with grad_i = cos u_i + cos 2 u_i (u = x - c), so its l2
+    constant is 2 sqrt(n), reached only at x = c (mod 2 pi), while TB = sqrt(10 n) sqrt 5 / sqrt n."""
+    from methods.layers import SinCos
+    n = len(c)
+    net = nn.Sequential(nn.Linear(n, 2 * n), SinCos(), nn.Linear(4 * n, 1, bias=False))
+    with torch.no_grad():
+        I = torch.eye(n, dtype=torch.float64)
+        net[0].weight.copy_(torch.cat([I, 2 * I]))
+        ct = torch.tensor(c, dtype=torch.float64)
+        net[0].bias.copy_(-torch.cat([ct, 2 * ct]))
+        net[2].weight.copy_(torch.cat([torch.ones(n), 0.5 * torch.ones(n), torch.zeros(2 * n)])[None])
+    return net.double()
+
+
+def test_lower_reaches_the_closed_form_constant_of_a_sinusoidal_net():
+    c = [0.3, 0.9, 0.1, 0.6, 0.45, 0.8, 0.2, 0.7]
+    net = _sin_net(c)
+    exact = 2 * math.sqrt(len(c))
+    tb = bench.verify(net, "trivial", p=2).value
+    assert tb > 1.2 * exact                      # the trivial bound is loose here
+    b = bench.lower_bound(net, p=2)
+    assert b.stats["aligned_dims"] >= 1
+    assert b.value <= exact * (1 + 1e-9)
+    assert b.value >= exact * (1 - 1e-4), (b.value, exact, b.stats)
+
+
+def test_lower_versions_differ_only_in_search():
+    """ascent normalized + aligned 0 is version 2's search; both stay sound on a net whose
+    constant is known."""
+    c = [0.5, 0.2, 0.9, 0.1]
+    net = _sin_net(c)
+    exact = 2 * math.sqrt(len(c))
+    v2 = bench.lower_bound(net, p=2, ascent="normalized", aligned=0.0)
+    v3 = bench.lower_bound(net, p=2)
+    assert v2.stats["aligned_dims"] == 0 and v3.stats["aligned_dims"] == 4
+    for b in (v2, v3):
+        assert b.value <= exact * (1 + 1e-9)
+    with pytest.raises(bench.UserError, match="ascent"):
+        bench.lower_bound(net, ascent="newton")
