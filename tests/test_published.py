@@ -40,7 +40,15 @@ def test_the_shipped_numbers_load_with_their_sources():
         assert r.parameters is None or r.parameters > 0
     # every row is its own result (the loader refuses a repeated one), and every paper is cited
     assert len({(r.method, r.model, r.source.key) for r in rows}) == len(rows)
-    assert {r.source.key for r in rows} == set(sota.load_sources(os.path.join(sota.PUBLISHED_DIR, "sources.csv")))
+    bounds = sota.load_lipschitz()
+    assert bounds, "reports/published/ holds no Lipschitz bound"
+    for r in bounds:
+        assert r.p in ("2", "inf") and r.bound > 0 and 0 < r.clean_pct <= 100, r
+        assert r.kind in sota.BOUND_KINDS and r.input_scaling in sota.INPUT_SCALINGS, r
+        assert r.source.arxiv, r     # every source has an arXiv identifier checked against its abstract page
+    assert len({(r.method, r.model, r.source.key) for r in bounds}) == len(bounds)
+    assert ({r.source.key for r in rows} | {r.source.key for r in bounds}
+            == set(sota.load_sources(os.path.join(sota.PUBLISHED_DIR, "sources.csv"))))
 
 
 def test_a_good_file(tmp_path):
@@ -218,3 +226,63 @@ def test_a_broken_data_file_fails_a_cifar_report_in_one_line(tmp_path):
         s.close()
     with pytest.raises(UserError, match=r"cifar10.csv, line 2: certified_pct 'sixty' is not a number"):
         sota.comparison(frame(out), certified, nets, folder=broken)
+
+
+# ---- published Lipschitz bounds: the same loader, a file's kind by its header
+
+LIP_HEADER = "method,dataset,norm,lipschitz_bound,bound_kind,input_scaling,clean_pct,model,parameters,source\n"
+LIP_ROW = "LBDN,MNIST,l2,5,by construction,pixels/255,97.24,MLP 784-64-64-10,,p24\n"
+
+
+def _lip_folder(tmp_path, rows, results=HEADER):
+    folder = _folder(tmp_path, results)
+    (tmp_path / "pub" / "lipschitz_mnist.csv").write_text("# comment\n" + LIP_HEADER + rows)
+    return folder
+
+
+def test_a_good_bounds_file_next_to_a_results_file(tmp_path):
+    folder = _lip_folder(tmp_path, LIP_ROW + "HKR,MNIST,linf,1.5,certified upper,standardised,96.06,CNN,27920,p24\n",
+                         HEADER + "AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n")
+    both = sota.load_folder(folder)
+    assert [r.method for r in both["certified"]] == ["AOL"] == [r.method for r in sota.load_published(folder)]
+    a, b = sota.load_lipschitz(folder)
+    assert (a.method, a.p, a.bound, a.kind, a.input_scaling, a.clean_pct, a.parameters, a.where) == \
+        ("LBDN", "2", 5.0, "by construction", "pixels/255", 97.24, None, "lipschitz_mnist.csv, line 3")
+    assert (b.p, b.bound, b.kind, b.input_scaling, b.parameters) == ("inf", 1.5, "certified upper", "standardised",
+                                                                     27920)
+    assert a.source.cite() == "One et al. 2024"
+
+
+@pytest.mark.parametrize("line,words", [
+    ("LBDN,MNIST,l2,five,by construction,pixels/255,97.24,MLP,,p24", "lipschitz_bound 'five' is not a number"),
+    ("LBDN,MNIST,l2,0,by construction,pixels/255,97.24,MLP,,p24", "lipschitz_bound 0 is not a positive, finite"),
+    ("LBDN,MNIST,l2,inf,by construction,pixels/255,97.24,MLP,,p24", "lipschitz_bound inf is not a positive, finite"),
+    ("LBDN,MNIST,l2,5,guessed,pixels/255,97.24,MLP,,p24", "unknown bound_kind 'guessed'"),
+    ("LBDN,MNIST,l2,5,by construction,[0 1],97.24,MLP,,p24", "unknown input_scaling '[0 1]'"),
+    ("LBDN,CIFAR-10,l2,5,by construction,pixels/255,97.24,MLP,,p24", "unknown data set 'CIFAR-10'"),
+    ("LBDN,MNIST,l3,5,by construction,pixels/255,97.24,MLP,,p24", "unknown norm 'l3'"),
+    ("LBDN,MNIST,l2,5,by construction,pixels/255,107,MLP,,p24", "clean_pct 107 is outside [0, 100]"),
+    ("LBDN,MNIST,l2,5,by construction,pixels/255,97.24,MLP,many,p24", "parameters 'many' is not a whole number"),
+    ("LBDN,MNIST,l2,5,by construction,pixels/255,97.24,MLP,,nobody", "source 'nobody' is not a key of sources.csv"),
+    ("LBDN,MNIST,l2,5,by construction,pixels/255,97.24,MLP,p24", "9 cells, the header has 10"),
+    ("LBDN,MNIST,l2,5,,pixels/255,97.24,MLP,,p24", "bound_kind is empty"),
+    ("LBDN,MNIST,l2,6,by construction,pixels/255,97.0,MLP 784-64-64-10,,p24", "the same result as line 3"),
+])
+def test_a_malformed_bounds_file_is_one_line_naming_the_line(tmp_path, line, words):
+    folder = _lip_folder(tmp_path, LIP_ROW + line + "\n")
+    for load in (sota.load_lipschitz, sota.load_published):    # every file is validated, whichever is asked for
+        with pytest.raises(UserError) as e:
+            load(folder)
+        msg = str(e.value)
+        assert "\n" not in msg and msg.startswith(os.path.join(folder, "lipschitz_mnist.csv") + ", line 4: "), msg
+        assert words in msg, msg
+
+
+def test_a_file_of_no_known_kind_names_both_headers(tmp_path):
+    folder = _folder(tmp_path, "# c\nmethod,dataset,norm,bound\n")
+    with pytest.raises(UserError) as e:
+        sota.load_folder(folder)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(os.path.join(folder, "cifar10.csv") + ", line 2: the header must be ")
+    assert "(certified accuracy) or method,dataset,norm,lipschitz_bound" in msg
+    assert "(Lipschitz bounds), not method,dataset,norm,bound" in msg
