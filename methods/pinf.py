@@ -38,7 +38,7 @@ def linears(net: nn.Module) -> tuple[list[np.ndarray], list[str]]:
     for m in net:
         if isinstance(m, nn.Linear):
             Ws.append(m.weight.detach().double().cpu().numpy())
-        else:
+        elif not isinstance(m, (nn.Flatten, nn.Identity, nn.Dropout)):   # no Jacobian of their own
             acts.append(type(m).__name__.lower())
     return Ws, acts
 
