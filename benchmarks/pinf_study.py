@@ -133,7 +133,7 @@ def exact_constant(net, timeout_bab: float, timeout_mip: float, lower_params: di
         b = verify(net, name, p=INF, timeout=to)
         if b.status == "unsupported":
             break
-        if b.kind == "exact":
+        if b.status == "ok" and b.kind == "exact":   # a killed job keeps the verifier's kind, without a value
             return b.value, "exact", name, b.value, time.perf_counter() - t0
         if b.value is not None:
             best_upper = min(best_upper, b.value)
@@ -156,7 +156,7 @@ def extra_queries(net, timeout: float) -> dict:
     for name, q in EXTRA.items():
         t = verify(net, "trivial", p=INF, **q).value
         b = verify(net, "bab", p=INF, timeout=timeout, **q)
-        ok = b.kind == "exact"
+        ok = b.status == "ok" and b.kind == "exact"
         out.update({f"tb_{name}": t, f"exact_{name}": b.value if ok else float("nan"),
                     f"tb_over_exact_{name}": t / b.value if ok and b.value else float("nan")})
     return out

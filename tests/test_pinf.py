@@ -48,7 +48,7 @@ def net_of(Ws, act=Abs, biases=None):
 
 def exact(net):
     b = verify(net, "bab", p=INF)
-    assert b.kind == "exact", b
+    assert b.status == "ok" and b.kind == "exact", b
     return b.value
 
 
