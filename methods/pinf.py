@@ -103,20 +103,22 @@ def _maxmin_best(Ws, S) -> float:
     return best
 
 
-def pattern_bound(Ws, acts, max_units: int = 16) -> float:
+def pattern_bound(Ws, acts, max_units: int = 16, max_inputs: int = 12) -> float:
     """P: max over *every* activation pattern (reachable or not) of ||W_L D ... D W_0||_inf
     for 2 hidden layers: the first layer's patterns enumerated (2^w0 for abs / relu,
     2^(w0/2) for maxmin), the second's chosen per unit, every input sign vector s.
-    NaN where that is too many."""
+    NaN where that is too many (more than ``max_units`` Abs / ReLU units or 2 ``max_units``
+    MaxMin units in the first hidden layer, or more than ``max_inputs`` inputs)."""
     if len(Ws) != 3 or len(set(acts)) != 1:
         return float("nan")
     act = acts[0]
     n = Ws[0].shape[1]
+    too_big = Ws[0].shape[0] > (2 * max_units if act == "maxmin" else max_units)
+    if n > max_inputs or too_big or act not in ("abs", "relu", "maxmin"):
+        return float("nan")
     S = np.array(list(itertools.product((-1.0, 1.0), repeat=n))).T      # (n, 2^n)
     if act == "maxmin":
-        return _maxmin_best(Ws, S) if Ws[0].shape[0] <= 2 * max_units else float("nan")
-    if act not in ("abs", "relu") or Ws[0].shape[0] > max_units:
-        return float("nan")
+        return _maxmin_best(Ws, S)
     vals = torch.tensor((-1.0, 1.0) if act == "abs" else (0.0, 1.0), dtype=torch.float64)
     W0, W1, W2 = (torch.as_tensor(W) for W in Ws)
     V = W0 @ torch.as_tensor(S)                                          # (w0, 2^n)

@@ -205,3 +205,11 @@ def test_nonneg_is_a_declared_parameter(tiny):
         T(sign="positive")
     net, _ = T(epochs=1, p="inf").train(tiny, {"hidden": [4], "activation": "abs"}, 0, Budget(60))
     assert any(float(l.weight.detach().min()) < 0 for l in net if isinstance(l, nn.Linear))   # free: signs stay free
+
+
+def test_pattern_bound_declines_large_networks_without_enumerating():
+    """64 inputs (digits) would be 2^64 sign vectors: NaN at once, not an out-of-memory."""
+    rng = np.random.default_rng(0)
+    Ws = [rng.normal(size=(8, 64)), rng.normal(size=(8, 8)), rng.normal(size=(3, 8))]
+    assert math.isnan(pattern_bound(Ws, ["abs", "abs"]))
+    assert math.isnan(pattern_bound([rng.normal(size=(20, 4)), rng.normal(size=(8, 20)), Ws[2]], ["abs", "abs"]))
