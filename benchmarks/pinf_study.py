@@ -43,6 +43,7 @@ import time
 
 import numpy as np
 import torch
+from torch import nn
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -198,6 +199,28 @@ def run_variant(var: dict, ds, seed: int, args) -> dict:
     }
 
 
+def linearity(var: dict, ds, seed: int) -> dict:
+    """How linear the trained network is on the test data: the share of test points in
+    the most common activation pattern (1.0: one affine map on all the data) and the share
+    of hidden units that are the identity (pre-activation > 0) on every test point.
+    Training only, no verification (``--linearity``)."""
+    load_plugins()
+    net, metrics = get_trainer(var["trainer"])(**var["params"]).train(ds, var["arch"], seed, Budget(None))
+    x = torch.as_tensor(ds.X_test).flatten(1)
+    pats = []
+    with torch.no_grad():
+        for m in net:
+            if isinstance(m, nn.Flatten):
+                continue
+            if not isinstance(m, nn.Linear):
+                pats.append(x > 0)
+            x = m(x)
+    P = torch.cat(pats, 1)
+    _, counts = torch.unique(P, dim=0, return_counts=True)
+    return {"group": var["group"], "variant": var["name"], "seed": seed, "acc": metrics["clean_acc"],
+            "majority_pattern": float(counts.max()) / len(P), "always_identity": float(P.all(0).float().mean())}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,6 +232,8 @@ def main(argv=None):
     ap.add_argument("--mip-timeout", type=float, default=90.0)
     ap.add_argument("--queries", choices=("full", "all"), default="full",
                     help="all: also the class pair (0, 1) and the box of the exact suite (synthetic data only)")
+    ap.add_argument("--linearity", action="store_true",
+                    help="train only, and print how linear each network is on the test data")
     ap.add_argument("--limit", type=int, default=None, help="at most this many variants (smoke runs)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -223,6 +248,13 @@ def main(argv=None):
         variants = [x for x in variants if x["group"] in args.only or x["name"] in args.only]
     variants = variants[:args.limit]
     t0 = time.perf_counter()
+    if args.linearity:
+        for var in variants:
+            for seed in args.seeds:
+                r = linearity(var, ds, seed)
+                print(f"{r['variant']:<32} s{seed} acc {r['acc']:.3f} majority pattern {r['majority_pattern']:.3f} "
+                      f"always-identity units {r['always_identity']:.3f}", flush=True)
+        return
     writer = None
     with open(args.out, "w", newline="") as fh:
         for var in variants:
