@@ -13,6 +13,13 @@ Choices the paper's abstract leaves open, all suite parameters:
   every wrong class j is raised by eps * TB_pair(y, j) before the cross-entropy, so the
   network learns margins that certify radius eps in the p-norm (Tsuzuku et al.'s
   Lipschitz-margin training with the trivial bound as the Lipschitz estimate).
+- ``sign``: ``free`` (the default) or ``nonneg``: every Linear / Conv2d weight is trained
+  as |V| (a parametrization, removed after training, so the network is plain layers
+  again).  With nonnegative weights no two paths of the network cancel, so at p = inf the
+  exact constant of an Abs or ReLU network equals || W_L ... W_0 ||_inf and TB_inf / exact
+  is only the row-sum chaining gap, which the penalty closes; free signs leave a
+  cancellation gap the penalty cannot see, since TB_inf depends on |W| alone
+  (docs/pinf.md, which also measures the accuracy this costs).
 - The architecture (``activation`` abs / crelu / sinsplit / maxmin / sincos / relu,
   ``bias``, widths) comes from the suite's ``archs``.
 
@@ -27,6 +34,7 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from bench.api import Budget, Param, Trainer, parse_p
 from bench.data import Dataset
@@ -53,14 +61,20 @@ class TBPenalty(Trainer):
                                 choices=("constant", "warmup")),
               "warmup": Param(0.3, "fraction of the epochs of the ramp", ge=0, le=1),
               "margin_eps": Param(0.0, "> 0: the certified-margin task loss at this radius", ge=0),
-              "weight_decay": Param(0.0, ge=0)}
+              "weight_decay": Param(0.0, ge=0),
+              "sign": Param("free", "free weights, or every Linear / Conv2d weight nonnegative (|V|, "
+                                    "which makes TB_inf tight up to row-sum chaining)", choices=("free", "nonneg"))}
 
     def train(self, dataset: Dataset, arch: dict, seed: int, budget: Budget):
         P = self.opts
         p = parse_p(P["p"])
         torch.manual_seed(seed)
         net = build_net(arch, dataset.input_shape, dataset.n_classes)
-        tb = TorchTrivialBound(net, dataset.input_shape, p)
+        tb = TorchTrivialBound(net, dataset.input_shape, p)   # walks the plain layers: before any parametrization
+        weighted = [m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+        if P["sign"] == "nonneg":
+            for m in weighted:
+                parametrize.register_parametrization(m, "weight", _Abs())
         before = {"tb": float(tb.full().detach()), "spread": singular_spread(net)}
         ce = nn.CrossEntropyLoss()
         warm = max(1e-9, P["warmup"] * P["epochs"])
@@ -84,9 +98,19 @@ class TBPenalty(Trainer):
 
         metrics = fit(net, dataset, budget, epochs=P["epochs"], lr=P["lr"], batch_size=P["batch_size"],
                       seed=seed, weight_decay=P["weight_decay"], loss_fn=loss_fn)
+        if P["sign"] == "nonneg":   # back to plain layers holding |V|, which every verifier reads
+            for m in weighted:
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
         net = net.cpu().eval()
         with torch.no_grad():
             metrics.update({"tb_before": before["tb"], "tb_after": float(tb.full().detach()), "tb_p": P["p"],
                             "spread_before": before["spread"], "spread_after": singular_spread(net)})
         metrics["zero_derivative_fraction"] = zero_derivative_fraction(net, dataset.input_shape, dataset.X_test)
         return net, metrics
+
+
+class _Abs(nn.Module):
+    """The parametrization W = |V| of ``sign: nonneg``."""
+
+    def forward(self, V):
+        return V.abs()
