@@ -74,6 +74,34 @@ def test_headline_highlights_the_cheapest_within_ten_percent(tmp_path):
     assert "on tb-penalty x abs networks, trivial is the cheapest" in s
 
 
+def test_the_best_verifier_is_judged_on_the_queries_both_answered(tmp_path):
+    """A verifier that answers only p = 2 (as lipsdp) is 3x looser than trivial there; its
+    median (3.0) beats trivial's over p = 2 and p = inf (1.2 and 40: median 20.6), but
+    it is not within 10% of the tightest: the headline picks trivial."""
+    store = Store(str(tmp_path))
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+    path = str(tmp_path / "n.pt")
+    netmod.save(net, (3,), path)
+    store.record(TrainJob("standard", "1", {}, {"hidden": [8], "activation": "relu"}, "synthetic", 0, "net", path,
+                          key="t"),
+                 Outcome("ok", network=TrainedNetwork(netmod.net_hash(net), path, (3,), "mlp", {"clean_acc": 0.9})))
+    for p, ratios in [("2", {"trivial": 1.2, "sdp": 3.0}), ("inf", {"trivial": 40.0})]:
+        q = Query(p=p)
+        low = bench.lower_bound(net, p=p)
+
+        def row(verifier, kind, value, stats=None, solve=0.01):
+            job = VerifyJob(verifier, "1", {}, q, "net", netmod.net_hash(net), path, kind, key=f"{verifier}{p}")
+            store.record(job, Outcome("ok", kind, value, stats or {}, solve_s=solve, wall_s=solve + 0.05))
+        row("lower", "lower", low.value, stats=low.stats, solve=0.5)
+        for v, r in ratios.items():
+            row(v, "upper", low.value * r, solve=0.001 if v == "trivial" else 1.0)
+    audit(store)
+    h = headline(frame(str(tmp_path))).set_index(["method", "verifier"])
+    assert h.loc[("standard", "sdp"), "tight_median"] < h.loc[("standard", "trivial"), "tight_median"]
+    assert h.loc[("standard", "trivial"), "best"] and not h.loc[("standard", "sdp"), "best"]
+
+
 def test_show_prints_the_headline_and_export_writes_the_frame(tmp_path):
     _store(tmp_path)
     r = subprocess.run([sys.executable, "-m", "bench", "show", "--out", str(tmp_path)], cwd=REPO,
