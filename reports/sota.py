@@ -114,33 +114,37 @@ class PublishedBound:
 
 # ---- reading the published numbers
 
-def _rows(path: str, columns: tuple):
-    """(line number, {column: cell}) of a CSV file whose header is ``columns``; lines
-    that are empty or start with '#' are comments."""
+def _lines(path: str):
+    """(line number, stripped cells) of each line of a CSV file that is not a comment
+    (empty, or starting with '#'); an unreadable or malformed file is a one-line UserError."""
     try:
         fh = open(path, newline="", encoding="utf-8")
     except OSError as e:
         raise UserError(f"cannot read the published numbers {path}: {e.strerror}") from None
     with fh:
         reader = csv.reader(fh)
-        header = None
         try:
             for cells in reader:
-                line = reader.line_num
                 if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
                     continue
-                cells = [c.strip() for c in cells]
-                if header is None:
-                    if tuple(cells) != columns:
-                        raise UserError(f"{path}, line {line}: the header must be {','.join(columns)}, not "
-                                        f"{','.join(cells)}")
-                    header = cells
-                    continue
-                if len(cells) != len(columns):
-                    raise UserError(f"{path}, line {line}: {len(cells)} cells, the header has {len(columns)}")
-                yield line, dict(zip(columns, cells))
+                yield reader.line_num, [c.strip() for c in cells]
         except csv.Error as e:
             raise UserError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
+
+
+def _rows(path: str, columns: tuple):
+    """(line number, {column: cell}) of a CSV file whose header is ``columns``."""
+    header = None
+    for line, cells in _lines(path):
+        if header is None:
+            if tuple(cells) != columns:
+                raise UserError(f"{path}, line {line}: the header must be {','.join(columns)}, not "
+                                f"{','.join(cells)}")
+            header = cells
+            continue
+        if len(cells) != len(columns):
+            raise UserError(f"{path}, line {line}: {len(cells)} cells, the header has {len(columns)}")
+        yield line, dict(zip(columns, cells))
     if header is None:
         raise UserError(f"{path}: no header line ({','.join(columns)})")
 
@@ -274,24 +278,12 @@ KIND_NAMES = {"certified": "certified accuracy", "lipschitz": "Lipschitz bounds"
 
 def _header(path: str) -> tuple:
     """The header of a results file, which says its kind (a UserError for none of KINDS)."""
-    try:
-        fh = open(path, newline="", encoding="utf-8")
-    except OSError as e:
-        raise UserError(f"cannot read the published numbers {path}: {e.strerror}") from None
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            for cells in reader:
-                if not cells or not "".join(cells).strip() or cells[0].lstrip().startswith("#"):
-                    continue
-                cells = tuple(c.strip() for c in cells)
-                if cells not in KINDS:
-                    raise UserError(f"{path}, line {reader.line_num}: the header must be "
-                                    + " or ".join(f"{','.join(c)} ({KIND_NAMES[k]})" for c, (k, _) in KINDS.items())
-                                    + f", not {','.join(cells)}")
-                return cells
-        except csv.Error as e:
-            raise UserError(f"{path}, line {reader.line_num}: not CSV ({e})") from None
+    for line, cells in _lines(path):
+        if tuple(cells) not in KINDS:
+            raise UserError(f"{path}, line {line}: the header must be "
+                            + " or ".join(f"{','.join(c)} ({KIND_NAMES[k]})" for c, (k, _) in KINDS.items())
+                            + f", not {','.join(cells)}")
+        return tuple(cells)
     raise UserError(f"{path}: no header line (" + " or ".join(",".join(c) for c in KINDS) + ")")
 
 
