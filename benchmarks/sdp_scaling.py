@@ -2,8 +2,9 @@
 depth = number of hidden layers; ReLU, or ``--activation abs`` for the paper's |x|) and, with ``--networks DIR``, the conv nets a suite
 trained (e.g. the ``cifar`` suite's results folder).  Each job runs in a fresh worker
 with a hard timeout, as in a suite; the table gives the network, the verifier and its
-solver, the device, wall time, peak memory, the bound over the trivial bound and over
-the sampled lower bound.
+solver, the device, wall time (the worker's, CUDA's start included), the solve's and the
+certificate's seconds within it, peak host and GPU memory, the bound over the trivial
+bound and over the sampled lower bound.  ``--csv`` is rewritten after every row.
 
     python benchmarks/sdp_scaling.py [--widths 128 256] [--depths 2] \\
         [--verifiers eclipse-fast eclipse lipsdp:NATIVE lipsdp:SCS] [--timeout 600] \\
@@ -57,7 +58,8 @@ def main():
     ap.add_argument("--csv", help="also write the rows here")
     args = ap.parse_args()
     nets = list(mlps(args.widths, args.depths, args.activation)) + (list(stored(args.networks)) if args.networks else [])
-    cols = ["network", "verifier", "device", "status", "value", "bound/trivial", "bound/lower", "wall_s", "peak_MB"]
+    cols = ["network", "verifier", "device", "status", "value", "bound/trivial", "bound/lower", "wall_s", "solve_s",
+            "certify_s", "peak_MB", "gpu_MB"]
     print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols), flush=True)
     rows = []
     for label, module, shape in nets:
@@ -72,17 +74,18 @@ def main():
             row = {"network": label, "verifier": spec, "device": args.device, "status": b.status,
                    "value": b.value, "bound/trivial": b.value / tb if b.value else None,
                    "bound/lower": b.value / low if b.value and low else None, "wall_s": b.wall_s,
-                   "peak_MB": b.peak_mem_mb}
+                   "solve_s": b.stats.get("solve_s"), "certify_s": b.stats.get("certify_s"),
+                   "peak_MB": b.peak_mem_mb, "gpu_MB": b.stats.get("gpu_peak_mem_mb")}
             rows.append(row)
             fmt = {"value": "{:.6g}", "bound/trivial": "{:.3f}", "bound/lower": "{:.3f}", "wall_s": "{:.1f}",
-                   "peak_MB": "{:.0f}"}
+                   "solve_s": "{:.1f}", "certify_s": "{:.1f}", "peak_MB": "{:.0f}", "gpu_MB": "{:.0f}"}
             print("| " + " | ".join("-" if row[c] is None else fmt.get(c, "{}").format(row[c]) for c in cols)
-                  + " |", flush=True)
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=cols)
-            w.writeheader()
-            w.writerows(rows)
+                  + " |" + ("" if b.status == "ok" else f" {b.error}"), flush=True)
+            if args.csv:
+                with open(args.csv, "w", newline="") as f:
+                    w = csv.DictWriter(f, fieldnames=cols)
+                    w.writeheader()
+                    w.writerows(rows)
 
 
 if __name__ == "__main__":
