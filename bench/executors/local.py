@@ -1,5 +1,6 @@
 """The local executor: one fresh worker process per job, forked from a server that has
-torch and the plug-ins preloaded; at most ``workers`` at once.
+torch and the plug-ins preloaded (a CUDA job: a fresh interpreter, see :func:`context`);
+at most ``workers`` at once.
 
 A fresh process per job gives a hard timeout (the process is killed, the job recorded as
 ``timeout`` with the peak memory it had reached, the run goes on), honest peak-memory
@@ -27,8 +28,16 @@ GRACE_S = 2.0  # beyond the timeout before the hard kill (verifiers stop themsel
 _ctx = None
 
 
-def context():
+def context(device: str = "cpu"):
+    """The multiprocessing context a job on ``device`` starts in: the fork server (torch
+    and the plug-ins preloaded) for CPU jobs; a fresh interpreter ("spawn", seconds of
+    imports before the job's clock starts) for CUDA jobs and for "auto" where a GPU is
+    present.  CUDA does not survive a fork of a process that has initialised its driver:
+    on an H200 (torch 2.11) every CUDA job forked from the fork server failed at its first
+    CUDA call with "CUDA error: initialization error"."""
     global _ctx
+    if device.startswith("cuda") or (device == "auto" and _has_gpu()):
+        return mp.get_context("spawn")
     if _ctx is None:
         if "forkserver" in mp.get_all_start_methods():
             _ctx = mp.get_context("forkserver")
@@ -36,6 +45,11 @@ def context():
         else:  # pragma: no cover - not Linux
             _ctx = mp.get_context("spawn")
     return _ctx
+
+
+def _has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
 
 
 def oom_kills() -> int | None:
@@ -89,7 +103,6 @@ class LocalExecutor:
         one finishes (the scheduler writes the store there); the tasks it returns run next."""
         pending = list(tasks)[::-1]
         running: list[_Running] = []
-        ctx = context()
         free_gpus = list(range(self.gpus))
         try:
             _main_not_reimported().__enter__()
@@ -100,6 +113,7 @@ class LocalExecutor:
                             break
                         pending[-1].budget = replace(pending[-1].budget, device=f"cuda:{free_gpus.pop(0)}")
                     t = pending.pop()
+                    ctx = context(t.budget.device)
                     recv, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker.child_main, args=(send, t.job, t.budget), daemon=True)
                     proc.start()   # the first one waits for the fork server's preload (seconds) ...
