@@ -302,8 +302,8 @@ def input_gram(tc: Chain, L1=None, drop_ab: bool = False):
     if ab == 0 or drop_ab:
         return W0 @ W0.T
     Y0 = torch.eye(W0.shape[1], dtype=W0.dtype, device=W0.device) + ab * (W0.T * L1) @ W0
-    C, info = torch.linalg.cholesky_ex(Y0)
-    if int(info) != 0:
+    C = cholesky(Y0)
+    if C is None:
         return None
     Z = torch.linalg.solve_triangular(C, W0.T, upper=False)
     return Z.T @ Z
@@ -323,22 +323,76 @@ def stage(tc: Chain, k: int, G, L, L_next=None, drop_ab: bool = False):
         ab = tc.a[k + 1] * tc.b[k + 1]
         if ab != 0:
             Y = Y + ab * (W.T * L_next) @ W
-    C, info = torch.linalg.cholesky_ex(Y)
-    if int(info) != 0:
+    C = cholesky(Y)
+    if C is None:
         return None
     Z = torch.linalg.solve_triangular(C, W.T, upper=False)  # W Y^{-1} W^T = Z^T Z
     return Z.T @ Z
 
 
-def eigs(G):
-    """The eigenvalues of a symmetric matrix, ascending (torch, differentiable)."""
+def cholesky(Y):
+    """The Cholesky factor of a symmetric torch matrix, or None where it is not positive
+    definite in floating point: the factorisation's info, and a finite diagonal (a NaN
+    anywhere in Y reaches a later pivot; not every backend reports a NaN pivot)."""
     import torch
-    return torch.linalg.eigvalsh((G + G.T) / 2)
+    C, info = torch.linalg.cholesky_ex(Y)
+    if bool((info != 0) | ~torch.isfinite(C.diagonal()).all()):  # one synchronisation
+        return None
+    return C
+
+
+def _host_eigh(S):
+    """LAPACK's (scipy's) eigendecomposition of a symmetric torch matrix, as tensors on
+    its device."""
+    import torch
+    lam, V = scipy.linalg.eigh(S.detach().cpu().numpy(), driver="evd")  # torch's driver (syevd)
+    return torch.as_tensor(lam, device=S.device), torch.as_tensor(V, device=S.device)
+
+
+@functools.cache
+def _host_eigvalsh():
+    import torch
+
+    class HostEigvalsh(torch.autograd.Function):
+        """Eigenvalues by :func:`_host_eigh`, differentiable: d lambda_i / dS = v_i v_i^T."""
+
+        @staticmethod
+        def forward(ctx, S):
+            lam, V = _host_eigh(S)
+            ctx.save_for_backward(V)
+            return lam
+
+        @staticmethod
+        def backward(ctx, g):
+            (V,) = ctx.saved_tensors
+            return (V * g[None, :]) @ V.T
+    return HostEigvalsh
+
+
+def eigs(G, vectors: bool = False):
+    """The eigenvalues (ascending; and eigenvectors with ``vectors``) of the symmetric part
+    of G, differentiable (values only); None where G is not finite.  cuSOLVER fails on
+    some rank-deficient matrices that LAPACK takes ("failed to converge ... error code
+    6": pytorch#94772; on an H200, ECLipsE and NATIVE stopped on the Gram matrix of a
+    784-1,024 layer, rank 784); there LAPACK on the host answers instead."""
+    import torch
+    S = (G + G.T) / 2
+    if not bool(torch.isfinite(S).all()):
+        return None
+    try:
+        return torch.linalg.eigh(S) if vectors else torch.linalg.eigvalsh(S)
+    except torch.linalg.LinAlgError:
+        try:
+            return _host_eigh(S) if vectors else _host_eigvalsh().apply(S)
+        except (np.linalg.LinAlgError, ValueError):
+            return None
 
 
 def top_eig(G):
-    """The largest eigenvalue of a symmetric matrix (torch, differentiable)."""
-    return eigs(G)[-1]
+    """The largest eigenvalue of a symmetric matrix (torch, differentiable); None as
+    :func:`eigs`."""
+    lam = eigs(G)
+    return None if lam is None else lam[-1]
 
 
 def top_eig_estimate(G) -> float:
@@ -349,7 +403,10 @@ def top_eig_estimate(G) -> float:
     never on this number."""
     n = G.shape[0]
     if n <= 512 or (G.is_cuda and n <= 8192):  # a GPU's dense solver beats ARPACK on the host
-        return float(top_eig(G.detach()))
+        lam = top_eig(G.detach())
+        if lam is None:
+            raise RepairError("a matrix of the elimination is not finite")
+        return float(lam)
     import scipy.sparse.linalg
     A = G.detach().cpu().numpy()
     A = (A + A.T) / 2
@@ -397,8 +454,8 @@ def rho_of(tc: Chain, Ls: list, G0=None):
             G = G0 if G0 is not None else W0 @ W0.T
         else:
             Y0 = torch.eye(W0.shape[1], dtype=W0.dtype, device=W0.device) + ab0 * (W0.T * Ld[0]) @ W0
-            C_in, info = torch.linalg.cholesky_ex(Y0)
-            if int(info) != 0:
+            C_in = cholesky(Y0)
+            if C_in is None:
                 return None
             Z = torch.linalg.solve_triangular(C_in, W0.T, upper=False)
             G = Z.T @ Z
@@ -409,14 +466,17 @@ def rho_of(tc: Chain, Ls: list, G0=None):
             W = tc.Ws[k + 1]
             if k + 1 < K and tc.a[k + 1] * tc.b[k + 1] != 0:
                 Y = Y + (tc.a[k + 1] * tc.b[k + 1]) * (W.T * Ld[k + 1]) @ W
-            C, info = torch.linalg.cholesky_ex(Y)
-            if int(info) != 0:
+            C = cholesky(Y)
+            if C is None:
                 return None
             Z = torch.linalg.solve_triangular(C, W.T, upper=False)  # W Y^{-1} W^T = Z^T Z
             Gs.append(G)
             Cs.append(C)
             G = Z.T @ Z
-        lam, V = torch.linalg.eigh((G + G.T) / 2)
+        lv = eigs(G, vectors=True)
+        if lv is None:
+            return None
+        lam, V = lv
     if not any(l.requires_grad for l in Ls):
         return lam
     return _elimination_function().apply((tc, Ld, Gs, Cs, C_in, Z, V), lam, *Ls)
@@ -500,7 +560,10 @@ def symmetric_factors(tc: Chain, us: list) -> list:
             B = torch.exp(us[k] / 2)[:, None] * B
         G = B @ B.T if B.shape[0] <= B.shape[1] else B.T @ B
         c2 = tc.b[k] ** 2 if k < K else 1.0  # W_k meets the slope of the activation after it
-        out.append(c2 * eigs(G))
+        lam = eigs(G)
+        if lam is None:  # exp(u) overflowed: outside what the solver may step to
+            return None
+        out.append(c2 * lam)
     return out
 
 
@@ -726,8 +789,8 @@ class _Blocks:
         S = self.diag_block(self.K)
         for k in range(self.K, 0, -1):
             S.diagonal().sub_(delta)
-            R, info = torch.linalg.cholesky_ex(S)
-            if int(info) != 0:
+            R = cholesky(S)
+            if R is None:
                 raise RepairError("the multipliers leave the hidden-layer block of the LMI indefinite: "
                                   f"no rho makes M(rho, T) <= 0 (block {k} of {self.K})")
             X = torch.linalg.solve_triangular(R, self.coupling_T(k - 1), upper=False)
@@ -767,8 +830,8 @@ def _certify_blocks(tc: Chain, T: list, rho_hint: float | None) -> tuple[float, 
         S0 = (rho - delta) * eye - X0.T @ X0
         if N00 is not None:
             S0 = S0 + N00
-        R0, info = torch.linalg.cholesky_ex(S0)
-        if int(info) == 0:
+        R0 = cholesky(S0)
+        if R0 is not None:
             total = fro2 + float((R0 * R0).sum())
             margin = B.margin(total, rho)
             if margin <= delta:
