@@ -65,7 +65,10 @@ def main():
     for label, module, shape in nets:
         kw = {"input_shape": shape} if shape else {}
         tb = bench.verify(module, "trivial", p=2, **kw).value
-        low = bench.lower_bound(module, p=2, samples=500, restarts=8, steps=30, timeout=args.timeout, **kw).value
+        lb = bench.lower_bound(module, p=2, samples=500, restarts=8, steps=30, timeout=args.timeout, **kw)
+        low = lb.value
+        if low is None:
+            print(f"({label}: no sampled lower bound, {lb.status}: {lb.error})", flush=True)
         for spec in args.verifiers:
             name, _, solver = spec.partition(":")
             params = {"solver": solver} if solver else {}
