@@ -225,8 +225,14 @@ def _watchdog(budget: Budget, grace: float) -> None:
     threading.Thread(target=watch, daemon=True, name="lipbench-watchdog").start()
 
 
+#: the first message of a worker: imported and about to run its job
+READY = "ready"
+
+
 def child_main(conn, job: Job, budget: Budget, grace: float = 2.0) -> None:
-    """Entry point of a worker process: run the job, send the outcome, exit."""
+    """Entry point of a worker process: say it is ready (its imports done: the executor's
+    clock for the job starts then), run the job, send the outcome, exit."""
+    conn.send(READY)
     _watchdog(budget, grace)
     try:
         cap_memory(budget.mem_mb)

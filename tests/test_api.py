@@ -39,6 +39,32 @@ def test_timeout_kills_a_worker_and_says_timeout():
     assert b2.status == "ok" and b2.value == pytest.approx(bench.verify(net, "trivial", p=math.inf).value)
 
 
+def test_a_gpu_job_s_fresh_interpreter_is_not_on_its_clock(monkeypatch):
+    """CUDA jobs (and "auto" where a GPU is present) start in a fresh interpreter, not from
+    the fork server (CUDA does not survive its fork); the seconds of imports there do not
+    count against the job's timeout: its clock starts when the worker says it is ready.
+    A GPU is faked for "auto" here, so the job takes that path and runs on the CPU."""
+    import bench.executors.local as local
+    monkeypatch.setattr(local, "_has_gpu", lambda: True)
+    assert local.context("cuda").get_start_method() == local.context("auto").get_start_method() == "spawn"
+    assert local.context("cpu").get_start_method() == "forkserver"
+    b = bench.verify(mlp([8, 16, 4]), "test-sleep", p=2, timeout=1.5, seconds=1.4, device="auto")
+    assert b.status == "unsupported" and "only sleeps" in b.error and b.device == "cpu", (b.status, b.error)
+    # the protocol itself: a worker launched long ago that only now says READY is not late
+    import multiprocessing as mp
+    import time
+    from types import SimpleNamespace
+    from bench import worker
+    from bench.api import Budget
+    recv, send = mp.Pipe(duplex=False)
+    task = SimpleNamespace(job=SimpleNamespace(kind="verify"), budget=Budget(10.0, "cpu", 1, None))
+    r = local._Running(task, SimpleNamespace(is_alive=lambda: True), recv)
+    r.started -= 100.0
+    send.send(worker.READY)
+    assert local.LocalExecutor()._poll(r) is None and time.perf_counter() - r.started < 5
+    assert local.LocalExecutor()._poll(r) is None  # running, within its 10 s
+
+
 def test_not_a_module():
     with pytest.raises(bench.UserError, match="nn.Sequential"):
         bench.verify([[1.0]], "trivial")

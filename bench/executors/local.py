@@ -31,9 +31,9 @@ _ctx = None
 def context(device: str = "cpu"):
     """The multiprocessing context a job on ``device`` starts in: the fork server (torch
     and the plug-ins preloaded) for CPU jobs; a fresh interpreter ("spawn", seconds of
-    imports before the job's clock starts) for CUDA jobs and for "auto" where a GPU is
-    present.  CUDA does not survive a fork of a process that has initialised its driver:
-    on an H200 (torch 2.11) every CUDA job forked from the fork server failed at its first
+    imports, which a job's clock does not count: it starts when the worker says it is
+    ready) for CUDA jobs and for "auto" where a GPU is present.  CUDA does not survive a
+    fork of a process that has initialised its driver: on an H200 (torch 2.11) every CUDA job forked from the fork server failed at its first
     CUDA call with "CUDA error: initialization error"; a fork after each step of the
     preload showed its torch.func warm-up to be what initialises the driver."""
     global _ctx
@@ -118,7 +118,7 @@ class LocalExecutor:
                     recv, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker.child_main, args=(send, t.job, t.budget), daemon=True)
                     proc.start()   # the first one waits for the fork server's preload (seconds) ...
-                    r = _Running(t, proc, recv)  # ... so the job's clock starts after it
+                    r = _Running(t, proc, recv)  # ... so the job's clock starts after it (again at READY)
                     send.close()
                     running.append(r)
                     if on_start:
@@ -154,6 +154,9 @@ class LocalExecutor:
                 out = r.conn.recv()
             except EOFError:
                 out = None
+            if out == worker.READY:  # imported (a spawned worker: seconds): the job's clock starts now
+                r.started = time.perf_counter()
+                return None
             if out is not None:
                 r.proc.join(5)
                 if r.proc.is_alive():
