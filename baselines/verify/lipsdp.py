@@ -5,9 +5,9 @@ but equivalent form, and the answer is certified on the original network:
 
 - each weight is divided by its spectral norm, estimated (the LMI is invariant under any
   such rescaling with T_k scaled by d_k^2, d_k = prod_{j >= k} s_j; rho scales by
-  (prod s_j)^2; the s_k only condition the problem, so an estimate serves: exact below 512
-  rows, ARPACK above, where LAPACK's SVD of a conv net's unrolled 4,096 x 3,072 layer took
-  26 s on one thread);
+  (prod s_j)^2; the s_k only condition the problem, so an estimate serves:
+  ``sdp_common.norm_estimate``, exact up to 512 rows or columns, power iterations above,
+  where LAPACK's SVD of a conv net's unrolled 4,096 x 3,072 layer took 26 s on one thread);
 - the input block is reduced exactly to the rank of W_0 (with W_0 = U S V^T, the LMI
   only sees W_0 through U S: directions orthogonal to V meet -rho I alone; NATIVE needs
   the reduction only where the first activation's a b term puts W_0 inside a factorised

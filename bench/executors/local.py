@@ -33,9 +33,10 @@ def context(device: str = "cpu"):
     and the plug-ins preloaded) for CPU jobs; a fresh interpreter ("spawn", seconds of
     imports, which a job's clock does not count: it starts when the worker says it is
     ready) for CUDA jobs and for "auto" where a GPU is present.  CUDA does not survive a
-    fork of a process that has initialised its driver: on an H200 (torch 2.11) every CUDA job forked from the fork server failed at its first
-    CUDA call with "CUDA error: initialization error"; a fork after each step of the
-    preload showed its torch.func warm-up to be what initialises the driver."""
+    fork of a process that has initialised its driver: on an H200 (torch 2.11) every CUDA
+    job forked from the fork server failed at its first CUDA call with "CUDA error:
+    initialization error"; a fork after each step of the preload showed its torch.func
+    warm-up to be what initialises the driver."""
     global _ctx
     if device.startswith("cuda") or (device == "auto" and _has_gpu()):
         return mp.get_context("spawn")
