@@ -355,7 +355,9 @@ def test_the_elimination_gradient_in_closed_form_equals_autograd(slopes):
 
 def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
-    the same SDP value, on MLPs and on a small conv net (unrolled per layer)."""
+    the same SDP value, on MLPs and on a small conv net, there both matrix-free (operator
+    'layers', what 'auto' picks for a conv) and on the unrolled layers ('dense'), which
+    agree with each other to the optimiser's tolerance."""
     for seed in range(3):
         net = mlp([5, 12, 10, 3], seed=seed)
         ref = bench.verify(net, "lipsdp", p=2, solver="CLARABEL", eps=1e-9).value
@@ -365,9 +367,16 @@ def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
                          nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
     kw = {"p": 2, "input_shape": (1, 5, 5)}
     ref = bench.verify(conv, "lipsdp", solver="CLARABEL", eps=1e-9, **kw).value
-    native = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, **kw).value
-    assert ref <= native <= ref * (1 + 1e-3)
-    assert native <= bench.verify(conv, "eclipse", **kw).value <= bench.verify(conv, "eclipse-fast", **kw).value
+    free = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, **kw)
+    dense = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, operator="dense", **kw)
+    assert free.stats["operator"] == "layers" and free.stats["cg_steps"] > 0 and dense.stats["operator"] == "dense"
+    for native in (free.value, dense.value):
+        assert ref <= native <= ref * (1 + 1e-3)
+    assert free.value == pytest.approx(dense.value, rel=1e-4)
+    assert free.value <= bench.verify(conv, "eclipse", **kw).value <= bench.verify(conv, "eclipse-fast", **kw).value
+    assert bench.verify(net, "lipsdp", p=2, solver="NATIVE").stats["operator"] == "dense"  # an MLP, under 'auto'
+    with pytest.raises(bench.UserError, match="applies to solver NATIVE only"):
+        bench.verify(conv, "lipsdp", operator="layers", **kw)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
@@ -447,3 +456,74 @@ def test_the_solvers_survive_a_gpu_eigensolver(request):
     fragile = _sdp_answers(ch)
     for k, v in plain.items():  # LAPACK's last bits send the stage optimiser on a slightly different path
         assert fragile[k] == pytest.approx(v, rel=1e-5), k
+
+
+def _conv_chain(query=None, act=nn.ReLU):
+    """A small conv net with what the matrix-free maps must reproduce: strides, padding,
+    dilation, groups, a BatchNorm, an average pooling, and (MaxMin) a ReLU form."""
+    from bench.api import Query
+    from bench.network import walk
+    from baselines.verify.sdp_common import chain
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4).eval(), act(),
+                        nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), act(), nn.AvgPool2d(2), nn.Flatten(),
+                        nn.Linear(4 * 2 * 2, 6), act(), nn.Linear(6, 3))
+    with torch.no_grad():
+        bn = net[1]
+        bn.running_mean.uniform_(-1, 1), bn.running_var.uniform_(0.5, 2), bn.weight.uniform_(0.5, 2)
+    return chain(walk(net, (2, 9, 9)), query or Query(), "test"), net
+
+
+@pytest.mark.parametrize("case", ["relu", "pair", "maxmin"])
+def test_the_layer_maps_are_the_chain_s_matrices_and_their_adjoints(case):
+    """implicit.Operator applies each W_k (and W_k^T) through the layers themselves (conv2d,
+    conv_transpose2d, BatchNorm scales, pooling, ReLU forms, a pair's row): the dense
+    matrices of the chain, divided by their scales, to rounding."""
+    from bench.api import Query
+    from methods.layers import MaxMin
+    from baselines.verify.implicit import Operator
+    ch, _ = _conv_chain(Query(target=(0, 2)) if case == "pair" else None, MaxMin if case == "maxmin" else nn.ReLU)
+    assert case != "maxmin" or ch.relu_forms
+    scales = [0.5 + k for k in range(len(ch.Ws))]
+    op = Operator(ch, scales)
+    g = torch.Generator().manual_seed(1)
+    for k, W in enumerate(ch.Ws):
+        W = torch.as_tensor(W) / scales[k]
+        X = torch.randn(3, W.shape[1], generator=g, dtype=torch.float64)
+        U = torch.randn(3, W.shape[0], generator=g, dtype=torch.float64)
+        assert torch.allclose(op.fwd(k, X), X @ W.T, rtol=0, atol=1e-12 * float(W.abs().sum()))
+        assert torch.allclose(op.adj(k, U), U @ W, rtol=0, atol=1e-12 * float(W.abs().sum()))
+
+
+@pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0)])  # ReLU, leaky ReLU (the a b terms)
+def test_the_matrix_free_objective_is_the_dense_one(slopes):
+    """The conjugate-gradient rho(L) and its gradient equal the dense elimination's
+    (sdp_common.rho_of) on a conv chain; multipliers outside the feasible set, where a
+    Cholesky factor fails, are infeasible for conjugate gradients too."""
+    from baselines.verify.eclipse import eclipse
+    from baselines.verify.implicit import Operator
+    from baselines.verify.lipsdp import scaled
+    from baselines.verify.sdp_common import rho_of, torch_chain
+    ch, _ = _conv_chain()
+    ch.a, ch.b = [slopes[0]] * len(ch.a), [slopes[1]] * len(ch.b)
+    sch, s = scaled(ch)
+    T, value, _ = eclipse(Chain(sch.Ws, [0.0] * len(ch.a), [1.0] * len(ch.a)), fast=True)
+    base = [torch.as_tensor(2 * t / value ** 2) for t in T]
+    tc, op = torch_chain(sch), Operator(ch, s)
+    g = torch.Generator().manual_seed(0)
+    for spread in (0.0, 0.1, 0.3):  # ECLipsE-Fast's multipliers, perturbed neuron by neuron
+        point = [l * torch.exp(spread * torch.randn(l.shape, generator=g, dtype=l.dtype)) for l in base]
+        Ls = [l.clone().requires_grad_(True) for l in point]
+        Ld = [l.clone().requires_grad_(True) for l in point]
+        dense, free = rho_of(tc, Ld), op.rho(Ls)
+        assert dense is not None and free is not None
+        assert torch.allclose(free, dense.detach(), rtol=1e-9, atol=1e-12)
+        dense[-1].backward()
+        free[-1].backward()
+        for a, b in zip(Ls, Ld):
+            assert torch.allclose(a.grad, b.grad, rtol=1e-7, atol=1e-9 * float(b.grad.abs().max()))
+    # the first hidden layer's multipliers far too small: the next block, Y_2, is indefinite
+    bad = [base[0] * 1e-3] + base[1:]
+    assert rho_of(tc, bad) is None
+    assert op.rho(bad) is None
+

@@ -75,11 +75,13 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
     return out
 
 
-def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None):
+def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None,
+                 op=None):
     """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
-    hidden layer and an eigenvalue problem of the output's size) over log L with L-BFGS,
-    from ECLipsE's multipliers (the layer form from ECLipsE-Fast's); returns T = rho L / 2
-    for the chain given (already rescaled, ||W_k|| = 1).
+    hidden layer and an eigenvalue problem of the output's size; with ``op``, the same
+    function matrix-free, ``implicit.Operator.rho``) over log L with L-BFGS, from ECLipsE's
+    multipliers (the layer form from ECLipsE-Fast's); returns T = rho L / 2 for the chain
+    given (already rescaled, ||W_k|| = 1).
 
     Symmetric sectors (|x|, a + b = 0 in every layer) decouple the layers: there rho(L)
     would see the last multipliers alone and the others only through feasibility, a wall
@@ -92,18 +94,19 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     t0 = time.perf_counter()
     tc = torch_chain(ch, device)
     W0 = tc.Ws[0]
-    if ch.a[0] * ch.b[0] != 0 and W0.shape[1] > W0.shape[0]:
+    if op is None and ch.a[0] * ch.b[0] != 0 and W0.shape[1] > W0.shape[0]:
         # the input reduced to W_0's rank: with W_0^T = Q R, W_0 Y_0^{-1} W_0^T is the same for
         # R^T in W_0's place (Q^T (I + Q X Q^T)^{-1} Q = (I + X)^{-1}), and Y_0 shrinks to n_1 rows.
         # Elsewhere (ReLU, |x|) NATIVE sees W_0 through W_0 W_0^T or its smaller Gram alone
         tc = Chain([torch.linalg.qr(W0.T, mode="r")[1].T] + tc.Ws[1:], tc.a, tc.b)
-    G0 = tc.Ws[0] @ tc.Ws[0].T
+    G0 = tc.Ws[0] @ tc.Ws[0].T if op is None else None  # the matrix-free operator needs no Gram matrix
+    dev = tc.Ws[0].device
     sizes = ch.hidden
     deadline = t0 + time_limit if time_limit else math.inf
     r = min(tc.Ws[0].shape)
     stats = {"solver": "NATIVE", "lmi_size": int(r + sum(sizes)), "input_block": int(r)}
     if symmetric(ch):  # |x|: the product of diagonally rescaled layer norms, from the trivial bound (u = 0)
-        us = [torch.zeros(n, dtype=torch.float64, device=G0.device, requires_grad=form == "neuron") for n in sizes]
+        us = [torch.zeros(n, dtype=torch.float64, device=dev, requires_grad=form == "neuron") for n in sizes]
         if form == "neuron":
             _, us, status = minimise(lambda ps: symmetric_factors(tc, ps), us, eps, max_iters, deadline)
         else:
@@ -126,12 +129,15 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     L0 = [2 * t / (value * value) for t in T0]
     if form == "layer":
         L0 = [np.full(1, float(np.mean(l))) for l in L0]
-    params = [torch.tensor(np.log(np.maximum(l, 1e-300)), device=G0.device, requires_grad=True) for l in L0]
+    params = [torch.tensor(np.log(np.maximum(l, 1e-300)), device=dev, requires_grad=True) for l in L0]
 
     def f(ps):
-        return rho_of(tc, [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)],
-                      G0)
+        Ls = [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)]
+        return rho_of(tc, Ls, G0) if op is None else op.rho(Ls)
     best, best_p, status = minimise(f, params, eps, max_iters, deadline)
+    stats["operator"] = "dense" if op is None else "layers"
+    if op is not None:
+        stats["cg_steps"] = op.steps
     if not math.isfinite(best):
         raise RepairError(f"solver NATIVE found no feasible multipliers ({status})")
     L = [np.exp(p.cpu().numpy()) * np.ones(n) for p, n in zip(best_p, sizes)]
@@ -140,11 +146,12 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
 
 
 def solve(ch: Chain, form: str, solver: str, eps: float, max_iters: int, time_limit: float | None,
-          verbose: bool = False, device=None) -> tuple[list[np.ndarray], dict]:
+          verbose: bool = False, device=None, op=None) -> tuple[list[np.ndarray], dict]:
     """Solve the rescaled, reduced LipSDP; returns the multipliers (for the rescaled
-    chain, full size) and solver statistics."""
+    chain, full size) and solver statistics.  ``op``: NATIVE's matrix-free operator
+    (:class:`baselines.verify.implicit.Operator`), None for its dense blocks."""
     if solver == "NATIVE":
-        return solve_native(ch, form, eps, max_iters, time_limit, device)
+        return solve_native(ch, form, eps, max_iters, time_limit, device, op)
     import cvxpy as cp
     W0 = ch.Ws[0]
     U, S, _ = np.linalg.svd(W0, full_matrices=False)
@@ -192,7 +199,8 @@ class LipSDP(Verifier):
     # 2: NATIVE restarts with smaller steps on a plateau; 3: depth-geometric repair of T (|x| nets);
     # 4: NATIVE on the block elimination with L-BFGS, certification block by block (torch, CPU or CUDA)
     # 5: NATIVE takes |x| networks (the product of rescaled layer norms)
-    version = "5"
+    # 6: NATIVE solves conv nets matrix-free (operator 'layers', chosen by 'auto')
+    version = "6"
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
@@ -202,10 +210,28 @@ class LipSDP(Verifier):
     params = {"form": Param("neuron", "one multiplier per neuron, or per layer", choices=("neuron", "layer")),
               "solver": Param("SCS", "cvxpy's SCS, CLARABEL or MOSEK, or our first-order NATIVE", choices=SOLVERS),
               "eps": Param(1e-5, "the solver's tolerance (tightness, not soundness)", gt=0, lt=1),
-              "max_iters": Param(100000, "the solver's iteration limit", ge=1)}
+              "max_iters": Param(100000, "the solver's iteration limit", ge=1),
+              "operator": Param("auto", "NATIVE's linear algebra: dense Cholesky factors per layer, or products "
+                                "through the layers with conjugate gradients ('layers', matrix-free); 'auto': "
+                                "'layers' where the network has a conv", choices=("auto", "dense", "layers"))}
 
     #: hidden neurons (all layers) of the largest network attempted with a cvxpy solver
     MAX_NEURONS = 1024
+
+    @classmethod
+    def check_params(cls, P: dict) -> None:
+        from bench.api import UserError
+        if P["operator"] != "auto" and P["solver"] != "NATIVE":
+            raise UserError(f"lipsdp: parameter 'operator' ({P['operator']}) applies to solver NATIVE only, "
+                            f"not {P['solver']}")
+
+    def operator(self, ch: Chain) -> str:
+        """'layers' or 'dense': what NATIVE solves with on this chain (|x| chains, solved
+        as a product of layer norms, are always dense)."""
+        op = self.opts["operator"]
+        if op == "auto":
+            op = "layers" if any(getattr(f, "is_conv", False) for fs in ch.factors or [] for f in fs) else "dense"
+        return "dense" if symmetric(ch) else op
 
     def supports(self, net: Net, query: Query) -> str | None:
         r = super().supports(net, query)
@@ -240,7 +266,11 @@ class LipSDP(Verifier):
             dev = device(budget)
             # the solve ends by 80% of the budget, counted from here: certification needs the rest
             limit = max(0.8 * budget.timeout_s - (time.perf_counter() - t_run), 1.0) if budget.timeout_s else None
-            T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"], limit, device=dev)
+            op = None
+            if P["solver"] == "NATIVE" and self.operator(ch) == "layers":
+                from .implicit import Operator
+                op = Operator(ch, s, dev)
+            T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"], limit, device=dev, op=op)
             t0 = time.perf_counter()
             hint = stats["raw_rho_scaled"] * float(np.prod(s)) ** 2 if stats["raw_rho_scaled"] is not None else None
             value, cert = certify(ch, unscale_T(T, s), dev, rho_hint=hint)

@@ -58,6 +58,11 @@ class Chain:
     a: list
     b: list
     relu_forms: tuple = ()
+    #: each W_k as the maps it composes, first applied first: the network's Affine layers
+    #: and the numpy matrices of ReLU forms and of a pair query's row (what
+    #: :mod:`baselines.verify.implicit` applies without the dense W_k); None when not read
+    #: from a network
+    factors: list | None = None
 
     @property
     def hidden(self) -> list[int]:
@@ -108,14 +113,16 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
         raise Unsupported(f"{name} needs affine layers separated by single activations, starting and ending "
                           f"with an affine layer (got {' '.join(kinds)})")
-    Ws, a, b, forms = [], [], [], []
+    Ws, a, b, forms, factors = [], [], [], [], []
     prev_affine, after = False, None
     for l in layers:
         if isinstance(l, Affine):   # consecutive affine maps (e.g. Linear, BatchNorm) compose exactly
             if prev_affine:
                 Ws[-1] = l.matrix() @ Ws[-1]
+                factors[-1].append(l)
             else:
                 Ws.append(l.matrix() if after is None else l.matrix() @ after)
+                factors.append([l] if after is None else [after, l])
                 after = None
             prev_affine = True
             continue
@@ -128,6 +135,7 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
         if form is not None:
             A, after = form
             Ws[-1] = A @ Ws[-1]
+            factors[-1].append(A)
             a.append(0.0)
             b.append(1.0)
             forms.append(l.name)
@@ -139,8 +147,11 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
                               f"form; {l.name} has neither")
     if query.is_pair:
         i, j = query.target
+        row = np.zeros((1, Ws[-1].shape[0]))
+        row[0, i], row[0, j] = 1.0, -1.0
         Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
-    return Chain(Ws, a, b, tuple(forms))
+        factors[-1].append(row)
+    return Chain(Ws, a, b, tuple(forms), factors)
 
 
 @dataclass(frozen=True)
