@@ -16,7 +16,7 @@ for s in ${@:-tests mlp conv depth}; do
     depth) timeout 600 python benchmarks/sdp_scaling.py --device cuda --widths 256 --depths 4 8 \
            --verifiers lipsdp:NATIVE eclipse eclipse-fast --timeout 120 --csv "$OUT/depth.csv" ;;
     conv) if [ -n "$NETS" ]; then timeout 1200 python benchmarks/sdp_scaling.py --device cuda --widths \
-           --networks "$NETS" --verifiers lipsdp:NATIVE eclipse eclipse-fast --timeout 120 --csv "$OUT/conv.csv"
+           --networks "$NETS" --verifiers lipsdp:NATIVE lipsdp:NATIVE:dense eclipse eclipse-fast --timeout 120 --csv "$OUT/conv.csv"
           else echo "conv: skipped (set NETS to a folder of stored networks)"; fi ;;
     *) echo "unknown stage $s (tests mlp conv depth)"; exit 2 ;;
   esac

@@ -7,7 +7,7 @@ certificate's seconds within it, peak host and GPU memory, the bound over the tr
 bound and over the sampled lower bound.  ``--csv`` is rewritten after every row.
 
     python benchmarks/sdp_scaling.py [--widths 128 256] [--depths 2] \\
-        [--verifiers eclipse-fast eclipse lipsdp:NATIVE lipsdp:SCS] [--timeout 600] \\
+        [--verifiers eclipse-fast eclipse lipsdp:NATIVE lipsdp:NATIVE:dense lipsdp:SCS] [--timeout 600] \\
         [--device cpu|cuda] [--activation relu|abs] [--networks RESULTS/networks] [--csv out.csv]
 """
 from __future__ import annotations
@@ -49,7 +49,8 @@ def main():
     ap.add_argument("--widths", type=int, nargs="*", default=[128, 256, 512, 1024, 2048])
     ap.add_argument("--depths", type=int, nargs="*", default=[2])
     ap.add_argument("--verifiers", nargs="+", default=["eclipse-fast", "eclipse", "lipsdp:NATIVE"],
-                    help="verifier names; lipsdp:SOLVER picks lipsdp's solver")
+                    help="verifier names; lipsdp:SOLVER picks lipsdp's solver, lipsdp:NATIVE:dense|layers "
+                         "NATIVE's operator")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--activation", choices=["relu", "abs"], default="relu")
@@ -70,8 +71,8 @@ def main():
         if low is None:
             print(f"({label}: no sampled lower bound, {lb.status}: {lb.error})", flush=True)
         for spec in args.verifiers:
-            name, _, solver = spec.partition(":")
-            params = {"solver": solver} if solver else {}
+            name, solver, operator = (spec.split(":") + ["", ""])[:3]
+            params = {k: v for k, v in (("solver", solver), ("operator", operator)) if v}
             b = bench.verify(module, name, p=2, timeout=args.timeout, device=args.device, threads=args.threads,
                              **params, **kw)
             row = {"network": label, "verifier": spec, "device": args.device, "status": b.status,

@@ -356,7 +356,7 @@ def test_the_elimination_gradient_in_closed_form_equals_autograd(slopes):
 def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
     the same SDP value, on MLPs and on a small conv net, there both matrix-free (operator
-    'layers', what 'auto' picks for a conv) and on the unrolled layers ('dense'), which
+    'layers', what 'auto' picks for a wide conv) and on the unrolled layers ('dense'), which
     agree with each other to the optimiser's tolerance."""
     for seed in range(3):
         net = mlp([5, 12, 10, 3], seed=seed)
@@ -367,14 +367,27 @@ def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
                          nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
     kw = {"p": 2, "input_shape": (1, 5, 5)}
     ref = bench.verify(conv, "lipsdp", solver="CLARABEL", eps=1e-9, **kw).value
-    free = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, **kw)
-    dense = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, operator="dense", **kw)
+    free = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, operator="layers", **kw)
+    dense = bench.verify(conv, "lipsdp", solver="NATIVE", eps=1e-7, **kw)  # 'auto': too small for 'layers'
+
     assert free.stats["operator"] == "layers" and free.stats["cg_steps"] > 0 and dense.stats["operator"] == "dense"
     for native in (free.value, dense.value):
         assert ref <= native <= ref * (1 + 1e-3)
     assert free.value == pytest.approx(dense.value, rel=1e-4)
     assert free.value <= bench.verify(conv, "eclipse", **kw).value <= bench.verify(conv, "eclipse-fast", **kw).value
-    assert bench.verify(net, "lipsdp", p=2, solver="NATIVE").stats["operator"] == "dense"  # an MLP, under 'auto'
+    layer = [bench.verify(conv, "lipsdp", solver="NATIVE", form="layer", operator=op, **kw)
+             for op in ("layers", "dense")]
+    assert layer[0].value == pytest.approx(layer[1].value, rel=1e-4) and layer[0].value >= free.value
+    from bench.api import Query
+    from bench.network import walk
+    from baselines.verify.lipsdp import LipSDP
+    from baselines.verify.sdp_common import chain
+    wide = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 3))
+    native = LipSDP(solver="NATIVE")
+    assert native.operator(chain(walk(wide, (1, 16, 16)), Query(), "x")) == "layers"  # 2,048 units
+    assert native.operator(chain(walk(conv, (1, 5, 5)), Query(), "x")) == "dense"
+    wide_mlp = mlp([4, LipSDP.LAYERS_FROM, 2])
+    assert native.operator(chain(walk(wide_mlp, (4,)), Query(), "x")) == "dense"
     with pytest.raises(bench.UserError, match="applies to solver NATIVE only"):
         bench.verify(conv, "lipsdp", operator="layers", **kw)
 
@@ -391,6 +404,13 @@ def test_the_gpu_path_certifies_the_same_value():
         gpu = bench.verify(net, name, p=2, device="cuda", **kw)
         assert cpu.status == gpu.status == "ok", (name, gpu.error)
         assert gpu.value == pytest.approx(cpu.value, rel=1e-5), name
+    torch.manual_seed(0)  # a conv net: NATIVE matrix-free, conv2d and conv_transpose2d on the device
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.Conv2d(2, 2, 3, stride=2, padding=1), nn.ReLU(),
+                         nn.Flatten(), nn.Linear(2 * 3 * 3, 3))
+    cpu, gpu = (bench.verify(conv, "lipsdp", p=2, input_shape=(1, 5, 5), solver="NATIVE", operator="layers",
+                             device=d) for d in ("cpu", "cuda"))
+    assert gpu.status == "ok" and gpu.stats["operator"] == "layers", gpu.error
+    assert gpu.value == pytest.approx(cpu.value, rel=1e-5)
     rng = np.random.default_rng(0)
     ch = Chain([rng.normal(size=(30, 8)), rng.normal(size=(20, 30)), rng.normal(size=(3, 20))], [0.0, 0.0], [1.0, 1.0])
     T = [1.05 * t for t in eclipse(ch, fast=True)[0]]

@@ -28,7 +28,13 @@ those eigenvalues (``sdp_common.minimise``), from ECLipsE's multipliers, in torc
 the budget's device (CPU or CUDA); ``eps`` sets how far the soft maximum is sharpened,
 ``max_iters`` caps the evaluations, and 80% of the budget caps its time.  Its answer is no
 optimum certificate: it is a feasible point, certified like any other, and usually at or
-slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).  On networks of
+slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).  ``operator``
+picks its linear algebra: ``dense``, the Cholesky factors above, or ``layers``, the same
+function matrix-free (:mod:`baselines.verify.implicit`: products through the conv layers
+themselves, conjugate gradients for the output's r right-hand sides), 0.5 s an
+evaluation on the cifar suite's conv net here against 3.4 s dense; ``auto`` takes
+``layers`` for a conv net whose widest layer has ``LAYERS_FROM`` units or more.  ECLipsE's warm start and the certificate stay
+dense, one layer at a time, so the per-layer limit stands.  On networks of
 |x| alone (every slope range symmetric, so the layers decouple) it minimises LipSDP's
 equivalent form, the product of diagonally rescaled layer norms
 (``sdp_common.symmetric_factors``), from the trivial bound; the layer form is the
@@ -36,7 +42,8 @@ trivial bound there.
 
 Every solver's multipliers are certified by ``sdp_common.certify`` (a block Cholesky
 factorisation per layer), so the structured path needs no dense LMI.  Conv layers are
-unrolled into dense matrices per layer (``unsupported`` above the dense limit).  With a
+unrolled into dense matrices per layer for that certificate (``unsupported`` above the
+dense limit).  With a
 cvxpy solver a network of more than ``MAX_NEURONS`` hidden neurons (a conv counts
 channels x pixels) is ``unsupported`` with its size: one dense LMI of that order does
 not solve within a suite's budget (two ReLU convs, SCS, one thread: 2 x 256 neurons 122 s;
@@ -103,8 +110,9 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     dev = tc.Ws[0].device
     sizes = ch.hidden
     deadline = t0 + time_limit if time_limit else math.inf
-    r = min(tc.Ws[0].shape)
-    stats = {"solver": "NATIVE", "lmi_size": int(r + sum(sizes)), "input_block": int(r)}
+    r = min(tc.Ws[0].shape) if op is None else tc.Ws[0].shape[1]  # the input block, reduced or not
+    stats = {"solver": "NATIVE", "lmi_size": int(r + sum(sizes)), "input_block": int(r),
+             "operator": "dense" if op is None or symmetric(ch) else "layers"}
     if symmetric(ch):  # |x|: the product of diagonally rescaled layer norms, from the trivial bound (u = 0)
         us = [torch.zeros(n, dtype=torch.float64, device=dev, requires_grad=form == "neuron") for n in sizes]
         if form == "neuron":
@@ -135,7 +143,6 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
         Ls = [torch.exp(p).expand(n) if form == "layer" else torch.exp(p) for p, n in zip(ps, sizes)]
         return rho_of(tc, Ls, G0) if op is None else op.rho(Ls)
     best, best_p, status = minimise(f, params, eps, max_iters, deadline)
-    stats["operator"] = "dense" if op is None else "layers"
     if op is not None:
         stats["cg_steps"] = op.steps
     if not math.isfinite(best):
@@ -213,10 +220,15 @@ class LipSDP(Verifier):
               "max_iters": Param(100000, "the solver's iteration limit", ge=1),
               "operator": Param("auto", "NATIVE's linear algebra: dense Cholesky factors per layer, or products "
                                 "through the layers with conjugate gradients ('layers', matrix-free); 'auto': "
-                                "'layers' where the network has a conv", choices=("auto", "dense", "layers"))}
+                                "'layers' for a conv net with a layer of 2,048 units or more; |x| nets are dense", choices=("auto", "dense", "layers"))}
 
     #: hidden neurons (all layers) of the largest network attempted with a cvxpy solver
     MAX_NEURONS = 1024
+    #: the widest hidden layer from which 'auto' solves a conv net matrix-free: one evaluation
+    #: of rho(L) on two-conv nets here, dense against layers (13 conjugate-gradient steps; near
+    #: the optimum they take about 70): widest layer 1,024, 0.053 s against 0.034 s;
+    #: 2,048, 0.42 s against 0.059 s; 4,096 (the cifar suite's), 3.4 s against 0.5 s
+    LAYERS_FROM = 2048
 
     @classmethod
     def check_params(cls, P: dict) -> None:
@@ -228,9 +240,10 @@ class LipSDP(Verifier):
     def operator(self, ch: Chain) -> str:
         """'layers' or 'dense': what NATIVE solves with on this chain (|x| chains, solved
         as a product of layer norms, are always dense)."""
+        from .implicit import has_conv
         op = self.opts["operator"]
         if op == "auto":
-            op = "layers" if any(getattr(f, "is_conv", False) for fs in ch.factors or [] for f in fs) else "dense"
+            op = "layers" if has_conv(ch) and max(ch.hidden) >= self.LAYERS_FROM else "dense"
         return "dense" if symmetric(ch) else op
 
     def supports(self, net: Net, query: Query) -> str | None:
@@ -269,7 +282,7 @@ class LipSDP(Verifier):
             op = None
             if P["solver"] == "NATIVE" and self.operator(ch) == "layers":
                 from .implicit import Operator
-                op = Operator(ch, s, dev)
+                op = Operator(ch, s, dev, deadline=time.perf_counter() + limit if limit else math.inf)
             T, stats = solve(sch, P["form"], P["solver"].upper(), P["eps"], P["max_iters"], limit, device=dev, op=op)
             t0 = time.perf_counter()
             hint = stats["raw_rho_scaled"] * float(np.prod(s)) ** 2 if stats["raw_rho_scaled"] is not None else None

@@ -28,6 +28,9 @@ in torch (float64) on the verifier's device, CPU or CUDA:
   from the output backwards, with the rounding of the assembly and of the factorisation
   bounded a posteriori and covered by the shift delta; rho comes from the input block's
   Schur complement, and only a rho whose factorisation succeeds is reported.
+
+NATIVE's matrix-free solve (:mod:`baselines.verify.implicit`) computes the elimination's
+rho(L) without the dense blocks, from the layers each W_k composes (``Chain.factors``).
 """
 from __future__ import annotations
 
