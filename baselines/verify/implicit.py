@@ -14,7 +14,8 @@ does not depend on rho: block-tridiagonal with
 
 M(rho, T) <= 0 holds iff rho P(L) >= R R^T, so where P(L) is positive definite the least
 rho is lambda_max(R^T P(L)^{-1} R), an eigenvalue problem of the output's size: r right
-hand sides (10 outputs, or 1 for a class pair) solved by conjugate gradients, each step
+hand sides (10 outputs, or 1 for a class pair) solved by conjugate gradients,
+preconditioned by symmetric Gauss-Seidel with Eisenstat's trick, so that each step is
 one forward and one adjoint pass through every layer for the r columns at once.  Its
 gradient needs no differentiation through the solver: with X = P(L)^{-1} R held fixed,
 S = X^T R + R^T X - X^T P(L) X equals R^T P^{-1} R (less the residual's e^T P e, second

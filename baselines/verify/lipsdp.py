@@ -31,8 +31,8 @@ optimum certificate: it is a feasible point, certified like any other, and usual
 slightly below SCS's value at eps 1e-5 (SCS stops within its tolerance).  ``operator``
 picks its linear algebra: ``dense``, the Cholesky factors above, or ``layers``, the same
 function matrix-free (:mod:`baselines.verify.implicit`: products through the conv layers
-themselves, conjugate gradients for the output's r right-hand sides), 0.5 s an
-evaluation on the cifar suite's conv net here against 3.4 s dense; ``auto`` takes
+themselves, conjugate gradients for the output's r right-hand sides), about 70 steps of
+4 ms an evaluation on the cifar suite's conv net here against 3.4 s dense; ``auto`` takes
 ``layers`` for a conv net whose widest layer has ``LAYERS_FROM`` units or more.  ECLipsE's warm start and the certificate stay
 dense, one layer at a time, so the per-layer limit stands.  On networks of
 |x| alone (every slope range symmetric, so the layers decouple) it minimises LipSDP's
