@@ -99,20 +99,23 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     import torch
     from .eclipse import eclipse
     t0 = time.perf_counter()
-    tc = torch_chain(ch, device)
-    W0 = tc.Ws[0]
-    if op is None and ch.a[0] * ch.b[0] != 0 and W0.shape[1] > W0.shape[0]:
-        # the input reduced to W_0's rank: with W_0^T = Q R, W_0 Y_0^{-1} W_0^T is the same for
-        # R^T in W_0's place (Q^T (I + Q X Q^T)^{-1} Q = (I + X)^{-1}), and Y_0 shrinks to n_1 rows.
-        # Elsewhere (ReLU, |x|) NATIVE sees W_0 through W_0 W_0^T or its smaller Gram alone
-        tc = Chain([torch.linalg.qr(W0.T, mode="r")[1].T] + tc.Ws[1:], tc.a, tc.b)
-    G0 = tc.Ws[0] @ tc.Ws[0].T if op is None else None  # the matrix-free operator needs no Gram matrix
-    dev = tc.Ws[0].device
+    if op is not None and symmetric(ch):
+        op = None  # |x|: a product of layer norms, never through P(L)
+    if op is None:
+        tc = torch_chain(ch, device)
+        W0 = tc.Ws[0]
+        if ch.a[0] * ch.b[0] != 0 and W0.shape[1] > W0.shape[0]:
+            # the input reduced to W_0's rank: with W_0^T = Q R, W_0 Y_0^{-1} W_0^T is the same for
+            # R^T in W_0's place (Q^T (I + Q X Q^T)^{-1} Q = (I + X)^{-1}), and Y_0 shrinks to n_1 rows.
+            # Elsewhere (ReLU, |x|) NATIVE sees W_0 through W_0 W_0^T or its smaller Gram alone
+            tc = Chain([torch.linalg.qr(W0.T, mode="r")[1].T] + tc.Ws[1:], tc.a, tc.b)
+        G0, dev, r = tc.Ws[0] @ tc.Ws[0].T, tc.Ws[0].device, min(tc.Ws[0].shape)
+    else:  # matrix-free: no dense copy of the chain on the device, no Gram matrix, the whole input block
+        tc, G0, dev, r = None, None, op.B.device, ch.Ws[0].shape[1]
     sizes = ch.hidden
     deadline = t0 + time_limit if time_limit else math.inf
-    r = min(tc.Ws[0].shape) if op is None else tc.Ws[0].shape[1]  # the input block, reduced or not
     stats = {"solver": "NATIVE", "lmi_size": int(r + sum(sizes)), "input_block": int(r),
-             "operator": "dense" if op is None or symmetric(ch) else "layers"}
+             "operator": "dense" if op is None else "layers"}
     if symmetric(ch):  # |x|: the product of diagonally rescaled layer norms, from the trivial bound (u = 0)
         us = [torch.zeros(n, dtype=torch.float64, device=dev, requires_grad=form == "neuron") for n in sizes]
         if form == "neuron":
