@@ -7,7 +7,9 @@ one (a Cholesky's info check, an eigenvalue read back).
 
     python benchmarks/gpu_latency.py [--sizes 10 64 256 1024] [--repeats 50]
 
-The last row is one pass of the matrix-free operator's first layer, for its 10 outputs.
+The last row is one pass of the matrix-free operator's first layer, for its 10 outputs;
+on CUDA a last line says where ``sdp_common.eigs`` sends each size's eigenproblems (the
+host's LAPACK or cuSOLVER, whichever it timed faster on first use).
 """
 from __future__ import annotations
 
@@ -16,19 +18,26 @@ import time
 
 import torch
 
+from baselines.verify.sdp_common import _host_eigh
 
-def primitives(n: int, device: str):
+
+def spd(n: int, device: str):
     g = torch.Generator(device="cpu").manual_seed(0)
     A = torch.randn(n, n, generator=g, dtype=torch.float64).to(device)
-    S = A @ A.T + n * torch.eye(n, dtype=torch.float64, device=device)
+    return A, A @ A.T + n * torch.eye(n, dtype=torch.float64, device=device)
+
+
+def primitives(n: int, device: str):
+    A, S = spd(n, device)
     C = torch.linalg.cholesky(S)
-    B = torch.randn(n, n, generator=g, dtype=torch.float64).to(device)
+    B = torch.randn(n, n, generator=torch.Generator(device="cpu").manual_seed(1), dtype=torch.float64).to(device)
     return {
         "matmul": lambda: A @ B,
         "cholesky_ex + info check": lambda: bool(torch.linalg.cholesky_ex(S)[1] != 0),
         "solve_triangular": lambda: torch.linalg.solve_triangular(C, B, upper=False),
         "eigvalsh + read top": lambda: float(torch.linalg.eigvalsh(S)[-1]),
         "eigh": lambda: torch.linalg.eigh(S),
+        "host eigh (scipy, copies both ways)": lambda: _host_eigh(S),
     }
 
 
@@ -71,6 +80,11 @@ def main():
     times = [1e3 * per_call(conv_pass(d), d, args.repeats) for d in devices]
     print("| 10 x 3,072 | conv2d + conv_transpose2d (16 channels, 3x3, stride 2) | "
           + " | ".join(f"{t:.3f}" for t in times) + " |")
+    if "cuda" in devices:  # where sdp_common.eigs sends each size's eigenproblems on this machine
+        from baselines.verify.sdp_common import HOST_EIGS_ROWS, on_host
+        routes = {n: "host" if on_host(spd(n, "cuda")[1]) else "cuda" for n in args.sizes}
+        print(f"eigs route (timed on first use, up to {HOST_EIGS_ROWS} rows): "
+              + ", ".join(f"{n}: {r}" for n, r in routes.items()))
 
 
 if __name__ == "__main__":

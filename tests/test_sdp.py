@@ -478,6 +478,47 @@ def test_the_solvers_survive_a_gpu_eigensolver(request):
         assert fragile[k] == pytest.approx(v, rel=1e-5), k
 
 
+def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
+    """On CUDA, ``eigs`` sends a size's eigenproblems to LAPACK on the host where that was
+    the faster on first use (``faster``: best of three after a warm-up; a device solver
+    that raises loses).  The host route must give torch's eigenvalues, eigenvectors and
+    gradient, and None for a matrix that is not finite; the answers of ECLipsE and NATIVE
+    must not change with it (CPU tensors here, routed as CUDA's would be)."""
+    import time
+
+    from baselines.verify import sdp_common
+    from baselines.verify.sdp_common import eigs, faster
+
+    def slow():
+        time.sleep(0.002)
+
+    def broken():
+        raise torch.linalg.LinAlgError("error code: 6")
+    assert faster(lambda: None, slow) and not faster(slow, lambda: None)
+    assert faster(slow, broken) and not faster(broken, slow)
+    assert not sdp_common.on_host(torch.eye(3, dtype=torch.float64))  # a CPU tensor stays where it is
+    rng = np.random.default_rng(0)
+    A = torch.tensor(rng.normal(size=(7, 7)), requires_grad=True)
+    w = torch.linspace(0.1, 1, 7, dtype=torch.float64)
+    ref_lam, ref_V = eigs(A.detach(), vectors=True)
+    (eigs(A) * w).sum().backward()
+    ref_grad, A.grad = A.grad.clone(), None
+    from bench.api import Query
+    from bench.network import walk
+    ch = sdp_common.chain(walk(mlp([20, 64, 64, 10], seed=3), (20,)), Query(p=2), "t")
+    plain = _sdp_answers(ch)
+    monkeypatch.setattr(sdp_common, "on_host", lambda S: True)
+    lam, V = eigs(A.detach(), vectors=True)
+    assert torch.allclose(lam, ref_lam, rtol=0, atol=1e-12) and torch.allclose(abs(V.T @ ref_V), torch.eye(7,
+                                                                                 dtype=torch.float64), atol=1e-9)
+    (eigs(A) * w).sum().backward()
+    assert torch.allclose(A.grad, ref_grad, atol=1e-12)
+    assert eigs(torch.full((3, 3), math.nan, dtype=torch.float64)) is None
+    routed = _sdp_answers(ch)
+    for k, v in plain.items():  # LAPACK's scipy driver against torch's: the last bits, the optimiser's path
+        assert routed[k] == pytest.approx(v, rel=1e-5), k
+
+
 def _conv_chain(query=None, act=nn.ReLU):
     """A small conv net with what the matrix-free maps must reproduce: strides, padding,
     dilation, groups, a BatchNorm, an average pooling, and (MaxMin) a ReLU form."""

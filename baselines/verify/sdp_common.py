@@ -383,14 +383,73 @@ def _host_eigvalsh():
     return HostEigvalsh
 
 
+#: on CUDA, eigenproblems up to this many rows are timed both ways on first use (:func:`on_host`)
+HOST_EIGS_ROWS = 512
+#: (rows, device) -> whether LAPACK on the host was the faster there
+_EIGS_ON_HOST: dict = {}
+
+
+def faster(a: Callable, b: Callable, sync: Callable = lambda: None, repeats: int = 3) -> bool:
+    """Whether ``a`` is faster than ``b``: the best of ``repeats`` timed calls each, after
+    one untimed call (kernels load, workspaces grow), ``sync`` (the device's
+    synchronisation) closing each; a ``b`` that raises loses."""
+    import time
+
+    def best(f):
+        f()
+        sync()
+        t = math.inf
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            f()
+            sync()
+            t = min(t, time.perf_counter() - t0)
+        return t
+    try:
+        tb = best(b)
+    except Exception:  # noqa: BLE001 (cuSOLVER's failures, pytorch#94772: the host answers)
+        return True
+    try:
+        return best(a) < tb
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def on_host(S) -> bool:
+    """Whether S's eigenproblem goes to LAPACK on the host: never for a CPU tensor; on
+    CUDA, for up to ``HOST_EIGS_ROWS`` rows, where the host was the faster of the two on
+    the first matrix of that size (a small eigenproblem on a GPU is bound by latency,
+    and torch's cuSOLVER heuristics have changed between versions: a 32-row one took
+    19 ms on CUDA against 41 us on the CPU in pytorch#10172, and 2.10 slowed CUDA's eigh,
+    pytorch#183806); larger ones stay on the device (the session-8 H200 ran ECLipsE at
+    width 1,024 in 11 s against the CPU's 60)."""
+    import torch
+    if not S.is_cuda or S.shape[0] > HOST_EIGS_ROWS:
+        return False
+    key = (S.shape[0], S.device)
+    if key not in _EIGS_ON_HOST:
+        if not bool(torch.isfinite(S).all()):  # decide on a matrix both can take
+            return False
+        _EIGS_ON_HOST[key] = faster(lambda: _host_eigh(S), lambda: torch.linalg.eigh(S),
+                                    lambda: torch.cuda.synchronize(S.device))
+    return _EIGS_ON_HOST[key]
+
+
 def eigs(G, vectors: bool = False):
     """The eigenvalues (ascending; and eigenvectors with ``vectors``) of the symmetric part
-    of G, differentiable (values only); None where G is not finite.  cuSOLVER fails on
+    of G, differentiable (values only); None where G is not finite.  Small ones on CUDA
+    may go to the host (:func:`on_host`: whichever was faster), with one transfer and no
+    finiteness test on the device.  cuSOLVER fails on
     some rank-deficient matrices that LAPACK takes ("failed to converge ... error code
     6": pytorch#94772; on an H200, ECLipsE and NATIVE stopped on the Gram matrix of a
     784-1,024 layer, rank 784); there LAPACK on the host answers instead."""
     import torch
     S = (G + G.T) / 2
+    if on_host(S):
+        try:
+            return _host_eigh(S) if vectors else _host_eigvalsh().apply(S)
+        except (np.linalg.LinAlgError, ValueError):  # ValueError: scipy's test, not finite
+            return None
     if not bool(torch.isfinite(S).all()):
         return None
     try:
