@@ -353,6 +353,33 @@ def test_the_elimination_gradient_in_closed_form_equals_autograd(slopes):
         assert torch.allclose(ours, ref, rtol=1e-9, atol=1e-12 * float(ref.abs().max()))
 
 
+@pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0)])
+def test_an_eclipse_stage_is_the_elimination_of_one_stage(slopes):
+    """ECLipsE's stage objective (``eclipse._stage_value``: ``rho_of`` on the one-stage chain
+    of the sector [0, a + b]) equals the eigenvalues of the stage's G_k with the a b term
+    dropped (``stage(..., drop_ab=True)``), and its closed-form gradient equals autograd
+    through that stage, a leaky ReLU's a > 0 included."""
+    from baselines.verify.eclipse import _stage_value
+    from baselines.verify.sdp_common import eigs, input_gram, stage, torch_chain
+    rng = np.random.default_rng(2)
+    Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(3, 5))]
+    tc = torch_chain(Chain([W / np.linalg.norm(W, 2) for W in Ws], [slopes[0]] * 2, [slopes[1]] * 2))
+    G = input_gram(tc, drop_ab=True)
+    L0 = torch.tensor(rng.uniform(0.3, 0.5, size=6), requires_grad=True)
+    G1 = stage(tc, 0, G, L0.detach(), drop_ab=True)
+    for k, Gk in ((0, G), (1, G1)):
+        L = L0 if k == 0 else torch.tensor(rng.uniform(0.3, 0.5, size=5), requires_grad=True)
+        ours = _stage_value(tc, k, Gk, L)
+        weights = torch.linspace(0.1, 1, ours.numel(), dtype=torch.float64)  # a soft maximum's
+        (ours * weights).sum().backward()
+        g_ours, L.grad = L.grad.clone(), None
+        ref = eigs(stage(tc, k, Gk, L, drop_ab=True))
+        (ref * weights).sum().backward()
+        assert torch.allclose(ours.detach(), ref.detach(), rtol=1e-12, atol=1e-15)
+        assert torch.allclose(g_ours, L.grad, rtol=1e-9, atol=1e-12 * float(L.grad.abs().max()))
+        L.grad = None
+
+
 def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
     the same SDP value, on MLPs and on a small conv net, there both matrix-free (operator
@@ -478,6 +505,25 @@ def test_the_solvers_survive_a_gpu_eigensolver(request):
         assert fragile[k] == pytest.approx(v, rel=1e-5), k
 
 
+def test_the_top_eigenvalue_survives_lanczos_failing(monkeypatch):
+    """Above 512 rows ``top_eig_estimate`` uses Lanczos (ARPACK); where that does not
+    converge (NATIVE stopped with ArpackNoConvergence on 784-1024-1024-10, an optimised
+    ECLipsE stage leaving its top eigenvalues clustered) the dense solver answers."""
+    import scipy.sparse.linalg
+
+    from baselines.verify.sdp_common import top_eig_estimate
+    rng = np.random.default_rng(0)
+    Q = np.linalg.qr(rng.normal(size=(600, 600)))[0]
+    lam = np.concatenate([rng.uniform(0, 1, 597), [2.0, 2.0 - 1e-13, 2.0 - 2e-13]])  # a clustered top
+    G = torch.tensor((Q * lam) @ Q.T)
+    assert top_eig_estimate(G) == pytest.approx(2.0, rel=1e-10)
+
+    def fails(*a, **k):
+        raise scipy.sparse.linalg.ArpackNoConvergence("ARPACK error -1: No convergence", np.zeros(0), np.zeros(0))
+    monkeypatch.setattr(scipy.sparse.linalg, "eigsh", fails)
+    assert top_eig_estimate(G) == pytest.approx(2.0, rel=1e-12)
+
+
 def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
     """On CUDA, ``eigs`` sends a size's eigenproblems to LAPACK on the host where that was
     the faster on first use (``faster``: best of three after a warm-up; a device solver
@@ -515,8 +561,9 @@ def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
     assert torch.allclose(A.grad, ref_grad, atol=1e-12)
     assert eigs(torch.full((3, 3), math.nan, dtype=torch.float64)) is None
     routed = _sdp_answers(ch)
-    for k, v in plain.items():  # LAPACK's scipy driver against torch's: the last bits, the optimiser's path
-        assert routed[k] == pytest.approx(v, rel=1e-5), k
+    for k, v in plain.items():  # LAPACK's scipy driver against torch's: the last bits, the optimisers' paths
+        # (ECLipsE's stages stop at their eps, 1e-4: two paths ended 1.7e-4 apart on this net)
+        assert routed[k] == pytest.approx(v, rel=5e-4 if k == "eclipse fast=False" else 1e-5), k
 
 
 def _conv_chain(query=None, act=nn.ReLU):

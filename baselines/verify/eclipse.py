@@ -10,10 +10,11 @@ which must stay positive definite; at the end rho = lambda_max(G_K) (``sdp_commo
   that maximises the smallest eigenvalue of Y_k): closed form, no solver.
 - ``eclipse`` chooses a diagonal L_k at each stage to maximise s with Y_k >= s W_k^T W_k
   (ECLipsE's stage problem, a small convex SDP), i.e. to minimise
-  lambda_max(W_k Y_k^{-1} W_k^T) = lambda_max(G_k).  We solve it natively: Adam on log L_k
+  lambda_max(W_k Y_k^{-1} W_k^T) = lambda_max(G_k).  We solve it natively: L-BFGS on log L_k
   from the closed form (``sdp_common.minimise``), one Cholesky factor of Y_k and one
-  eigenvalue problem of the next layer's size per step, on CPU or CUDA; ``eps`` is its
-  relative plateau tolerance and ``max_iters`` its steps per stage.  Each stage is
+  eigenvalue problem of the next layer's size per step, the gradient by the
+  elimination's adjoint (``sdp_common.rho_of`` on the one-stage chain), on CPU or CUDA;
+  ``eps`` is its tolerance and ``max_iters`` caps its evaluations per stage.  Each stage is
   certified in float64 (Y_k must have a Cholesky factor); a stage whose answer fails, or
   that is no better than the closed form, takes the closed form, and the stats say which.
 
@@ -38,8 +39,8 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import (Chain, RepairError, certify, chain, chain_reason, device, eigs, input_gram, minimise, size_reason,
-                         stage, top_eig_estimate, torch_chain)
+from .sdp_common import (Chain, RepairError, certify, chain, chain_reason, device, input_gram, minimise, rho_of,
+                         size_reason, stage, top_eig_estimate, torch_chain)
 
 
 def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, deadline: float = math.inf,
@@ -84,8 +85,11 @@ def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, dead
 
 
 def _stage_value(tc: Chain, k: int, G, L):
-    Gn = stage(tc, k, G, L, drop_ab=True)
-    return None if Gn is None else eigs(Gn)
+    """The eigenvalues of G_k for the stage's L, differentiable: ``rho_of`` on the one-stage
+    chain from G_{k-1} (its adjoint in closed form, not autograd through the Cholesky
+    factor).  Dropping the a b term is the elimination of the sector [0, a + b]: the same
+    m = (a + b) / 2, no a b term."""
+    return rho_of(Chain([tc.Ws[k], tc.Ws[k + 1]], [0.0], [tc.a[k] + tc.b[k]]), [L], G)
 
 
 class _ECLipsEBase(Verifier):

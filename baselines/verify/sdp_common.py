@@ -473,18 +473,27 @@ def top_eig_estimate(G) -> float:
     512 rows (on CUDA up to 8,192), Lanczos (ARPACK, to 1e-12 relatively) above, where a
     full eigendecomposition costs seconds on the CPU (15 s at 4,096 rows here).  Only ever
     a choice of multipliers or of the rho to try: a certificate rests on a factorisation,
-    never on this number."""
+    never on this number.  Where Lanczos does not converge (an optimised ECLipsE stage
+    leaves its top eigenvalues clustered: ARPACK failed after 7,841 iterations on a
+    1,024-row one) the dense solver answers."""
     n = G.shape[0]
     if n <= 512 or (G.is_cuda and n <= 8192):  # a GPU's dense solver beats ARPACK on the host
-        lam = top_eig(G.detach())
-        if lam is None:
-            raise RepairError("a matrix of the elimination is not finite")
-        return float(lam)
+        return _dense_top(G)
     import scipy.sparse.linalg
     A = G.detach().cpu().numpy()
     A = (A + A.T) / 2
     v0 = np.ones(n) / math.sqrt(n)
-    return float(scipy.sparse.linalg.eigsh(A, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
+    try:
+        return float(scipy.sparse.linalg.eigsh(A, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
+    except scipy.sparse.linalg.ArpackNoConvergence:
+        return _dense_top(G)
+
+
+def _dense_top(G) -> float:
+    lam = top_eig(G.detach())
+    if lam is None:
+        raise RepairError("a matrix of the elimination is not finite")
+    return float(lam)
 
 
 def norm_estimate(W) -> float:
@@ -511,8 +520,8 @@ def norm_estimate(W) -> float:
 def rho_of(tc: Chain, Ls: list, G0=None):
     """The eigenvalues of W_L Y_K^{-1} W_L^T, the largest of which is the least rho for
     normalised multipliers L (full LipSDP-Neuron, a b terms included), differentiable in
-    ``Ls``; None if some Y_k is not positive definite.  ``G0``: a precomputed W_0 W_0^T
-    when a_1 b_1 = 0.
+    ``Ls``; None if some Y_k is not positive definite.  ``G0``: G_0 when a_1 b_1 = 0,
+    precomputed (W_0 W_0^T; an ECLipsE stage passes its G_{k-1}).
 
     The elimination runs without autograd; its gradient is the adjoint in closed form
     (:class:`_Elimination`), which costs O(n_k^2 r) a layer for r outputs where autograd
@@ -575,10 +584,10 @@ def _elimination_grads(state, lam_bar) -> list:
         grads[k] += ybar_diag(B) - 2 * m * m * ybar_diag(Gs[k] @ (L[:, None] * B), B)
         if k + 1 < K and tc.a[k + 1] * tc.b[k + 1] != 0:
             grads[k + 1] += (tc.a[k + 1] * tc.b[k + 1]) * ybar_diag(tc.Ws[k + 1] @ B)
-        X = m * (tc.Ws[k].T @ (L[:, None] * B))  # the previous layer's B, before Y^{-1}
         C = Cs[k - 1] if k > 0 else C_in
-        if C is None:  # a_1 b_1 = 0: G_0 = W_0 W_0^T does not depend on L
+        if C is None:  # a_1 b_1 = 0: G_0 = W_0 W_0^T (or the G0 given) does not depend on L
             break
+        X = m * (tc.Ws[k].T @ (L[:, None] * B))  # the previous layer's B, before Y^{-1}
         B = torch.linalg.solve_triangular(C.T, torch.linalg.solve_triangular(C, X, upper=False), upper=True)
         if k == 0:
             grads[0] += (tc.a[0] * tc.b[0]) * ybar_diag(tc.Ws[0] @ B)
