@@ -2,15 +2,19 @@
 # The GPU checks in one run (a machine with CUDA and lipbench installed, from the repository root):
 # the tests that skip without CUDA, then the SDP verifiers' scaling on the GPU.  Each stage has its
 # own time limit, and each table row is written as it comes (OUT, default gpu-check/).
-#   bash benchmarks/gpu_check.sh [STAGE ...]     stages: latency tests mlp conv depth (default: all)
+#   bash benchmarks/gpu_check.sh [STAGE ...]     stages: latency small tests mlp conv depth (default: all)
+# latency and small take about two minutes: the small-MLP target's row (784-256-256-10) and the
+# per-call latencies that explain it; the rest needs more than one 10-minute call.
 # conv needs a folder of stored conv nets: NETS=RESULTS/networks (e.g. the cifar suite's).
 OUT=${OUT:-gpu-check}
 export PYTHONUNBUFFERED=1
 python -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__, torch.cuda.get_device_name(0))" || exit 1
 mkdir -p "$OUT"
-for s in ${@:-latency tests mlp conv depth}; do
+for s in ${@:-latency small tests mlp conv depth}; do
   case $s in
     latency) timeout 120 python benchmarks/gpu_latency.py | tee "$OUT/latency.md" ;;
+    small) timeout 240 python benchmarks/sdp_scaling.py --device cuda --widths 256 \
+           --verifiers lipsdp:NATIVE eclipse eclipse-fast --timeout 60 --csv "$OUT/small.csv" ;;
     tests) timeout 600 python -m pytest -q -rs tests/test_sdp.py tests/test_exact.py tests/test_cli.py -k "gpu or cuda" ;;
     mlp) timeout 900 python benchmarks/sdp_scaling.py --device cuda --widths 128 256 512 1024 2048 \
            --verifiers lipsdp:NATIVE eclipse eclipse-fast --timeout 120 --csv "$OUT/mlp.csv" ;;
@@ -19,6 +23,6 @@ for s in ${@:-latency tests mlp conv depth}; do
     conv) if [ -n "$NETS" ]; then timeout 1200 python benchmarks/sdp_scaling.py --device cuda --widths \
            --networks "$NETS" --verifiers lipsdp:NATIVE lipsdp:NATIVE:dense eclipse eclipse-fast --timeout 120 --csv "$OUT/conv.csv"
           else echo "conv: skipped (set NETS to a folder of stored networks)"; fi ;;
-    *) echo "unknown stage $s (latency tests mlp conv depth)"; exit 2 ;;
+    *) echo "unknown stage $s (latency small tests mlp conv depth)"; exit 2 ;;
   esac
 done

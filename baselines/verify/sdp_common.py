@@ -430,8 +430,9 @@ def on_host(S) -> bool:
     if key not in _EIGS_ON_HOST:
         if not bool(torch.isfinite(S).all()):  # decide on a matrix both can take
             return False
-        _EIGS_ON_HOST[key] = faster(lambda: _host_eigh(S), lambda: torch.linalg.eigh(S),
-                                    lambda: torch.cuda.synchronize(S.device))
+        D = S.detach()
+        _EIGS_ON_HOST[key] = faster(lambda: _host_eigh(D), lambda: torch.linalg.eigh(D),
+                                    lambda: torch.cuda.synchronize(D.device))
     return _EIGS_ON_HOST[key]
 
 
