@@ -3,8 +3,8 @@
 # the tests that skip without CUDA, then the SDP verifiers' scaling on the GPU.  Each stage has its
 # own time limit, and each table row is written as it comes (OUT, default gpu-check/).
 #   bash benchmarks/gpu_check.sh [STAGE ...]     stages: latency small tests mlp conv depth (default: all)
-# latency and small take about two minutes: the small-MLP target's row (784-256-256-10) and the
-# per-call latencies that explain it; the rest needs more than one 10-minute call.
+# latency and small (at most 2 and 4 minutes) answer the small-MLP target first: its row
+# (784-256-256-10) and the per-call latencies that explain it; all stages need several calls.
 # conv needs a folder of stored conv nets: NETS=RESULTS/networks (e.g. the cifar suite's).
 OUT=${OUT:-gpu-check}
 export PYTHONUNBUFFERED=1

@@ -94,8 +94,9 @@ def main():
           + " | ".join(f"{t:.3f}" for t in times) + " |")
     if "cuda" in devices:  # where sdp_common.eigs sends each size's eigenproblems on this machine
         from baselines.verify.sdp_common import HOST_EIGS_ROWS, on_host
-        routes = {n: "host" if on_host(spd(n, "cuda")[1]) else "cuda" for n in args.sizes}
-        print(f"eigs route (timed on first use, up to {HOST_EIGS_ROWS} rows): "
+        routes = {n: "/".join("host" if on_host(spd(n, "cuda")[1], v) else "cuda" for v in (False, True))
+                  for n in args.sizes}
+        print(f"eigs route, values/vectors (timed on first use, up to {HOST_EIGS_ROWS} rows): "
               + ", ".join(f"{n}: {r}" for n, r in routes.items()))
 
 

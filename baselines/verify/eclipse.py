@@ -130,7 +130,8 @@ class _ECLipsEBase(Verifier):
 @register
 class ECLipsEFast(_ECLipsEBase):
     name = "eclipse-fast"
-    version = "2"  # 2: the block machinery (torch, CPU or CUDA), certified block by block
+    # 2: the block machinery (torch, CPU or CUDA), certified block by block; 3: Lanczos's failure not fatal
+    version = "3"
     description = "ECLipsE-Fast: LipSDP-Neuron layer by layer in closed form, certified"
     fast = True
 
@@ -139,7 +140,8 @@ class ECLipsEFast(_ECLipsEBase):
 class ECLipsE(_ECLipsEBase):
     name = "eclipse"
     # 2: stages past half the budget take the closed form; 3: stages solved natively (no cvxpy)
-    version = "3"
+    # 4: the stage's gradient by the elimination's adjoint (another optimiser path); Lanczos's failure not fatal
+    version = "4"
     description = "ECLipsE: LipSDP-Neuron layer by layer, each stage's problem solved natively, certified"
     params = {"eps": Param(1e-4, "the stage optimiser's relative plateau tolerance", gt=0, lt=1),
               "max_iters": Param(200, "the stage optimiser's steps per layer", ge=1)}

@@ -210,7 +210,8 @@ class LipSDP(Verifier):
     # 4: NATIVE on the block elimination with L-BFGS, certification block by block (torch, CPU or CUDA)
     # 5: NATIVE takes |x| networks (the product of rescaled layer norms)
     # 6: NATIVE solves conv nets matrix-free (operator 'layers', chosen by 'auto')
-    version = "6"
+    # 7: NATIVE's warm start from ECLipsE 4 (another optimiser path); Lanczos's failure not fatal
+    version = "7"
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
