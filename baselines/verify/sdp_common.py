@@ -578,16 +578,21 @@ def _elimination_grads(state, lam_bar) -> list:
     elimination.  With Y_bar_k = -B_k Gc B_k^T (Gc = V diag(lam_bar) V^T, r x r, B_k of
     hidden layer k's size x r): B_K = Y_K^{-1} W_L^T, B_{k-1} = m_k Y_{k-1}^{-1} W_k^T L_k B_k,
     and dL_k = diag(Y_bar_k) - 2 m_k^2 diag(G_{k-1} L_k Y_bar_k) (+ a b diag(W Y_bar W^T) for
-    the a b terms, which Y_{k-1} and Y_0 hold for L_k): every term of rank r."""
+    the a b terms, which Y_{k-1} and Y_0 hold for L_k).  Each B_k is carried in the
+    eigenvectors' coordinates, B_k V, and only for the q eigenvalues with a weight (a soft
+    maximum's weights fall below 1e-16 of the largest a few tau under the top), so every
+    term is of rank q <= r: an ECLipsE stage, whose r is the next layer's width, pays
+    O(n^2 q) for its gradient, not O(n^2 r)."""
     import torch
     tc, Ld, Gs, Cs, C_in, Z, V = state
     K = len(Ld)
-    Gc = (V * lam_bar[None, :]) @ V.T
+    keep = lam_bar.abs() > 1e-16 * lam_bar.abs().max()
+    w, Vq = lam_bar[keep], V[:, keep]  # one synchronisation on a GPU (the count q)
     grads = [torch.zeros_like(l) for l in Ld]
 
-    def ybar_diag(A, B=None):  # diag(-A Gc B^T), B = A by default: diag(A Y_bar A^T)-style terms
-        return -((A @ Gc) * (A if B is None else B)).sum(1)
-    B = torch.linalg.solve_triangular(Cs[K - 1].T, Z, upper=True)  # Y_K^{-1} W_L^T
+    def ybar_diag(A, B=None):  # diag(-A Gc B^T) for A, B in the eigenvectors' coordinates
+        return -((A * w[None, :]) * (A if B is None else B)).sum(1)
+    B = torch.linalg.solve_triangular(Cs[K - 1].T, Z @ Vq, upper=True)  # Y_K^{-1} W_L^T V
     for k in range(K - 1, -1, -1):
         L, m = Ld[k], (tc.a[k] + tc.b[k]) / 2
         grads[k] += ybar_diag(B) - 2 * m * m * ybar_diag(Gs[k] @ (L[:, None] * B), B)
