@@ -418,6 +418,12 @@ def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     assert native.operator(chain(walk(wide_mlp, (4,)), Query(), "x")) == "dense"
     with pytest.raises(bench.UserError, match="applies to solver NATIVE only"):
         bench.verify(conv, "lipsdp", operator="layers", **kw)
+    from methods.layers import Abs
+    torch.manual_seed(0)  # |x|: a product of layer norms whatever operator it is given
+    absconv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), Abs(), nn.Flatten(), nn.Linear(2 * 5 * 5, 3))
+    given = bench.verify(absconv, "lipsdp", solver="NATIVE", operator="layers", **kw)
+    assert given.stats["operator"] == "dense" and given.value == pytest.approx(
+        bench.verify(absconv, "lipsdp", solver="NATIVE", **kw).value, rel=1e-12)
 
 
 #: how far the certified answers may move with another eigensolver underneath (cuSOLVER,

@@ -242,13 +242,14 @@ class LipSDP(Verifier):
                             f"not {P['solver']}")
 
     def operator(self, ch: Chain) -> str:
-        """'layers' or 'dense': what NATIVE solves with on this chain (|x| chains, solved
-        as a product of layer norms, are always dense)."""
+        """'layers' or 'dense': the linear algebra NATIVE is given for this chain (an |x|
+        chain is solved as a product of layer norms whatever it is given, ``solve_native``
+        decides; ``stats["operator"]`` says what ran)."""
         from .implicit import has_conv
         op = self.opts["operator"]
         if op == "auto":
             op = "layers" if has_conv(ch) and max(ch.hidden) >= self.LAYERS_FROM else "dense"
-        return "dense" if symmetric(ch) else op
+        return op
 
     def supports(self, net: Net, query: Query) -> str | None:
         r = super().supports(net, query)

@@ -385,7 +385,7 @@ def _host_eigvalsh():
 
 #: on CUDA, eigenproblems up to this many rows are timed both ways on first use (:func:`on_host`)
 HOST_EIGS_ROWS = 512
-#: (rows, device) -> whether LAPACK on the host was the faster there
+#: (rows, device, vectors) -> whether LAPACK on the host was the faster there (:func:`route`)
 _EIGS_ON_HOST: dict = {}
 
 
@@ -533,7 +533,7 @@ def rho_of(tc: Chain, Ls: list, G0=None):
     precomputed (W_0 W_0^T; an ECLipsE stage passes its G_{k-1}).
 
     The elimination runs without autograd; its gradient is the adjoint in closed form
-    (:class:`_Elimination`), which costs O(n_k^2 r) a layer for r outputs where autograd
+    (:class:`_Elimination`), which costs O(n_k^2 q) a layer for the q <= r eigenvalues weighed where autograd
     through the Cholesky factors cost O(n_k^3), three times the forward pass."""
     import torch
     with torch.no_grad():
