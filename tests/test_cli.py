@@ -298,7 +298,7 @@ def test_resume_after_sigkill(tmp_path):
     assert started == 3 + 12 - len(jobs_before)  # only the missing jobs ran
 
 
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_smoke_on_gpu(tmp_path):
     out = str(tmp_path / "o")
     r = bench("run", "--suite", "smoke", "--out", out, "--device", "cuda", "--no-report")

@@ -2,7 +2,6 @@
 (``{preset: convnet, ...}``): its structure and size, its validation, its exact constant
 on a tiny instance, and the 1-Lipschitz trainers (AOL, orthogonal) training and exporting
 it with a trivial bound <= 1."""
-import importlib
 import math
 
 import numpy as np
@@ -19,7 +18,6 @@ from bench.registry import get_trainer, import_plugin
 from bench.testing.exact import exact_lipschitz
 
 torch.set_num_threads(1)
-HAS_ORTHOGONIUM = importlib.util.find_spec("orthogonium") is not None
 M = {"preset": "convnet", "base_width": 64, "blocks": 5, "layers_per_block": 5, "kernel": 3, "activation": "maxmin"}
 
 
@@ -95,10 +93,8 @@ def tiny_images(n=8, seed=0):
     return Dataset("tiny-images", X, y, X.copy(), y.copy(), 10)
 
 
-@pytest.mark.parametrize("name", ["aol", "orthogonal"])
+@pytest.mark.parametrize("name", ["aol", pytest.param("orthogonal", marks=pytest.mark.orthogonium)])
 def test_one_lipschitz_trainers_export_convnet_with_trivial_bound_one(name):
-    if name == "orthogonal" and not HAS_ORTHOGONIUM:
-        pytest.skip("orthogonium is not installed (pip install lipbench[lipnets])")
     import_plugin(f"baselines.train.{name}")
     # two blocks of two: every kind of layer, and no conv small enough for the trivial bound's
     # dense eigendecomposition, which made ConvNetM's 5 x 5 at base width 4 take ~110 s a

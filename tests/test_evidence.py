@@ -1,6 +1,5 @@
 """The report's evidence pages: the claims are computed from the store, with numbers."""
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -68,7 +67,7 @@ def test_claims_are_measured(mini):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("pdftotext") is None, reason="poppler-utils not installed")
+@pytest.mark.poppler
 def test_report_shows_the_evidence(mini):
     subprocess.run(["pdftotext", os.path.join(mini, "report.pdf"), os.path.join(mini, "r.txt")], check=True)
     text = open(os.path.join(mini, "r.txt")).read()

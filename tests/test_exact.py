@@ -1,6 +1,5 @@
 """The exact verifiers ``mip`` (both backends) and ``bab`` against region enumeration,
 the class-pair trap, the soundness chain, budgets, and the LipBaB reference networks."""
-import importlib.util
 import math
 import os
 import time
@@ -14,13 +13,12 @@ import bench
 from bench import witness
 from bench.api import Query
 from bench.network import from_npz
-from conftest import REFERENCE, mlp
+from conftest import REFERENCE, have, mlp
 from bench.testing.exact import norm, regions
 from methods.layers import Abs, CReLU, MaxMin
 
 INF = math.inf
-HAS_GUROBI = importlib.util.find_spec("gurobipy") is not None
-BACKENDS = ["highs", pytest.param("gurobi", marks=pytest.mark.skipif(not HAS_GUROBI, reason="gurobipy absent"))]
+BACKENDS = ["highs", pytest.param("gurobi", marks=pytest.mark.gurobi)]
 BOX = {"center": [0.1, -0.2], "radius": 0.5}
 DOMAINS = {"global": ("global", -100.0, 100.0), "box": (BOX, np.array([-0.4, -0.7]), np.array([0.6, 0.3]))}
 
@@ -85,7 +83,7 @@ def test_bab_equals_enumeration(act, dom):
             assert all(r1[0] <= r2[0] and r1[1] <= r2[1] and r1[2] >= r2[2] for r1, r2 in zip(tr, tr[1:]))
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_bab_on_gpu_equals_cpu():
     net = mlp([3, 16, 16, 4], seed=5)
     dom = {"center": [0.1, 0.2, -0.3], "radius": 1.0}
@@ -106,11 +104,9 @@ def trap():
 
 
 @pytest.mark.parametrize("verifier,params", [("mip", {"backend": "highs"}), ("bab", {}), ("trivial", {}),
-                                             ("mip", {"backend": "gurobi"})])
+                                             pytest.param("mip", {"backend": "gurobi"}, marks=pytest.mark.gurobi)])
 def test_class_pair_trap(verifier, params):
     """f = (relu(x), -relu(x)), margin f_0 - f_1 = 2 relu(x): l_inf constant 2."""
-    if params.get("backend") == "gurobi" and not HAS_GUROBI:
-        pytest.skip("gurobipy absent")
     for dom in ("global", {"center": [0.5], "radius": 1.0}):
         b = bench.verify(trap(), verifier, p=INF, target=(0, 1), domain=dom, **params)
         assert b.value >= 2.0 * (1 - 1e-12), b
@@ -217,10 +213,9 @@ def test_mip_rejects_l2_and_non_pwl():
         assert b.status == "unsupported" and "tanh" in b.error
 
 
+@pytest.mark.gurobi
 def test_gurobi_size_limit_is_a_status():
     """The pip licence of gurobipy refuses models above 2,000 variables or constraints."""
-    if not HAS_GUROBI:
-        pytest.skip("gurobipy absent")
     net = mlp([4, 200, 200, 2], seed=0)
     b = bench.verify(net, "mip", p=INF, target=(0, 1), backend="gurobi", timeout=60)
     if b.status == "ok":
@@ -251,13 +246,10 @@ def test_lipbab_reference_networks(name):
         assert bb.value <= bench.verify(net, "trivial", p=p, domain=dom).value * (1 + 1e-9)
 
 
-HAS_LIRPA = importlib.util.find_spec("auto_LiRPA") is not None
-
-
 def test_lirpa_absent_or_too_old_says_not_installed(monkeypatch):
     from baselines.verify import lirpa
     net = mlp([2, 8, 1], seed=0)
-    if not HAS_LIRPA:
+    if not have("auto_lirpa"):
         b = bench.verify(net, "lirpa", p=INF, domain={"center": [0.0, 0.0], "radius": 1.0})
         assert b.status == "not_installed" and b.value is None
         assert "auto_LiRPA" in b.error and "pip install --no-deps" in b.error and "Verified-Intelligence" in b.error
@@ -267,8 +259,7 @@ def test_lirpa_absent_or_too_old_says_not_installed(monkeypatch):
     assert lirpa.LiRPA.missing() == ["auto_LiRPA >= 0.5 (installed: 0.3, which has no Jacobian API)"]
 
 
-@pytest.mark.skipif(not HAS_LIRPA, reason="auto_LiRPA absent (install: " + "pip install --no-deps "
-                    "'auto_LiRPA @ git+https://github.com/Verified-Intelligence/auto_LiRPA')")
+@pytest.mark.auto_lirpa
 def test_lirpa_bounds_the_exact_constant():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(2, 8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 3))

@@ -1,13 +1,13 @@
 """The PDF report: built from hand-made stores (every status; empty; partial) and from the
 smoke suite; every page renders and is not blank, the headline's numbers are those of
 bench.tidy.headline, the data and tables are written next to the PDF."""
-import shutil
 import subprocess
 
 import pytest
 
 from bench.store import Store
 from bench.tidy import frame, headline
+from conftest import OPTIONAL, have
 from reportstores import add_network, add_result, every_status_store
 from test_cli import bench
 
@@ -28,8 +28,8 @@ def _text(reader, page=None):
 
 
 def _pages_render_and_are_not_blank(pdf, tmp_path):
-    if shutil.which("pdftoppm") is None:
-        pytest.skip("pdftoppm (poppler-utils) not installed: the pages are not rendered")
+    if not have("poppler"):
+        pytest.skip(OPTIONAL["poppler"][1])
     from matplotlib.image import imread
     d = tmp_path / "png"
     d.mkdir()

@@ -199,8 +199,7 @@ def test_small_conv_network_is_unrolled():
     assert b.status == "ok" and low <= b.value <= bench.verify(net, "trivial", p=2, input_shape=(1, 5, 5)).value
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("eclipse_nn") is None,
-                    reason="eclipse-nn is not installed (pip install 'lipbench[eclipse]')")
+@pytest.mark.eclipse_nn
 def test_our_fast_equals_the_eclipse_nn_package():
     for seed in range(3):
         net = mlp([6, 16, 12, 3], seed=seed)
@@ -434,7 +433,7 @@ def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
 PATH_TOLERANCE = {"eclipse-fast": 1e-9, "eclipse": 5e-4, "lipsdp": 1e-5}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.cuda
 def test_the_gpu_path_certifies_the_same_value():
     """NATIVE, ECLipsE and the certificate on CUDA: the same certified values as on the CPU
     (float64 on both; the optimisers' paths differ in the last bits, so their answers agree

@@ -2,7 +2,6 @@
 1-Lipschitz families export plain layers whose measured l2 constant is <= 1 + 1e-6 and
 whose sound trivial bound is <= 1 (AOL, orthogonal, spectral-norm) or, for SLL, whose
 lifted blocks compute the residual blocks exactly and are 1-Lipschitz."""
-import importlib
 import math
 
 import numpy as np
@@ -16,13 +15,13 @@ from bench.network import Affine, walk
 from bench.registry import get_trainer, import_plugin
 from bench.testing import check_trainer
 from bench.testing.exact import exact_lipschitz
+from conftest import have
 
 NEW = {"weight-decay": "weight_decay", "spectral-norm": "spectral_norm", "lmt": "lmt", "gloro": "gloro",
        "aol": "aol", "orthogonal": "orthogonal", "sll": "sll"}
 for _mod in NEW.values():   # registered by entry points once installed; importing is enough here
     import_plugin(f"baselines.train.{_mod}")
 
-HAS_ORTHOGONIUM = importlib.util.find_spec("orthogonium") is not None
 DENSE = {"hidden": [16, 16], "activation": "maxmin"}
 CONV = {"conv": [[4, 3, 1, 1], [6, 3, 2, 1]], "hidden": [12], "activation": "maxmin"}
 TOL = 1e-6
@@ -39,7 +38,7 @@ def digits():
 @pytest.mark.parametrize("name", sorted(NEW))
 def test_conforms(name):
     ran = check_trainer(name)
-    if name == "orthogonal" and not HAS_ORTHOGONIUM:
+    if name == "orthogonal" and not have("orthogonium"):
         assert "not installed: skipped" in ran
     else:
         assert "trained (2)" in ran
@@ -62,10 +61,8 @@ def _trivial(net, shape, p=2.0) -> float:
 
 
 @pytest.mark.parametrize("arch", [DENSE, CONV], ids=["dense", "conv"])
-@pytest.mark.parametrize("name", ["aol", "orthogonal", "spectral-norm"])
+@pytest.mark.parametrize("name", ["aol", pytest.param("orthogonal", marks=pytest.mark.orthogonium), "spectral-norm"])
 def test_one_lipschitz_layers(name, arch, digits):
-    if name == "orthogonal" and not HAS_ORTHOGONIUM:
-        pytest.skip("orthogonium is not installed (pip install lipbench[lipnets])")
     net, metrics = _train(name, digits, arch)
     shape = digits.input_shape
     layers = walk(net, shape).affines
