@@ -18,13 +18,15 @@ def results(out_dir: str):
 
 def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, timeout=None,
            domain="global", device: str = "cpu", threads: int = 1, **params) -> Bound:
-    """Bound the Lipschitz constant of ``net`` (a torch ``nn.Sequential``) with the
-    registered verifier ``verifier``; ``params`` are the verifier's parameters.
+    """Bound the Lipschitz constant of ``net`` with the registered verifier ``verifier``;
+    ``params`` are the verifier's parameters.  ``net``: any torch ``nn.Module`` (an
+    ``nn.Sequential``, or a module whose forward is code, e.g. with residual adds: it is
+    traced), or the path of an ONNX file (whose input shape it gives).
 
     ``target`` is None (the whole output) or a class pair ``(i, j)`` (the margin
     f_i - f_j); ``input_shape`` (one input's shape, without the batch dimension) is
-    needed unless the network starts with a Linear layer (a conv, a BatchNorm, a module
-    of your own cannot tell it).  With ``timeout`` (seconds) the job runs in a worker process that is killed
+    needed unless the network starts with a Linear layer or is an ONNX file that gives it
+    (a conv, a BatchNorm, a module of your own cannot tell it).  With ``timeout`` (seconds) the job runs in a worker process that is killed
     when the time is up (status ``timeout``); without it, in this process."""
     return _verify(net, verifier, Query(p=p, target=target or "full", domain=domain), input_shape,
                    timeout, device, threads, params)
@@ -57,9 +59,11 @@ def _verify(net, verifier: str, query: Query, input_shape, timeout, device, thre
     cls = get_verifier(verifier)
     params = cls.resolve_params(params)  # a bad parameter is the caller's error: raise it here
     try:
+        net, input_shape = netmod.read(net, input_shape)
         walked = netmod.walk(net, input_shape)
     except Unsupported as e:
         return Bound(None, cls.kind, "unsupported", error=str(e))
+    net = walked.module   # what was read: a traced module's layers as a tree of modules
     done: list = []
     collect = lambda t, o: done.append(o)  # noqa: E731
     budget = Budget(timeout, device, threads)

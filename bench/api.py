@@ -311,6 +311,10 @@ class Verifier(Plugin):
     #: gradients (``net.module``), as ``lower`` does: it accepts layers the network walk
     #: does not know (``bench.network.Opaque``), which every other verifier refuses
     gradients_only: ClassVar[bool] = False
+    #: True if the verifier reads networks that branch (``bench.network.Branch``: a
+    #: residual add, a concatenation); every other verifier refuses them, naming the
+    #: first branching layer.  A ``gradients_only`` verifier reads every network.
+    graphs: ClassVar[bool] = False
 
     def supports(self, net, query: Query) -> str | None:
         """None if this verifier can answer ``query`` on ``net``, else the reason.
@@ -318,7 +322,7 @@ class Verifier(Plugin):
         ``gradients_only``), the norm, mixed norms, and that a class pair exists;
         subclasses add their own checks and call ``super().supports``."""
         if not self.gradients_only:
-            reason = opaque_refusal(net, self.name)
+            reason = opaque_refusal(net, self.name) or (None if self.graphs else branch_refusal(net, self.name))
             if reason:
                 return reason
         if query.p not in self.norms:
@@ -346,12 +350,21 @@ def opaque_refusal(net, verifier: str) -> str | None:
     """The reason a verifier that reads the network's layers cannot use ``net``: its
     first layer that the network walk does not know (``bench.network.Opaque``), named
     with its index and class; None if there is none."""
-    for layer in getattr(net, "layers", ()):
-        if getattr(layer, "opaque", False):
-            return (f"layer {layer.index} ({layer.name}) is not supported by {verifier}: the network walk does not "
-                    f"know this module (it knows Linear, Conv2d, BatchNorm in eval mode, average and max pooling "
-                    f"and the registered activations), so only a verifier that needs nothing but gradients "
-                    f"(lower) can bound this network")
+    for layer in getattr(net, "opaque", ()):
+        why = f" ({layer.why})" if getattr(layer, "why", "") else ""
+        return (f"layer {layer.index} ({layer.name}) is not supported by {verifier}: the network walk does not "
+                f"know this module{why}; it knows Linear, Conv2d, BatchNorm in eval mode, average and max pooling, "
+                f"the registered activations and residual adds, so only a verifier that needs nothing but "
+                f"gradients (lower) can bound this network")
+    return None
+
+
+def branch_refusal(net, verifier: str) -> str | None:
+    """The reason a verifier that reads chains of layers cannot use ``net``: its first
+    layer where the network branches (``bench.network.Branch``); None for a chain."""
+    for layer in getattr(net, "branching", ()):
+        return (f"layer {layer.index} ({layer.name}) branches: {verifier} reads chains of layers only (the "
+                f"trivial bound and lower read networks that branch)")
     return None
 
 

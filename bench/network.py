@@ -57,6 +57,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from . import activations
+from .modules import BRANCHING, Concat, FirstChannels, Permute, Pointwise, Reshape, Shift, Sum, ZeroChannelPad  # noqa: F401
 from .registry import get_activation
 from .activations import ActivationSpec
 from .api import NORMS, Unsupported, UserError
@@ -238,22 +239,6 @@ class Diagonal(Affine):
         return np.abs(self.scale())
 
 
-class Shift(nn.Module):
-    """x -> x + shift, one number per channel (dimension 1: an image's channels, a
-    vector's features): a translation, Lipschitz constant 1 for every p.  A network
-    trained on centred data (x - mean) starts with Shift(-mean), so that it reads raw
-    inputs (and a radius eps stays in the data's own units)."""
-
-    def __init__(self, shift):
-        super().__init__()
-        self.register_buffer("shift", torch.as_tensor(np.asarray(shift, dtype=np.float32)).reshape(-1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.shift.numel():
-            raise ValueError(f"Shift of {self.shift.numel()} channels on an input with {x.shape[1]}")
-        return x + self.shift.to(x.dtype).view(-1, *([1] * (x.dim() - 2)))
-
-
 @dataclass
 class Translation(Diagonal):
     """A :class:`Shift`: x -> x + t, t per channel; a :class:`Diagonal` with s = 1."""
@@ -261,6 +246,20 @@ class Translation(Diagonal):
     def channel_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.module.shift.detach().double()
         return torch.ones_like(t), t
+
+
+@dataclass
+class Scaling(Diagonal):
+    """A :class:`~bench.modules.Pointwise`: x -> s * x + t with one (s, t) per coordinate
+    (a :class:`Diagonal` whose scale and shift are given for every coordinate, not per
+    channel); its norm is max_i |s_i| for every p."""
+
+    def channel_scale_shift(self) -> tuple[torch.Tensor, torch.Tensor]:
+        m = self.module
+        return m.scale.detach().double().reshape(-1), m.shift.detach().double().reshape(-1)
+
+    def _per_coordinate(self, v: torch.Tensor) -> torch.Tensor:
+        return v.reshape(self.in_shape)
 
 
 @dataclass
@@ -290,45 +289,6 @@ class Pool(Affine):
 
     def bias(self) -> None:
         return None
-
-
-class FirstChannels(nn.Module):
-    """x -> its first ``channels`` channels (dimension 1: the channels of an image, the
-    features of a vector): a selection of coordinates, whose matrix has one 1 in each row
-    and at most one in each column, so its operator norm is 1 for every p.  ConvNetM
-    (Prach et al. 2024) halves the channels with it before each PixelUnshuffle and keeps
-    the first ``n_classes`` outputs of its head with it."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = int(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] < self.channels:
-            raise ValueError(f"FirstChannels({self.channels}) of an input with {x.shape[1]} channels")
-        return x[:, :self.channels]
-
-    def extra_repr(self) -> str:
-        return str(self.channels)
-
-
-class ZeroChannelPad(nn.Module):
-    """x -> x followed by zero channels, ``channels`` in all (dimension 1): an isometric
-    embedding (one 1 in each column, at most one in each row; ||W x||_p = ||x||_p), norm 1
-    for every p.  ConvNetM's first layer, widening the image to its base width."""
-
-    def __init__(self, channels: int):
-        super().__init__()
-        self.channels = int(channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pad = self.channels - x.shape[1]
-        if pad < 0:
-            raise ValueError(f"ZeroChannelPad({self.channels}) of an input with {x.shape[1]} channels")
-        return torch.cat([x, x.new_zeros(x.shape[0], pad, *x.shape[2:])], 1)
-
-    def extra_repr(self) -> str:
-        return str(self.channels)
 
 
 @dataclass
@@ -379,7 +339,8 @@ BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 #: average pooling modules: :class:`Pool`
 AVGPOOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
 #: modules that select, permute or zero-pad their inputs: :class:`Selection`
-SELECTIONS = (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, FirstChannels, ZeroChannelPad)
+SELECTIONS = (nn.PixelShuffle, nn.PixelUnshuffle, nn.ChannelShuffle, FirstChannels, ZeroChannelPad, Permute,
+              nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
 #: max pooling modules: an :class:`Activation` described by :class:`bench.activations.MaxPool2dSpec`
 MAXPOOLS = (nn.MaxPool2d, nn.AdaptiveMaxPool2d)
 
@@ -421,12 +382,44 @@ class Opaque(_Shaped):
     name: str
     in_shape: tuple
     out_shape: tuple
-    index: int
+    index: int | str
+    why: str = ""
     opaque: ClassVar[bool] = True
 
 
 
-_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten)
+@dataclass
+class Branch(_Shaped):
+    """Where the network branches (a :class:`~bench.modules.Sum`: sum_i w_i f_i(x), a
+    residual add; or a :class:`~bench.modules.Concat`: the f_i(x) one after the other):
+    ``branches`` holds each f_i as the walk's list of layers (the empty list is the
+    identity; a branch may branch again).  A layer inside a branch has the index
+    ``"i.b.k"``: layer k of branch b of the layer i."""
+
+    module: nn.Module
+    kind: str   # "sum" or "concat"
+    branches: list
+    weights: tuple
+    in_shape: tuple
+    out_shape: tuple
+    index: int | str
+
+    @property
+    def name(self) -> str:
+        what = "residual add" if self.kind == "sum" and any(not b for b in self.branches) else self.kind
+        return f"{type(self.module).__name__} of {len(self.branches)} branches ({what})"
+
+
+def all_layers(layers: list):
+    """Every layer of a walked list, the layers inside branches included (depth first)."""
+    for l in layers:
+        yield l
+        if isinstance(l, Branch):
+            for b in l.branches:
+                yield from all_layers(b)
+
+
+_PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten, Reshape)
 
 
 def flat_children(module: nn.Module) -> list[nn.Module]:
@@ -466,19 +459,31 @@ class Net:
 
     @property
     def opaque(self) -> list[Opaque]:
-        return [l for l in self.layers if isinstance(l, Opaque)]
+        return [l for l in all_layers(self.layers) if isinstance(l, Opaque)]
+
+    @property
+    def branching(self) -> list[Branch]:
+        """The layers where the network branches (top level), empty for a chain."""
+        return [l for l in self.layers if isinstance(l, Branch)]
 
     def hash(self) -> str:
         return net_hash(self.module)
 
     def describe(self) -> str:
-        parts = []
-        for l in self.layers:
-            if isinstance(l, (Affine, Opaque)):
-                parts.append(f"{type(l.module).__name__}({l.in_dim}->{l.out_dim})")
-            else:
-                parts.append(l.name)
-        return " ".join(parts)
+        return _describe(self.layers)
+
+
+def _describe(layers: list) -> str:
+    parts = []
+    for l in layers:
+        if isinstance(l, (Affine, Opaque)):
+            parts.append(f"{type(l.module).__name__}({l.in_dim}->{l.out_dim})")
+        elif isinstance(l, Branch):
+            inner = [_describe(b) or "identity" for b in l.branches]
+            parts.append(f"{l.kind}[{' | '.join(inner)}]")
+        else:
+            parts.append(l.name)
+    return " ".join(parts)
 
 
 def _input_shape_error(first: nn.Module) -> UserError:
@@ -516,110 +521,249 @@ def _batchnorm_reason(m: nn.Module) -> str | None:
 
 
 def walk(module: nn.Module, input_shape: tuple | None = None) -> Net:
-    """Walk ``module`` (an ``nn.Sequential``) into its layers (see the module doc).
+    """Walk ``module`` into its layers (see the module doc): an ``nn.Sequential`` (nested
+    ones flattened) of the modules in :data:`READERS`, registered activations and
+    lipbench's branching modules (:class:`~bench.modules.Sum`, ``Concat``: a
+    :class:`Branch` whose branches are walked the same way); any other module whose
+    forward is code is traced (:func:`bench.graph.from_traced`) and its layers read in
+    its place, or, where that fails, recorded as :class:`Opaque`.  ``Net.module`` is
+    the module itself, or, where something was traced, the ``nn.Sequential`` of what
+    was read (sharing its layers).
 
     ``input_shape`` (without the batch dimension) is needed unless the first layer is a
     Linear, whose input shape is (in_features,).  Raises :class:`Unsupported` naming the
     first layer that has no sound reading (a BatchNorm in training mode, a parametrized
-    weight, ...); a module it does not know is recorded as :class:`Opaque`."""
+    weight, ...)."""
     if not isinstance(module, nn.Module):
-        raise UserError(f"expected a torch nn.Sequential, got {type(module).__name__}")
-    children = flat_children(module)
+        raise UserError(f"expected a torch nn.Module, got {type(module).__name__}")
     if input_shape is None:
-        first = next((c for c in children if not isinstance(c, _PASS_THROUGH)), None)
-        if isinstance(first, nn.Linear):
-            input_shape = (first.in_features,)
-        elif first is None:
-            raise Unsupported("the network has no layers")
-        else:
-            raise _input_shape_error(first)
+        input_shape = _infer_input_shape(module)
     input_shape = tuple(int(s) for s in input_shape)
-    # propagate shapes with a zero input through a float64 copy, checking each layer
-    layers: list = []
     try:
         dev = next(module.parameters()).device
     except StopIteration:
         dev = torch.device("cpu")
+    # propagate shapes with a zero input, checking each layer
     x = torch.zeros(1, *input_shape, device=dev)
     with torch.no_grad():
-        for i, m in enumerate(children):
-            in_shape = tuple(x.shape[1:])
-            name = type(m).__name__
-            if parametrize.is_parametrized(m):
-                raise Unsupported(f"layer {i} ({name}) is parametrized (e.g. spectral_norm): its weight "
-                                  f"is recomputed on every access; materialise it first "
-                                  f"(torch.nn.utils.parametrize.remove_parametrizations(m, 'weight'))")
-            if isinstance(m, (nn.Linear, nn.Conv2d)):
-                if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
-                    raise Unsupported(f"layer {i} (Conv2d): padding_mode {m.padding_mode!r} is not supported")
-                x = _run(m, x, i, in_shape)
-                layers.append(Affine(m, in_shape, tuple(x.shape[1:]), i))
-                continue
-            if isinstance(m, BATCHNORMS):
-                reason = _batchnorm_reason(m)
-                if reason:
-                    raise Unsupported(f"layer {i} ({name}) {reason}")
-                x = _run(m, x, i, in_shape)
-                layers.append(Diagonal(m, in_shape, tuple(x.shape[1:]), i))
-                continue
-            if isinstance(m, Shift):
-                x = _run(m, x, i, in_shape)
-                layers.append(Translation(m, in_shape, tuple(x.shape[1:]), i))
-                continue
-            if isinstance(m, AVGPOOLS):
-                x = _run(m, x, i, in_shape)
-                layers.append(Pool(m, in_shape, tuple(x.shape[1:]), i))
-                continue
-            if isinstance(m, SELECTIONS):
-                x = _run(m, x, i, in_shape)
-                layers.append(Selection(m, in_shape, tuple(x.shape[1:]), i))
-                continue
-            if isinstance(m, _PASS_THROUGH):
-                if not isinstance(m, nn.Dropout):  # dropout keeps the shape; never touch its mode
-                    x = m(x)
-                continue
-            if isinstance(m, MAXPOOLS):
-                try:
-                    spec = activations.MaxPool2dSpec(m, in_shape)
-                except Unsupported as e:
-                    raise Unsupported(f"layer {i} ({name}): {e}") from None
-            else:
-                spec = activations.describe(m, in_shape)
-            if spec is None:
-                bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
-                if bad is not None:
-                    raise Unsupported(f"layer {i} ({name}) holds a {type(bad).__name__} that "
-                                      f"{_batchnorm_reason(bad)}")
-                try:  # a copy: running it must not change the caller's module (e.g. a BatchNorm's statistics)
-                    probe = copy.deepcopy(m)
-                except Exception:
-                    probe = m
-                x = _run(probe, x, i, in_shape)
-                layers.append(Opaque(m, name, in_shape, tuple(x.shape[1:]), i))
-                continue
-            x = _run(m, x, i, in_shape)
-            try:
-                slope, lipschitz = spec.slope, spec.lipschitz
-            except Unsupported as e:
-                raise Unsupported(f"layer {i} ({name}): {e}") from None
-            same_width = int(np.prod(in_shape)) == int(np.prod(x.shape[1:]))
-            if slope is not None and not same_width:
-                raise Unsupported(f"layer {i} ({name}) declares a slope but changes the width: "
-                                  f"a slope describes an elementwise map; declare 'lipschitz' per p instead")
-            if lipschitz is not None:
-                lip = {float(k): float(v) for k, v in lipschitz.items()}
-                if set(lip) != set(NORMS):
-                    raise Unsupported(f"layer {i} ({name}) must declare Lipschitz constants for p = 1, 2, inf")
-            elif slope is not None:
-                lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
-            else:
-                raise Unsupported(f"layer {i} ({name}) declares neither a slope nor Lipschitz constants")
-            layers.append(Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(x.shape[1:])), i,
-                                     tuple(slope) if slope is not None else None, lip,
-                                     tuple(float(p) for p in spec.saturates), spec))
-    if not any(isinstance(l, (Affine, Opaque)) for l in layers):
+        layers, canon, _ = _walk_chain(flat_children(module), x, "")
+    if not any(isinstance(l, (Affine, Opaque)) for l in all_layers(layers)):
         raise Unsupported("the network has no Linear or Conv2d layer")
-    return Net(module, input_shape, layers)
+    return Net(module if canon is None else nn.Sequential(*canon), input_shape, layers)
+
+
+def _infer_input_shape(module: nn.Module) -> tuple:
+    """(in_features,) of a network whose first layer (traced, for a module of code) is
+    a Linear; else the error that asks for ``input_shape``."""
+    from .graph import Tracer, copy_module, is_leaf
+    first = next((c for c in flat_children(module) if not isinstance(c, _PASS_THROUGH)), None)
+    if first is None:
+        raise Unsupported("the network has no layers")
+    if not isinstance(first, nn.Linear) and not is_leaf(first):
+        try:
+            graph = Tracer().trace(copy_module(first))
+            node = next((n for n in graph.nodes if n.op == "call_module"), None)
+            inner = first.get_submodule(node.target) if node is not None else None
+        except Exception:
+            inner = None
+        if isinstance(inner, nn.Linear):
+            return (inner.in_features,)
+    if isinstance(first, nn.Linear):
+        return (first.in_features,)
+    raise _input_shape_error(first)
+
+
+def _walk_chain(children: list, x: torch.Tensor, prefix: str):
+    """(layers, canonical children or None where they are ``children`` themselves, the
+    output on ``x``) of a chain of modules; a layer's index is its position in the
+    canonical children, after ``prefix``."""
+    layers: list = []
+    canon: list = []
+    changed = False
+    for m in children:
+        pos = len(canon)
+        index = pos if not prefix else f"{prefix}{pos}"
+        in_shape = tuple(x.shape[1:])
+        layer, x, read = _read(m, x, index, in_shape)
+        if read is not None:   # traced: its layers in its place
+            sub_layers, sub_canon, x = _walk_chain(flat_children(read), x, prefix)
+            offset = len(canon)
+            for l in sub_layers:
+                _shift_index(l, offset, prefix)
+            layers.extend(sub_layers)
+            canon.extend(sub_canon if sub_canon is not None else flat_children(read))
+            changed = True
+            continue
+        if isinstance(layer, Branch) and layer.module is not m:
+            changed = True
+        canon.append(layer.module if isinstance(layer, Branch) else m)
+        if layer is not None:
+            layers.append(layer)
+    return layers, (canon if changed else None), x
+
+
+def _shift_index(layer, offset: int, prefix: str) -> None:
+    """Renumber a layer read from a traced module (indexed from 0) to its place."""
+    if isinstance(layer.index, int):
+        layer.index += offset
+    else:
+        head, _, rest = layer.index[len(prefix):].partition(".")
+        layer.index = f"{prefix}{int(head) + offset}" + (f".{rest}" if rest else "")
+    if isinstance(layer, Branch):
+        for b in layer.branches:
+            for l in all_layers(b):
+                if isinstance(l.index, str) and l.index.startswith(prefix):
+                    head, _, rest = l.index[len(prefix):].partition(".")
+                    l.index = f"{prefix}{int(head) + offset}.{rest}"
+
+
+def _affine(m, x, i, in_shape):
+    if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros":
+        raise Unsupported(f"layer {i} (Conv2d): padding_mode {m.padding_mode!r} is not supported")
+    y = _run(m, x, i, in_shape)
+    return Affine(m, in_shape, tuple(y.shape[1:]), i), y
+
+
+def _batchnorm(m, x, i, in_shape):
+    reason = _batchnorm_reason(m)
+    if reason:
+        raise Unsupported(f"layer {i} ({type(m).__name__}) {reason}")
+    y = _run(m, x, i, in_shape)
+    return Diagonal(m, in_shape, tuple(y.shape[1:]), i), y
+
+
+def _of(cls):
+    def read(m, x, i, in_shape):
+        y = _run(m, x, i, in_shape)
+        return cls(m, in_shape, tuple(y.shape[1:]), i), y
+    return read
+
+
+def _pointwise(m, x, i, in_shape):
+    if tuple(m.shape) != tuple(in_shape):
+        raise Unsupported(f"layer {i} (Pointwise) holds constants of shape {tuple(m.shape)} for inputs of shape "
+                          f"{tuple(in_shape)}")
+    return _of(Scaling)(m, x, i, in_shape)
+
+
+def _maxpool(m, x, i, in_shape):
+    try:
+        spec = activations.MaxPool2dSpec(m, in_shape)
+    except Unsupported as e:
+        raise Unsupported(f"layer {i} ({type(m).__name__}): {e}") from None
+    return _activation_layer(m, spec, x, i, in_shape)
+
+
+def _branch(m, x, i, in_shape):
+    """A :class:`Branch`: each branch walked on ``x``; the module rebuilt where a branch
+    held something traced."""
+    kind = "sum" if isinstance(m, Sum) else "concat"
+    branches, outs, new = [], [], []
+    for b, seq in enumerate(m.branches):
+        sub, canon, y = _walk_chain(flat_children(seq), x, f"{i}.{b}.")
+        branches.append(sub)
+        outs.append(y)
+        new.append(seq if canon is None else nn.Sequential(*canon))
+    if kind == "sum":
+        shapes = {tuple(y.shape) for y in outs}
+        if len(shapes) != 1:
+            raise Unsupported(f"layer {i} (Sum): its branches' outputs have different shapes {sorted(shapes)}")
+    weights = tuple(getattr(m, "weights", ()))
+    module = m if all(a is b for a, b in zip(new, m.branches)) else \
+        (Sum(*new, weights=weights) if kind == "sum" else Concat(*new))
+    y = _run(module, x, i, in_shape)
+    return Branch(module, kind, branches, weights, in_shape, tuple(y.shape[1:]), i), y
+
+
+#: module types -> how the walk reads them (the first match wins); anything else is an
+#: activation (:func:`bench.activations.describe`), a pass-through module, a module of code
+#: (traced) or :class:`Opaque`
+READERS = (
+    ((nn.Linear, nn.Conv2d), _affine),
+    (BATCHNORMS, _batchnorm),
+    ((Shift,), _of(Translation)),
+    ((Pointwise,), _pointwise),
+    (AVGPOOLS, _of(Pool)),
+    (SELECTIONS, _of(Selection)),
+    (MAXPOOLS, _maxpool),
+    (BRANCHING, _branch),
+)
+
+
+def _read(m: nn.Module, x: torch.Tensor, i, in_shape: tuple):
+    """(layer or None, output on ``x``, the tree traced from ``m`` or None) for one module."""
+    name = type(m).__name__
+    if parametrize.is_parametrized(m):
+        raise Unsupported(f"layer {i} ({name}) is parametrized (e.g. spectral_norm): its weight "
+                          f"is recomputed on every access; materialise it first "
+                          f"(torch.nn.utils.parametrize.remove_parametrizations(m, 'weight'))")
+    for types, reader in READERS:
+        if isinstance(m, types):
+            layer, y = reader(m, x, i, in_shape)
+            return layer, y, None
+    if isinstance(m, _PASS_THROUGH):
+        # dropout keeps the shape; never touch its mode
+        return None, (x if isinstance(m, nn.Dropout) else m(x)), None
+    spec = activations.describe(m, in_shape)
+    if spec is not None:
+        layer, y = _activation_layer(m, spec, x, i, in_shape)
+        return layer, y, None
+    bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)
+    if bad is not None:
+        raise Unsupported(f"layer {i} ({name}) holds a {type(bad).__name__} that {_batchnorm_reason(bad)}")
+    from .graph import NotConvertible, from_traced, is_leaf
+    why = "torch's own module without a description"
+    if not is_leaf(m):
+        try:
+            return None, x, from_traced(m, x)
+        except NotConvertible as e:
+            why = str(e)
+    try:  # a copy: running it must not change the caller's module (e.g. a BatchNorm's statistics)
+        probe = copy.deepcopy(m)
+    except Exception:
+        probe = m
+    y = _run(probe, x, i, in_shape)
+    return Opaque(m, name, in_shape, tuple(y.shape[1:]), i, why), y, None
+
+
+def _activation_layer(m, spec, x, i, in_shape):
+    name = type(m).__name__
+    y = _run(m, x, i, in_shape)
+    try:
+        slope, lipschitz = spec.slope, spec.lipschitz
+    except Unsupported as e:
+        raise Unsupported(f"layer {i} ({name}): {e}") from None
+    same_width = int(np.prod(in_shape)) == int(np.prod(y.shape[1:]))
+    if slope is not None and not same_width:
+        raise Unsupported(f"layer {i} ({name}) declares a slope but changes the width: "
+                          f"a slope describes an elementwise map; declare 'lipschitz' per p instead")
+    if lipschitz is not None:
+        lip = {float(k): float(v) for k, v in lipschitz.items()}
+        if set(lip) != set(NORMS):
+            raise Unsupported(f"layer {i} ({name}) must declare Lipschitz constants for p = 1, 2, inf")
+    elif slope is not None:
+        lip = {p: max(abs(slope[0]), abs(slope[1])) for p in NORMS}
+    else:
+        raise Unsupported(f"layer {i} ({name}) declares neither a slope nor Lipschitz constants")
+    return Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(y.shape[1:])), i,
+                      tuple(slope) if slope is not None else None, lip,
+                      tuple(float(p) for p in spec.saturates), spec), y
+
+
+def read(source, input_shape: tuple | None = None) -> tuple[nn.Module, tuple | None]:
+    """(module, input shape or None) from any of the sources lipbench reads: an
+    ``nn.Module`` (walked as it is, traced where its forward is code) or the path of an
+    ONNX file (:func:`bench.onnx_file.read`, which gives the input shape).  A path that
+    is not an ``.onnx`` file is a :class:`UserError`."""
+    if isinstance(source, nn.Module):
+        return source, input_shape
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if path.lower().endswith(".onnx"):
+            from . import onnx_file
+            return onnx_file.read(path, input_shape)
+        raise UserError(f"{path}: lipbench reads networks from .onnx files (or an nn.Module in code)")
+    raise UserError(f"expected a torch nn.Module or the path of an .onnx file, got {type(source).__name__}")
 
 
 def net_hash(module: nn.Module) -> str:

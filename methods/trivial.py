@@ -29,7 +29,7 @@ import numpy as np
 import scipy.linalg
 
 from bench.api import Bound, Budget, Query, Verifier, dual, p_name
-from bench.network import Affine, Diagonal, Net, Pool, Translation
+from bench.network import Affine, Branch, Diagonal, Net, Pool, Scaling, Translation
 from bench.registry import register
 
 EPS = float(np.finfo(np.float64).eps)
@@ -237,13 +237,14 @@ def pair_row(layer: Affine, target: tuple[int, int]) -> np.ndarray:
 class Trivial(Verifier):
     name = "trivial"
     kind = "upper"
-    description = "product of layerwise operator norms (exact SVD / row and column sums)"
+    description = "product of layerwise operator norms (exact SVD / row and column sums); sum rule where it branches"
+    graphs = True
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
         p = query.p
         layers = list(net.layers)
         factors: list[float] = []
-        per_layer = []
+        per_layer: list[dict] = []
         pair_folded = False
         if query.is_pair and isinstance(layers[-1], Affine):
             last = layers.pop()
@@ -252,14 +253,7 @@ class Trivial(Verifier):
             per_layer.append({"layer": last.index, "type": "pair-row", "value": v})
             factors.append(v)
             pair_folded = True
-        for l in layers:
-            if isinstance(l, Affine):
-                v = operator_norm(l, p)
-                per_layer.append({"layer": l.index, "type": type(l.module).__name__, "value": v})
-            else:
-                v = l.lipschitz[p]
-                per_layer.append({"layer": l.index, "type": l.name, "value": v})
-            factors.append(v)
+        factors.extend(chain_factors(layers, p, per_layer))
         if query.is_pair and not pair_folded:
             # c^T f with f ending in an activation: |c^T (f(x)-f(y))| <= ||c||_{p*} ||f(x)-f(y)||_p
             factors.append(vector_norm(np.array([1.0, -1.0]), dual(p)))
@@ -273,7 +267,7 @@ class Trivial(Verifier):
         last = net.layers[-1]
         if not isinstance(last, Affine):
             raise ValueError("pair bounds need a network that ends with an affine layer")
-        rest = [operator_norm(l, p) if isinstance(l, Affine) else l.lipschitz[p] for l in net.layers[:-1]]
+        rest = chain_factors(net.layers[:-1], p)
         W = last.matrix()
         C = W.shape[0]
         K = np.zeros((C, C))
@@ -282,6 +276,45 @@ class Trivial(Verifier):
                 if i != j:
                     K[i, j] = _inflate(vector_norm(W[i] - W[j], dual(p)) * math.prod(rest), len(rest) + 1)
         return K
+
+
+def chain_bound(layers: list, p: float, per_layer: list | None = None) -> float:
+    """A sound bound on the p -> p Lipschitz constant of a chain of walked layers (the
+    empty chain, the identity: 1): the product of :func:`chain_factors`, inflated for
+    its rounding."""
+    factors = chain_factors(layers, p, per_layer)
+    return _inflate(math.prod(factors), len(factors)) if factors else 1.0
+
+
+def chain_factors(layers: list, p: float, per_layer: list | None = None) -> list[float]:
+    """Each layer's sound bound on its p -> p Lipschitz constant (a branching layer's by
+    :func:`branch_bound`), each appended to ``per_layer`` when given."""
+    factors = []
+    for l in layers:
+        if isinstance(l, Affine):
+            v, kind = operator_norm(l, p), type(l.module).__name__
+        elif isinstance(l, Branch):
+            v, kind = branch_bound(l, p, per_layer), l.kind
+        else:
+            v, kind = l.lipschitz[p], l.name
+        if per_layer is not None:
+            per_layer.append({"layer": l.index, "type": kind, "value": v})
+        factors.append(v)
+    return factors
+
+
+def branch_bound(layer: Branch, p: float, per_layer: list | None = None) -> float:
+    """Where the network branches into f_1, ..., f_k, with L_i a bound on Lip(f_i):
+    a sum sum_i w_i f_i(x) has Lipschitz constant at most sum_i |w_i| L_i (the triangle
+    inequality), so a residual block x + f(x) at most 1 + Lip(f); a concatenation
+    (f_1(x), ..., f_k(x)) at most (sum_i L_i^p)^(1/p), since ||(d_1, ..., d_k)||_p^p =
+    sum_i ||d_i||_p^p (max_i L_i for p = inf)."""
+    L = [chain_bound(b, p, per_layer) for b in layer.branches]
+    if layer.kind == "sum":
+        return _inflate(sum(abs(w) * v for w, v in zip(layer.weights, L)), 2 * len(L))
+    if math.isinf(p):
+        return max(L)
+    return _inflate(sum(v ** p for v in L) ** (1.0 / p), 2 * len(L))
 
 
 # ---- the differentiable trivial bound (for training) --------------------------------
@@ -314,19 +347,27 @@ class TorchTrivialBound:
         from bench.network import walk
         self.p = parse_p(p)
         net = walk(module, input_shape)
-        self.items = []
-        for l in net.layers:
-            if getattr(l, "opaque", False):
-                raise Unsupported(f"layer {l.index} ({l.name}) is not supported by the trivial bound: the network "
-                                  f"walk does not know this module")
-            if isinstance(l, (Pool, Translation)):   # no parameters: a constant
-                self.items.append(operator_norm(l, self.p))
-            elif isinstance(l, Affine):
-                self.items.append(l)
-            else:
-                self.items.append(float(l.lipschitz[self.p]))
+        for l in net.opaque:
+            raise Unsupported(f"layer {l.index} ({l.name}) is not supported by the trivial bound: the network "
+                              f"walk does not know this module")
+        self.items = self._items(net.layers)
         last = self.items[-1]
         self.last_is_affine = isinstance(last, Affine) and isinstance(last.module, torch.nn.Linear)
+
+    def _items(self, layers: list) -> list:
+        """A walked chain as what each call multiplies: a constant, an affine layer (its
+        norm read from the live weight), or a branching layer (kind, weights, branches)."""
+        items = []
+        for l in layers:
+            if isinstance(l, (Pool, Translation, Scaling)):   # no parameters: a constant
+                items.append(operator_norm(l, self.p))
+            elif isinstance(l, Affine):
+                items.append(l)
+            elif isinstance(l, Branch):
+                items.append((l.kind, l.weights, [self._items(b) for b in l.branches]))
+            else:
+                items.append(float(l.lipschitz[self.p]))
+        return items
 
     def _norm(self, l: Affine):
         import torch
@@ -344,7 +385,20 @@ class TorchTrivialBound:
     def _prod(self, items):
         out = 1.0
         for it in items:
-            out = out * (it if isinstance(it, float) else self._norm(it))
+            if isinstance(it, tuple):   # branch_bound's rule, differentiable
+                kind, weights, branches = it
+                L = [self._prod(b) for b in branches]
+                if kind == "sum":
+                    v = sum(abs(w) * b for w, b in zip(weights, L))
+                elif math.isinf(self.p):
+                    v = L[0]
+                    for b in L[1:]:
+                        v = b if float(b) > float(v) else v
+                else:
+                    v = sum(b ** self.p for b in L) ** (1.0 / self.p)
+                out = out * v
+            else:
+                out = out * (it if isinstance(it, float) else self._norm(it))
         return out
 
     def full(self):

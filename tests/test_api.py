@@ -66,8 +66,10 @@ def test_a_gpu_job_s_fresh_interpreter_is_not_on_its_clock(monkeypatch):
 
 
 def test_not_a_module():
-    with pytest.raises(bench.UserError, match="nn.Sequential"):
+    with pytest.raises(bench.UserError, match=r"expected a torch nn.Module or the path of an \.onnx file, got list"):
         bench.verify([[1.0]], "trivial")
+    with pytest.raises(bench.UserError, match=r"net\.pt: lipbench reads networks from \.onnx files"):
+        bench.verify("net.pt", "trivial")
 
 
 def test_bad_timeouts_and_negative_bounds_are_refused():
