@@ -137,12 +137,13 @@ def from_traced(module: nn.Module, x: torch.Tensor) -> nn.Sequential:
     (for the shapes), as a tree of modules (:func:`series_parallel`) that shares
     ``module``'s layers.  Raises :class:`NotConvertible` naming the operation it cannot
     read, and for anything torch.fx cannot trace (control flow on values, ...)."""
-    try:   # traced on a copy: tracing runs the forward (a counter's += would count)
-        graph = Tracer().trace(copy_module(module))
+    traced = copy_module(module)   # traced and run on a copy: that runs the forward (a counter's += would count)
+    try:
+        graph = Tracer().trace(traced)
     except Exception as e:   # torch.fx's own errors: data-dependent control flow, unsupported Python
         raise NotConvertible(f"torch.fx cannot trace it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-    gm = torch.fx.GraphModule(module, graph)
-    run = torch.fx.GraphModule(copy_module(module), graph)   # run on a copy, for the same reason
+    gm = module   # the tree holds the module's own layers
+    run = torch.fx.GraphModule(traced, graph)
     values: dict = {}
     nodes: dict[str, Node] = {}
     order: list[str] = []

@@ -54,7 +54,7 @@ class Pointwise(nn.Module):
 
         def full(v, default):
             t = torch.full(self.shape, default, dtype=torch.float64) if v is None else \
-                torch.as_tensor(np.asarray(v, dtype=np.float64)).expand(self.shape).clone()
+                torch.as_tensor(np.array(v, dtype=np.float64)).expand(self.shape).clone()
             return t
         self.register_buffer("scale", full(scale, 1.0))
         self.register_buffer("shift", full(shift, 0.0))

@@ -29,11 +29,11 @@ CHECK_RTOL_FLOAT32 = 1e-5
 
 #: the ONNX operators the reader knows (Add, Sub, Mul and Div with a constant, or Add and
 #: Sub of two computed tensors: a residual add; Concat of computed tensors along axis 1)
-OPERATORS = ("Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "Div", "Dropout", "Elu",
-             "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Pad",
+OPERATORS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "Div", "Dropout", "Elu",
+             "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Neg", "Pad",
              "Relu", "Reshape", "Sigmoid", "Softplus", "Sub", "Tanh", "Transpose",
              # evaluated on constants only
-             "Cast", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze")
+             "Cast", "ConstantOfShape", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze")
 
 
 def read(path: str, input_shape: tuple | None = None) -> tuple[nn.Sequential, tuple]:
@@ -191,6 +191,18 @@ class _Reader:
             v = numpy_helper.to_array(a["value"])
         elif op == "Cast" or op == "Identity" or op == "Dropout":
             v = x[0]
+        elif op == "ConstantOfShape":
+            from onnx import numpy_helper
+            fill = numpy_helper.to_array(a["value"]).reshape(-1)[0] if "value" in a else np.float32(0)
+            v = np.full(x[0].astype(int).tolist(), fill)
+        elif op == "Slice":
+            starts, ends = x[1].astype(int).tolist(), x[2].astype(int).tolist()
+            axes = x[3].astype(int).tolist() if len(x) > 3 and x[3] is not None else list(range(len(starts)))
+            steps = x[4].astype(int).tolist() if len(x) > 4 and x[4] is not None else [1] * len(starts)
+            index = [slice(None)] * x[0].ndim
+            for st, en, ax, sp in zip(starts, ends, axes, steps):
+                index[ax] = slice(st, en, sp)
+            v = x[0][tuple(index)]
         elif op == "Gather":
             v = np.take(x[0], x[1], axis=a.get("axis", 0))
         elif op == "Unsqueeze":
@@ -230,6 +242,13 @@ class _Reader:
 
     def op_Relu(self, n, data, a, where):
         self.unary(n, data[0], nn.ReLU())
+
+    def op_Abs(self, n, data, a, where):
+        from .registry import get_activation
+        self.unary(n, data[0], get_activation("abs")())
+
+    def op_Neg(self, n, data, a, where):
+        self.unary(n, data[0], Pointwise(tuple(self.values[data[0]].shape[1:]), scale=-1.0))
 
     def op_Sigmoid(self, n, data, a, where):
         self.unary(n, data[0], nn.Sigmoid())
@@ -543,8 +562,7 @@ def check(tree: nn.Module, model, shape: tuple, path: str, samples: int = 3) -> 
     worst = 0.0
     for _ in range(samples):
         x = gen.random((1, *shape))
-        ref = sess.run(None, {inp.name: x.astype(dtype).reshape([d if isinstance(d, int) else 1 for d in inp.shape]
-                                                                if len(inp.shape) == len(shape) + 1 else x.shape)})[0]
+        ref = sess.run(None, {inp.name: x.astype(dtype)})[0]
         with torch.no_grad():
             ours = tree(torch.from_numpy(x.astype(dtype).astype(np.float64))).numpy()
         ref = np.asarray(ref, dtype=np.float64).reshape(ours.shape)

@@ -1,5 +1,6 @@
 """Exact Lipschitz constants of tiny piecewise-linear networks (Linear and Conv2d layers;
-ReLU, Abs, CReLU, MaxMin, max pooling) by enumerating activation regions (the ground
+ReLU, Abs, CReLU, MaxMin, max pooling; sums and concatenations of branches, lipbench's
+Sum and Concat, read by class name) by enumerating activation regions (the ground
 truth of the conformance checks and the tests).  A conv is unrolled here, from torch's
 own conv2d on the unit vectors; activations after it act on the channel dimension
 (MaxMin pairs channels 2k and 2k + 1 at every pixel).  Modules without parameters that
@@ -116,7 +117,10 @@ def _flat(module: nn.Module) -> list:
     return [module]
 
 
-def _layers(module: nn.Sequential, input_shape: tuple | None = None):
+def _layers(module: nn.Sequential, input_shape: tuple | None = None, top: bool = True):
+    """The network as a list of ("lin", W, b), ("act", module, input shape) and, where it
+    branches (a module with ``branches``: lipbench's Sum, with ``weights``, or Concat),
+    ("sum", weights, [branch lists]) or ("cat", None, [branch lists])."""
     out = []
     shape = tuple(input_shape) if input_shape is not None else None
     for m in _flat(module):
@@ -129,20 +133,28 @@ def _layers(module: nn.Sequential, input_shape: tuple | None = None):
                 raise TypeError("a conv needs input_shape=(C, H, W)")
             W, b, shape = _unrolled(m, shape)
             out.append(("lin", W, b))
-        elif isinstance(m, (nn.Flatten, nn.Unflatten)):
+        elif isinstance(m, (nn.Flatten, nn.Unflatten)) or type(m).__name__ == "Reshape":
             shape = tuple(m(torch.zeros(1, *shape)).shape[1:]) if shape is not None else None
         elif type(m).__name__ in MOVES:
             if shape is None:
                 raise TypeError(f"a {type(m).__name__} needs input_shape")
             W, b, shape = _probed(m, shape)
             out.append(("lin", W, b))
+        elif type(m).__name__ in ("Sum", "Concat"):
+            if shape is None:
+                raise TypeError(f"a {type(m).__name__} needs input_shape")
+            branches = [_layers(b, shape, top=False) for b in m.branches]
+            out.append(("sum", tuple(m.weights), branches) if type(m).__name__ == "Sum" else ("cat", None, branches))
+            with torch.no_grad():
+                shape = tuple(m(torch.zeros(1, *shape, dtype=torch.float64)).shape[1:])
         else:
             out.append(("act", m, shape))   # an activation's entry holds its input shape
             if type(m).__name__ == "CReLU" and shape is not None:
                 shape = (2 * shape[0], *shape[1:])
             elif type(m).__name__ in MAXPOOLS:
                 shape = tuple(m(torch.zeros(1, *shape)).shape[1:])
-    assert out[0][0] == "lin" and out[-1][0] == "lin"
+    if top:
+        assert out and out[0][0] != "act" and out[-1][0] != "act"
     return out
 
 
@@ -163,17 +175,34 @@ def _interior(A: np.ndarray, c: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> b
 def regions(module: nn.Sequential, lo, hi, input_shape: tuple | None = None):
     """Yield the Jacobian (as a matrix) of every full-dimensional linear region in the box."""
     layers = _layers(module, input_shape)
-    n = layers[0][1].shape[1]
+    n = int(np.prod(input_shape)) if input_shape is not None else _first_width(layers)
     lo, hi = np.broadcast_to(np.asarray(lo, float), n), np.broadcast_to(np.asarray(hi, float), n)
 
-    def rec(i: int, M: np.ndarray, v: np.ndarray, A: np.ndarray, c: np.ndarray):
-        # the current vector is the affine map x -> M x + v on the region {A x + c > 0}
-        if i == len(layers):
-            yield M
+    def run(layers, M: np.ndarray, v: np.ndarray, A: np.ndarray, c: np.ndarray):
+        # the current vector is the affine map x -> M x + v on the region {A x + c > 0};
+        # yields (M, v, A, c) at the end of ``layers`` for every region it splits into
+        if not layers:
+            yield M, v, A, c
             return
-        kind, W, b = layers[i]
+        (kind, W, b), rest = layers[0], layers[1:]
         if kind == "lin":
-            yield from rec(i + 1, W @ M, W @ v + b, A, c)
+            yield from run(rest, W @ M, W @ v + b, A, c)
+            return
+        if kind in ("sum", "cat"):   # each branch from (M, v), the later ones inside the earlier ones' regions
+            weights, branches = W, b
+
+            def combine(k, A, c, parts):
+                if k == len(branches):
+                    if kind == "sum":
+                        Ms = sum(w * P for w, (P, _) in zip(weights, parts))
+                        vs = sum(w * q for w, (_, q) in zip(weights, parts))
+                    else:
+                        Ms, vs = np.vstack([P for P, _ in parts]), np.concatenate([q for _, q in parts])
+                    yield from run(rest, Ms, vs, A, c)
+                    return
+                for Mb, vb, Ab, cb in run(branches[k], M, v, A, c):
+                    yield from combine(k + 1, Ab, cb, parts + [(Mb, vb)])
+            yield from combine(0, A, c, [])
             return
         Ad, jac = _act_rules(W, b if b is not None else (M.shape[0],))   # (module, its input shape)
         Z, z = Ad @ M, Ad @ v
@@ -193,9 +222,15 @@ def regions(module: nn.Sequential, lo, hi, input_shape: tuple | None = None):
 
         for s, A2, c2 in signs(0, A, c, []):
             J = jac(np.array(s))
-            yield from rec(i + 1, J @ M, J @ v, A2, c2)
+            yield from run(rest, J @ M, J @ v, A2, c2)
 
-    yield from rec(0, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0))
+    for M, *_ in run(layers, np.eye(n), np.zeros(n), np.zeros((0, n)), np.zeros(0)):
+        yield M
+
+
+def _first_width(layers: list) -> int:
+    kind, W, b = layers[0]
+    return W.shape[1] if kind == "lin" else _first_width(b[0])
 
 
 def norm(J: np.ndarray, p: float, target=None) -> float:
