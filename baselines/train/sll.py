@@ -16,18 +16,15 @@ The network from an architecture (activation relu only):
   h_1, block i with h_i inner units;
 - an AOL Linear to the outputs.
 
-Export.  The network walk has no residual layer, and adding one would give the trivial
-bound 1 + ||2 W^T T^-1|| ||W|| per block instead of 1, so every verifier but one that
-understands SLL blocks would be loose anyway.  A block is exported as the exact
-non-residual network Linear [I; -I; W] (bias [0; 0; b]) -> ReLU -> Linear [I, -I,
--2 W^T T^-1], since x = relu(x) - relu(-x) (for a conv block: the same with identity
-kernels, a delta at the centre tap, and the transposed conv written as a conv with the
-flipped, transposed kernel).  So the exported network is a plain Sequential that every
-verifier reads and that computes exactly what was trained; its blocks are 1-Lipschitz
-(``lower`` and exact enumeration confirm it in the tests), but its trivial bound is not
-1: the product of the lifted matrices' norms (>= 2 per block) is the obstruction this
-family poses to the trivial bound.  Written here: orthogonium's SLL layers would need the
-same export, which depends on their internals; deel-torchlip has no SLL.
+Export.  A block is exported in its residual form, a :class:`bench.modules.Sum` of the
+identity and Linear W (bias b) -> ReLU -> Linear -2 W^T T^-1 (for a conv block: the conv K
+and the transposed conv written as a conv with the flipped, transposed kernel, stride 1,
+padding k // 2, k odd), so the exported network computes exactly what was trained and the
+trivial bound sees 1 + Lip(f) per block (the sum rule, ``methods.trivial.branch_bound``).
+The blocks are 1-Lipschitz (``lower`` and exact enumeration confirm it in the tests), but
+the trivial bound is not 1: 1 + ||2 W^T T^-1|| ||W|| is the obstruction this family poses
+to it.  Written here: orthogonium's SLL layers would need the same export, which depends on
+their internals; deel-torchlip has no SLL.
 """
 from __future__ import annotations
 
@@ -37,6 +34,7 @@ import torch.nn.functional as F
 
 from bench.api import Budget, Trainer, UserError
 from bench.data import Dataset
+from bench.modules import Sum
 from bench.network import conv_entries
 from bench.registry import register
 
@@ -68,19 +66,18 @@ class SLLDense(nn.Module):
         h = F.relu(F.linear(x, self.weight, self.bias)) / self.t()
         return x - 2 * F.linear(h, self.weight.T)
 
-    def lifted(self) -> list[nn.Module]:
-        """The exact non-residual form: Linear [I; -I; W] -> ReLU -> Linear [I, -I, -2 W^T T^-1]."""
+    def residual(self) -> Sum:
+        """The block as it computes: Sum(identity, Linear W -> ReLU -> Linear -2 W^T T^-1)."""
         with torch.no_grad():
             W, t = self.weight.detach(), self.t().detach()
             m, w = W.shape
-            I = torch.eye(w, dtype=W.dtype)
-            up = nn.Linear(w, 2 * w + m, bias=self.bias is not None)
-            up.weight.copy_(torch.cat([I, -I, W]))
+            up = nn.Linear(w, m, bias=self.bias is not None)
+            up.weight.copy_(W)
             if self.bias is not None:
-                up.bias.copy_(torch.cat([torch.zeros(2 * w, dtype=W.dtype), self.bias.detach()]))
-            down = nn.Linear(2 * w + m, w, bias=False)
-            down.weight.copy_(torch.cat([I, -I, -2 * W.T / t[None, :]], 1))
-        return [up, nn.ReLU(), down]
+                up.bias.copy_(self.bias.detach())
+            down = nn.Linear(m, w, bias=False)
+            down.weight.copy_(-2 * W.T / t[None, :])
+        return Sum(nn.Sequential(), nn.Sequential(up, nn.ReLU(), down))
 
 
 class SLLConv(nn.Module):
@@ -107,22 +104,19 @@ class SLLConv(nn.Module):
         h = F.relu(F.conv2d(x, self.weight, self.bias, padding=self.pad)) / self.t()[None, :, None, None]
         return x - 2 * F.conv_transpose2d(h, self.weight, padding=self.pad)
 
-    def lifted(self) -> list[nn.Module]:
-        """The exact non-residual form with identity kernels and the transposed conv as a
-        conv with the flipped, transposed kernel (stride 1, padding k // 2, k odd)."""
+    def residual(self) -> Sum:
+        """The block as it computes: Sum(identity, conv K -> ReLU -> the transposed conv as a
+        conv with the flipped, transposed kernel divided by t; stride 1, padding k // 2)."""
         with torch.no_grad():
             K, t = self.weight.detach(), self.t().detach()
             m, c, k, _ = K.shape
-            delta = torch.zeros(c, c, k, k, dtype=K.dtype)
-            delta[torch.arange(c), torch.arange(c), k // 2, k // 2] = 1.0
-            up = nn.Conv2d(c, 2 * c + m, k, padding=self.pad, bias=self.bias is not None)
-            up.weight.copy_(torch.cat([delta, -delta, K]))
+            up = nn.Conv2d(c, m, k, padding=self.pad, bias=self.bias is not None)
+            up.weight.copy_(K)
             if self.bias is not None:
-                up.bias.copy_(torch.cat([torch.zeros(2 * c, dtype=K.dtype), self.bias.detach()]))
-            back = (K / t[:, None, None, None]).transpose(0, 1).flip(-1, -2)   # (c, m, k, k)
-            down = nn.Conv2d(2 * c + m, c, k, padding=self.pad, bias=False)
-            down.weight.copy_(torch.cat([delta, -delta, -2 * back], 1))
-        return [up, nn.ReLU(), down]
+                up.bias.copy_(self.bias.detach())
+            down = nn.Conv2d(m, c, k, padding=self.pad, bias=False)
+            down.weight.copy_(-2 * (K / t[:, None, None, None]).transpose(0, 1).flip(-1, -2))
+        return Sum(nn.Sequential(), nn.Sequential(up, nn.ReLU(), down))
 
 
 def _aol(layer: nn.Module) -> nn.Module:
@@ -171,11 +165,11 @@ def build_sll(arch: dict, input_shape: tuple, n_out: int) -> nn.Sequential:
 
 def export_sll(net: nn.Sequential, input_shape: tuple) -> tuple[nn.Sequential, float]:
     """The plain Sequential: AOL layers materialised (and renormalised where rounding left
-    them above 1), SLL blocks lifted."""
+    them above 1), SLL blocks in their residual form."""
     out, aol = [], []
     for m in net.cpu().eval():
         if isinstance(m, (SLLDense, SLLConv)):
-            out += m.lifted()
+            out.append(m.residual())
         elif isinstance(m, (nn.Linear, nn.Conv2d)):
             aol.append(plain(m))
             out.append(aol[-1])
@@ -188,7 +182,8 @@ def export_sll(net: nn.Sequential, input_shape: tuple) -> tuple[nn.Sequential, f
 @register
 class SLL(Trainer):
     name = "sll"
-    description = "SDP-based Lipschitz layers (Araujo et al. 2023), exported as exact non-residual layers"
+    description = "SDP-based Lipschitz layers (Araujo et al. 2023), exported as residual blocks"
+    version = "2"
     quick_params = {"epochs": 2}
     params = dict(PARAMS)
     check_params = classmethod(check_schedule)
