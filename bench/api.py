@@ -363,8 +363,7 @@ def branch_refusal(net, verifier: str) -> str | None:
     """The reason a verifier that reads chains of layers cannot use ``net``: its first
     layer where the network branches (``bench.network.Branch``); None for a chain."""
     for layer in getattr(net, "branching", ()):
-        return (f"layer {layer.index} ({layer.name}) branches: {verifier} reads chains of layers only (the "
-                f"trivial bound and lower read networks that branch)")
+        return f"layer {layer.index} ({layer.name}) branches: {verifier} reads chains of layers only"
     return None
 
 

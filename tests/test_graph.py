@@ -327,3 +327,18 @@ def test_the_vnncomp_networks_are_read_and_checked(name):
     tb = bench.verify(path, "trivial", p=2)
     low = bench.lower_bound(path, p=2, samples=50, restarts=2, steps=5)
     assert tb.status == low.status == "ok" and low.value <= tb.value
+
+
+@pytest.mark.auto_lirpa
+def test_lirpa_bounds_a_residual_network_over_a_box_above_its_exact_constant():
+    torch.manual_seed(1)
+    net = ResMLP(d_in=2, d=3, blocks=2, d_out=2).double()
+    c, r = np.array([0.1, 0.2]), 0.5
+    for p in NORMS:
+        b = bench.verify(net, "lirpa", p=p, domain={"center": c.tolist(), "radius": r})
+        ex = exact_lipschitz(network.walk(net).module, p, None, c - r, c + r)
+        assert b.status == "ok" and b.value >= ex * (1 - 1e-9), (p, b, ex)
+    conv = _randomise_bn(ConvRes().double())
+    b = bench.verify(conv, "lirpa", p=2, input_shape=(2, 6, 6), domain={"center": [0.0] * 72, "radius": 0.5})
+    low = bench.lower_bound(conv, p=2, input_shape=(2, 6, 6), domain={"center": [0.0] * 72, "radius": 0.5})
+    assert b.status == "ok" and low.value <= b.value

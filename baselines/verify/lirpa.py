@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from bench.api import Bound, Budget, Query, Verifier
-from bench.network import MAX_DENSE_ENTRIES, Net, flat_children
+from bench.modules import Concat, Sum
+from bench.network import MAX_DENSE_ENTRIES, Activation, Affine, Branch, Net, all_layers, flat_children
 from bench.norms import jacobian_norm
 from bench.registry import register
 
@@ -72,6 +73,7 @@ class LiRPA(Verifier):
     requires = ("auto_LiRPA",)
     install_hint = INSTALL
     params = {"optimize": True}
+    graphs = True   # auto_LiRPA bounds the module's own graph: residual adds and concatenations too
 
     @classmethod
     def missing(cls) -> list[str]:
@@ -90,11 +92,12 @@ class LiRPA(Verifier):
     def supports(self, net: Net, query: Query) -> str | None:
         if query.domain == "global":
             return "lirpa bounds the Jacobian over a box: give the query a domain {center, radius}"
-        other = sorted({a.name for a in net.activations} - JACOBIAN_ACTIVATIONS)
+        layers = list(all_layers(net.layers))
+        other = sorted({a.name for a in layers if isinstance(a, Activation)} - JACOBIAN_ACTIVATIONS)
         if other:
             return (f"auto_LiRPA has no Jacobian bounds for {', '.join(other)} (it has them for "
                     f"{', '.join(sorted(JACOBIAN_ACTIVATIONS))})")
-        for l in net.affines:
+        for l in (l for l in layers if isinstance(l, Affine)):
             if not isinstance(l.module, nn.Linear) and l.in_dim * l.out_dim > MAX_DENSE_ENTRIES:
                 return (f"layer {l.index} ({type(l.module).__name__}) is handed to auto_LiRPA as a dense Linear "
                         f"(it has no working gradient node for it), and its {l.out_dim} x {l.in_dim} matrix is above the "
@@ -150,17 +153,22 @@ class LiRPA(Verifier):
 
 def _as_linear(net: Net, module: nn.Module) -> nn.Module:
     """``module`` (a copy of ``net.module``) with every affine layer but a Linear (Conv2d,
-    BatchNorm, average pooling) replaced by a float64 Linear with the walk's dense matrix
-    and bias, between a Flatten and an Unflatten: the same map, in layers auto_LiRPA can
-    differentiate."""
-    swap = {l.index: l for l in net.affines if not isinstance(l.module, nn.Linear)}
-    if not swap:
-        return module
-    children = flat_children(module)
+    BatchNorm, average pooling, selections) replaced by a float64 Linear with the walk's
+    dense matrix and bias, between a Flatten and an Unflatten: the same map, in layers
+    auto_LiRPA can differentiate; the branches of a Sum or Concat likewise."""
+    return _swapped(net.layers, flat_children(module))
+
+
+def _swapped(layers: list, children: list) -> nn.Module:
+    by_index = {_position(l.index): l for l in layers}
     out = []
     for i, m in enumerate(children):
-        l = swap.get(i)
-        if l is None:
+        l = by_index.get(i)
+        if isinstance(l, Branch):
+            new = [_swapped(b, flat_children(seq)) for b, seq in zip(l.branches, m.branches)]
+            out.append(Sum(*new, weights=l.weights) if l.kind == "sum" else Concat(*new))
+            continue
+        if not isinstance(l, Affine) or isinstance(l.module, nn.Linear):
             out.append(m)
             continue
         lin = nn.Linear(l.in_dim, l.out_dim, dtype=torch.float64)
@@ -170,6 +178,12 @@ def _as_linear(net: Net, module: nn.Module) -> nn.Module:
             lin.bias.copy_(torch.as_tensor(b) if b is not None else torch.zeros(l.out_dim, dtype=torch.float64))
         out += [nn.Flatten(), lin] + ([nn.Unflatten(1, l.out_shape)] if len(l.out_shape) > 1 else [])
     return nn.Sequential(*out)
+
+
+def _position(index) -> int:
+    """A layer's position in its own chain: the index itself at the top, the last part of
+    ``"i.b.k"`` inside a branch."""
+    return index if isinstance(index, int) else int(str(index).rsplit(".", 1)[-1])
 
 
 def _majorant_norm(M: torch.Tensor, query: Query) -> float:
