@@ -132,7 +132,8 @@ class Reshape(nn.Module):
         self.shape = tuple(int(s) for s in shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.reshape(x.shape[0], *self.shape)
+        # no shape arithmetic (x.shape[0]): tracers (auto_LiRPA's, ONNX export) see a plain reshape
+        return torch.flatten(x, 1) if len(self.shape) == 1 else x.reshape(-1, *self.shape)
 
     def extra_repr(self) -> str:
         return str(self.shape)

@@ -12,7 +12,7 @@ those of the margin's gradient.  auto_LiRPA 0.7.1 has no gradient node for Batch
 average pooling (``build_gradient_node`` raises NotImplementedError), and its Conv2d
 gradient fails on the Jacobian's extra dimension (conv_transpose2d gets a 5-d input), so
 every affine layer but a Linear is handed to it as what the network walk reads it as: a
-Linear with its dense matrix and bias, between a Flatten and an Unflatten
+Linear with its dense matrix and bias, between a Flatten and a Reshape
 (``unsupported`` above the dense limit).  Computed in float64 (auto_LiRPA builds its gradient
 graph in torch's default dtype, so the default is switched for the call).
 
@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from bench.api import Bound, Budget, Query, Verifier
-from bench.modules import Concat, Sum
+from bench.modules import Concat, Reshape, Sum
 from bench.network import MAX_DENSE_ENTRIES, Activation, Affine, Branch, Net, all_layers, flat_children
 from bench.norms import jacobian_norm
 from bench.registry import register
@@ -154,8 +154,10 @@ class LiRPA(Verifier):
 def _as_linear(net: Net, module: nn.Module) -> nn.Module:
     """``module`` (a copy of ``net.module``) with every affine layer but a Linear (Conv2d,
     BatchNorm, average pooling, selections) replaced by a float64 Linear with the walk's
-    dense matrix and bias, between a Flatten and an Unflatten: the same map, in layers
-    auto_LiRPA can differentiate; the branches of a Sum or Concat likewise."""
+    dense matrix and bias, between a Flatten and a Reshape to a constant shape (nn.Unflatten's
+    shape arithmetic becomes operators auto_LiRPA cannot bound once torch's ONNX exporter has
+    run in the process): the same map, in layers auto_LiRPA can differentiate; the branches
+    of a Sum or Concat likewise."""
     return _swapped(net.layers, flat_children(module))
 
 
@@ -176,7 +178,7 @@ def _swapped(layers: list, children: list) -> nn.Module:
             lin.weight.copy_(torch.as_tensor(l.matrix()))
             b = l.bias()
             lin.bias.copy_(torch.as_tensor(b) if b is not None else torch.zeros(l.out_dim, dtype=torch.float64))
-        out += [nn.Flatten(), lin] + ([nn.Unflatten(1, l.out_shape)] if len(l.out_shape) > 1 else [])
+        out += [nn.Flatten(), lin] + ([Reshape(l.out_shape)] if len(l.out_shape) > 1 else [])
     return nn.Sequential(*out)
 
 
