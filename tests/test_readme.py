@@ -39,6 +39,16 @@ def test_python_api_example():
     assert "upper ok" in out.stdout
 
 
+def test_residual_and_onnx_example(tmp_path):
+    code = re.search(r"<!-- example: residual -->\s*```python\n(.*?)```", README, re.S).group(1)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
+    assert out.returncode == 0, out.stderr
+    tb, refusal, low = out.stdout.strip().splitlines()
+    assert float(low) <= float(tb) and "branches: lipsdp reads chains of layers only" in refusal
+    assert (tmp_path / "net.onnx").exists()
+
+
 @pytest.mark.slow
 def test_decorator_plugin_example(tmp_path):
     (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
