@@ -667,3 +667,92 @@ def test_the_matrix_free_objective_is_the_dense_one(slopes):
     assert rho_of(tc, bad) is None
     assert op.rho(bad) is None
 
+
+
+# --- real weights: multipliers across many orders of magnitude, an activation at the output
+
+def _deep_net(sizes, gain, act=nn.ReLU, seed=0, tail=None):
+    """An MLP whose layers have norms around ``gain`` (ACAS Xu's are 15 to 30), so that
+    ECLipsE's multipliers shrink by about 2 gain^2 per layer."""
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        lin = nn.Linear(a, b).double()
+        with torch.no_grad():
+            lin.weight.mul_(gain / float(torch.linalg.matrix_norm(lin.weight, 2)))
+        layers += [lin, act()]
+    return nn.Sequential(*layers[:-1], *([tail] if tail else []))
+
+
+def test_balancing_the_blocks_is_a_congruence_of_the_lmi():
+    """D M(rho, T; W) D = M(rho, T'; W') for D = diag(I, 2^e_1 I, ...): the same LMI, so
+    certifying the balanced one certifies the network's."""
+    from baselines.verify.sdp_common import assemble, balanced, block_offsets
+    rng = np.random.default_rng(0)
+    sizes = [4, 5, 3, 2]
+    Ws = [rng.normal(size=(b, a)) * 20 for a, b in zip(sizes[:-1], sizes[1:])]
+    ch = Chain(Ws, [0.0, -0.1], [1.0, 1.0])
+    T = [rng.random(5) * 1e9, rng.random(3) * 1e-2]
+    rho = 1e4
+    bch, bT, es = balanced(ch, T, rho)
+    assert es != [0, 0] and all(abs(math.log2(rho / (2 * t.max()))) <= 1 for t in bT)
+    offs = block_offsets(ch)
+    d = np.ones(offs[-1])
+    for k, e in enumerate(es):
+        d[offs[k + 1]:offs[k + 2]] = 2.0 ** e
+    M, Mb = assemble(ch, rho, T), assemble(bch, rho, bT)
+    assert np.allclose(d[:, None] * M * d[None, :], Mb, rtol=1e-12, atol=1e-12 * np.abs(Mb).max())
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid], ids=["relu", "sigmoid"])
+def test_deep_nets_with_large_layer_norms_are_certified(act):
+    """Where the multipliers span orders of magnitude (one shift sized by the largest block
+    swamped the smallest), every SDP verifier certifies, above the lower bound, eclipse no
+    looser than eclipse-fast, and eclipse-fast's certified value within 1e-4 of its own
+    closed form."""
+    net = _deep_net([5, 50, 50, 50, 50, 50, 50, 5], 20.0, act)
+    low = bench.lower_bound(net, p=2, samples=300, restarts=4, steps=20).value
+    got = {v: bench.verify(net, v, p=2, **params) for v, params in
+           (("eclipse-fast", {}), ("eclipse", {}), ("lipsdp", {"solver": "NATIVE"}))}
+    for v, b in got.items():
+        assert b.status == "ok" and b.value >= low, (v, b)
+    assert got["eclipse"].value <= got["eclipse-fast"].value * (1 + 1e-9)
+    fast = got["eclipse-fast"]
+    assert fast.value == pytest.approx(fast.stats["raw_value"], rel=1e-4)
+    assert any(e != 0 for e in fast.stats["block_scales_log2"])
+
+
+@pytest.mark.parametrize("tail", [nn.ReLU(), nn.Sigmoid(), nn.Tanh()], ids=["relu", "sigmoid", "tanh"])
+def test_a_network_that_ends_with_an_activation_is_bounded_by_dropping_it(tail):
+    """An elementwise activation at the output (ERAN's nets end with a ReLU) multiplies the
+    constant by at most its largest slope: the SDP verifiers bound the network without it,
+    times that slope (a power of 2); a class pair's margin is refused with the reason."""
+    net = _deep_net([3, 8, 6, 3], 1.5, seed=1, tail=tail)
+    low = bench.lower_bound(net, p=2, samples=400, restarts=4, steps=20).value
+    head = bench.verify(net[:-1], "eclipse-fast", p=2).value
+    slope = 0.25 if isinstance(tail, nn.Sigmoid) else 1.0
+    for v, params in (("eclipse-fast", {}), ("eclipse", {}), ("lipsdp", {"solver": "NATIVE"}), ("lipsdp", {})):
+        b = bench.verify(net, v, p=2, **params)
+        assert b.status == "ok" and b.value >= low * (1 - 1e-9), (v, b)
+        assert b.stats["output_activation_dropped"] == [type(tail).__name__.lower()]
+        pair = bench.verify(net, v, p=2, target=(0, 1), **params)
+        assert pair.status == "unsupported" and "class pair" in pair.error
+    assert bench.verify(net, "eclipse-fast", p=2).value == pytest.approx(slope * head, rel=1e-6)
+    odd = nn.Sequential(*net[:-1], nn.ELU(alpha=1.5))   # largest slope 1.5: not folded exactly
+    b = bench.verify(odd, "eclipse-fast", p=2)
+    assert b.status == "unsupported" and "power of 2" in b.error
+
+
+VNN = os.path.join(REFERENCE, "vnncomp2021")
+
+
+@pytest.mark.skipif(not os.path.isdir(VNN), reason="../shared/reference/vnncomp2021 absent: the VNN-COMP networks "
+                                                   "are not here")
+@pytest.mark.parametrize("name", ["ACASXU_run2a_1_1_batch_2000", "mnist-net_256x4", "ffnnSIGMOID__Point_6x200",
+                                  "mnist_relu_9_200"])
+def test_the_sdp_verifiers_certify_the_vnncomp_networks(name):
+    path = os.path.join(VNN, name + ".onnx")
+    low = bench.lower_bound(path, p=2, samples=200, restarts=2, steps=10).value
+    for v, params in (("eclipse-fast", {}), ("eclipse", {}), ("lipsdp", {"solver": "NATIVE"})):
+        b = bench.verify(path, v, p=2, timeout=120, **params)
+        assert b.status == "ok" and b.value >= low, (name, v, b)

@@ -124,6 +124,8 @@ class _ECLipsEBase(Verifier):
         stats["certify_s"] = time.perf_counter() - t0 - stats["solve_s"]
         if ch.relu_forms:
             stats["relu_forms"] = list(ch.relu_forms)
+        if ch.dropped:
+            stats["output_activation_dropped"] = list(ch.dropped)
         return Bound(value, "upper", "ok", stats=stats)
 
 
@@ -131,7 +133,7 @@ class _ECLipsEBase(Verifier):
 class ECLipsEFast(_ECLipsEBase):
     name = "eclipse-fast"
     # 2: the block machinery (torch, CPU or CUDA), certified block by block; 3: Lanczos's failure not fatal
-    version = "3"
+    version = "4"
     description = "ECLipsE-Fast: LipSDP-Neuron layer by layer in closed form, certified"
     fast = True
 
@@ -141,7 +143,7 @@ class ECLipsE(_ECLipsEBase):
     name = "eclipse"
     # 2: stages past half the budget take the closed form; 3: stages solved natively (no cvxpy)
     # 4: the stage's gradient by the elimination's adjoint (another optimiser path); Lanczos's failure not fatal
-    version = "4"
+    version = "5"
     description = "ECLipsE: LipSDP-Neuron layer by layer, each stage's problem solved natively, certified"
     params = {"eps": Param(1e-4, "the stage optimiser's relative plateau tolerance", gt=0, lt=1),
               "max_iters": Param(200, "the stage optimiser's steps per layer", ge=1)}

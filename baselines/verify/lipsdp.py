@@ -211,7 +211,7 @@ class LipSDP(Verifier):
     # 5: NATIVE takes |x| networks (the product of rescaled layer norms)
     # 6: NATIVE solves conv nets matrix-free (operator 'layers', chosen by 'auto')
     # 7: NATIVE's warm start from ECLipsE 4 (another optimiser path); Lanczos's failure not fatal
-    version = "7"
+    version = "8"
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
@@ -298,6 +298,8 @@ class LipSDP(Verifier):
         stats["certify_s"] = time.perf_counter() - t0
         if ch.relu_forms:
             stats["relu_forms"] = list(ch.relu_forms)
+        if ch.dropped:
+            stats["output_activation_dropped"] = list(ch.dropped)
         if stats["raw_rho_scaled"] is not None:
             stats["raw_value"] = float(np.sqrt(max(stats["raw_rho_scaled"], 0.0)) * np.prod(s))
         return Bound(value, "upper", "ok", stats=stats)

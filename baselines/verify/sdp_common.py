@@ -66,6 +66,8 @@ class Chain:
     #: :mod:`baselines.verify.implicit` applies without the dense W_k); None when not read
     #: from a network
     factors: list | None = None
+    #: the activation at the output that was dropped (see :func:`chain`), if any
+    dropped: tuple = ()
 
     @property
     def hidden(self) -> list[int]:
@@ -102,7 +104,13 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     same constant).  Sound, but loose: LipSDP's bound of the form is at least its largest
     product W_L D ... D W_0 over 0/1 diagonal D, which for |x| = relu(x) + relu(-x) doubles
     per layer (the hard suite's ``identity`` family); |x| keeps its sector [-1, 1] where
-    the verifier takes negative slopes."""
+    the verifier takes negative slopes.
+
+    An elementwise activation at the output (ERAN's nets end with a ReLU) is dropped:
+    |phi(u) - phi(v)| <= c |u - v| coordinatewise for slopes in [a, b], c = max(|a|, |b|),
+    so the constant of the network without it, times c (folded into W_L, exactly: c must
+    be a power of 2, as for ReLU, sigmoid, tanh), bounds the whole output's.  Sound, not
+    exact; a class pair's margin relu(u_i) - relu(u_j) is not bounded so, and is refused."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
     if query.domain != "global":
@@ -113,9 +121,21 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
             raise Unsupported(f"{name} reads affine layers and activations only; layer {l.index} "
                               f"({getattr(l, 'name', type(l).__name__)}) is neither")
     kinds = ["A" if isinstance(l, Affine) else "S" for l in layers]
+    tail, gain = None, 0
+    if len(layers) > 1 and kinds[-1] == "S" and kinds[-2] == "A":
+        tail = layers[-1]
+        c = max(abs(x) for x in tail.slope) if tail.elementwise else 0.0
+        if query.is_pair:
+            raise Unsupported(f"{name} bounds a class pair's margin only for a network that ends with an affine "
+                              f"layer (this one ends with {tail.name}, and dropping it bounds the whole output only)")
+        if not (c > 0 and math.frexp(c)[0] == 0.5):
+            raise Unsupported(f"{name} drops an activation at the output only where it is elementwise with a "
+                              f"largest slope that is a power of 2 ({tail.name} is not)")
+        gain, layers, kinds = math.frexp(c)[1] - 1, layers[:-1], kinds[:-1]
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
-        raise Unsupported(f"{name} needs affine layers separated by single activations, starting and ending "
-                          f"with an affine layer (got {' '.join(kinds)})")
+        raise Unsupported(f"{name} needs affine layers separated by single activations, starting with an affine "
+                          f"layer and ending with one (or with one elementwise activation after it) "
+                          f"(got {' '.join(kinds + (['S'] if tail else []))})")
     Ws, a, b, forms, factors = [], [], [], [], []
     prev_affine, after = False, None
     for l in layers:
@@ -154,7 +174,10 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
         row[0, i], row[0, j] = 1.0, -1.0
         Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
         factors[-1].append(row)
-    return Chain(Ws, a, b, tuple(forms), factors)
+    if gain:  # the dropped activation's largest slope c = 2^gain, folded into W_L exactly
+        Ws[-1] = np.ldexp(Ws[-1], gain)
+        factors[-1].append(np.ldexp(np.eye(Ws[-1].shape[0]), gain))
+    return Chain(Ws, a, b, tuple(forms), factors, (tail.name,) if tail else ())
 
 
 @dataclass(frozen=True)
@@ -227,14 +250,17 @@ def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegat
     def width(a):
         plain = a.elementwise and (a.slope[0] >= 0 or not nonnegative)
         return a.in_dim if plain else int(math.ceil(RELU_FORM_WIDTH * a.in_dim))
-    widths = [(width(a), a.index) for a in net.activations]
+    acts = net.activations
+    if net.layers and isinstance(net.layers[-1], Activation):
+        acts = acts[:-1]  # an activation at the output is dropped (see :func:`chain`)
+    widths = [(width(a), a.index) for a in acts]
     if not widths:
         return None
     n, index = max(widths, key=lambda w: w[0]) if per_layer else (sum(w for w, _ in widths), None)
     if n <= max_neurons:
         return None
     what = f"layer {index} has {n:,} neurons" if per_layer else f"the network has {n:,} hidden neurons"
-    what += " (ReLU forms counted)" if any(w != a.in_dim for (w, _), a in zip(widths, net.activations)) else ""
+    what += " (ReLU forms counted)" if any(w != a.in_dim for (w, _), a in zip(widths, acts)) else ""
     return (f"{name} solves networks up to {max_neurons:,} {'neurons per layer' if per_layer else 'hidden neurons'} "
             f"(beyond that it cannot finish in a suite's budget); {what} (convs unrolled: channels x pixels)")
 
@@ -787,11 +813,17 @@ def certify(ch: Chain, T: list[np.ndarray], device=None, rho_hint: float | None 
     ``rho_hint`` (the solver's value) sizes the shift before the first factorisation; without
     it, or if it is too small, the hidden blocks are factorised twice."""
     import torch
-    tc = torch_chain(ch, device)
     # clipped at 0, and floored at 1e-12 of the layer's largest: a solver leaves exact zeros on
     # neurons that couple to nothing (a zero column), and a zero multiplier no scaling repairs
     T0 = [np.maximum(np.asarray(t, dtype=np.float64), 0.0) for t in T]
-    T0 = [torch.as_tensor(np.maximum(t, 1e-12 * t.max(initial=0.0)), device=tc.Ws[0].device) for t in T0]
+    T0 = [np.maximum(t, 1e-12 * t.max(initial=0.0)) for t in T0]
+    ch, T0, scales = balanced(ch, T0, rho_hint)
+    tc = torch_chain(ch, device)
+    T0 = [torch.as_tensor(t, device=tc.Ws[0].device) for t in T0]
+    # and floored at twice the first shift: below it a multiplier fails its own diagonal entry
+    # 2 t - delta whatever rho (once the blocks are balanced, 1e-12 of the layer's largest can be)
+    floor = 2 * _Blocks(tc, T0).delta(1.05 * max(rho_hint or 0.0, 0.0))
+    T0 = [t.clamp_min(floor) for t in T0]
     K = len(T0)
     repairs = [(s, lambda k, s=s: 1 + s) for s in (0.0, 1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
     repairs += [(-s, lambda k, s=s: (1 + s) ** (K - k)) for s in (1e-9, 1e-7, 1e-5, 1e-3, 1e-2)]
@@ -804,7 +836,40 @@ def certify(ch: Chain, T: list[np.ndarray], device=None, rho_hint: float | None 
             if n == len(repairs) - 1:
                 raise
     stats["T_enlarged_by"] = scale  # < 0: geometrically, (1 + |s|)^(K - k)
+    stats["block_scales_log2"] = scales
     return value, stats
+
+
+def balanced(ch: Chain, T: list[np.ndarray], rho_hint: float | None) -> tuple[Chain, list[np.ndarray], list[int]]:
+    """The same LMI under the congruence D = diag(I, 2^e_1 I, ..., 2^e_K I): D M(rho, T; W) D =
+    M(rho, T'; W') with T'_k = 4^e_k T_k, W'_k = 2^(e_k - e_{k+1}) W_k (e_0 = 0), W'_L = 2^e_K W_L,
+    whatever the activations, so one is <= 0 iff the other is, at the same rho.  A deep net's
+    multipliers span orders of magnitude (ECLipsE's: 4.9e11 down to 0.48 on ACAS Xu), and the
+    shift delta I, sized by the largest block, swamps the smallest; e_k puts 2 max T'_k within a
+    factor 2 of rho.  Powers of 2 scale exactly; where one would not (over/underflow) the LMI
+    is certified as given.  Returns (chain, T', [e_1, ..., e_K])."""
+    ref = rho_hint if rho_hint and math.isfinite(rho_hint) and rho_hint > 0 else None
+    if ref is None:
+        top = T[0].max(initial=0.0) if T else 0.0
+        ref = 2 * top if top > 0 else 1.0
+    es = [0]
+    for t in T:
+        top = float(t.max(initial=0.0))
+        es.append(int(round(0.5 * math.log2(ref / (2 * top)))) if top > 0 and math.isfinite(top) else es[-1])
+    Ws, Ts = [], []
+    for k, W in enumerate(ch.Ws):
+        W = np.asarray(W, dtype=np.float64)
+        e = es[k] - es[k + 1] if k + 1 < len(es) else es[k]  # W'_k = (c_k / c_{k+1}) W_k; W'_L = c_K W_L
+        Wk = np.ldexp(W, e)
+        if e and not (np.isfinite(Wk).all() and np.array_equal(np.ldexp(Wk, -e), W)):
+            return ch, T, [0] * len(T)  # not exact in float64: certify the LMI as given
+        Ws.append(Wk)
+    for k, t in enumerate(T):
+        tk = np.ldexp(t, 2 * es[k + 1])
+        if not (np.isfinite(tk).all() and np.array_equal(np.ldexp(tk, -2 * es[k + 1]), t)):
+            return ch, T, [0] * len(T)
+        Ts.append(tk)
+    return Chain(Ws, ch.a, ch.b, ch.relu_forms), Ts, es[1:]
 
 
 class _Blocks:
