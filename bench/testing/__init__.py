@@ -20,7 +20,8 @@ What a verifier must do:
   networks ``error`` and ``oom`` are failures, and ``unsound`` is the audit's alone --
   with a finite value >= 0 when ``ok`` and the kind it declares (an ``exact`` verifier may
   answer ``upper`` when it does not close);
-- be sound: on piecewise-linear networks (ReLU, Abs, MaxMin; with and without biases;
+- be sound: on piecewise-linear networks (ReLU, Abs, MaxMin, a residual ReLU network: a
+  verifier that reads only chains refuses it by the base class; with and without biases;
   the global domain and a box; full output and a class pair) its bound lies on the right
   side of the exact constant found by enumerating the linear regions
   (:mod:`bench.testing.exact`), within rtol 1e-6; on a tanh network, on the right
@@ -63,13 +64,22 @@ def _mlp(sizes, activation: str, bias: bool, seed: int) -> nn.Sequential:
     return net.double().eval()
 
 
+def _residual(seed: int) -> nn.Sequential:
+    """3-4-(x + f(x))-3 with f = Linear-ReLU-Linear: a network that branches."""
+    from ..modules import Sum
+    torch.manual_seed(seed)
+    f = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
+    return nn.Sequential(nn.Linear(3, 4), nn.ReLU(), Sum(nn.Sequential(), f), nn.Linear(4, 3)).double().eval()
+
+
 def tiny_networks() -> dict[str, nn.Sequential]:
     """The networks of the checks: piecewise-linear ones (exact constants known by
-    enumeration) and one smooth one."""
+    enumeration, through the residual add too) and one smooth one."""
     return {"relu 3-5-4-3": _mlp([3, 5, 4, 3], "relu", True, 0),
             "abs 3-4-4-3 bias-free": _mlp([3, 4, 4, 3], "abs", False, 1),
             "maxmin 3-4-3": _mlp([3, 4, 3], "maxmin", True, 2),
-            "tanh 3-6-3": _mlp([3, 6, 3], "tanh", True, 3)}
+            "tanh 3-6-3": _mlp([3, 6, 3], "tanh", True, 3),
+            "residual relu 3-4-4-3": _residual(4)}
 
 
 BOX = {"center": [0.2, -0.1, 0.3], "radius": 0.5}
