@@ -7,7 +7,7 @@ upper bound to the best sound lower bound of that network and query (the witness
 ``lower`` and any exact answer).  ``--csv`` is rewritten after every row.
 
     python benchmarks/onnx_networks.py DIR [--verifiers trivial lower lipsdp:NATIVE ...] \\
-        [--timeout 120] [--radius 0.02] [--csv out.csv]
+        [--timeout 120] [--timeouts bab=30 mip=30 lirpa=60] [--radius 0.02] [--csv out.csv]
 """
 from __future__ import annotations
 
@@ -31,11 +31,14 @@ def main():
     ap.add_argument("folder")
     ap.add_argument("--verifiers", nargs="+", default=DEFAULT, help="names; lipsdp:SOLVER picks lipsdp's solver")
     ap.add_argument("--timeout", type=float, default=120)
+    ap.add_argument("--timeouts", nargs="*", default=["bab=30", "mip=30", "lirpa=60"],
+                    help="per-verifier budgets, NAME=SECONDS (default: bab and mip 30 s, lirpa 60 s)")
     ap.add_argument("--radius", type=float, default=0.02)
     ap.add_argument("--p", nargs="+", default=["2", "inf"])
     ap.add_argument("--only", nargs="*", help="file names (without .onnx) to run, default every file")
     ap.add_argument("--csv")
     args = ap.parse_args()
+    budgets = {k: float(v) for k, v in (t.split("=") for t in args.timeouts)}
     rows = []
     files = sorted(glob.glob(os.path.join(args.folder, "*.onnx")))
     if args.only:
@@ -56,7 +59,7 @@ def main():
                     v, _, solver = spec.partition(":")
                     params = {"solver": solver} if solver else {}
                     t = time.perf_counter()
-                    b = bench.verify(path, v, p=float(p), domain=dom, timeout=args.timeout, **params)
+                    b = bench.verify(path, v, p=float(p), domain=dom, timeout=budgets.get(v, args.timeout), **params)
                     row = {"network": name, "p": p, "domain": dom_name, "verifier": spec, "status": b.status,
                            "kind": b.kind, "value": b.value, "wall_s": round(time.perf_counter() - t, 2),
                            "error": (b.error or "")[:160]}
