@@ -147,6 +147,7 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     solve_s = _clock(budget.device) - t
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
+    module = net.module   # what was read: a module of code is stored as its traced tree (its hash is the tree's)
     metrics.setdefault("data", ds.note or ds.name)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
