@@ -353,9 +353,8 @@ def opaque_refusal(net, verifier: str) -> str | None:
     for layer in getattr(net, "opaque", ()):
         why = f" ({layer.why})" if getattr(layer, "why", "") else ""
         return (f"layer {layer.index} ({layer.name}) is not supported by {verifier}: the network walk does not "
-                f"know this module{why}; it knows Linear, Conv2d, BatchNorm in eval mode, average and max pooling, "
-                f"the registered activations and residual adds, so only a verifier that needs nothing but "
-                f"gradients (lower) can bound this network")
+                f"know this module{why}, so only a verifier that needs nothing but gradients (lower) can bound "
+                f"this network")
     return None
 
 

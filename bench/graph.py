@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .api import Unsupported
+from .api import Unsupported, UserError
 from .modules import Concat, Pointwise, Reshape, Sum
 
 #: a tree may hold at most this many times the graph's nodes (nodes shared by branches are copied)
@@ -117,14 +117,25 @@ _POOL_FUNCTIONS = {torch.nn.functional.avg_pool2d: nn.AvgPool2d, torch.nn.functi
                    torch.nn.functional.adaptive_max_pool2d: nn.AdaptiveMaxPool2d}
 
 
+def own_forward(m: nn.Module, types: tuple) -> bool:
+    """Whether ``m`` computes what the first of ``types`` it is an instance of computes: a
+    subclass that overrides ``forward`` (``class L(nn.Linear)`` returning 3 W x) is code,
+    not that layer."""
+    base = next(t for t in types if isinstance(m, t))
+    return type(m).forward is base.forward
+
+
 def is_leaf(m: nn.Module) -> bool:
     """Whether the walk reads ``m`` as one layer (never traced into): torch's own modules
-    (but containers), lipbench's, and every module with an activation description."""
+    (but containers), lipbench's, and every module with an activation description whose
+    forward is the described class's."""
     from .activations import describe
     if isinstance(m, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
         return False
-    mod = type(m).__module__
-    return mod.startswith(("torch.nn", "torch.ao.nn", "bench.")) or describe(m) is not None
+    if type(m).__module__.startswith(("torch.nn", "torch.ao.nn", "bench.")):
+        return True
+    spec = describe(m)
+    return spec is not None and (spec.module_class is None or own_forward(m, (spec.module_class,)))
 
 
 class Tracer(torch.fx.Tracer):
@@ -142,7 +153,6 @@ def from_traced(module: nn.Module, x: torch.Tensor) -> nn.Sequential:
         graph = Tracer().trace(traced)
     except Exception as e:   # torch.fx's own errors: data-dependent control flow, unsupported Python
         raise NotConvertible(f"torch.fx cannot trace it ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
-    gm = module   # the tree holds the module's own layers
     run = torch.fx.GraphModule(traced, graph)
     values: dict = {}
     nodes: dict[str, Node] = {}
@@ -173,7 +183,12 @@ def from_traced(module: nn.Module, x: torch.Tensor) -> nn.Sequential:
                 fn = n.target
             else:   # call_method
                 fn = getattr(args[0], n.target)
-            values[n.name] = out = fn(*args, **kwargs) if n.op != "call_method" else fn(*args[1:], **kwargs)
+            try:
+                values[n.name] = out = fn(*args, **kwargs) if n.op != "call_method" else fn(*args[1:], **kwargs)
+            except (RuntimeError, ValueError, TypeError, IndexError) as e:
+                raise UserError(f"{type(module).__name__} does not accept input of shape {tuple(x.shape[1:])}: node "
+                                f"{n.name} ({_what(n)}): {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
+                    from None
             data = [a.name for a in n.all_input_nodes if a.name in nodes]
             if not isinstance(out, torch.Tensor):
                 if data and not _is_shape(out):
@@ -182,7 +197,7 @@ def from_traced(module: nn.Module, x: torch.Tensor) -> nn.Sequential:
                 continue   # shape arithmetic (x.size(0), x.shape, ...): a batch of the same shape gives the same
             if not data:   # a constant computed from constants
                 continue
-            nodes[n.name] = _fx_node(n, gm, args, kwargs, values, data, out)
+            nodes[n.name] = _fx_node(n, module, args, kwargs, values, data, out)
             order.append(n.name)
     if output not in nodes:
         raise NotConvertible("its output does not depend on its input")
@@ -202,9 +217,12 @@ def check_same(module: nn.Module, tree: nn.Module, x: torch.Tensor, samples: int
     rtol = TRACE_RTOL if dtype == torch.float64 else 1e-5
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for _ in range(samples):
-            z = torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device=x.device, dtype=dtype)
+        for _ in range(samples):   # a batch of 2: a reshape that mixes samples shows
+            z = torch.randn((2, *x.shape[1:]), generator=gen, dtype=torch.float64).to(device=x.device, dtype=dtype)
             want, got = module(z), tree(z)
+            if not isinstance(want, torch.Tensor) or tuple(want.shape) != tuple(got.shape):
+                raise NotConvertible(f"its reading as layers gives outputs of shape {tuple(got.shape)}, its forward "
+                                     f"{tuple(getattr(want, 'shape', ()))}")
             err = float((want - got).abs().max() / want.abs().max().clamp_min(1e-300))
             if not err <= rtol:
                 raise NotConvertible(f"its reading as layers differs from its forward by {err:.1e} (relative)")
@@ -242,22 +260,22 @@ def _what(n) -> str:
     return t if isinstance(t, str) else getattr(t, "__name__", repr(t))
 
 
-def _fx_node(n, gm, args, kwargs, values, data: list, out: torch.Tensor) -> Node:
-    """The graph node of one traced operation with data inputs ``data``."""
+def _fx_node(n, root: nn.Module, args, kwargs, values, data: list, out: torch.Tensor) -> Node:
+    """The graph node of one traced operation with data inputs ``data`` (a constant read
+    with get_attr, a parameter included, is read as its current value)."""
     shape = tuple(out.shape[1:])
-    target = n.target if n.op == "call_function" else (n.target if n.op == "call_method" else None)
+    target = n.target if n.op in ("call_function", "call_method") else None
     if n.op == "call_module":
         if len(data) != 1 or len(n.all_input_nodes) != 1:
             raise NotConvertible(f"node {n.name} calls {n.target} with {len(n.all_input_nodes)} arguments")
-        return Node(n.name, "unary", data, gm.get_submodule(n.target))
+        return Node(n.name, "unary", data, root.get_submodule(n.target))
     what = _what(n)
     data_args = [a for a in n.args if isinstance(a, torch.fx.Node) and a.name in data]
     if target in _ACTIVATION_FUNCTIONS and len(data) == 1:
-        make = _ACTIVATION_FUNCTIONS[target]
-        if make is nn.LeakyReLU:
-            slope = kwargs.get("negative_slope", args[1] if len(args) > 1 else 0.01)
-            return Node(n.name, "unary", data, nn.LeakyReLU(float(slope)))
-        return Node(n.name, "unary", data, make())
+        # F.elu(x, alpha), F.softplus(x, beta, threshold), F.gelu(x, approximate=...), F.leaky_relu(x, slope):
+        # the module takes the function's arguments after the input, in the same order
+        extra = {k: v for k, v in kwargs.items() if k != "inplace"}
+        return Node(n.name, "unary", data, _ACTIVATION_FUNCTIONS[target](*args[1:], **extra))
     if target in _POOL_FUNCTIONS and len(data) == 1:
         mod = _POOL_FUNCTIONS[target](*args[1:], **kwargs)
         return Node(n.name, "unary", data, mod)

@@ -368,7 +368,7 @@ def all_layers(layers: list):
 class Net:
     """A walked network: the module, its input shape, and its layers."""
 
-    module: nn.Sequential
+    module: nn.Module
     input_shape: tuple
     layers: list
 
@@ -382,11 +382,13 @@ class Net:
 
     @property
     def affines(self) -> list[Affine]:
-        return [l for l in self.layers if isinstance(l, Affine)]
+        """Every affine layer, those inside branches included."""
+        return [l for l in all_layers(self.layers) if isinstance(l, Affine)]
 
     @property
     def activations(self) -> list[Activation]:
-        return [l for l in self.layers if isinstance(l, Activation)]
+        """Every activation, those inside branches included."""
+        return [l for l in all_layers(self.layers) if isinstance(l, Activation)]
 
     @property
     def opaque(self) -> list[Opaque]:

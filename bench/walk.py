@@ -1,29 +1,11 @@
 """The network walk: a torch module -> the layers of :mod:`bench.layers`, so that every
-verifier asks one place what a layer is:
-
-===================================  =====================================================
-module                               layer
-===================================  =====================================================
-Linear, Conv2d (zero padding)        :class:`Affine` (W x + b; a conv unrolled on demand)
-BatchNorm1d/2d/3d in eval mode       :class:`Diagonal`, an Affine: x -> s * x + t per
-                                     coordinate, s = gamma / sqrt(running_var + eps),
-                                     t = beta - running_mean * s
-AvgPool1d/2d, AdaptiveAvgPool1d/2d   :class:`Pool`, an Affine without bias whose matrix has
-                                     entries >= 0
-lipbench's :class:`Shift`            :class:`Translation`, a Diagonal with scale 1:
-                                     x -> x + t per channel (a centering), norm 1
-PixelShuffle, PixelUnshuffle,        :class:`Selection`, a Pool whose matrix has at most one
-ChannelShuffle, :class:`FirstChannels`, 1 in each row and column (a partial permutation):
-:class:`ZeroChannelPad`              norm 1 for every p
-MaxPool2d, AdaptiveMaxPool2d         an :class:`Activation` (piecewise linear, not
-                                     elementwise; :class:`bench.activations.MaxPool2dSpec`)
-a registered activation              an :class:`Activation` (its description:
-                                     :mod:`bench.activations`)
-Flatten, Unflatten, Identity,        nothing (they do not change the function)
-Dropout
-anything else (a user's module,      :class:`Opaque`: only verifiers that need nothing
-Softmax, LayerNorm, ...)             but gradients (``lower``) accept it
-===================================  =====================================================
+verifier asks one place what a layer is.  :data:`READERS` maps module types to layers
+(docs/architecture.md has the table): affine maps (Linear, Conv2d, BatchNorm, average
+pooling, lipbench's Shift and Pointwise, selections), max pooling and registered
+activations, and the branching modules Sum and Concat; a module whose forward is code
+is traced (:mod:`bench.graph`) and read as its layers, a module that cannot be read is
+:class:`~bench.layers.Opaque`.  :func:`read` takes a network from any source: a module, or
+an ONNX file (:mod:`bench.onnx_file`).
 
 BatchNorm is a layer of its own, not folded into a neighbouring Linear or Conv2d.
 Folding into the layer before it is exact only when there is one (not after an
@@ -54,6 +36,7 @@ from . import activations
 from .api import NORMS, Unsupported, UserError
 from .layers import (Activation, Affine, Branch, Diagonal, Net, Opaque, Pool, Scaling, Selection, Translation,
                      all_layers)
+from .graph import own_forward
 from .modules import BRANCHING, Concat, FirstChannels, Permute, Pointwise, Reshape, Shift, Sum, ZeroChannelPad
 
 
@@ -74,7 +57,7 @@ _PASS_THROUGH = (nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten, Reshape)
 def flat_children(module: nn.Module) -> list[nn.Module]:
     """The modules the walk reads, in order: nested ``nn.Sequential`` s flattened (a
     layer's ``index`` is its position here)."""
-    if isinstance(module, nn.Sequential):
+    if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
         out = []
         for c in module:
             out.extend(flat_children(c))
@@ -169,23 +152,20 @@ def _infer_input_shape(module: nn.Module) -> tuple:
     raise _input_shape_error(first)
 
 
-def _walk_chain(children: list, x: torch.Tensor, prefix: str):
+def _walk_chain(children: list, x: torch.Tensor, prefix: str, start: int = 0):
     """(layers, canonical children or None where they are ``children`` themselves, the
-    output on ``x``) of a chain of modules; a layer's index is its position in the
-    canonical children, after ``prefix``."""
+    output on ``x``) of a chain of modules; a layer's index is ``prefix`` and its position
+    in the canonical children, counted from ``start``."""
     layers: list = []
     canon: list = []
     changed = False
     for m in children:
-        pos = len(canon)
+        pos = start + len(canon)
         index = pos if not prefix else f"{prefix}{pos}"
         in_shape = tuple(x.shape[1:])
         layer, x, read = _read(m, x, index, in_shape)
         if read is not None:   # traced: its layers in its place
-            sub_layers, sub_canon, x = _walk_chain(flat_children(read), x, prefix)
-            offset = len(canon)
-            for l in sub_layers:
-                _shift_index(l, offset, prefix)
+            sub_layers, sub_canon, x = _walk_chain(flat_children(read), x, prefix, pos)
             layers.extend(sub_layers)
             canon.extend(sub_canon if sub_canon is not None else flat_children(read))
             changed = True
@@ -196,21 +176,6 @@ def _walk_chain(children: list, x: torch.Tensor, prefix: str):
         if layer is not None:
             layers.append(layer)
     return layers, (canon if changed else None), x
-
-
-def _shift_index(layer, offset: int, prefix: str) -> None:
-    """Renumber a layer read from a traced module (indexed from 0) to its place."""
-    if isinstance(layer.index, int):
-        layer.index += offset
-    else:
-        head, _, rest = layer.index[len(prefix):].partition(".")
-        layer.index = f"{prefix}{int(head) + offset}" + (f".{rest}" if rest else "")
-    if isinstance(layer, Branch):
-        for b in layer.branches:
-            for l in all_layers(b):
-                if isinstance(l.index, str) and l.index.startswith(prefix):
-                    head, _, rest = l.index[len(prefix):].partition(".")
-                    l.index = f"{prefix}{int(head) + offset}.{rest}"
 
 
 def _affine(m, x, i, in_shape):
@@ -264,7 +229,9 @@ def _branch(m, x, i, in_shape):
         shapes = {tuple(y.shape) for y in outs}
         if len(shapes) != 1:
             raise Unsupported(f"layer {i} (Sum): its branches' outputs have different shapes {sorted(shapes)}")
-    weights = tuple(getattr(m, "weights", ()))
+    weights = tuple(m.weights) if kind == "sum" else ()
+    if kind == "sum" and len(weights) != len(m.branches):
+        raise Unsupported(f"layer {i} (Sum): {len(m.branches)} branches, {len(weights)} weights")
     module = m if all(a is b for a, b in zip(new, m.branches)) else \
         (Sum(*new, weights=weights) if kind == "sum" else Concat(*new))
     y = _run(module, x, i, in_shape)
@@ -294,14 +261,14 @@ def _read(m: nn.Module, x: torch.Tensor, i, in_shape: tuple):
                           f"is recomputed on every access; materialise it first "
                           f"(torch.nn.utils.parametrize.remove_parametrizations(m, 'weight'))")
     for types, reader in READERS:
-        if isinstance(m, types):
+        if isinstance(m, types) and own_forward(m, types):
             layer, y = reader(m, x, i, in_shape)
             return layer, y, None
-    if isinstance(m, _PASS_THROUGH):
+    if isinstance(m, _PASS_THROUGH) and own_forward(m, _PASS_THROUGH):
         # dropout keeps the shape; never touch its mode
         return None, (x if isinstance(m, nn.Dropout) else m(x)), None
     spec = activations.describe(m, in_shape)
-    if spec is not None:
+    if spec is not None and (spec.module_class is None or own_forward(m, (spec.module_class,))):
         layer, y = _activation_layer(m, spec, x, i, in_shape)
         return layer, y, None
     bad = next((s for s in m.modules() if isinstance(s, BATCHNORMS) and _batchnorm_reason(s)), None)

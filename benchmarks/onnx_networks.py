@@ -3,8 +3,9 @@ VNN-COMP 2021 networks), p = 2 and inf, the global domain and a box (radius ``--
 around a fixed random point of [0, 1]^n).  Each job runs in a fresh worker with a hard
 timeout (``bench.verify(..., timeout=)``), one at a time; a verifier that refuses a query
 says why.  The table: network, query, verifier, status, value, time, and the ratio of every
-upper bound to the best sound lower bound of that network and query (the witnessed
-``lower`` and any exact answer).  ``--csv`` is rewritten after every row.
+upper bound to the best claimed lower bound of that network and query (``lower``'s value,
+which comes with a witness pair, and any exact answer; not re-audited here: a suite's
+audit does that).  ``--csv`` is rewritten after every row.
 
     python benchmarks/onnx_networks.py DIR [--verifiers trivial lower lipsdp:NATIVE ...] \\
         [--timeout 120] [--timeouts bab=30 mip=30 lirpa=60] [--radius 0.02] [--csv out.csv]
@@ -79,7 +80,7 @@ def main():
                         w = csv.DictWriter(f, fieldnames=list(rows[0]))
                         w.writeheader()
                         w.writerows(rows)
-    print("\n| network | p | domain | verifier | status | value | s | upper / best lower |")
+    print("\n| network | p | domain | verifier | status | value | s | upper / best claimed lower |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = "" if r["over_best_lower"] is None or not math.isfinite(r["over_best_lower"]) else \

@@ -265,8 +265,10 @@ class Trivial(Verifier):
         """The bound of every class pair at once, (C, C): the same values as one run per
         pair (the shared product of the other layers is computed once)."""
         last = net.layers[-1]
-        if not isinstance(last, Affine):
-            raise ValueError("pair bounds need a network that ends with an affine layer")
+        if not isinstance(last, Affine):   # |c^T (f(x) - f(y))| <= ||c||_{p*} ||f(x) - f(y)||_p, as in run
+            full = chain_factors(net.layers, p) + [vector_norm(np.array([1.0, -1.0]), dual(p))]
+            C = net.out_dim
+            return np.where(np.eye(C, dtype=bool), 0.0, _inflate(math.prod(full), len(full)))
         rest = chain_factors(net.layers[:-1], p)
         W = last.matrix()
         C = W.shape[0]
@@ -304,17 +306,23 @@ def chain_factors(layers: list, p: float, per_layer: list | None = None) -> list
 
 
 def branch_bound(layer: Branch, p: float, per_layer: list | None = None) -> float:
-    """Where the network branches into f_1, ..., f_k, with L_i a bound on Lip(f_i):
-    a sum sum_i w_i f_i(x) has Lipschitz constant at most sum_i |w_i| L_i (the triangle
-    inequality), so a residual block x + f(x) at most 1 + Lip(f); a concatenation
-    (f_1(x), ..., f_k(x)) at most (sum_i L_i^p)^(1/p), since ||(d_1, ..., d_k)||_p^p =
-    sum_i ||d_i||_p^p (max_i L_i for p = inf)."""
+    """A sound bound where the network branches: :func:`branch_rule` on the branches'
+    bounds, inflated for its rounding."""
     L = [chain_bound(b, p, per_layer) for b in layer.branches]
-    if layer.kind == "sum":
-        return _inflate(sum(abs(w) * v for w, v in zip(layer.weights, L)), 2 * len(L))
+    return _inflate(branch_rule(layer.kind, layer.weights, L, p), 2 * len(L))
+
+
+def branch_rule(kind: str, weights, L: list, p: float):
+    """Where the network branches into f_1, ..., f_k, with L_i a bound on Lip(f_i) (floats,
+    or tensors for training): a sum sum_i w_i f_i(x) has Lipschitz constant at most
+    sum_i |w_i| L_i (the triangle inequality), so a residual block x + f(x) at most
+    1 + Lip(f); a concatenation (f_1(x), ..., f_k(x)) at most (sum_i L_i^p)^(1/p), since
+    ||(d_1, ..., d_k)||_p^p = sum_i ||d_i||_p^p (max_i L_i for p = inf)."""
+    if kind == "sum":
+        return sum(abs(w) * v for w, v in zip(weights, L, strict=True))
     if math.isinf(p):
         return max(L)
-    return _inflate(sum(v ** p for v in L) ** (1.0 / p), 2 * len(L))
+    return sum(v ** p for v in L) ** (1.0 / p)
 
 
 # ---- the differentiable trivial bound (for training) --------------------------------
@@ -387,16 +395,7 @@ class TorchTrivialBound:
         for it in items:
             if isinstance(it, tuple):   # branch_bound's rule, differentiable
                 kind, weights, branches = it
-                L = [self._prod(b) for b in branches]
-                if kind == "sum":
-                    v = sum(abs(w) * b for w, b in zip(weights, L))
-                elif math.isinf(self.p):
-                    v = L[0]
-                    for b in L[1:]:
-                        v = b if float(b) > float(v) else v
-                else:
-                    v = sum(b ** self.p for b in L) ** (1.0 / self.p)
-                out = out * v
+                out = out * branch_rule(kind, weights, [self._prod(b) for b in branches], self.p)
             else:
                 out = out * (it if isinstance(it, float) else self._norm(it))
         return out

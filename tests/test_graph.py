@@ -342,3 +342,73 @@ def test_lirpa_bounds_a_residual_network_over_a_box_above_its_exact_constant():
     b = bench.verify(conv, "lirpa", p=2, input_shape=(2, 6, 6), domain={"center": [0.0] * 72, "radius": 0.5})
     low = bench.lower_bound(conv, p=2, input_shape=(2, 6, 6), domain={"center": [0.0] * 72, "radius": 0.5})
     assert b.status == "ok" and low.value <= b.value
+
+
+def test_a_subclass_that_overrides_forward_is_read_as_its_code():
+    """class L(nn.Linear) returning 3 W x is not the Linear its weights say: it is traced
+    (here: opaque, F.linear has no reading), and a ReLU subclass returning 5 relu(x) is
+    traced into relu and a scaling; no bound falls below the lower bound."""
+    class L(nn.Linear):
+        def forward(self, x):
+            return 3 * super().forward(x)
+
+    class R(nn.ReLU):
+        def forward(self, x):
+            return 5 * torch.relu(x)
+    torch.manual_seed(0)
+    for net in (nn.Sequential(L(3, 3), nn.ReLU(), nn.Linear(3, 2)), nn.Sequential(nn.Linear(3, 3), R(), nn.Linear(3, 2))):
+        net = net.double()
+        low = bench.lower_bound(net, p=2, input_shape=(3,)).value
+        tb = bench.verify(net, "trivial", p=2, input_shape=(3,))
+        assert tb.status == "unsupported" or tb.value >= low, (net, tb, low)
+    assert "Pointwise" in network.walk(nn.Sequential(nn.Linear(3, 3), R(), nn.Linear(3, 2)), (3,)).describe()
+
+
+def test_traced_functions_keep_their_arguments_and_bad_input_is_one_line():
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return nn.functional.elu(self.lin(x), alpha=2.0) + nn.functional.softplus(x, beta=2.0)
+    m = M().double()
+    w = network.walk(m, (4,))
+    assert "sum[Linear(4->4) elu | softplus]" == w.describe()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    assert torch.allclose(w.module(x), m(x), rtol=1e-12)
+    with pytest.raises(UserError, match=r"M does not accept input of shape \(5,\)") as e:
+        network.walk(m, (5,))
+    assert "\n" not in str(e.value)
+
+    class Mix(nn.Module):   # a reshape that mixes the samples of a batch
+        def forward(self, x):
+            return x.reshape(-1, 2)
+    w = network.walk(nn.Sequential(nn.Linear(4, 4), Mix()), (4,))
+    assert type(w.layers[-1]).__name__ == "Opaque" and "outputs of shape" in w.layers[-1].why
+
+
+def test_class_pair_bounds_of_a_network_that_ends_where_it_branches():
+    """The certification's all-pairs bounds equal one run per pair, also where the last
+    layer is not affine (a residual add at the output)."""
+    from methods.trivial import Trivial
+    torch.manual_seed(7)
+    net = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), Sum(nn.Sequential(), nn.Sequential(nn.Linear(3, 3)))).double()
+    w = network.walk(net, (3,))
+    K = Trivial().pair_bounds(w, 2.0)
+    for i, j in ((0, 1), (2, 0)):
+        assert K[i, j] == pytest.approx(bench.verify(net, "trivial", p=2, target=(i, j)).value, rel=1e-12)
+
+
+def test_an_onnx_batchnorm_in_training_mode_is_refused(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    c = 2
+    init = [numpy_helper.from_array(np.ones(c, np.float32), n) for n in ("s", "b", "m", "v")]
+    node = helper.make_node("BatchNormalization", ["x", "s", "b", "m", "v"], ["y"], training_mode=1)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 3, 3])], init)
+    path = str(tmp_path / "bn.onnx")
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 15)]), path)
+    with pytest.raises(Unsupported, match="training mode"):
+        onnx_file.read(path)

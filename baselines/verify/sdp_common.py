@@ -107,9 +107,10 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     the verifier takes negative slopes.
 
     An elementwise activation at the output (ERAN's nets end with a ReLU) is dropped:
-    |phi(u) - phi(v)| <= c |u - v| coordinatewise for slopes in [a, b], c = max(|a|, |b|),
-    so the constant of the network without it, times c (folded into W_L, exactly: c must
-    be a power of 2, as for ReLU, sigmoid, tanh), bounds the whole output's.  Sound, not
+    |phi(u) - phi(v)| <= c |u - v| coordinatewise, c its Lipschitz constant (max(|a|, |b|)
+    for slopes in [a, b]), so the constant of the network without it, times c (folded into
+    W_L, exactly: c must be a power of 2, as for ReLU, sigmoid, tanh), bounds the whole
+    output's.  Sound, not
     exact; a class pair's margin relu(u_i) - relu(u_j) is not bounded so, and is refused."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
@@ -121,16 +122,15 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
             raise Unsupported(f"{name} reads affine layers and activations only; layer {l.index} "
                               f"({getattr(l, 'name', type(l).__name__)}) is neither")
     kinds = ["A" if isinstance(l, Affine) else "S" for l in layers]
-    tail, gain = None, 0
-    if len(layers) > 1 and kinds[-1] == "S" and kinds[-2] == "A":
-        tail = layers[-1]
-        c = max(abs(x) for x in tail.slope) if tail.elementwise else 0.0
+    tail, gain = output_activation(layers), 0
+    if tail is not None:
+        c = tail.lipschitz[2.0] if tail.elementwise else 0.0
         if query.is_pair:
             raise Unsupported(f"{name} bounds a class pair's margin only for a network that ends with an affine "
                               f"layer (this one ends with {tail.name}, and dropping it bounds the whole output only)")
         if not (c > 0 and math.frexp(c)[0] == 0.5):
             raise Unsupported(f"{name} drops an activation at the output only where it is elementwise with a "
-                              f"largest slope that is a power of 2 ({tail.name} is not)")
+                              f"Lipschitz constant that is a power of 2 ({tail.name} is not)")
         gain, layers, kinds = math.frexp(c)[1] - 1, layers[:-1], kinds[:-1]
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
         raise Unsupported(f"{name} needs affine layers separated by single activations, starting with an affine "
@@ -174,7 +174,7 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
         row[0, i], row[0, j] = 1.0, -1.0
         Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
         factors[-1].append(row)
-    if gain:  # the dropped activation's largest slope c = 2^gain, folded into W_L exactly
+    if gain:  # the dropped activation's Lipschitz constant c = 2^gain, folded into W_L exactly
         Ws[-1] = np.ldexp(Ws[-1], gain)
         factors[-1].append(np.ldexp(np.eye(Ws[-1].shape[0]), gain))
     return Chain(Ws, a, b, tuple(forms), factors, (tail.name,) if tail else ())
@@ -240,6 +240,14 @@ def block_offsets(ch: Chain) -> np.ndarray:
 RELU_FORM_WIDTH = 2.5
 
 
+def output_activation(layers: list) -> Activation | None:
+    """The activation a network ends with, after an affine layer (:func:`chain` drops it,
+    where it is elementwise with a Lipschitz constant that is a power of 2), or None."""
+    if len(layers) > 1 and isinstance(layers[-1], Activation) and isinstance(layers[-2], Affine):
+        return layers[-1]
+    return None
+
+
 def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegative: bool = False) -> str | None:
     """Why the network is too large for an SDP verifier (None if it is not): its hidden
     neurons, all of them (``per_layer`` False: LipSDP's one LMI) or the widest layer's
@@ -251,8 +259,8 @@ def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegat
         plain = a.elementwise and (a.slope[0] >= 0 or not nonnegative)
         return a.in_dim if plain else int(math.ceil(RELU_FORM_WIDTH * a.in_dim))
     acts = net.activations
-    if net.layers and isinstance(net.layers[-1], Activation):
-        acts = acts[:-1]  # an activation at the output is dropped (see :func:`chain`)
+    if output_activation(net.layers) is not None:
+        acts = acts[:-1]  # dropped (see :func:`chain`)
     widths = [(width(a), a.index) for a in acts]
     if not widths:
         return None

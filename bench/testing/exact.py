@@ -5,7 +5,7 @@ truth of the conformance checks and the tests).  A conv is unrolled here, from t
 own conv2d on the unit vectors; activations after it act on the channel dimension
 (MaxMin pairs channels 2k and 2k + 1 at every pixel).  Modules without parameters that
 only move, drop or zero-pad inputs (PixelShuffle, PixelUnshuffle, ChannelShuffle,
-FirstChannels, ZeroChannelPad, by class name) are unrolled the same way; a max pooling
+FirstChannels, ZeroChannelPad, Permute, ZeroPad1d/2d/3d, by class name) are unrolled the same way; a max pooling
 (MaxPool2d, AdaptiveMaxPool2d) takes its windows from the module itself (input i is in
 the window of output o when o moves as i goes from 0 to 1).
 
@@ -84,7 +84,8 @@ def _act_rules(m: nn.Module, shape: tuple):
 
 
 #: parameter-free modules that move, drop or zero-pad inputs: linear, unrolled by probing
-MOVES = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "FirstChannels", "ZeroChannelPad")
+MOVES = ("PixelShuffle", "PixelUnshuffle", "ChannelShuffle", "FirstChannels", "ZeroChannelPad", "Permute", "ZeroPad1d",
+         "ZeroPad2d", "ZeroPad3d")
 #: max pooling modules (piecewise linear, their windows probed)
 MAXPOOLS = ("MaxPool2d", "AdaptiveMaxPool2d")
 
@@ -229,8 +230,13 @@ def regions(module: nn.Sequential, lo, hi, input_shape: tuple | None = None):
 
 
 def _first_width(layers: list) -> int:
+    """The input width of a network that starts with a Linear (or branches into one)."""
     kind, W, b = layers[0]
-    return W.shape[1] if kind == "lin" else _first_width(b[0])
+    if kind == "lin":
+        return W.shape[1]
+    if kind in ("sum", "cat"):
+        return _first_width(next(br for br in b if br))
+    raise TypeError("give input_shape: the network does not start with a Linear")
 
 
 def norm(J: np.ndarray, p: float, target=None) -> float:
