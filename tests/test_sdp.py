@@ -734,13 +734,30 @@ def test_a_network_that_ends_with_an_activation_is_bounded_by_dropping_it(tail):
     for v, params in (("eclipse-fast", {}), ("eclipse", {}), ("lipsdp", {"solver": "NATIVE"}), ("lipsdp", {})):
         b = bench.verify(net, v, p=2, **params)
         assert b.status == "ok" and b.value >= low * (1 - 1e-9), (v, b)
-        assert b.stats["output_activation_dropped"] == [type(tail).__name__.lower()]
+        assert b.stats["activations_dropped"] == [type(tail).__name__.lower()]
         pair = bench.verify(net, v, p=2, target=(0, 1), **params)
         assert pair.status == "unsupported" and "class pair" in pair.error
     assert bench.verify(net, "eclipse-fast", p=2).value == pytest.approx(slope * head, rel=1e-6)
     odd = nn.Sequential(*net[:-1], nn.ELU(alpha=1.5))   # largest slope 1.5: not folded exactly
     b = bench.verify(odd, "eclipse-fast", p=2)
     assert b.status == "unsupported" and "power of 2" in b.error
+
+
+def test_a_network_that_starts_with_an_activation_is_bounded_by_dropping_it():
+    """The same at the input: the constant of the rest times the activation's (sigmoid: 1/4);
+    class pairs too (the margin of the rest, evaluated at phi(x))."""
+    torch.manual_seed(2)
+    rest = _deep_net([3, 8, 6, 3], 1.5, seed=2)
+    for head, c in ((nn.ReLU(), 1.0), (nn.Sigmoid(), 0.25)):
+        net = nn.Sequential(head, *rest)
+        for target in (None, (0, 2)):
+            low = bench.lower_bound(net, p=2, target=target, input_shape=(3,), samples=400, restarts=4, steps=20).value
+            for v, params in (("eclipse-fast", {}), ("eclipse", {}), ("lipsdp", {"solver": "NATIVE"})):
+                b = bench.verify(net, v, p=2, target=target, input_shape=(3,), **params)
+                assert b.status == "ok" and b.value >= low * (1 - 1e-9), (v, b)
+                assert b.stats["activations_dropped"] == [type(head).__name__.lower()]
+            fast = bench.verify(net, "eclipse-fast", p=2, target=target, input_shape=(3,)).value
+            assert fast == pytest.approx(c * bench.verify(rest, "eclipse-fast", p=2, target=target).value, rel=1e-6)
 
 
 VNN = os.path.join(REFERENCE, "vnncomp2021")

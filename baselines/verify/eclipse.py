@@ -125,7 +125,7 @@ class _ECLipsEBase(Verifier):
         if ch.relu_forms:
             stats["relu_forms"] = list(ch.relu_forms)
         if ch.dropped:
-            stats["output_activation_dropped"] = list(ch.dropped)
+            stats["activations_dropped"] = list(ch.dropped)
         return Bound(value, "upper", "ok", stats=stats)
 
 

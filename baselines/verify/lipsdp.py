@@ -299,7 +299,7 @@ class LipSDP(Verifier):
         if ch.relu_forms:
             stats["relu_forms"] = list(ch.relu_forms)
         if ch.dropped:
-            stats["output_activation_dropped"] = list(ch.dropped)
+            stats["activations_dropped"] = list(ch.dropped)
         if stats["raw_rho_scaled"] is not None:
             stats["raw_value"] = float(np.sqrt(max(stats["raw_rho_scaled"], 0.0)) * np.prod(s))
         return Bound(value, "upper", "ok", stats=stats)

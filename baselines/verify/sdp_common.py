@@ -66,7 +66,7 @@ class Chain:
     #: :mod:`baselines.verify.implicit` applies without the dense W_k); None when not read
     #: from a network
     factors: list | None = None
-    #: the activation at the output that was dropped (see :func:`chain`), if any
+    #: the activations at the input and output that were dropped (see :func:`chain`), if any
     dropped: tuple = ()
 
     @property
@@ -106,12 +106,12 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     per layer (the hard suite's ``identity`` family); |x| keeps its sector [-1, 1] where
     the verifier takes negative slopes.
 
-    An elementwise activation at the output (ERAN's nets end with a ReLU) is dropped:
-    |phi(u) - phi(v)| <= c |u - v| coordinatewise, c its Lipschitz constant (max(|a|, |b|)
-    for slopes in [a, b]), so the constant of the network without it, times c (folded into
-    W_L, exactly: c must be a power of 2, as for ReLU, sigmoid, tanh), bounds the whole
-    output's.  Sound, not
-    exact; a class pair's margin relu(u_i) - relu(u_j) is not bounded so, and is refused."""
+    An elementwise activation at the output (ERAN's nets end with a ReLU) or at the input
+    is dropped: |phi(u) - phi(v)| <= c |u - v| coordinatewise, c its Lipschitz constant
+    (max(|a|, |b|) for slopes in [a, b]), so the constant of the network without it, times
+    c (folded into W_L or W_0, exactly: c must be a power of 2, as for ReLU, sigmoid, tanh),
+    bounds the network's.  Sound, not exact; a class pair's margin relu(u_i) - relu(u_j)
+    is not bounded so by dropping the output's, and is refused."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
     if query.domain != "global":
@@ -122,20 +122,19 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
             raise Unsupported(f"{name} reads affine layers and activations only; layer {l.index} "
                               f"({getattr(l, 'name', type(l).__name__)}) is neither")
     kinds = ["A" if isinstance(l, Affine) else "S" for l in layers]
-    tail, gain = output_activation(layers), 0
+    head, tail = dropped_activations(layers)
+    if tail is not None and query.is_pair:
+        raise Unsupported(f"{name} bounds a class pair's margin only for a network that ends with an affine "
+                          f"layer (this one ends with {tail.name}, and dropping it bounds the whole output only)")
+    head_gain, gain = (_gain(l, name) if l is not None else 0 for l in (head, tail))
     if tail is not None:
-        c = tail.lipschitz[2.0] if tail.elementwise else 0.0
-        if query.is_pair:
-            raise Unsupported(f"{name} bounds a class pair's margin only for a network that ends with an affine "
-                              f"layer (this one ends with {tail.name}, and dropping it bounds the whole output only)")
-        if not (c > 0 and math.frexp(c)[0] == 0.5):
-            raise Unsupported(f"{name} drops an activation at the output only where it is elementwise with a "
-                              f"Lipschitz constant that is a power of 2 ({tail.name} is not)")
-        gain, layers, kinds = math.frexp(c)[1] - 1, layers[:-1], kinds[:-1]
+        layers, kinds = layers[:-1], kinds[:-1]
+    if head is not None:
+        layers, kinds = layers[1:], kinds[1:]
     if kinds[0] != "A" or kinds[-1] != "A" or any(x == y == "S" for x, y in zip(kinds, kinds[1:])):
-        raise Unsupported(f"{name} needs affine layers separated by single activations, starting with an affine "
-                          f"layer and ending with one (or with one elementwise activation after it) "
-                          f"(got {' '.join(kinds + (['S'] if tail else []))})")
+        shown = (["S"] if head else []) + kinds + (["S"] if tail else [])
+        raise Unsupported(f"{name} needs affine layers separated by single activations (one elementwise "
+                          f"activation before the first and after the last is dropped) (got {' '.join(shown)})")
     Ws, a, b, forms, factors = [], [], [], [], []
     prev_affine, after = False, None
     for l in layers:
@@ -177,7 +176,19 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     if gain:  # the dropped activation's Lipschitz constant c = 2^gain, folded into W_L exactly
         Ws[-1] = np.ldexp(Ws[-1], gain)
         factors[-1].append(np.ldexp(np.eye(Ws[-1].shape[0]), gain))
-    return Chain(Ws, a, b, tuple(forms), factors, (tail.name,) if tail else ())
+    if head_gain:   # the same for one at the input, into W_0
+        Ws[0] = np.ldexp(Ws[0], head_gain)
+        factors[0].insert(0, np.ldexp(np.eye(Ws[0].shape[1]), head_gain))
+    return Chain(Ws, a, b, tuple(forms), factors, tuple(l.name for l in (head, tail) if l is not None))
+
+
+def _gain(act: Activation, name: str) -> int:
+    """e with 2^e the Lipschitz constant of an activation the chain drops (see :func:`chain`)."""
+    c = act.lipschitz[2.0] if act.elementwise else 0.0
+    if not (c > 0 and math.frexp(c)[0] == 0.5):
+        raise Unsupported(f"{name} drops an activation at the input or output only where it is elementwise with a "
+                          f"Lipschitz constant that is a power of 2 ({act.name} is not)")
+    return math.frexp(c)[1] - 1
 
 
 @dataclass(frozen=True)
@@ -240,12 +251,15 @@ def block_offsets(ch: Chain) -> np.ndarray:
 RELU_FORM_WIDTH = 2.5
 
 
-def output_activation(layers: list) -> Activation | None:
-    """The activation a network ends with, after an affine layer (:func:`chain` drops it,
-    where it is elementwise with a Lipschitz constant that is a power of 2), or None."""
-    if len(layers) > 1 and isinstance(layers[-1], Activation) and isinstance(layers[-2], Affine):
-        return layers[-1]
-    return None
+def dropped_activations(layers: list) -> tuple[Activation | None, Activation | None]:
+    """(the activation a network starts with, before an affine layer; the one it ends
+    with, after one), each None where there is none: :func:`chain` drops them, where they
+    are elementwise with a Lipschitz constant that is a power of 2."""
+    head = layers[0] if len(layers) > 1 and isinstance(layers[0], Activation) and isinstance(layers[1], Affine) \
+        else None
+    tail = layers[-1] if len(layers) > 1 and isinstance(layers[-1], Activation) and isinstance(layers[-2], Affine) \
+        else None
+    return head, tail
 
 
 def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegative: bool = False) -> str | None:
@@ -258,9 +272,8 @@ def size_reason(net: Net, name: str, max_neurons: int, per_layer: bool, nonnegat
     def width(a):
         plain = a.elementwise and (a.slope[0] >= 0 or not nonnegative)
         return a.in_dim if plain else int(math.ceil(RELU_FORM_WIDTH * a.in_dim))
-    acts = net.activations
-    if output_activation(net.layers) is not None:
-        acts = acts[:-1]  # dropped (see :func:`chain`)
+    head, tail = dropped_activations(net.layers)
+    acts = [a for a in net.activations if a is not head and a is not tail]   # dropped (see :func:`chain`)
     widths = [(width(a), a.index) for a in acts]
     if not widths:
         return None
