@@ -550,11 +550,14 @@ def test_a_selection_the_module_cannot_make_names_the_layer():
     with pytest.raises(UserError, match=r"layer 0 \(ZeroChannelPad\)"):
         network.walk(nn.Sequential(network.ZeroChannelPad(2), nn.Flatten(), nn.Linear(12, 1)), (3, 2, 2))
 
-    class Doubling(network.FirstChannels):   # claims to be a selection, scales instead
+    class Doubling(network.FirstChannels):   # claims to be a selection, scales instead: its own code
         def forward(self, x):
             return 2 * super().forward(x)
-    with pytest.raises(Unsupported, match=r"layer 0 \(Doubling\) is not a selection"):
-        network.walk(nn.Sequential(Doubling(2), nn.Flatten(), nn.Linear(8, 1)), (3, 2, 2))
+    net = nn.Sequential(Doubling(2), nn.Flatten(), nn.Linear(8, 1))
+    w = network.walk(net, (3, 2, 2))
+    assert type(w.layers[0]).__name__ == "Opaque"
+    b = bench.verify(net, "trivial", input_shape=(3, 2, 2))
+    assert b.status == "unsupported" and "layer 0 (Doubling) is not supported by trivial" in b.error
 
 
 # (output_size, input shape)
