@@ -71,6 +71,7 @@ def main():
                 lows = [r["value"] for r in group if r["status"] == "ok" and r["value"] is not None
                         and r["kind"] in ("lower", "exact")]
                 best = max(lows) if lows else None
+                best = best if best is not None and best > 1e-200 else None   # a constant network: no ratio
                 for r in group:
                     r["over_best_lower"] = (r["value"] / best if best and r["value"] is not None
                                             and r["kind"] in ("upper", "exact") else None)
