@@ -17,6 +17,7 @@ from bench.api import NORMS, Unsupported, UserError
 from bench.modules import Concat, Sum
 from bench.testing.exact import exact_lipschitz
 from conftest import REFERENCE
+from methods.layers import Abs
 from methods.trivial import TorchTrivialBound
 
 INF = math.inf
@@ -130,9 +131,43 @@ def test_a_concatenation_bounds_each_norm_by_its_rule():
 def test_chain_verifiers_refuse_a_branching_network_naming_the_node():
     torch.manual_seed(3)
     net = ResMLP().double()
-    for v in ("lipsdp", "eclipse", "eclipse-fast", "bab", "mip"):
-        b = bench.verify(net, v, p=2 if "sdp" in v or "eclipse" in v or v == "bab" else 1)
+    for v in ("lipsdp", "eclipse", "eclipse-fast"):
+        b = bench.verify(net, v, p=2)
         assert b.status == "unsupported" and "layer 2 (Sum of 2 branches (residual add)) branches" in b.error, (v, b)
+    both = nn.Sequential(nn.Linear(2, 3), Sum(nn.Sequential(nn.ReLU()), nn.Sequential(nn.Tanh())), nn.Linear(3, 1))
+    b = bench.verify(both.double(), "bab", p=2)
+    assert b.status == "unsupported" and "activations in one branch only" in b.error
+
+
+RESIDUAL_NETS = {
+    "residual mlp": lambda: ResMLP(d_in=2, d=3, blocks=2, d_out=2),
+    "weighted add, linear shortcut": lambda: nn.Sequential(
+        nn.Linear(2, 4), nn.ReLU(), Sum(nn.Sequential(nn.Linear(4, 3)), nn.Sequential(nn.Linear(4, 5), nn.ReLU(),
+                                                                                     nn.Linear(5, 3)),
+                                        weights=(0.5, -1.0)), nn.ReLU(), nn.Linear(3, 2)),
+    "abs block": lambda: nn.Sequential(nn.Linear(2, 3), Sum(nn.Sequential(), nn.Sequential(nn.Linear(3, 3), Abs(),
+                                                                                           nn.Linear(3, 3))),
+                                       nn.Linear(3, 2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIDUAL_NETS))
+def test_bab_and_mip_close_residual_networks_exactly(name):
+    """A residual ReLU (or |x|) network is piecewise linear: with the block's input carried
+    past the branch's activations, bab and mip equal the enumerated constant, globally and
+    on a box, for the whole output and a class pair."""
+    torch.manual_seed(1)
+    net = RESIDUAL_NETS[name]().double()
+    tree = network.walk(net).module
+    box = {"center": [0.1, -0.2], "radius": 0.5}
+    for p in NORMS:
+        for target in (None, (0, 1)):
+            # global: a box of +-1e4 holds every region here (+-100 missed one that peaks near x = 275)
+            for dom, lo, hi in (("global", -1e4, 1e4), (box, np.array([-0.4, -0.7]), np.array([0.6, 0.3]))):
+                ex = exact_lipschitz(tree, p, target, lo, hi)
+                for v in ("bab",) + (("mip",) if p != 2 else ()):
+                    b = bench.verify(net, v, p=p, target=target, domain=dom)
+                    assert b.kind == "exact" and b.value == pytest.approx(ex, rel=1e-6, abs=1e-12), (v, p, target, b)
 
 
 def test_a_conv_resnet_block_with_batchnorm_is_traced_and_bounded():

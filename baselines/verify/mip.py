@@ -97,6 +97,7 @@ class MIP(Verifier):
     version = "5"  # 5: a tie incumbent (no interior) is cut off and the program re-solved, so a tie no longer
     #                   leaves it at kind upper; 4: a witnessed lower bound (bench.witness)
     kind = "exact"
+    graphs = True   # a residual add with one affine branch is lifted exactly (pwl._residual)
     norms = (1.0, math.inf)
     description = "exact Lipschitz constant as a MILP (LipMIP-style); backends HiGHS or Gurobi"
     params = {"backend": Param("highs", "the MILP solver: HiGHS (free) or Gurobi (licence)", choices=("highs", "gurobi")),

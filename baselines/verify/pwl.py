@@ -30,7 +30,7 @@ import torch
 
 from bench.activations import ACTIVATIONS, ActivationSpec
 from bench.api import Query, Unsupported
-from bench.network import Activation, Affine, Net
+from bench.network import Activation, Affine, Branch, Net
 from bench.norms import jacobian_norm
 
 WIDEN = 1e-12
@@ -97,7 +97,7 @@ MAX_UNITS_X_INPUTS = 1_000_000
 def refusal(net: Net) -> str | None:
     """Why the network has no PWL form (what ``bab`` and ``mip`` say in ``supports``), or
     None; a network above :data:`MAX_UNITS_X_INPUTS` is refused before any unrolling."""
-    units = sum(layer.in_dim for layer in net.layers if isinstance(layer, Activation))
+    units = sum(layer.in_dim for layer in net.activations)
     if units * net.in_dim > MAX_UNITS_X_INPUTS:
         return (f"bab and mip take networks up to {MAX_UNITS_X_INPUTS:,} hidden units x inputs (beyond that one "
                 f"bound over the unrolled network takes tens of seconds and branching exhausts memory); this one "
@@ -109,9 +109,77 @@ def refusal(net: Net) -> str | None:
     return None
 
 
+class _Carried:
+    """The interval image of a hidden layer that carries a residual block's input past
+    an activation: the activation's own on its first ``width`` coordinates, the identity
+    on the rest."""
+
+    def __init__(self, spec: ActivationSpec, width: int):
+        self.spec, self.width = spec, width
+
+    def interval(self, lo, hi):
+        k = self.width
+        fl, fu = self.spec.interval(lo[:, :k], hi[:, :k])
+        return torch.cat([fl, lo[:, k:]], 1), torch.cat([fu, hi[:, k:]], 1)
+
+
+def _affine_chain(layers: list, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The composed (W, b) of a chain of affine layers on n inputs (the identity if empty)."""
+    W, b = np.eye(n), np.zeros(n)
+    for layer in layers:
+        M, bb = layer.matrix(), layer.bias()
+        W, b = M @ W, M @ b + (0.0 if bb is None else bb)
+    return W, b
+
+
+def _residual(layer: Branch, W: np.ndarray, b: np.ndarray, hidden: list) -> tuple[np.ndarray, np.ndarray]:
+    """A residual add w_f f(x) + w_s S x (S: affine layers or the identity; f: affine layers
+    and activations) in the PWL form, exactly: x = W h + b (the pending affine map) is
+    carried past each of f's activations as coordinates that belong to no unit (P = I,
+    Q = 0, A = 0 on them: on and off give the same Jacobian), and the add is the next
+    pending map.  Returns that map; appends f's hidden layers to ``hidden``."""
+    where = f"layer {layer.index} ({layer.name})"
+    if layer.kind != "sum" or len(layer.branches) != 2:
+        raise Unsupported(f"{where}: bab and mip read a residual add of two branches, not a {layer.kind} of "
+                          f"{len(layer.branches)}")
+    plain = [all(isinstance(l, Affine) for l in br) for br in layer.branches]
+    if any(not isinstance(l, (Affine, Activation)) for br in layer.branches for l in br):
+        raise Unsupported(f"{where}: bab and mip read a residual add whose branches are chains of affine layers and "
+                          f"activations (no branch inside a branch)")
+    n = W.shape[0]
+    if all(plain):   # both affine: the sum is one affine map
+        (W0, b0), (W1, b1) = (_affine_chain(br, n) for br in layer.branches)
+        w0, w1 = layer.weights
+        M, c = w0 * W0 + w1 * W1, w0 * b0 + w1 * b1
+        return M @ W, M @ b + c
+    if not any(plain):
+        raise Unsupported(f"{where}: bab and mip read a residual add with activations in one branch only")
+    k = plain.index(False)
+    f, wf, ws = layer.branches[k], layer.weights[k], layer.weights[1 - k]
+    S, sb = _affine_chain(layer.branches[1 - k], n)
+    Wf, bf = W, b       # f's pending map, on the state
+    Wc, bc = W, b       # the carried input x, on the state
+    for l in f:
+        if isinstance(l, Affine):
+            M, bb = l.matrix(), l.bias()
+            Wf, bf = M @ Wf, M @ bf + (0.0 if bb is None else bb)
+            continue
+        P, Q, A = _act_matrices(l)
+        dz, dh, k_units = P.shape[1], P.shape[0], A.shape[0]
+        P2 = np.block([[P, np.zeros((dh, n))], [np.zeros((n, dz)), np.eye(n)]])
+        Q2 = np.vstack([Q, np.zeros((n, k_units))])
+        A2 = np.hstack([A, np.zeros((k_units, n))])
+        hidden.append(Hidden(np.vstack([Wf, Wc]), np.concatenate([bf, bc]), l.name, P2, Q2, A2,
+                             np.argmax(np.abs(A2), axis=0), _Carried(l.spec, dz)))
+        Wf, bf = np.hstack([np.eye(dh), np.zeros((dh, n))]), np.zeros(dh)
+        Wc, bc = np.hstack([np.zeros((n, dh)), np.eye(n)]), np.zeros(n)
+    return wf * Wf + ws * (S @ Wc), wf * bf + ws * (S @ bc + sb)
+
+
 def pwl(net: Net) -> PWLNet:
     """The network in PWL form; consecutive affine maps (Linear, Conv2d, BatchNorm,
-    average pooling) are composed."""
+    average pooling) are composed; a residual add whose one branch is affine is lifted
+    exactly (:func:`_residual`)."""
     W = np.eye(net.in_dim)
     b = np.zeros(net.in_dim)
     hidden = []
@@ -120,6 +188,8 @@ def pwl(net: Net) -> PWLNet:
             M = layer.matrix()
             bb = layer.bias()
             W, b = M @ W, M @ b + (0.0 if bb is None else bb)
+        elif isinstance(layer, Branch):
+            W, b = _residual(layer, W, b, hidden)
         elif not isinstance(layer, Activation):
             raise Unsupported(f"layer {layer.index} ({getattr(layer, 'name', type(layer).__name__)}) has no "
                               f"piecewise-linear form")
