@@ -31,8 +31,8 @@ CHECK_RTOL_FLOAT32 = 1e-5
 #: the ONNX operators the reader knows (Add, Sub, Mul and Div with a constant, or Add and
 #: Sub of two computed tensors: a residual add; Concat of computed tensors along axis 1)
 OPERATORS = ("Abs", "Add", "AveragePool", "BatchNormalization", "Concat", "Constant", "Conv", "Div", "Dropout", "Elu",
-             "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "MaxPool", "Mul", "Neg", "Pad",
-             "Relu", "Reshape", "Sigmoid", "Softplus", "Sub", "Tanh", "Transpose",
+             "Flatten", "Gemm", "GlobalAveragePool", "Identity", "LeakyRelu", "MatMul", "Max", "MaxPool", "Min", "Mul", "Neg", "Pad",
+             "Relu", "Reshape", "Sigmoid", "Sin", "Cos", "Softplus", "Sub", "Tanh", "Transpose",
              # evaluated on constants only
              "Cast", "ConstantOfShape", "Gather", "Shape", "Slice", "Squeeze", "Unsqueeze")
 
@@ -135,6 +135,9 @@ class _Reader:
         self.nodes: dict[str, Node] = {}
         self.order: list[str] = []
         self.values: dict[str, torch.Tensor] = {}
+        #: the parts of lipbench's polyactivations as torch exports them, joined back where
+        #: the pattern completes: name -> (part, the tensor it reads); see :meth:`pending`
+        self.parts: dict[str, tuple] = {}
 
     def start(self, name: str, shape: tuple) -> None:
         self.nodes[name] = Node(name, "input")
@@ -160,13 +163,16 @@ class _Reader:
         if op not in OPERATORS:
             raise Unsupported(f"{where}: lipbench's ONNX reader does not know the operator {op} (it reads "
                               f"{', '.join(OPERATORS[:OPERATORS.index('Cast')])})")
-        if not data and not (op == "Constant" or all(i == "" or i in self.consts for i in ins)):
+        stray = [i for i in ins if i in self.parts]
+        if not data and not stray and not (op == "Constant" or all(i == "" or i in self.consts for i in ins)):
             raise Unsupported(f"{where}: an input is neither a constant nor computed before it")
         handler = self.fold if not data else getattr(self, "op_" + op, None)
-        if handler is None:
+        if handler is None and not stray:
             raise Unsupported(f"{where}: {op} of the network's values is not read (only of constants)")
         try:
-            if not data:
+            if stray:
+                self.pending(n, stray, where)
+            elif not data:
                 self.fold(n, where)
             else:
                 handler(n, data, _attrs(n), where)
@@ -174,6 +180,70 @@ class _Reader:
             raise
         except Exception as e:   # a module that rejects its input: the file is inconsistent
             raise UserError(f"{where}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
+
+    def pending(self, n, stray: list, where: str) -> None:
+        """Join the parts of a polyactivation as torch exports it: MaxMin as Slice(u, 0::2)
+        and Slice(u, 1::2) along axis 1, Max and Min of the two, each Unsqueezed at axis 2,
+        Concat along axis 2 and Reshape to u's shape; SinCos as Concat(Sin u, Cos u) along
+        axis 1.  ``n`` reads the parts ``stray``: it is the next part, or completes the
+        pattern (the activation joins the graph, checked on the sample), or is
+        :class:`Unsupported`."""
+        from .registry import get_activation
+        op, out = n.op_type, n.output[0]
+        parts = [self.parts[i] for i in stray]
+        kinds, sources = [p[0] for p in parts], {p[1] for p in parts}
+        a = _attrs(n)
+        vals = [self.values[i] if i in self.values else None for i in n.input]
+        if len(sources) == 1:
+            u = parts[0][1]
+            if op in ("Max", "Min") and sorted(kinds) == ["even", "odd"] and len(n.input) == 2:
+                self.parts[out] = (op.lower(), u)
+                self.values[out] = (torch.maximum if op == "Max" else torch.minimum)(*vals)
+                return
+            if op == "Unsqueeze" and kinds in (["max"], ["min"]):
+                axes = a["axes"] if "axes" in a else self.const(n.input[1], where).astype(int).tolist()
+                if list(axes) == [2]:
+                    self.parts[out] = ("u" + kinds[0], u)
+                    self.values[out] = vals[0].unsqueeze(2)
+                    return
+            if op == "Concat" and kinds == ["umax", "umin"] and len(n.input) == 2 and a.get("axis") == 2:
+                self.parts[out] = ("maxmin", u)
+                self.values[out] = torch.cat(vals, 2)
+                return
+            if op == "Reshape" and kinds == ["maxmin"]:
+                target = self.const(n.input[1], where).astype(int).tolist()
+                y = vals[0].reshape([vals[0].shape[i] if t == 0 else t for i, t in enumerate(target)])
+                self.unary(n, u, get_activation("maxmin")())
+                if y.shape != self.values[out].shape or not torch.equal(y, self.values[out]):
+                    raise Unsupported(f"{where}: a Max / Min pattern that is not MaxMin")
+                return
+            if op == "Concat" and kinds == ["sin", "cos"] and len(n.input) == 2 and \
+                    a.get("axis") in (1, 1 - self.values[u].dim()):
+                self.unary(n, u, get_activation("sincos")())
+                return
+        raise Unsupported(f"{where}: {op} of {' and '.join(kinds)} parts that lipbench's ONNX reader does not join "
+                          f"into an activation (it reads MaxMin and SinCos as torch exports them)")
+
+    def op_Slice(self, n, data, a, where):
+        """x[:, 0::2] or x[:, 1::2] (MaxMin's halves; see :meth:`pending`)."""
+        x = self.values[data[0]]
+        starts, ends = (self.const(i, where).astype(int).tolist() for i in n.input[1:3])
+        axes = self.const(n.input[3], where).astype(int).tolist() if len(n.input) > 3 and n.input[3] else [0]
+        steps = self.const(n.input[4], where).astype(int).tolist() if len(n.input) > 4 and n.input[4] else [1]
+        if len(axes) != 1 or axes[0] not in (1, 1 - x.dim()) or steps != [2] or starts[0] not in (0, 1) \
+                or ends[0] < x.shape[1]:
+            raise Unsupported(f"{where}: Slice {starts}:{ends}:{steps} along {axes} of the network's values (lipbench "
+                              f"reads it as half of a MaxMin only)")
+        self.parts[n.output[0]] = ("even" if starts[0] == 0 else "odd", data[0])
+        self.values[n.output[0]] = x[:, starts[0]::2]
+
+    def op_Sin(self, n, data, a, where):
+        self.parts[n.output[0]] = ("sin", data[0])
+        self.values[n.output[0]] = torch.sin(self.values[data[0]])
+
+    def op_Cos(self, n, data, a, where):
+        self.parts[n.output[0]] = ("cos", data[0])
+        self.values[n.output[0]] = torch.cos(self.values[data[0]])
 
     def const(self, name: str, where: str) -> np.ndarray:
         if name not in self.consts:
