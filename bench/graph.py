@@ -14,6 +14,7 @@ same function), up to :data:`MAX_COPIES` times the graph's size.
 from __future__ import annotations
 
 import copy
+import itertools
 import operator
 from dataclasses import dataclass, field
 
@@ -170,7 +171,7 @@ def from_traced(module: nn.Module, x: torch.Tensor) -> nn.Sequential:
             if n.op == "placeholder":
                 if any(nodes[o].kind == "input" for o in order):
                     raise NotConvertible("its forward takes more than one input")
-                values[n.name] = x.to(_dtype(module))
+                values[n.name] = x.to(module_dtype(module) or torch.get_default_dtype())
                 nodes[n.name] = Node(n.name, "input")
                 order.append(n.name)
                 continue
@@ -213,7 +214,7 @@ TRACE_RTOL = 1e-9
 def check_same(module: nn.Module, tree: nn.Module, x: torch.Tensor, samples: int = 3) -> None:
     """Raise :class:`NotConvertible` unless ``tree`` computes ``module``'s forward on
     ``samples`` random inputs shaped like ``x`` (relative :data:`TRACE_RTOL` in float64)."""
-    dtype = _dtype(module)
+    dtype = module_dtype(module) or torch.get_default_dtype()
     rtol = TRACE_RTOL if dtype == torch.float64 else 1e-5
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
@@ -242,10 +243,12 @@ def _is_shape(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _dtype(module: nn.Module) -> torch.dtype:
-    for t in list(module.parameters()) + [b for b in module.buffers() if b.is_floating_point()]:
+def module_dtype(module: nn.Module) -> torch.dtype | None:
+    """The dtype a module computes in: its first parameter's (or floating buffer's); None
+    for a module without either."""
+    for t in itertools.chain(module.parameters(), (b for b in module.buffers() if b.is_floating_point())):
         return t.dtype
-    return torch.get_default_dtype()
+    return None
 
 
 def _attr(gm, target: str):

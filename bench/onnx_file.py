@@ -44,8 +44,7 @@ def read(path: str, input_shape: tuple | None = None) -> tuple[nn.Sequential, tu
     model = load(path)
     g = model.graph
     from onnx import numpy_helper
-    consts = {t.name: numpy_helper.to_array(t).astype(np.float64) if numpy_helper.to_array(t).dtype.kind == "f"
-              else numpy_helper.to_array(t) for t in g.initializer}
+    consts = {t.name: _float64(numpy_helper.to_array(t)) for t in g.initializer}
     inputs = [i for i in g.input if i.name not in consts]
     if len(inputs) != 1:
         raise Unsupported(f"{_base(path)}: the graph has {len(inputs)} inputs ({', '.join(i.name for i in inputs)}); "
@@ -293,8 +292,7 @@ class _Reader:
             v = np.transpose(x[0], a.get("perm"))
         else:
             raise Unsupported(f"{where}: {op} of constants is not evaluated")
-        v = np.asarray(v)
-        self.consts[n.output[0]] = v.astype(np.float64) if v.dtype.kind == "f" else v
+        self.consts[n.output[0]] = _float64(np.asarray(v))
 
     # --- operators on the network's values --------------------------------------
     def op_Shape(self, n, data, a, where):
@@ -570,6 +568,12 @@ class _Reader:
             raise Unsupported(f"{where}: Pad {pads} of a {r}-d tensor (lipbench reads a zero padding of an image's "
                               f"height and width)")
         self.unary(n, data[0], nn.ZeroPad2d((begin[3], end[3], begin[2], end[2])))
+
+
+def _float64(a: np.ndarray) -> np.ndarray:
+    """A constant as the reader keeps it: floats in float64 (exactly, from float32), the
+    rest (shapes, indices) as they are."""
+    return a.astype(np.float64) if a.dtype.kind == "f" else a
 
 
 def _linear(W: np.ndarray, b, where: str) -> nn.Linear:

@@ -24,7 +24,6 @@ batch's own statistics: its output depends on the other inputs in the batch, so 
 from __future__ import annotations
 
 import copy
-import itertools
 import os
 
 import numpy as np
@@ -36,7 +35,7 @@ from . import activations
 from .api import NORMS, Unsupported, UserError
 from .layers import (Activation, Affine, Branch, Diagonal, Net, Opaque, Pool, Scaling, Selection, Translation,
                      all_layers)
-from .graph import own_forward
+from .graph import module_dtype, own_forward
 from .modules import BRANCHING, Concat, FirstChannels, Permute, Pointwise, Reshape, Shift, Sum, ZeroChannelPad
 
 
@@ -76,9 +75,9 @@ def _input_shape_error(first: nn.Module) -> UserError:
 def _run(m: nn.Module, x: torch.Tensor, i: int, in_shape: tuple) -> torch.Tensor:
     """m(x) in the dtype of m's parameters (or x's); a module that rejects the input
     shape is the caller's error."""
-    t = next(itertools.chain(m.parameters(), (b for b in m.buffers() if b.is_floating_point())), None)
+    dtype = module_dtype(m)
     try:
-        y = m(x.to(t.dtype) if t is not None else x)
+        y = m(x.to(dtype) if dtype is not None else x)
     except (RuntimeError, ValueError, TypeError, IndexError) as e:
         raise UserError(f"layer {i} ({type(m).__name__}) does not accept input of shape "
                         f"{in_shape}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
