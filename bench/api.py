@@ -14,6 +14,8 @@ STATUSES = ("ok", "timeout", "oom", "error", "unsupported", "not_installed",
             "license_limit", "unsound")
 KINDS = ("upper", "lower", "exact")
 NORMS = (1.0, 2.0, math.inf)
+#: the domain that stands for a network's own input box (a suite resolves it per network)
+BOX = "box"
 
 
 class UserError(Exception):
@@ -58,7 +60,9 @@ class Query:
     from the input ``p``-norm to the output ``q``-norm (``q`` defaults to ``p``;
     for a class-pair target the output is a scalar and ``q`` plays no role) over
     ``domain``: ``"global"`` (all of R^n) or a box ``{"center": [...], "radius": r}``
-    (the l_inf ball of radius r around center)."""
+    (the l_inf ball of radius r around center; r may be one radius per input) or
+    ``{"lower": [...], "upper": [...]}``.  In a suite, ``"box"`` stands for each
+    network's own input box (its entry's ``box``), resolved before any verifier sees it."""
 
     p: float = 2.0
     target: str | tuple[int, int] = "full"
@@ -82,17 +86,21 @@ class Query:
             object.__setattr__(self, "target", (i, j))
         d = self.domain
         if isinstance(d, dict):
-            if set(d) != {"center", "radius"}:
-                raise UserError(f"domain {dict(d)!r}: a box is {{center: [x1, x2, ...], radius: r}}")
-            try:
-                d = (tuple(float(x) for x in d["center"]), float(d["radius"]))
-            except (TypeError, ValueError):
-                raise UserError(f"domain {dict(self.domain)!r}: center is a list of numbers, radius a number") from None
-            if not (d[1] > 0 and math.isfinite(d[1]) and all(math.isfinite(x) for x in d[0])):
-                raise UserError(f"domain: radius must be positive and finite, center finite (got radius {d[1]})")
-            object.__setattr__(self, "domain", d)
-        elif d != "global" and not (isinstance(d, tuple) and len(d) == 2):
-            raise UserError(f"domain {d!r} is neither 'global' nor {{center, radius}}")
+            object.__setattr__(self, "domain", _box(d))
+        elif d not in ("global", BOX) and not (isinstance(d, tuple) and len(d) == 2):
+            raise UserError(f"domain {d!r} is neither 'global' nor a box {{center, radius}} or {{lower, upper}}")
+
+    def box(self):
+        """(lo, hi): the box domain's corners as float64 arrays (one number per input), or
+        None for the global domain; every verifier reads the box from here."""
+        if self.domain == "global":
+            return None
+        if self.domain == BOX:
+            raise ValueError("the domain 'box' stands for a network's own input box; the suite resolves it")
+        import numpy as np
+        c = np.asarray(self.domain[0], dtype=np.float64)
+        r = np.asarray(self.domain[1], dtype=np.float64)
+        return c - r, c + r
 
     @property
     def out_norm(self) -> float:
@@ -111,8 +119,51 @@ class Query:
         """JSON-able description, used in job keys and the store."""
         return {"p": p_name(self.p), "q": None if self.q is None else p_name(self.q),
                 "target": self.target if self.target == "full" else list(self.target),
-                "domain": self.domain if self.domain == "global"
-                else {"center": list(self.domain[0]), "radius": self.domain[1]}}
+                "domain": self.domain if self.domain in ("global", BOX)
+                else {"center": list(self.domain[0]),
+                      "radius": list(self.domain[1]) if isinstance(self.domain[1], tuple) else self.domain[1]}}
+
+
+def _box(d: dict) -> tuple:
+    """A box domain as (center, radius): ``{center: [...], radius: r}`` (the l_inf ball of
+    radius r; r may be a list, one radius per input) or ``{lower: [...], upper: [...]}``
+    (per-input bounds, as a .vnnlib file's input box).  Radii are >= 0, at least one
+    positive; a radius that is the same for every input is kept as one number."""
+    if set(d) == {"lower", "upper"}:
+        try:
+            lo = [float(x) for x in d["lower"]]
+            hi = [float(x) for x in d["upper"]]
+        except (TypeError, ValueError):
+            raise UserError("domain: lower and upper are lists of numbers") from None
+        if len(lo) != len(hi):
+            raise UserError(f"domain: lower has {len(lo)} numbers, upper {len(hi)}")
+        if any(a > b for a, b in zip(lo, hi)):
+            k = next(i for i, (a, b) in enumerate(zip(lo, hi)) if a > b)
+            raise UserError(f"domain: lower > upper at input {k} ({lo[k]} > {hi[k]})")
+        center = [(a + b) / 2 for a, b in zip(lo, hi)]
+        radius = [(b - a) / 2 for a, b in zip(lo, hi)]
+    elif set(d) == {"center", "radius"}:
+        try:
+            center = [float(x) for x in d["center"]]
+            radius = [float(x) for x in d["radius"]] if isinstance(d["radius"], (list, tuple)) \
+                else float(d["radius"])
+        except (TypeError, ValueError):
+            raise UserError(f"domain {dict(d)!r}: center is a list of numbers, radius a number "
+                            f"(or a list, one per input)") from None
+    else:
+        raise UserError(f"domain {dict(d)!r}: a box is {{center: [x1, x2, ...], radius: r}} or "
+                        f"{{lower: [...], upper: [...]}}")
+    if isinstance(radius, list):
+        if len(radius) != len(center):
+            raise UserError(f"domain: {len(radius)} radii for a center of {len(center)} inputs")
+        if radius and all(r == radius[0] for r in radius):
+            radius = radius[0]
+    rs = radius if isinstance(radius, list) else [radius]
+    if not (all(r >= 0 and math.isfinite(r) for r in rs) and max(rs, default=0) > 0
+            and all(math.isfinite(x) for x in center)):
+        raise UserError(f"domain: radius must be positive and finite, center finite (got radius "
+                        f"{radius if not isinstance(radius, list) else f'in [{min(rs)}, {max(rs)}]'})")
+    return tuple(center), (tuple(radius) if isinstance(radius, list) else radius)
 
 
 def check_vocabulary(status: str, kind: str) -> None:
@@ -333,8 +384,10 @@ class Verifier(Plugin):
             i, j = query.target
             if not (0 <= i < net.out_dim and 0 <= j < net.out_dim):
                 return f"class pair {query.target} out of range for {net.out_dim} outputs"
+        if query.domain == BOX:
+            return "the domain 'box' (a network's own input box) was not resolved to a box"
         if query.domain != "global" and len(query.domain[0]) != net.in_dim:
-            return f"domain center has {len(query.domain[0])} coordinates, the network {net.in_dim} inputs"
+            return f"the box has {len(query.domain[0])} coordinates, the network {net.in_dim} inputs"
         return None
 
     def refusal(self, net, query: Query) -> str | None:

@@ -31,18 +31,7 @@ def cmd_run(args) -> int:
         from .suite import plugin_entry
         extra = tuple(plugin_entry(p, os.getcwd()) for p in args.plugin)
         suite = dataclasses.replace(suite, plugins=tuple(dict.fromkeys(suite.plugins + extra)))
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError(f"-j must be at least 1, got {args.jobs}")
-    executor = None
-    if args.executor == "ray":
-        from .executors.ray import RayExecutor
-        executor = RayExecutor(args.address, workers=args.jobs)
-    elif args.address:
-        raise UserError("--address is the Ray cluster's; give it with --executor ray")
-    if args.threads is not None and args.threads < 1:
-        raise UserError(f"--threads must be at least 1, got {args.threads}")
-    if args.mem_limit is not None and not 0 < args.mem_limit < float("inf"):
-        raise UserError(f"--mem-limit must be a positive number of megabytes, got {args.mem_limit}")
+    executor = _executor(args)
     out = _out(args)
     from .scheduler import folder_lock
     with folder_lock(out):   # held through the report too
@@ -54,6 +43,151 @@ def cmd_run(args) -> int:
             path = write_report(out, title=f"lipbench report: suite {suite.name}")
             log.info("report: %s", path)
     return 1 if summary["unsound"] else 0
+
+
+def _executor(args):
+    """The executor ``run`` and ``verify`` hand jobs to, from their options (checked)."""
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"-j must be at least 1, got {args.jobs}")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.mem_limit is not None and not 0 < args.mem_limit < float("inf"):
+        raise UserError(f"--mem-limit must be a positive number of megabytes, got {args.mem_limit}")
+    if getattr(args, "executor", "local") == "ray":
+        from .executors.ray import RayExecutor
+        return RayExecutor(args.address, workers=args.jobs)
+    if getattr(args, "address", None):
+        raise UserError("--address is the Ray cluster's; give it with --executor ray")
+    return None
+
+
+def cmd_verify(args) -> int:
+    """Bound one network with every verifier: a suite of one network, run by the same
+    scheduler into a store, then one table per query."""
+    import tempfile
+
+    from . import sources
+    from .api import BOX, Query, Unsupported
+    from .registry import VERIFIERS, get_verifier, load_plugins
+    from .scheduler import folder_lock, run_suite
+    from .suite import NetworkEntry, Suite, VerifyEntry, network_name
+    from .walk import walk
+    load_plugins()
+    names = args.verifier or sorted(VERIFIERS)
+    classes = [get_verifier(n) for n in names]   # an unknown name: a UserError listing the valid ones
+    if args.timeout is not None and not 0 < args.timeout < float("inf"):
+        raise UserError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    shape = tuple(args.input_shape) if args.input_shape else None
+    if shape is not None and min(shape) < 1:
+        raise UserError(f"--input-shape takes positive whole numbers, got {' '.join(map(str, shape))}")
+    try:   # read here first: an unreadable network is one line before any store exists
+        module, shape_read = sources.read(args.model, shape)
+        net = walk(module, shape_read)
+    except Unsupported as e:
+        raise UserError(f"{args.model}: lipbench cannot read this network: {e}") from None
+    box = _box(args, net.in_dim)
+    installed = [c for c in classes if not c.missing()]
+    norms = args.p or sorted({p for c in (installed or classes) for p in c.norms})
+    try:
+        queries = tuple(Query(p=p, target=tuple(args.target) if args.target else "full",
+                              domain="global" if box is None else BOX) for p in norms)
+    except UserError as e:
+        raise UserError(f"--p / --target: {e}") from None
+    plugins = tuple(dict.fromkeys(_plugin_entries(args)))
+    entry = NetworkEntry(args.model, network_name(args.model), None, shape, None, box)
+    suite = Suite("verify", f"bench verify {args.model}", (), (0,), args.timeout, (),
+                  tuple(VerifyEntry(c.name, {}, {}, None, None) for c in classes), queries, plugins,
+                  networks=(entry,))
+    if args.out:
+        out = args.out
+    else:
+        out = os.path.join(tempfile.gettempdir(), "lipbench-verify",
+                           f"{entry.name}-{sources.fingerprint(args.model, shape, module)[:8]}")
+        log.info("results folder: %s (give --out DIR to choose it)", out)
+    executor = _executor(args)
+    with folder_lock(out):
+        summary = run_suite(suite, out, workers=args.jobs or 1, executor=executor, device=args.device,
+                            threads=args.threads, mem_limit=args.mem_limit)
+        nid = suite.import_jobs(out)[0].network_id
+        _print_answers(out, nid, net.describe(), args.box_file)
+    print(f"\nstore: {out} (python -m bench show|report|export --out {out})")
+    return 1 if summary["unsound"] else 0
+
+
+def _plugin_entries(args):
+    from .suite import plugin_entry
+    return (plugin_entry(p, os.getcwd()) for p in args.plugin)
+
+
+def _box(args, n: int) -> dict | None:
+    """The input box of ``verify``'s --box CENTER RADIUS (CENTER one number for every input,
+    or n numbers separated by commas) or --box-file, checked against the n inputs."""
+    from .api import Query
+    if args.box and args.box_file:
+        raise UserError("give the box once: --box CENTER RADIUS or --box-file FILE")
+    if args.box_file:
+        from .sources import read_box
+        box = read_box(args.box_file)
+        where = args.box_file
+    elif args.box:
+        try:
+            center = [float(x) for x in args.box[0].split(",")]
+            radius = float(args.box[1])
+        except ValueError:
+            raise UserError(f"--box CENTER RADIUS takes numbers (CENTER: one, or {n} separated by commas), got "
+                            f"{' '.join(args.box)}") from None
+        box = {"center": center * n if len(center) == 1 else center, "radius": radius}
+        where = "--box"
+    else:
+        return None
+    size = len(box.get("lower", box.get("center")))
+    if size != n:
+        raise UserError(f"{where}: the box has {size} inputs, the network {n}")
+    Query(domain=box)   # a bad box: a one-line UserError
+    return box
+
+
+def _print_answers(out: str, network: str, described: str, box_file: str | None) -> None:
+    """One table per query of ``network``'s results: verifier, bound, kind, bound / best
+    sound lower bound, time, status (and why, where not ok); the tightest sound bound and
+    the cheapest within 10% of it in a sentence under each table."""
+    from .rows import TIGHT_WITHIN, answer
+    from .tidy import frame
+    df = frame(out)
+    df = df[df.network == network]
+    print(f"\n{network}: {described[:200]}")
+    order = {"exact": 0, "upper": 1, "lower": 2}
+    for (p, target, domain), g in df.groupby(["p", "target", "domain"], sort=True):
+        where = "global" if domain == "global" else f"over the box{f' of {box_file}' if box_file else ''}"
+        print(f"\np={p}{'' if target == 'full' else f', margin {target}'}, {where}")
+        rows = g.to_dict("records")
+        rows.sort(key=lambda r: (r["value"] is None or r["value"] != r["value"], order.get(r["kind"], 3),
+                                 r["value"] if r["value"] == r["value"] and r["value"] is not None else 0,
+                                 r["verifier"]))
+        print(f"  {'verifier':<13} {'bound':>12} {'kind':<6} {'/ lower':>9} {'time':>8}  status")
+        for r in rows:
+            v = r["value"]
+            has = v is not None and v == v
+            t = r["tightness"]
+            ratio = f"{t:.3g}" if t is not None and t == t else "-"
+            cost = r["cost_s"] if r["status"] not in ("unsupported", "not_installed") else None
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {(r['error'] or '').splitlines()[0][:110]}"
+            print(f"  {r['verifier']:<13} {f'{v:.6g}' if has else '-':>12} {r['kind'] if has else '-':<6} "
+                  f"{ratio:>9} {f'{cost:.2f} s' if cost is not None and cost == cost else '-':>8}  {status}")
+        tight, cheap = answer(rows)
+        if tight is None:
+            print("  no verifier gave a sound upper bound for this query")
+            continue
+        lb = tight["best_lower"]
+        gap = f", {tight['value'] / lb:.3g} x the best lower bound" if lb and lb == lb else ""
+        kept = lambda r: " kept at its timeout" if r["status"] == "timeout" else ""  # noqa: E731
+        line = f"  tightest sound bound: {tight['verifier']}, {tight['value']:.6g} ({tight['kind']}{kept(tight)}{gap})"
+        if cheap["verifier"] != tight["verifier"]:
+            line += (f"; cheapest within {TIGHT_WITHIN - 1:.0%} of it: {cheap['verifier']}, {cheap['value']:.6g} "
+                     f"in {cheap['cost_s']:.2g} s{kept(cheap)}")
+        else:
+            line += f", also the cheapest within {TIGHT_WITHIN - 1:.0%} of it ({tight['cost_s']:.2g} s)"
+        print(line)
 
 
 def cmd_list(args) -> int:
@@ -236,6 +370,32 @@ def parser() -> argparse.ArgumentParser:
     r.add_argument("--retry", action="store_true",
                    help="run again the jobs that ended in timeout, error or oom (their rows are replaced)")
     r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("verify", help="bound one network's Lipschitz constant with every verifier: an ONNX file, a "
+                                      "saved module (.pt, .pth) or package.module:attribute")
+    v.add_argument("model", help="an .onnx file, a .pt / .pth file (a whole module or TorchScript), or "
+                                 "package.module:attribute (a module, or a function returning one)")
+    v.add_argument("--input-shape", type=int, nargs="+", metavar="D",
+                   help="one input's shape without the batch dimension (e.g. 1 28 28), where the file cannot tell it")
+    v.add_argument("--p", nargs="+", metavar="P", help="norms: 1 2 inf (default: every norm an installed verifier "
+                                                       "supports)")
+    v.add_argument("--target", type=int, nargs=2, metavar=("I", "J"), help="bound the margin f_I - f_J, not the "
+                                                                          "whole output")
+    v.add_argument("--box", nargs=2, metavar=("CENTER", "RADIUS"),
+                   help="bound over the box |x - CENTER|_inf <= RADIUS (CENTER: one number for every input, or one "
+                        "per input separated by commas); default: globally")
+    v.add_argument("--box-file", metavar="FILE", help="bound over a box of per-input bounds: a .vnnlib file's input "
+                                                      "box, or a text file of 'lower upper' lines")
+    v.add_argument("--verifier", nargs="+", metavar="NAME", help="verifiers (default: every registered one; those "
+                                                                 "not installed or not applicable are listed as such)")
+    v.add_argument("--timeout", type=float, default=60.0, help="seconds per verifier and query (default 60)")
+    v.add_argument("-j", "--jobs", type=int, help="jobs at once (default 1)")
+    v.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
+    v.add_argument("--threads", type=int, help="torch threads per job (default 1)")
+    v.add_argument("--mem-limit", type=float, metavar="MB", help="memory a job may allocate, in MB (default: no cap)")
+    v.add_argument("--out", help="results folder, kept (default: a folder under the system's temporary directory, "
+                                 "named after the network and its content)")
+    v.set_defaults(func=cmd_verify)
 
     l = sub.add_parser("list", help="registered trainers and verifiers, and whether they are installed")
     l.add_argument("name", nargs="?", help="one plug-in: its declared parameters")

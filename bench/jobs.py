@@ -142,7 +142,43 @@ class CertifyJob:
         return f"certify {self.network}"
 
 
-Job = Union[TrainJob, VerifyJob, CertifyJob]
+@dataclass(frozen=True)
+class ImportJob:
+    """Read one network from outside lipbench (a file or package.module:attribute:
+    :mod:`bench.sources`), check it, measure its accuracy on its data set where it has
+    one, and store it as trained networks are stored (``networks`` row and file).  Its
+    identity is what the source holds (``source_hash``), not where it lies."""
+
+    type: ClassVar[str] = "import"
+    source: str
+    source_hash: str
+    name: str
+    family: str | None
+    input_shape: tuple | None
+    dataset: Union[str, dict, None]
+    box: dict | None            # the network's input box, {lower: [...], upper: [...]}
+    box_source: str | None      # where the box came from (a .vnnlib file), for the record
+    network_id: str
+    out_path: str
+    timeout: float | None = None
+    data_dir: str | None = None
+    plugins: tuple = ()
+    key: str = ""
+    kind: str = "upper"
+
+    def ident(self) -> dict:
+        return {"type": "import", "source_hash": self.source_hash, "name": self.name, "family": self.family,
+                "input_shape": None if self.input_shape is None else list(self.input_shape),
+                "dataset": self.dataset, "box": self.box}
+
+    @property
+    def label(self) -> str:
+        return f"import {self.network_id}"
+
+
+Job = Union[TrainJob, ImportJob, VerifyJob, CertifyJob]
+#: the jobs that make a network (its verification follows)
+MAKERS = (TrainJob, ImportJob)
 
 
 def keyed(job: Job) -> Job:

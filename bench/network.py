@@ -6,9 +6,10 @@ lived here: their classes are found by these names).
   FirstChannels, ZeroChannelPad, Permute, Reshape; Sum and Concat, where a network branches);
 - :mod:`bench.layers`: the layers a network is read into (Affine and its kinds,
   Activation, Opaque, Branch) and :class:`Net`;
-- :mod:`bench.walk`: the walk (module -> layers; a table from module type to layer),
-  and :func:`read`, a network from any source (a module, traced where its forward is
-  code: :mod:`bench.graph`; an ONNX file: :mod:`bench.onnx_file`);
+- :mod:`bench.walk`: the walk (module -> layers; a table from module type to layer;
+  a module whose forward is code is traced: :mod:`bench.graph`);
+- :mod:`bench.sources`: :func:`read`, a network from any source (a module, an ONNX file:
+  :mod:`bench.onnx_file`, a saved module, package.module:attribute) and input boxes;
 - :mod:`bench.archs`: architecture specs and the networks built from them;
 - :mod:`bench.netfile`: hashing, size, save and load, ``.npz`` weights.
 """
@@ -19,5 +20,5 @@ from .layers import (MAX_DENSE_ENTRIES, Activation, Affine, Branch, Diagonal, Ne
 from .modules import (Concat, FirstChannels, Permute, Pointwise, Reshape, Shift, Sum,  # noqa: F401
                       ZeroChannelPad)
 from .netfile import from_npz, load, net_hash, parameter_count, save  # noqa: F401
-from .walk import (AVGPOOLS, BATCHNORMS, MAXPOOLS, READERS, SELECTIONS, flat_children, read,  # noqa: F401
-                   walk)
+from .walk import (AVGPOOLS, BATCHNORMS, MAXPOOLS, READERS, SELECTIONS, flat_children, walk)  # noqa: F401
+from .sources import read  # noqa: F401

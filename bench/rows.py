@@ -151,3 +151,16 @@ def certifies(r: Mapping) -> bool:
     return (r["status"] == "ok" and is_upper(r) and r["domain"] == GLOBAL
             and bool(stats(r).get("certified", True)))
 
+
+
+def answer(rows: Iterable[Mapping]) -> tuple[Mapping | None, Mapping | None]:
+    """The answer to one query: (the tightest sound bound, the cheapest bound within
+    :data:`TIGHT_WITHIN` of it), each a row, among the upper and exact bounds of status
+    ``ok`` or ``timeout`` (an anytime bound kept at the timeout is as sound; a row the
+    audit found unsound has status ``unsound``); (None, None) when there is none."""
+    ok = [r for r in rows if r["status"] in ("ok", "timeout") and is_upper(r)]
+    if not ok:
+        return None, None
+    tight = min(ok, key=lambda r: (r["value"], cost_s(r) or 0.0))
+    near = [r for r in ok if r["value"] <= tight["value"] * TIGHT_WITHIN]
+    return tight, min(near, key=lambda r: (cost_s(r) or 0.0, r["value"]))

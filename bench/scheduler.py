@@ -16,7 +16,7 @@ from .api import Budget, Unsupported, UserError
 from .audit import audit
 from .executors.base import Executor, Task
 from .executors.local import LocalExecutor
-from .jobs import Outcome, TrainJob, VerifyJob
+from .jobs import MAKERS, Outcome, VerifyJob
 from .registry import get_verifier
 from .store import Store
 from .suite import Suite
@@ -162,15 +162,17 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
     threads = threads or suite.threads or 1
     mem_limit = mem_limit or suite.mem_limit
     from .data import check
-    for ds in suite.datasets:
+    for ds in suite.datasets + tuple(e.dataset for e in suite.networks if e.dataset is not None):
         check(ds, data_dir)  # a missing file is a one-line error before anything runs
+    makers = _unique(suite.train_jobs(out_dir, data_dir) + suite.import_jobs(out_dir, data_dir))
     with folder_lock(out_dir):  # one driver per store
         s = Store(out_dir)
         try:
             s.claim_suite(suite.name, mix_suites)
         finally:
             s.close()
-        return _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor, mem_limit)
+        return _run(suite, makers, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor,
+                    mem_limit)
 
 
 _HELD: dict = {}  # folder -> [file, depth]: this process's locks (re-entered, not re-taken)
@@ -217,19 +219,21 @@ def _take(out_dir: str):
     return fh
 
 
-def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor, mem_limit) -> dict:
+def _run(suite, train_jobs, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor,
+         mem_limit) -> dict:
+    """Run ``train_jobs`` (the jobs that make networks: training and import) and what
+    follows them."""
     store = Store(out_dir)
     skip = RETRYABLE if retry else ()
     done = store.done_keys(skip)
-    train_jobs = _unique(suite.train_jobs(out_dir, data_dir))
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(len(train_jobs) * (1 + n_verify_each), skipped_train)  # refined as networks appear
     ex = executor or LocalExecutor(workers, gpus=n_gpu)
     how = {"workers": workers, "threads": threads, "mem_limit_mb": mem_limit, "device": device, "gpus": n_gpu,
            **ex.describe()}
-    log.info("suite %s: %d train jobs (%d already done), up to %d verify jobs; %s executor, %d worker(s) of %d "
-             "thread(s)%s, device %s, out %s", suite.name, len(train_jobs), skipped_train,
+    log.info("suite %s: %d networks to train or read (%d already done), up to %d verify jobs; %s executor, "
+             "%d worker(s) of %d thread(s)%s, device %s, out %s", suite.name, len(train_jobs), skipped_train,
              len(train_jobs) * n_verify_each, how["executor"], how["workers"], threads,
              "" if mem_limit is None else f" and {mem_limit:g} MB", device, out_dir)
     from .provenance import collect
@@ -264,7 +268,7 @@ def _run(suite, out_dir, workers, device, n_gpu, data_dir, timeout, threads, ret
     def record(t: Task, out: Outcome):
         store.record(t.job, out)
         prog.finish(t, out)
-        if isinstance(t.job, TrainJob):  # its network's verification runs next
+        if isinstance(t.job, MAKERS):  # its network's verification runs next
             return verify_tasks(t.job.key)
         return None
 

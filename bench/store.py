@@ -1,10 +1,13 @@
 """The results store: one SQLite file (``lipbench.sqlite``) per output folder.
 
 Tables: ``jobs`` (every finished job, train or verify, with its spec, status, cost and
-versions), ``networks`` (trained networks: readable id, content hash, trainer, params,
+versions), ``networks`` (trained or imported networks: readable id, content hash, trainer, params,
 data set, seed, accuracy, file), ``results`` (one row per verification), ``runs`` (every
 run of a suite into the store: start, end, summary, and its provenance: machine,
-versions, git commit, executor and threads).  Each job is
+versions, git commit, executor and threads).  A network read from outside lipbench
+(an import job) has trainer ``external``, its family in ``trainer_params``, where it came
+from (path, content hash) in ``source`` and its input box, if it has one, in ``box``.
+Each job is
 written in one transaction, so the store never holds half a job; only the scheduler's
 process writes.  ``meta`` remembers the schema and the suite(s) the store holds.
 
@@ -21,10 +24,12 @@ import time
 from typing import Iterable
 
 from .api import UserError
-from .jobs import CertifyJob, Job, Outcome, TrainJob, VerifyJob, dumps, spec
+from .jobs import CertifyJob, ImportJob, Job, Outcome, TrainJob, VerifyJob, dumps, spec
 from .rows import p_label, target_label
 
 SCHEMA_VERSION = 1
+#: the ``trainer`` of a network read from outside lipbench (its ``source`` column says from where)
+EXTERNAL = "external"
 DB_NAME = "lipbench.sqlite"
 
 _SCHEMA = """
@@ -57,7 +62,8 @@ CREATE TABLE IF NOT EXISTS certified (
 
 #: columns added after schema 1 (``Store`` adds them to an older store when it opens it)
 _ADDED = {"jobs": [("solve_s", "REAL"), ("threads", "INTEGER")],
-          "results": [("solve_s", "REAL"), ("threads", "INTEGER")]}
+          "results": [("solve_s", "REAL"), ("threads", "INTEGER")],
+          "networks": [("source", "TEXT"), ("box", "TEXT")]}
 
 
 
@@ -150,6 +156,17 @@ class Store:
                     (job.network_id, job.key, n.net_hash, job.trainer, dumps({"arch": job.arch, **job.params}),
                      dumps(job.dataset), job.seed, n.metrics.get("clean_acc"), dumps(n.metrics), n.path,
                      dumps(list(n.input_shape)), n.description))
+            elif isinstance(job, ImportJob) and out.status == "ok":
+                n = out.network
+                self.db.execute(
+                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
+                    " clean_acc, metrics, path, input_shape, description, source, box)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (job.network_id, job.key, n.net_hash, EXTERNAL, dumps({"family": job.family}),
+                     dumps(job.dataset), 0, n.metrics.get("clean_acc"), dumps(n.metrics), n.path,
+                     dumps(list(n.input_shape)), n.description,
+                     dumps({"source": job.source, "sha256": job.source_hash, "box_source": job.box_source}),
+                     None if job.box is None else dumps(job.box)))
             elif isinstance(job, VerifyJob):
                 q = job.query
                 self.db.execute(

@@ -15,15 +15,17 @@ from importlib import resources
 
 import yaml
 
-from .api import Query, UserError
+from . import sources
+from .api import BOX, Query, UserError
 from .data import DATASETS, PARAMS as DATA_PARAMS
 from .network import arch_name
 from .registry import VERIFIERS, get_trainer, get_verifier, import_plugin, load_plugins
-from .jobs import CertifyJob, TrainJob, VerifyJob, job_key, keyed
+from .jobs import CertifyJob, ImportJob, TrainJob, VerifyJob, job_key, keyed
 from .rows import certifies
 
-TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "verify", "queries", "plugins",
-            "certify", "threads", "mem_limit"}
+TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "networks", "verify", "queries",
+            "plugins", "certify", "threads", "mem_limit"}
+NETWORK_KEYS = {"source", "name", "family", "input_shape", "dataset", "box"}
 TRAIN_KEYS = {"trainer", "archs", "params", "grid", "timeout"}
 VERIFY_KEYS = {"verifier", "params", "grid", "queries", "timeout"}
 QUERY_KEYS = {"p", "target", "domain", "q"}
@@ -100,6 +102,22 @@ class TrainEntry(_Grid):
 
 
 @dataclass(frozen=True)
+class NetworkEntry:
+    """A network from outside lipbench (:mod:`bench.sources`): ``source`` a file (a
+    relative path is looked for in the suite file's folder, then in the data folder) or
+    package.module:attribute; ``box`` its input box, a file (.vnnlib, or lower-upper
+    pairs) or a mapping ({lower, upper} or {center, radius}), for the queries whose domain
+    is ``box``."""
+    source: str
+    name: str
+    family: str | None = None
+    input_shape: tuple | None = None
+    dataset: str | dict | None = None
+    box: str | dict | None = None
+    line: int = 0
+
+
+@dataclass(frozen=True)
 class VerifyEntry(_Grid):
     verifier: str
     params: dict
@@ -123,6 +141,7 @@ class Suite:
     certify_eps: dict | None = None  # {p name: [eps, ...]}: certified accuracy after verification
     threads: int | None = None       # torch threads per job (None: 1; --threads overrides)
     mem_limit: float | None = None   # MB a job may allocate (None: no cap; --mem-limit overrides)
+    networks: tuple = ()             # NetworkEntry: networks from outside lipbench
 
     # -- jobs
     def train_jobs(self, out_dir: str, data_dir: str | None = None) -> list[TrainJob]:
@@ -144,8 +163,36 @@ class Suite:
                                                 out_path=os.path.join(out_dir, "networks", nid + ".pt")))
         return jobs
 
+    def import_jobs(self, out_dir: str, data_dir: str | None = None) -> list[ImportJob]:
+        """One job per entry of ``networks``, keyed by what its source holds.  A file
+        that is missing, an unreadable box: a one-line UserError naming the entry's line,
+        before anything runs."""
+        jobs = []
+        base = os.path.dirname(os.path.abspath(self.path)) if self.path and os.path.isfile(self.path) else os.getcwd()
+        for e in self.networks:
+            try:
+                src = _locate(e.source, base, data_dir)
+                box, box_source = e.box, None
+                if isinstance(box, str):
+                    box_source = _locate(box, base, data_dir)
+                    box = sources.read_box(box_source)
+                if box is not None:
+                    Query(domain=box)   # checked here, once
+                    box = {k: list(map(float, v)) if isinstance(v, (list, tuple)) else float(v) for k, v in box.items()}
+                h = sources.fingerprint(src, e.input_shape)
+            except UserError as err:
+                raise UserError(f"{_where(e)}{err}") from None
+            job = ImportJob(src, h, e.name, e.family, e.input_shape, e.dataset, box, box_source, "", "",
+                            self.timeout, data_dir, tuple(self.plugins))
+            key = job_key(job.ident())
+            nid = f"{e.name}-{key[:6]}"
+            jobs.append(replace(job, key=key, network_id=nid,
+                                out_path=os.path.join(out_dir, "networks", nid + ".pt")))
+        return jobs
+
     def verify_jobs(self, network) -> list[VerifyJob]:
-        """Verification jobs for one stored network (a ``networks`` row)."""
+        """Verification jobs for one stored network (a ``networks`` row); a query whose
+        domain is ``box`` only for a network that has one."""
         jobs = []
         for entry in self.verify:
             cls = get_verifier(entry.verifier)
@@ -153,6 +200,8 @@ class Suite:
                 resolved = cls.resolve_params(params)
                 for q in (entry.queries or self.queries):
                     q = _fit_domain(q, network)
+                    if q is None:
+                        continue
                     jobs.append(keyed(VerifyJob(cls.name, cls.version, resolved, q, network["id"],
                                                 network["net_hash"], network["path"], cls.kind,
                                                 entry.timeout or self.timeout, tuple(self.plugins))))
@@ -161,7 +210,7 @@ class Suite:
     def certify_job(self, network, rows: list, data_dir: str | None) -> CertifyJob | None:
         """The certified-accuracy job of one network, given its stored result rows (only
         rows that :func:`bench.rows.certifies` say may certify)."""
-        if not self.certify_eps:
+        if not self.certify_eps or json.loads(network["dataset"]) is None:
             return None
         use = tuple({k: r[k] for k in ("verifier", "verifier_params", "p", "target", "value", "job_key")}
                     for r in rows if certifies(r))
@@ -230,21 +279,10 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
     plugins = tuple(plugins)
     load_plugins()
 
-    datasets = []
-    for i, ds in enumerate(_list(doc, "datasets", None)):
-        name = ds if isinstance(ds, str) else (ds.get("name") if isinstance(ds, dict) else None)
-        ln = _line(doc["datasets"], i)
-        if name not in DATASETS:
-            raise UserError(f"line {ln}: unknown data set {name!r}; valid: {', '.join(DATASETS)}")
-        if isinstance(ds, dict):
-            _keys(ds, {"name"} | set(DATA_PARAMS[name]), f"data set {name}")
-            from .data import check_params
-            try:
-                check_params(name, {k: v for k, v in ds.items() if k != "name"})
-            except UserError as err:
-                raise UserError(f"line {ln}: {err}") from None
-            ds = {k: v for k, v in ds.items()}
-        datasets.append(ds)
+    if "train" not in doc and "networks" not in doc:
+        raise UserError(f"line {_line(doc)}: a suite trains networks (train:), reads them (networks:), or both")
+    datasets = [_dataset(ds, _line(doc["datasets"], i))
+                for i, ds in enumerate(_list(doc, "datasets", None if "train" in doc else []))]
     seeds = _list(doc, "seeds", [0])
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
         raise UserError(f"line {_line(doc, 'seeds')}: seeds must be integers in [0, 2^32), got {list(seeds)!r}")
@@ -254,8 +292,9 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         raise UserError(f"line {_line(doc, 'threads')}: threads must be a whole number >= 1, got {threads!r}")
     mem_limit = _num(doc, "mem_limit", None, "megabytes")
 
+    networks = _networks(doc)
     train = []
-    for i, e in enumerate(_list(doc, "train", None)):
+    for i, e in enumerate(_list(doc, "train", [])):
         ln = _line(doc["train"], i)
         if not isinstance(e, dict) or "trainer" not in e:
             raise UserError(f"line {ln}: a train entry is a mapping with a 'trainer' key")
@@ -301,7 +340,74 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
             raise UserError(f"line {_line(c, 'eps')}: bad eps grid ({err})") from None
     name = doc.get("name") or os.path.splitext(os.path.basename(path))[0]
     return Suite(str(name), str(doc.get("description", "")), tuple(datasets), tuple(seeds), timeout,
-                 tuple(train), tuple(verify), queries, plugins, path, certify_eps, threads, mem_limit)
+                 tuple(train), tuple(verify), queries, plugins, path, certify_eps, threads, mem_limit, networks)
+
+
+def _dataset(ds, ln: int):
+    """A data set entry (a name, or a mapping with its parameters), checked."""
+    name = ds if isinstance(ds, str) else (ds.get("name") if isinstance(ds, dict) else None)
+    if name not in DATASETS:
+        raise UserError(f"line {ln}: unknown data set {name!r}; valid: {', '.join(DATASETS)}")
+    if isinstance(ds, dict):
+        _keys(ds, {"name"} | set(DATA_PARAMS[name]), f"data set {name}")
+        from .data import check_params
+        try:
+            check_params(name, {k: v for k, v in ds.items() if k != "name"})
+        except UserError as err:
+            raise UserError(f"line {ln}: {err}") from None
+        ds = {k: v for k, v in ds.items()}
+    return ds
+
+
+def _networks(doc: dict) -> tuple:
+    """The ``networks`` entries: a source (string), or a mapping with ``source`` and
+    optional name, family, input_shape, dataset and box; names are unique."""
+    out, names = [], {}
+    for i, e in enumerate(_list(doc, "networks", [])):
+        ln = _line(doc["networks"], i)
+        if isinstance(e, str):
+            e = {"source": e}
+        if not isinstance(e, dict) or not isinstance(e.get("source"), str):
+            raise UserError(f"line {ln}: a networks entry is a file or package.module:attribute, or a mapping "
+                            f"with a 'source' key")
+        _keys(e, NETWORK_KEYS, "networks entry")
+        try:
+            sources.kind(e["source"])
+        except UserError as err:
+            raise UserError(f"line {_line(e, 'source')}: {err}") from None
+        name = str(e.get("name") or network_name(e["source"]))
+        if name in names:
+            raise UserError(f"line {ln}: network name {name!r} is used twice (lines {names[name]} and {ln}); "
+                            f"give one of them a name:")
+        names[name] = ln
+        shape = e.get("input_shape")
+        if shape is not None and not (isinstance(shape, list) and shape and
+                                      all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise UserError(f"line {_line(e, 'input_shape')}: input_shape is a list of positive whole numbers, "
+                            f"one input's shape without the batch dimension, e.g. [1, 28, 28]")
+        ds = None if e.get("dataset") is None else _dataset(e["dataset"], _line(e, "dataset"))
+        box = e.get("box")
+        if box is not None and not isinstance(box, str):
+            if not isinstance(box, dict):
+                raise UserError(f"line {_line(e, 'box')}: box is a file (.vnnlib, or lower-upper pairs) or a "
+                                f"mapping {{lower: [...], upper: [...]}} or {{center: [...], radius: r}}")
+            try:
+                Query(domain=dict(box))
+            except UserError as err:
+                raise UserError(f"line {_line(e, 'box')}: {err}") from None
+            box = _plain(box)
+        family = e.get("family")
+        out.append(NetworkEntry(e["source"], name, None if family is None else str(family),
+                                None if shape is None else tuple(shape), ds, box, ln))
+    return tuple(out)
+
+
+def network_name(source: str) -> str:
+    """A network's default name: its file's name without the ending (the attribute of
+    package.module:attribute)."""
+    if sources.kind(source) == "import":
+        return source.rsplit(":", 1)[1].rsplit(".", 1)[-1]
+    return os.path.splitext(os.path.basename(source))[0]
 
 
 def _keys(d: dict, valid: set, what: str):
@@ -316,7 +422,7 @@ def _list(d: dict, key: str, default):
             raise UserError(f"line {_line(d)}: missing required key {key!r}")
         return default
     v = d[key]
-    if isinstance(v, (str, int)) and key in ("datasets", "seeds", "plugins", "verify"):
+    if isinstance(v, (str, int)) and key in ("datasets", "seeds", "plugins", "verify", "networks"):
         return [v]
     if not isinstance(v, list) or (default is None and not v):
         raise UserError(f"line {_line(d, key)}: {key} must be a non-empty list")
@@ -382,9 +488,38 @@ def _plain(v):
     return v
 
 
-def _fit_domain(q: Query, network) -> Query:
-    """A box whose center is one number (``{center: 0.5, radius: 0.5}``: every coordinate
-    0.5, here the box of all images [0, 1]^n) gets the network's input size."""
+def _where(e: NetworkEntry) -> str:
+    return f"line {e.line}: " if e.line else ""
+
+
+def _locate(path: str, base: str, data_dir: str | None) -> str:
+    """A network entry's file: as given if absolute, else in the suite file's folder, else
+    in the data folder; package.module:attribute as it is.  Missing: a UserError that names
+    the command that downloads it, for a folder lipbench downloads."""
+    from .data import DOWNLOADS, data_dir as data_folder
+    if os.path.isabs(path):
+        if not os.path.exists(path):
+            raise UserError(f"{path}: no such file")
+        return path
+    if sources.kind(path) == "import" and not os.path.exists(os.path.join(base, path)):
+        return path
+    for d in (base, data_folder(data_dir)):
+        if os.path.exists(os.path.join(d, path)):
+            return os.path.abspath(os.path.join(d, path))
+    first = path.replace("\\", "/").split("/")[0]
+    hint = f"; get it with: {DOWNLOADS[first]}" if first in DOWNLOADS else ""
+    raise UserError(f"{path}: no such file in {base} nor in the data folder {data_folder(data_dir)}{hint} "
+                    f"(or point --data-dir / LIPBENCH_DATA at the folder that holds it)")
+
+
+def _fit_domain(q: Query, network) -> Query | None:
+    """The query as it applies to one network: the domain ``box`` becomes the network's
+    input box (None, no query, for a network without one); a box whose center is one
+    number (``{center: 0.5, radius: 0.5}``: every coordinate 0.5, here the box of all
+    images [0, 1]^n) gets the network's input size."""
+    if q.domain == BOX:
+        box = network["box"] if "box" in network.keys() else None
+        return None if box is None else Query(q.p, q.target, json.loads(box), q.q)
     if q.domain == "global" or len(q.domain[0]) != 1 or "input_shape" not in network.keys():
         return q
     n = math.prod(json.loads(network["input_shape"]))

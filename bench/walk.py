@@ -4,8 +4,8 @@ verifier asks one place what a layer is.  :data:`READERS` maps module types to l
 pooling, lipbench's Shift and Pointwise, selections), max pooling and registered
 activations, and the branching modules Sum and Concat; a module whose forward is code
 is traced (:mod:`bench.graph`) and read as its layers, a module that cannot be read is
-:class:`~bench.layers.Opaque`.  :func:`read` takes a network from any source: a module, or
-an ONNX file (:mod:`bench.onnx_file`).
+:class:`~bench.layers.Opaque`.  :func:`bench.sources.read` takes a network from any source (a
+module, an ONNX file, a saved module).
 
 BatchNorm is a layer of its own, not folded into a neighbouring Linear or Conv2d.
 Folding into the layer before it is exact only when there is one (not after an
@@ -24,7 +24,6 @@ batch's own statistics: its output depends on the other inputs in the batch, so 
 from __future__ import annotations
 
 import copy
-import os
 
 import numpy as np
 import torch
@@ -310,19 +309,3 @@ def _activation_layer(m, spec, x, i, in_shape):
     return Activation(m, spec.name, int(np.prod(in_shape)), int(np.prod(y.shape[1:])), i,
                       tuple(slope) if slope is not None else None, lip,
                       tuple(float(p) for p in spec.saturates), spec), y
-
-
-def read(source, input_shape: tuple | None = None) -> tuple[nn.Module, tuple | None]:
-    """(module, input shape or None) from any of the sources lipbench reads: an
-    ``nn.Module`` (walked as it is, traced where its forward is code) or the path of an
-    ONNX file (:func:`bench.onnx_file.read`, which gives the input shape).  A path that
-    is not an ``.onnx`` file is a :class:`UserError`."""
-    if isinstance(source, nn.Module):
-        return source, input_shape
-    if isinstance(source, (str, os.PathLike)):
-        path = os.fspath(source)
-        if path.lower().endswith(".onnx"):
-            from . import onnx_file
-            return onnx_file.read(path, input_shape)
-        raise UserError(f"{path}: lipbench reads networks from .onnx files (or an nn.Module in code)")
-    raise UserError(f"expected a torch nn.Module or the path of an .onnx file, got {type(source).__name__}")

@@ -156,11 +156,10 @@ def check(module, input_shape: tuple, query: Query, witness) -> tuple[float | No
     if not (torch.isfinite(x1).all() and torch.isfinite(x2).all()):
         return None, "the witness has non-finite coordinates"
     if query.domain != "global":
-        c = torch.tensor(query.domain[0], dtype=torch.float64).reshape(-1)
-        r = float(query.domain[1])
-        slack = r + 1e-15 * (c.abs() + r)    # c -+ r rounded when the box was formed
-        if bool(((x1 - c).abs() > slack).any() or ((x2 - c).abs() > slack).any()):
-            return None, f"the witness lies outside the query's box (radius {r:g})"
+        lo, hi = (torch.as_tensor(a) for a in query.box())
+        slack = 1e-15 * (lo.abs() + hi.abs())    # c -+ r rounded when the box was formed
+        if bool(((x1 < lo - slack) | (x1 > hi + slack) | (x2 < lo - slack) | (x2 > hi + slack)).any()):
+            return None, "the witness lies outside the query's box"
     if bool((x1 == x2).all()):
         return None, "the witness's two points are equal"
     module = referenced(copy.deepcopy(module)).double().eval()   # the function the bounds describe

@@ -18,7 +18,7 @@ import torch
 
 from . import network as netmod
 from .api import KINDS, STATUSES, Bound, Budget, Unsupported, UserError
-from .jobs import CertifyJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
+from .jobs import CertifyJob, ImportJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
 from .registry import get_trainer, get_verifier, import_plugin, load_plugins
 
 log = logging.getLogger(__name__)
@@ -83,6 +83,8 @@ def execute(job: Job, budget: Budget, net_module=None) -> Outcome:
         with threadpool_limits(limits=1, user_api="blas"):
             if isinstance(job, TrainJob):
                 out = _train(job, budget)
+            elif isinstance(job, ImportJob):
+                out = _import(job)
             elif isinstance(job, CertifyJob):
                 out = _certify(job)
             else:
@@ -155,6 +157,54 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     netmod.save(module, ds.input_shape, job.out_path)
     trained = TrainedNetwork(net.hash(), job.out_path, tuple(ds.input_shape), net.describe(), metrics)
     return Outcome("ok", network=trained, versions=versions(cls), solve_s=solve_s)
+
+
+def _import(job: ImportJob) -> Outcome:
+    """Read a network from its source (checked where it is read), walk it, measure its
+    clean accuracy on its data set (if it names one), and save what was read."""
+    from . import sources
+    t = time.perf_counter()
+    module, shape = sources.read(job.source, job.input_shape)
+    if job.source_hash != sources.fingerprint(job.source, job.input_shape, module):
+        return Outcome("error", error=f"{job.source} changed after the run started (its content hash is no longer "
+                                      f"{job.source_hash})", versions=versions())
+    net = netmod.walk(module, shape)
+    module = net.module
+    metrics = {"parameters": netmod.parameter_count(module), "source": job.source,
+               "activations": [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
+                               for a in net.activations]}
+    if job.dataset is not None:
+        from .data import load as load_data
+        ds = load_data(job.dataset, job.data_dir)
+        metrics["clean_acc"] = accuracy(module, net.input_shape, ds)
+        metrics["data"] = ds.note or ds.name
+    solve_s = time.perf_counter() - t
+    netmod.save(module, net.input_shape, job.out_path)
+    return Outcome("ok", network=TrainedNetwork(net.hash(), job.out_path, tuple(net.input_shape), net.describe(),
+                                                metrics), versions=versions(), solve_s=solve_s)
+
+
+def accuracy(module, input_shape: tuple, ds) -> float:
+    """Clean accuracy of ``module`` on ``ds``'s test set.  Images are fed in the network's
+    input shape: as they are where the shapes agree, moved from (C, H, W) to (H, W, C) for
+    a network that reads channels last (Keras exports), else flattened or reshaped when the
+    sizes agree; a data set of another size is a UserError."""
+    X = ds.X_test
+    shape = tuple(input_shape)
+    if X.shape[1:] != shape:
+        if X.ndim == 4 and shape == (X.shape[2], X.shape[3], X.shape[1]):
+            X = X.transpose(0, 2, 3, 1)
+        elif int(np.prod(X.shape[1:])) == int(np.prod(shape)):
+            X = X.reshape(len(X), *shape)
+        else:
+            raise UserError(f"data set {ds.name} has inputs of shape {X.shape[1:]}, the network reads {shape}")
+    dtype = next((p.dtype for p in module.parameters()), torch.float32)
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(X), 500):
+            out = module(torch.as_tensor(np.ascontiguousarray(X[i:i + 500]), dtype=dtype))
+            correct += int((out.reshape(len(out), -1).argmax(1).numpy() == ds.y_test[i:i + 500]).sum())
+    return correct / max(1, len(X))
 
 
 def _certify(job: CertifyJob) -> Outcome:

@@ -66,9 +66,12 @@ def test_a_gpu_job_s_fresh_interpreter_is_not_on_its_clock(monkeypatch):
 
 
 def test_not_a_module():
-    with pytest.raises(bench.UserError, match=r"expected a torch nn.Module or the path of an \.onnx file, got list"):
+    with pytest.raises(bench.UserError, match=r"expected a torch nn.Module, a file \(\.onnx, \.pt, \.pth\) or "
+                                              r"package\.module:attribute, got list"):
         bench.verify([[1.0]], "trivial")
-    with pytest.raises(bench.UserError, match=r"net\.pt: lipbench reads networks from \.onnx files"):
+    with pytest.raises(bench.UserError, match=r"net\.h5: lipbench reads networks from \.onnx files"):
+        bench.verify("net.h5", "trivial")
+    with pytest.raises(bench.UserError, match=r"net\.pt: no such file"):
         bench.verify("net.pt", "trivial")
 
 

@@ -127,12 +127,11 @@ class LiRPA(Verifier):
                 row.weight.zero_()
                 row.weight[0, i], row.weight[0, j] = 1.0, -1.0
             model = nn.Sequential(model, row)
-        c, r = query.domain
         t0 = time.perf_counter()
         with _default_dtype(torch.float64):
             model = model.double()
-            center = torch.tensor(c, dtype=torch.float64).reshape(1, *net.input_shape)
-            x_L, x_U = center - r, center + r
+            x_L, x_U = (torch.as_tensor(a).reshape(1, *net.input_shape) for a in query.box())
+            center = (x_L + x_U) / 2
             try:
                 bm = BoundedModule(JacobianOf(model), center, device="cpu")
             except Exception as e:   # an operator auto_LiRPA cannot parse or bound

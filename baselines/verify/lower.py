@@ -176,8 +176,7 @@ class Lower(Verifier):
             far = P["far"]
             box_lo, box_hi = lo.clamp(max=-P["far_radius"]), hi.clamp(min=P["far_radius"])
         else:
-            c = torch.tensor(query.domain[0], dtype=torch.float64).reshape(shape)
-            lo, hi = c - query.domain[1], c + query.domain[1]
+            lo, hi = (torch.as_tensor(a).reshape(shape) for a in query.box())
             box_lo, box_hi = lo, hi
         lo, hi, box_lo, box_hi = lo.to(dev), hi.to(dev), box_lo.to(dev), box_hi.to(dev)
 

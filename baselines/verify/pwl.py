@@ -223,8 +223,8 @@ def is_global(pw: PWLNet, query: Query) -> bool:
         return True
     if pw.has_bias:
         return False
-    c, r = query.domain
-    return bool(np.all(np.abs(np.asarray(c, dtype=np.float64)) < r))
+    lo, hi = query.box()
+    return bool(np.all((lo < 0) & (hi > 0)))
 
 
 def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
@@ -239,9 +239,8 @@ def domain_boxes(pw: PWLNet, query: Query) -> tuple[np.ndarray, np.ndarray]:
     is that of every positive multiple, so the 2n faces y_i = +-1 (t = 1) suffice."""
     n = pw.in_dim
     if not is_global(pw, query):
-        c, r = query.domain
-        c = np.asarray(c, dtype=np.float64)
-        return np.r_[c - r, 1.0][None], np.r_[c + r, 1.0][None]
+        lo, hi = query.box()
+        return np.r_[lo, 1.0][None], np.r_[hi, 1.0][None]
     lo, hi = [], []
     t_lo = 0.0 if pw.has_bias else 1.0
     for i in range(n):
@@ -262,9 +261,8 @@ def inputs(pw: PWLNet, query: Query, Y: torch.Tensor) -> torch.Tensor:
     into the box, which keeps its activation pattern (no biases: patterns are cones)."""
     X = Y[:, :-1] / Y[:, -1:]
     if query.domain != "global" and is_global(pw, query):
-        c = torch.as_tensor(np.asarray(query.domain[0], dtype=np.float64), device=Y.device)
-        r = float(query.domain[1])
-        s = 0.5 * ((r - c.abs()) / (X.abs() + 1e-300)).amin(dim=1, keepdim=True)
+        lo, hi = (torch.as_tensor(a, device=Y.device) for a in query.box())
+        s = 0.5 * (torch.minimum(-lo, hi) / (X.abs() + 1e-300)).amin(dim=1, keepdim=True)
         X = X * s
     return X
 
@@ -284,8 +282,7 @@ def witness(net: Net, pw: PWLNet, query: Query, Y: torch.Tensor) -> tuple[float,
     X = inputs(pw, query, Y.detach().cpu().to(torch.float64)).reshape(-1, *net.input_shape)
     lo = hi = None
     if query.domain != "global":
-        c = torch.as_tensor(np.asarray(query.domain[0], dtype=np.float64)).reshape(net.input_shape)
-        lo, hi = c - query.domain[1], c + query.domain[1]
+        lo, hi = (torch.as_tensor(a).reshape(net.input_shape) for a in query.box())
     q, X1, X2 = wit.pairs(module, X, query, lo, hi, steps=(1e-2, 1e-3, 1e-4, 1e-5, 1e-6),
                           nudges=(0.0, 1e-2, 1e-4, 1e-6))
     k = int(torch.argmax(q))

@@ -34,7 +34,7 @@ import time
 from typing import Iterable
 
 from ..api import UserError
-from ..jobs import Outcome, TrainJob
+from ..jobs import MAKERS, ImportJob, Outcome
 from .base import OnDone, OnStart, Task
 from .local import GRACE_S
 
@@ -51,14 +51,15 @@ def _ray():
 
 
 def _node_path(path: str, blob: bytes | None) -> str:
-    """Where this node reads a network: ``path`` if it is there (a shared folder), else a
-    node-local copy written from ``blob``."""
+    """Where this node reads a network (or a network's source file): ``path`` if it is
+    there (a shared folder), else a node-local copy written from ``blob``, with the same
+    file ending."""
     if blob is None or os.path.exists(path):
         return path
     import hashlib
     folder = os.path.join(tempfile.gettempdir(), "lipbench-networks")
     os.makedirs(folder, exist_ok=True)
-    local = os.path.join(folder, hashlib.sha256(blob).hexdigest()[:24] + ".pt")
+    local = os.path.join(folder, hashlib.sha256(blob).hexdigest()[:24] + (os.path.splitext(path)[1] or ".pt"))
     if not os.path.exists(local):
         _write_atomic(local, blob)
     return local
@@ -92,7 +93,9 @@ def run_on_node(job, budget, blob: bytes | None):
     (outcome, the trained network's bytes or None)."""
     from .local import LocalExecutor
     out_file = None
-    if isinstance(job, TrainJob):
+    if isinstance(job, ImportJob):
+        job = dataclasses.replace(job, source=_node_path(job.source, blob))
+    if isinstance(job, MAKERS):
         try:
             os.makedirs(os.path.dirname(job.out_path) or ".", exist_ok=True)
             probe = tempfile.NamedTemporaryFile(dir=os.path.dirname(job.out_path) or ".")
@@ -169,9 +172,9 @@ class RayExecutor:
 
     def _submit(self, t: Task):
         job = t.job
-        if isinstance(job, TrainJob):   # paths the node can use whatever its working folder
+        if isinstance(job, MAKERS):   # paths the node can use whatever its working folder
             job = dataclasses.replace(job, out_path=os.path.abspath(job.out_path))
-            blob = None
+            blob = self._blob(job.source) if isinstance(job, ImportJob) and os.path.isfile(job.source) else None
         else:
             job = dataclasses.replace(job, net_path=os.path.abspath(job.net_path))
             blob = self._blob(job.net_path)
@@ -224,7 +227,7 @@ class RayExecutor:
         except ray.exceptions.RayError as e:
             return Outcome("error", kind, wall_s=time.perf_counter() - t0,
                            error=f"Ray task failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}")
-        if data is not None and isinstance(t.job, TrainJob):   # the network, home
+        if data is not None and isinstance(t.job, MAKERS):   # the network, home
             path = t.job.out_path
             if not os.path.exists(path):
                 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

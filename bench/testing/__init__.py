@@ -112,8 +112,7 @@ def _compute_reference(module: nn.Sequential, q: Query) -> tuple[str, float]:
     if q.domain == "global":
         lo, hi = -100.0, 100.0
     else:
-        c, r = np.asarray(q.domain[0]), q.domain[1]
-        lo, hi = c - r, c + r
+        lo, hi = q.box()
     try:
         return "exact", exact_lipschitz(module, q.p, target, lo, hi)
     except TypeError:  # not piecewise linear: the largest Jacobian norm at sampled points
