@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -194,6 +195,9 @@ def cmd_list(args) -> int:
     from .registry import ACTIVATIONS, BROKEN, TRAINERS, VERIFIERS, load_plugins
     load_plugins()
     if args.name:
+        from .suite import shipped_suites
+        if args.name in shipped_suites() or args.name.endswith((".yaml", ".yml")):
+            return _describe_suite(args.name)
         return _describe(args.name)
     rows = [("name", "type", "kind", "norms", "installed", "description")]
     for name, cls in sorted(TRAINERS.items()):
@@ -213,6 +217,36 @@ def cmd_list(args) -> int:
     from .suite import shipped_suites
     print(f"suites: {', '.join(shipped_suites())}")
     return 0
+
+
+def _describe_suite(name: str) -> int:
+    """What a suite holds: its data sets, trainers and architectures, networks read from
+    elsewhere, verifiers, queries and budgets."""
+    from .suite import load_suite
+    s = load_suite(name)
+    print(f"suite {s.name}: {s.description}".rstrip(": "))
+    if s.datasets:
+        print(f"data sets: {', '.join(d if isinstance(d, str) else json.dumps(d) for d in s.datasets)}; "
+              f"seeds {', '.join(map(str, s.seeds))}")
+    for e in s.train:
+        grid = "".join(f", {k} in {v}" for k, v in e.grid.items())
+        print(f"train {e.trainer}: {len(e.archs)} architecture(s){grid}; params {json.dumps(e.params)}")
+    for e in s.networks:
+        extra = "".join(f", {k} {v}" for k, v in (("family", e.family), ("input shape", e.input_shape),
+                                                  ("data set", e.dataset)) if v is not None)
+        box = "" if e.box is None else f", box {e.box if isinstance(e.box, str) else 'given inline'}"
+        print(f"network {e.name}: {e.source}{extra}{box}")
+    print("verifiers: " + ", ".join(f"{e.verifier}" + (f" ({e.timeout:g} s)" if e.timeout else "")
+                                    for e in s.verify) + f"; timeout {s.timeout:g} s per job")
+    print("queries: " + "; ".join(_query_text(q) for q in s.queries))
+    if s.certify_eps:
+        print(f"certified accuracy at eps {json.dumps(s.certify_eps)}")
+    return 0
+
+
+def _query_text(q) -> str:
+    d = q.domain if isinstance(q.domain, str) else "a box"
+    return f"p={p_name(q.p)}" + ("" if not q.is_pair else f" margin {q.target[0]}-{q.target[1]}") + f" {d}"
 
 
 def _describe(name: str) -> int:
@@ -328,9 +362,15 @@ def _show_headline(args) -> int:
 
 
 def cmd_data(args) -> int:
-    from .data import CIFAR_MD5, CIFAR_URL, download_cifar
-    path = download_cifar(args.data_dir, url=args.url or CIFAR_URL, md5=args.md5 or CIFAR_MD5,
-                          progress=not args.quiet)
+    from .data import CIFAR_MD5, CIFAR_URL, VNNCOMP_URL, download_cifar, download_vnncomp
+    if args.name == "vnncomp":
+        if args.md5:
+            raise UserError("--md5 is the CIFAR-10 archive's; the VNN-COMP files are checked against their own SHA-256")
+        url = args.url or VNNCOMP_URL
+        path = download_vnncomp(args.data_dir, url=url if url.endswith("/") else url + "/", progress=not args.quiet)
+    else:
+        path = download_cifar(args.data_dir, url=args.url or CIFAR_URL, md5=args.md5 or CIFAR_MD5,
+                              progress=not args.quiet)
     print(path)
     return 0
 
@@ -397,8 +437,9 @@ def parser() -> argparse.ArgumentParser:
                                  "named after the network and its content)")
     v.set_defaults(func=cmd_verify)
 
-    l = sub.add_parser("list", help="registered trainers and verifiers, and whether they are installed")
-    l.add_argument("name", nargs="?", help="one plug-in: its declared parameters")
+    l = sub.add_parser("list", help="registered trainers and verifiers, whether they are installed, and the shipped "
+                                    "suites")
+    l.add_argument("name", nargs="?", help="one plug-in (its declared parameters) or suite (what it holds)")
     l.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="write the PDF report from the store")
@@ -411,10 +452,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--all", action="store_true", help="every result, one line each")
     s.set_defaults(func=cmd_show)
 
-    d = sub.add_parser("data", help="download a data set that is not bundled (cifar: CIFAR-10, 163 MB)")
-    d.add_argument("name", choices=["cifar"])
+    d = sub.add_parser("data", help="download what is not bundled: cifar (CIFAR-10, 163 MB), vnncomp (the VNN-COMP "
+                                    "2021 networks and properties of the vnncomp suite, 12 MB)")
+    d.add_argument("name", choices=["cifar", "vnncomp"])
     d.add_argument("--data-dir", help="where to put it (default: $LIPBENCH_DATA or ./data)")
-    d.add_argument("--url", help="a mirror of the original cifar-10-python.tar.gz")
+    d.add_argument("--url", help="a mirror: of the original cifar-10-python.tar.gz, or of the vnncomp2021 "
+                                 "repository's benchmarks/ folder at its pinned commit")
     d.add_argument("--md5", help="the archive's MD5, when a mirror holds another file (default: the original's)")
     d.set_defaults(func=cmd_data)
 

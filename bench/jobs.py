@@ -112,7 +112,8 @@ class VerifyJob:
     def label(self) -> str:
         q = self.query
         tgt = "full" if not q.is_pair else f"{q.target[0]}-{q.target[1]}"
-        return f"verify {self.verifier:<8} p={q.key()['p']:<3} {tgt:<4} {self.network}"
+        where = "" if q.domain == "global" else " box"
+        return f"verify {self.verifier:<8} p={q.key()['p']:<3} {tgt:<4}{where} {self.network}"
 
 
 @dataclass(frozen=True)

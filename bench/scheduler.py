@@ -76,7 +76,8 @@ class Progress:
             self.failed += 1
         extra = f" = {out.value:.6g}" if isinstance(out.value, float) else ""
         if out.network is not None:
-            extra = f" acc {out.network.metrics.get('clean_acc', float('nan')):.3f}"
+            acc = out.network.metrics.get("clean_acc")
+            extra = "" if acc is None else f" acc {acc:.3f}"
         err = f"  ({out.error})" if out.error and out.status != "ok" else ""
         self._emit("%s %-7s %s%s  %.2fs%s", self.stamp(), out.status, t.label, extra, out.wall_s or 0, err)
 

@@ -50,10 +50,15 @@ def kind(source) -> str:
         return "onnx"
     if s.lower().endswith(TORCH_FILES):
         return "torch"
-    if _ATTR.match(s) and not os.path.exists(s):
+    if is_import(s):
         return "import"
     raise UserError(f"{s}: lipbench reads networks from .onnx files, saved torch modules (.pt, .pth) and "
                     f"package.module:attribute (or an nn.Module in code)")
+
+
+def is_import(s: str) -> bool:
+    """Does ``s`` read as package.module:attribute (and not as an existing file)?"""
+    return bool(_ATTR.match(s)) and not os.path.exists(s)
 
 
 def read(source, input_shape: tuple | None = None) -> tuple[nn.Module, tuple | None]:

@@ -501,7 +501,7 @@ def _locate(path: str, base: str, data_dir: str | None) -> str:
         if not os.path.exists(path):
             raise UserError(f"{path}: no such file")
         return path
-    if sources.kind(path) == "import" and not os.path.exists(os.path.join(base, path)):
+    if sources.is_import(path) and not os.path.exists(os.path.join(base, path)):
         return path
     for d in (base, data_folder(data_dir)):
         if os.path.exists(os.path.join(d, path)):

@@ -12,7 +12,8 @@ never here.  Pages, in order:
 4. scaling: time and memory against width and depth (when the store varies size);
 5. anytime bounds of bab and mip; certified accuracy; next to the published state of the
    art (:mod:`reports.sota`, only for CIFAR networks); the paper's claims
-   (:mod:`reports.evidence`); the status map; the audit.
+   (:mod:`reports.evidence`); the status map; where a verifier gave no bound, and why;
+   the audit.
 
 Next to the PDF: ``<stem>-data.csv`` (the frame) and each table as LaTeX
 (``<stem>-headline.tex``, ...), so that a figure can be rebuilt for a paper.
@@ -41,7 +42,7 @@ from . import evidence, figures, sota  # noqa: E402
 from .style import (MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
                     UNSOUND, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
-                     status_rows, to_latex, write_atomic)
+                     status_rows, to_latex, unanswered_rows, write_atomic)
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)   # font subsetting would log every glyph at INFO
@@ -51,6 +52,7 @@ HEADLINE_COLS = 8          # verifiers per headline page
 STATUS_ROWS = 15           # rows of the status map per page
 STATUS_BY_NETWORK_UP_TO = 60   # beyond this many networks the status map has one row per training method
 AUDIT_PAGES = 10           # unsound rows beyond these pages are in <stem>-audit.tex and the csv
+UNANSWERED_PAGES = 3       # the rest of the reasons are in the csv
 
 
 def _save(pdf, fig):
@@ -404,6 +406,26 @@ def status_pages(pdf, df):
         _save(pdf, fig)
 
 
+def unanswered_pages(pdf, df):
+    """Where some verifier could not answer, and why (its stored reason), grouped: one
+    line per verifier, status and reason, with the networks it holds for."""
+    header, body = unanswered_rows(df)
+    if not body:
+        return
+    f = Flow(pdf, "Where a verifier gave no bound, and why", max_pages=UNANSWERED_PAGES)
+    f.text("Each line: a verifier, the status of the queries it did not answer (unsupported and not installed: "
+           "refused before running; timeout: no bound by its budget; error, oom), the reason it gave, and the "
+           "networks it holds for with how many of their queries. A timeout that kept a bound is an answer "
+           "(an anytime bound) and is not listed.")
+    f.y -= 0.01
+    drawn = f.table(header, body, widths=[0.1, 0.1, 0.45, 0.35])
+    if drawn < len(body):
+        f.full = False
+        f.BOTTOM = 0.02
+        f.text(f"{len(body) - drawn} more line(s) not shown: see -data.csv (columns status, error).")
+    f.close()
+
+
 def audit_pages(pdf, df):
     """Every unsound row in red with what the audit said, or "audit clean"."""
     header, body = audit_rows(df)
@@ -639,6 +661,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                     published_page(pdf, comp)
                 tables += evidence_pages(pdf, nets, df, certified)
                 status_pages(pdf, df)
+                unanswered_pages(pdf, df)
                 audit_pages(pdf, df)
             pdf.infodict()["Title"] = title
         os.replace(tmp, path)

@@ -141,6 +141,38 @@ def audit_rows(df) -> tuple[list[str], list[list[str]]]:
     return header, body
 
 
+#: statuses where a verifier gave no answer to a query (a timeout that kept a bound did answer)
+UNANSWERED = ("unsupported", "not_installed", "error", "oom", "timeout", "license_limit")
+
+
+def _reason(r) -> str:
+    """Why a row has no answer, in words that are the same across networks: the stored
+    error's first line (numbers of a timeout's progress left out)."""
+    if r.status == "timeout":
+        return f"no bound within its {r.wall_s:.0f} s budget" if r.wall_s == r.wall_s and r.wall_s else "timeout"
+    first = (r.error or "").strip().splitlines()[0] if (r.error or "").strip() else r.status.replace("_", " ")
+    return first[:240]
+
+
+def unanswered_rows(df) -> tuple[list[str], list[list[str]]]:
+    """Where a verifier could not answer, and why: one row per (verifier, status, reason)
+    with the networks (and how many queries) it holds for; most queries first."""
+    header = ["verifier", "status", "why", "networks (queries)"]
+    miss = df[df.status.isin(UNANSWERED) & ~((df.status == "timeout") & df.value.notna())]
+    groups: dict = {}
+    for r in miss.itertuples():
+        key = (r.verifier, r.status, _reason(r))
+        groups.setdefault(key, {}).setdefault(r.network, 0)
+        groups[key][r.network] += 1
+    body = []
+    for (v, st, why), nets in sorted(groups.items(), key=lambda kv: (-sum(kv[1].values()), kv[0])):
+        names = sorted(nets)
+        shown = ", ".join(f"{n} ({nets[n]})" for n in names[:8]) + (f", +{len(names) - 8} more" if len(names) > 8
+                                                                     else "")
+        body.append([v, st.replace("_", " "), why, shown])
+    return header, body
+
+
 # ---- LaTeX
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",

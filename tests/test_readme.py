@@ -55,6 +55,27 @@ def test_residual_and_onnx_example(tmp_path):
     assert (tmp_path / "net.onnx").exists()
 
 
+def test_verify_example_shows_what_lipbench_computes(tmp_path):
+    """The README's `bench verify` command on the ACAS Xu network, and its output: the
+    command's verbs and options parse, and every number its table shows for the
+    deterministic verifier (trivial) is what lipbench computes on that network."""
+    cmd = re.search(r"```sh\n(\.venv/bin/python -m bench data vnncomp\n.*?)```", README, re.S).group(1)
+    verify = next(line for line in cmd.splitlines() if " verify " in line).split()
+    args = verify[verify.index("verify") + 1:]
+    from bench.cli import parser
+    parsed = parser().parse_args(["verify", *args])
+    assert parsed.box_file.endswith("prop_1.vnnlib") and parsed.model.endswith("ACASXU_run2a_1_1_batch_2000.onnx")
+    shown = block("<!-- output: verify -->")
+    trivial = {m.group(1): float(m.group(2)) for m in re.finditer(r"^p=(\w+),.*?^  trivial +(\S+)", shown, re.S | re.M)}
+    assert set(trivial) == set(parsed.p)
+    onnx = os.path.join(REPO, "..", "shared", "reference", "vnncomp2021", "ACASXU_run2a_1_1_batch_2000.onnx")
+    if not os.path.exists(onnx):
+        pytest.skip(f"the ACAS Xu network is not in {os.path.dirname(onnx)}")
+    import bench
+    for p, v in trivial.items():
+        assert f"{bench.verify(onnx, 'trivial', p=p).value:.6g}" == f"{v:.6g}"
+
+
 @pytest.mark.slow
 def test_decorator_plugin_example(tmp_path):
     (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
