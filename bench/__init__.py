@@ -21,7 +21,10 @@ def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, t
     """Bound the Lipschitz constant of ``net`` with the registered verifier ``verifier``;
     ``params`` are the verifier's parameters.  ``net``: any torch ``nn.Module`` (an
     ``nn.Sequential``, or a module whose forward is code, e.g. with residual adds: it is
-    traced), or the path of an ONNX file (whose input shape it gives).
+    traced), the path of an ONNX file (whose input shape it gives) or of a saved module
+    (``.pt`` / ``.pth``: a whole module or TorchScript), or ``"package.module:attribute"``
+    (:mod:`bench.sources`).  ``domain``: "global", a box ``{"center": [...], "radius": r}``
+    or ``{"lower": [...], "upper": [...]}``.
 
     ``target`` is None (the whole output) or a class pair ``(i, j)`` (the margin
     f_i - f_j); ``input_shape`` (one input's shape, without the batch dimension) is

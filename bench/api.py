@@ -124,11 +124,21 @@ class Query:
                       "radius": list(self.domain[1]) if isinstance(self.domain[1], tuple) else self.domain[1]}}
 
 
+def _outward(c: float, lo: float, hi: float) -> float:
+    """The radius r for center c whose box [c - r, c + r], as rounded in float64, holds
+    [lo, hi]: (hi - lo) / 2, raised by an ulp at a time where rounding left an end inside."""
+    r = (hi - lo) / 2
+    while c - r > lo or c + r < hi:
+        r = math.nextafter(r, math.inf)
+    return r
+
+
 def _box(d: dict) -> tuple:
     """A box domain as (center, radius): ``{center: [...], radius: r}`` (the l_inf ball of
     radius r; r may be a list, one radius per input) or ``{lower: [...], upper: [...]}``
-    (per-input bounds, as a .vnnlib file's input box).  Radii are >= 0, at least one
-    positive; a radius that is the same for every input is kept as one number."""
+    (per-input bounds, as a .vnnlib file's input box; kept as a center and radii whose box,
+    rounded, holds it: :func:`_outward`).  Radii are >= 0, at least one positive; a radius
+    that is the same for every input is kept as one number."""
     if set(d) == {"lower", "upper"}:
         try:
             lo = [float(x) for x in d["lower"]]
@@ -141,18 +151,18 @@ def _box(d: dict) -> tuple:
             k = next(i for i, (a, b) in enumerate(zip(lo, hi)) if a > b)
             raise UserError(f"domain: lower > upper at input {k} ({lo[k]} > {hi[k]})")
         center = [(a + b) / 2 for a, b in zip(lo, hi)]
-        radius = [(b - a) / 2 for a, b in zip(lo, hi)]
+        radius = [_outward(c, a, b) for c, a, b in zip(center, lo, hi)]
     elif set(d) == {"center", "radius"}:
         try:
             center = [float(x) for x in d["center"]]
             radius = [float(x) for x in d["radius"]] if isinstance(d["radius"], (list, tuple)) \
                 else float(d["radius"])
         except (TypeError, ValueError):
-            raise UserError(f"domain {dict(d)!r}: center is a list of numbers, radius a number "
-                            f"(or a list, one per input)") from None
+            raise UserError("domain: a box's center is a list of numbers, its radius a number "
+                            "(or a list, one per input)") from None
     else:
-        raise UserError(f"domain {dict(d)!r}: a box is {{center: [x1, x2, ...], radius: r}} or "
-                        f"{{lower: [...], upper: [...]}}")
+        raise UserError(f"domain with keys {', '.join(map(str, d))}: a box is {{center: [x1, x2, ...], radius: r}} "
+                        f"or {{lower: [...], upper: [...]}}")
     if isinstance(radius, list):
         if len(radius) != len(center):
             raise UserError(f"domain: {len(radius)} radii for a center of {len(center)} inputs")

@@ -60,20 +60,26 @@ def certified_accuracy(logits: np.ndarray, y: np.ndarray, K: np.ndarray, eps_gri
     return [float(np.mean(radius > e)) for e in eps_grid]
 
 
-def certify_network(module, dataset, rows: list[dict], eps: dict, verifiers: dict) -> list[dict]:
+def certify_network(module, dataset, rows: list[dict], eps: dict, verifiers: dict,
+                    input_shape: tuple | None = None) -> list[dict]:
     """Certified accuracy of one network for every (verifier, its parameters, p) that has
     bounds in ``rows`` (dicts with verifier, verifier_params, p, target, value), at the eps
     of ``eps`` ({p name: [eps, ...]}).  ``verifiers`` maps a verifier name to its class;
-    one with a ``pair_bounds`` method contributes every class pair at once."""
+    one with a ``pair_bounds`` method contributes every class pair at once.  The test
+    inputs are fed in the network's ``input_shape`` (default: the data set's;
+    :func:`bench.data.fit_inputs`, which keeps every norm)."""
     import copy
     import json
 
     import torch
+    from .data import fit_inputs
     from .network import walk
 
+    shape = tuple(input_shape or dataset.input_shape)
+    X = fit_inputs(dataset.X_test, shape, f"data set {dataset.name}")
     m64 = copy.deepcopy(module).double().eval()
     with torch.no_grad():
-        logits = m64(torch.as_tensor(dataset.X_test, dtype=torch.float64)).numpy()
+        logits = m64(torch.as_tensor(X, dtype=torch.float64)).reshape(len(X), -1).numpy()
     y = dataset.y_test
     C = logits.shape[1]
     groups: dict[tuple, dict] = {}
@@ -86,7 +92,7 @@ def certify_network(module, dataset, rows: list[dict], eps: dict, verifiers: dic
         else:
             i, j = parse_target(r["target"])
             g["pairs"][(i, j)] = min(g["pairs"].get((i, j), math.inf), r["value"])
-    net = walk(module, dataset.input_shape)
+    net = walk(module, shape)
     out = []
     for (name, params, p), g in sorted(groups.items()):
         cls = verifiers.get(name)

@@ -70,6 +70,7 @@ def cmd_verify(args) -> int:
     from . import sources
     from .api import BOX, Query, Unsupported
     from .registry import VERIFIERS, get_verifier, load_plugins
+    from .rows import p_label, target_label
     from .scheduler import folder_lock, run_suite
     from .suite import NetworkEntry, Suite, VerifyEntry, network_name
     from .walk import walk
@@ -106,11 +107,22 @@ def cmd_verify(args) -> int:
                            f"{entry.name}-{sources.fingerprint(args.model, shape, module)[:8]}")
         log.info("results folder: %s (give --out DIR to choose it)", out)
     executor = _executor(args)
+    job = suite.import_jobs(out)[0]   # its key: what the network holds (run_suite computes the same)
     with folder_lock(out):
         summary = run_suite(suite, out, workers=args.jobs or 1, executor=executor, device=args.device,
-                            threads=args.threads, mem_limit=args.mem_limit)
-        nid = suite.import_jobs(out)[0].network_id
-        _print_answers(out, nid, net.describe(), args.box_file)
+                            threads=args.threads, mem_limit=args.mem_limit, retry=args.retry)
+        nid = job.network_id
+        from .store import Store
+        store = Store(out)
+        try:
+            row = store.job(job.key)
+        finally:
+            store.close()
+        if row is not None and row["status"] != "ok":   # read here, but not in its worker (a timeout, memory)
+            raise UserError(f"{args.model}: reading the network ended in {row['status']}: {row['error']}"
+                            + ("; --retry reads it again" if row["status"] in ("timeout", "error", "oom") else ""))
+        _print_answers(out, nid, net.describe(), args.box_file, {c.name for c in classes},
+                       {(p_label(q), target_label(q)) for q in queries})
     print(f"\nstore: {out} (python -m bench show|report|export --out {out})")
     return 1 if summary["unsound"] else 0
 
@@ -148,14 +160,17 @@ def _box(args, n: int) -> dict | None:
     return box
 
 
-def _print_answers(out: str, network: str, described: str, box_file: str | None) -> None:
-    """One table per query of ``network``'s results: verifier, bound, kind, bound / best
+def _print_answers(out: str, network: str, described: str, box_file: str | None, verifiers: set,
+                   queries: set) -> None:
+    """One table per query of ``network``'s results (of these ``verifiers`` and ``queries``,
+    (p, target) labels: the store may hold more): verifier, bound, kind, bound / best
     sound lower bound, time, status (and why, where not ok); the tightest sound bound and
     the cheapest within 10% of it in a sentence under each table."""
     from .rows import TIGHT_WITHIN, answer
     from .tidy import frame
     df = frame(out)
-    df = df[df.network == network]
+    asked = [(p, t) in queries for p, t in zip(df.p, df.target)]
+    df = df[(df.network == network) & df.verifier.isin(verifiers) & asked]
     print(f"\n{network}: {described[:200]}")
     order = {"exact": 0, "upper": 1, "lower": 2}
     for (p, target, domain), g in df.groupby(["p", "target", "domain"], sort=True):
@@ -172,7 +187,8 @@ def _print_answers(out: str, network: str, described: str, box_file: str | None)
             t = r["tightness"]
             ratio = f"{t:.3g}" if t is not None and t == t else "-"
             cost = r["cost_s"] if r["status"] not in ("unsupported", "not_installed") else None
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {(r['error'] or '').splitlines()[0][:110]}"
+            why = (r["error"] or "").strip().splitlines() or [r["audit"] or ""]   # unsound: the audit's note
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {why[0][:110]}".rstrip(": ")
             print(f"  {r['verifier']:<13} {f'{v:.6g}' if has else '-':>12} {r['kind'] if has else '-':<6} "
                   f"{ratio:>9} {f'{cost:.2f} s' if cost is not None and cost == cost else '-':>8}  {status}")
         tight, cheap = answer(rows)
@@ -435,6 +451,8 @@ def parser() -> argparse.ArgumentParser:
     v.add_argument("--mem-limit", type=float, metavar="MB", help="memory a job may allocate, in MB (default: no cap)")
     v.add_argument("--out", help="results folder, kept (default: a folder under the system's temporary directory, "
                                  "named after the network and its content)")
+    v.add_argument("--retry", action="store_true",
+                   help="run again the jobs that ended in timeout, error or oom (their rows are replaced)")
     v.set_defaults(func=cmd_verify)
 
     l = sub.add_parser("list", help="registered trainers and verifiers, whether they are installed, and the shipped "

@@ -160,6 +160,22 @@ CIFAR_SOURCE = "python -m bench data cifar [--data-dir DIR]"
 CIFAR_FILES = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
 
 
+def fit_inputs(X: np.ndarray, shape: tuple, name: str = "the data set") -> np.ndarray:
+    """A data set's inputs ``X`` (n, ...) in a network's input ``shape``: as they are where
+    the shapes agree, moved from (C, H, W) to (H, W, C) for a network that reads channels
+    last (Keras exports), else reshaped (flattened) when the sizes agree; each is a
+    permutation of coordinates, so every p-norm, and with it a certified radius, is kept.
+    Inputs of another size: a UserError."""
+    shape = tuple(shape)
+    if X.shape[1:] == shape:
+        return X
+    if X.ndim == 4 and shape == (X.shape[2], X.shape[3], X.shape[1]):
+        return np.ascontiguousarray(X.transpose(0, 2, 3, 1))
+    if int(np.prod(X.shape[1:])) == int(np.prod(shape)):
+        return X.reshape(len(X), *shape)
+    raise UserError(f"{name} has inputs of shape {tuple(X.shape[1:])}, the network reads {shape}")
+
+
 def check(spec: str | dict, data_folder: str | None = None) -> None:
     """Raise the one-line UserError for a data set whose files are missing, without
     loading it (the scheduler calls this before any job starts)."""

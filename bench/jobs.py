@@ -168,7 +168,9 @@ class ImportJob:
     kind: str = "upper"
 
     def ident(self) -> dict:
-        return {"type": "import", "source_hash": self.source_hash, "name": self.name, "family": self.family,
+        from .sources import READER_VERSION
+        return {"type": "import", "reader": READER_VERSION, "source_hash": self.source_hash, "name": self.name,
+                "family": self.family,
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
                 "dataset": self.dataset, "box": self.box}
 

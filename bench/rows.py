@@ -23,6 +23,7 @@ and never certifies robustness), ``trace`` (anytime verifiers: [t, lower, upper]
 from __future__ import annotations
 
 import json
+import math
 from typing import Iterable, Mapping
 
 from .api import Query, p_name
@@ -125,7 +126,7 @@ def best_lower_values(rows: Iterable[Mapping]) -> dict:
 
 def is_upper(r: Mapping) -> bool:
     """An upper bound with a value (of any status: the audit judges them all)."""
-    return r["kind"] in ("upper", "exact") and r["value"] is not None
+    return r["kind"] in ("upper", "exact") and r["value"] is not None and r["value"] == r["value"]
 
 
 def tightness(r: Mapping, best: Mapping) -> float | None:
@@ -158,9 +159,13 @@ def answer(rows: Iterable[Mapping]) -> tuple[Mapping | None, Mapping | None]:
     :data:`TIGHT_WITHIN` of it), each a row, among the upper and exact bounds of status
     ``ok`` or ``timeout`` (an anytime bound kept at the timeout is as sound; a row the
     audit found unsound has status ``unsound``); (None, None) when there is none."""
+    def cost(r):
+        c = cost_s(r)
+        return c if c is not None and c == c else math.inf
+
     ok = [r for r in rows if r["status"] in ("ok", "timeout") and is_upper(r)]
     if not ok:
         return None, None
-    tight = min(ok, key=lambda r: (r["value"], cost_s(r) or 0.0))
+    tight = min(ok, key=lambda r: (r["value"], cost(r)))
     near = [r for r in ok if r["value"] <= tight["value"] * TIGHT_WITHIN]
-    return tight, min(near, key=lambda r: (cost_s(r) or 0.0, r["value"]))
+    return tight, min(near, key=lambda r: (cost(r), r["value"]))

@@ -32,6 +32,9 @@ from torch import nn
 
 from .api import UserError
 
+#: the readers' version: part of an import job's identity, so that a network is read again
+#: when how lipbench reads networks changes
+READER_VERSION = "1"
 #: file endings read as saved torch modules
 TORCH_FILES = (".pt", ".pth")
 _ATTR = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
@@ -83,9 +86,11 @@ def _torch_file(path: str, input_shape):
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
     import zipfile
-    if zipfile.is_zipfile(path) and any("/code/" in n or n.endswith("constants.pkl")
-                                        for n in zipfile.ZipFile(path).namelist()):
-        return _torchscript(path, input_shape)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            script = any("/code/" in n or n.endswith("constants.pkl") for n in z.namelist())
+        if script:
+            return _torchscript(path, input_shape)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:

@@ -122,6 +122,9 @@ class Store:
         """Keys of finished jobs, except those whose status is in ``retry``."""
         return {r[0] for r in self.db.execute("SELECT key, status FROM jobs") if r[1] not in retry}
 
+    def job(self, key: str) -> sqlite3.Row | None:
+        return self.db.execute("SELECT * FROM jobs WHERE key=?", (key,)).fetchone()
+
     def network_by_job(self, job_key: str) -> sqlite3.Row | None:
         return self.db.execute("SELECT * FROM networks WHERE job_key=?", (job_key,)).fetchone()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 import json
 import os
 from dataclasses import dataclass, replace
@@ -26,6 +27,7 @@ from .rows import certifies
 TOP_KEYS = {"name", "description", "datasets", "seeds", "timeout", "train", "networks", "verify", "queries",
             "plugins", "certify", "threads", "mem_limit"}
 NETWORK_KEYS = {"source", "name", "family", "input_shape", "dataset", "box"}
+NAME = re.compile(r"[\w.-]+")
 TRAIN_KEYS = {"trainer", "archs", "params", "grid", "timeout"}
 VERIFY_KEYS = {"verifier", "params", "grid", "queries", "timeout"}
 QUERY_KEYS = {"p", "target", "domain", "q"}
@@ -366,7 +368,8 @@ def _networks(doc: dict) -> tuple:
     for i, e in enumerate(_list(doc, "networks", [])):
         ln = _line(doc["networks"], i)
         if isinstance(e, str):
-            e = {"source": e}
+            e = LDict(source=e)
+            e.line, e.lines = ln, {"source": ln}
         if not isinstance(e, dict) or not isinstance(e.get("source"), str):
             raise UserError(f"line {ln}: a networks entry is a file or package.module:attribute, or a mapping "
                             f"with a 'source' key")
@@ -376,6 +379,9 @@ def _networks(doc: dict) -> tuple:
         except UserError as err:
             raise UserError(f"line {_line(e, 'source')}: {err}") from None
         name = str(e.get("name") or network_name(e["source"]))
+        if not NAME.fullmatch(name):
+            raise UserError(f"line {_line(e, 'name') if 'name' in e else ln}: network name {name!r}: letters, digits, "
+                            f"'.', '_' and '-' only (it names the network's file); give a name:")
         if name in names:
             raise UserError(f"line {ln}: network name {name!r} is used twice (lines {names[name]} and {ln}); "
                             f"give one of them a name:")

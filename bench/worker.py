@@ -167,7 +167,8 @@ def _import(job: ImportJob) -> Outcome:
     module, shape = sources.read(job.source, job.input_shape)
     if job.source_hash != sources.fingerprint(job.source, job.input_shape, module):
         return Outcome("error", error=f"{job.source} changed after the run started (its content hash is no longer "
-                                      f"{job.source_hash})", versions=versions())
+                                      f"{job.source_hash}; a function that builds a network must build the same one "
+                                      f"each time: seed it)", versions=versions())
     net = netmod.walk(module, shape)
     module = net.module
     metrics = {"parameters": netmod.parameter_count(module), "source": job.source,
@@ -185,19 +186,10 @@ def _import(job: ImportJob) -> Outcome:
 
 
 def accuracy(module, input_shape: tuple, ds) -> float:
-    """Clean accuracy of ``module`` on ``ds``'s test set.  Images are fed in the network's
-    input shape: as they are where the shapes agree, moved from (C, H, W) to (H, W, C) for
-    a network that reads channels last (Keras exports), else flattened or reshaped when the
-    sizes agree; a data set of another size is a UserError."""
-    X = ds.X_test
-    shape = tuple(input_shape)
-    if X.shape[1:] != shape:
-        if X.ndim == 4 and shape == (X.shape[2], X.shape[3], X.shape[1]):
-            X = X.transpose(0, 2, 3, 1)
-        elif int(np.prod(X.shape[1:])) == int(np.prod(shape)):
-            X = X.reshape(len(X), *shape)
-        else:
-            raise UserError(f"data set {ds.name} has inputs of shape {X.shape[1:]}, the network reads {shape}")
+    """Clean accuracy of ``module`` on ``ds``'s test set, fed in the network's input shape
+    (:func:`bench.data.fit_inputs`)."""
+    from .data import fit_inputs
+    X = fit_inputs(ds.X_test, input_shape, f"data set {ds.name}")
     dtype = next((p.dtype for p in module.parameters()), torch.float32)
     correct = 0
     with torch.no_grad():
@@ -211,10 +203,10 @@ def _certify(job: CertifyJob) -> Outcome:
     from .certify import certify_network
     from .data import load as load_data
     from .registry import VERIFIERS
-    module, _shape = netmod.load(job.net_path)
+    module, shape = netmod.load(job.net_path)
     ds = load_data(job.dataset, job.data_dir)
     t = time.perf_counter()
-    rows = certify_network(module, ds, list(job.rows), job.eps, VERIFIERS)
+    rows = certify_network(module, ds, list(job.rows), job.eps, VERIFIERS, shape)
     return Outcome("ok", "lower", certified=tuple(rows), versions=versions(), solve_s=time.perf_counter() - t)
 
 

@@ -13,6 +13,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
 from bench.rows import TIGHT_WITHIN
+from bench.store import EXTERNAL
 from bench.tidy import NOT_APPLICABLE
 
 from .style import SMALL, TEXT, TITLE, UNSOUND, order, style
@@ -571,14 +572,15 @@ def _family_of(trainer_params):
 
 
 def family_frame(df):
-    """One row per network of a hand-built family at p = 2 (the global query, and for
+    """One row per network of a hand-built family (not a family of networks read from
+    elsewhere) at p = 2 (the global query, and for
     lirpa and "exact (box)" the first box): the family, the parameter that varies within it
     and its value, each bound of :data:`FAMILY_BOUNDS` (the best ``ok`` value where several
     parameter sets or solvers answer; "exact": an ``ok`` row of kind exact), and the ratios
     trivial / exact and LipSDP-Neuron / exact.  Empty when the frame has no family."""
     import pandas as pd
     fam = df.trainer_params.map(lambda t: _family_of(t)[0])
-    d = df[fam.notna() & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
+    d = df[fam.notna() & (df.trainer != EXTERNAL) & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
     cols = ["family", "parameter", "value_of_parameter", "network"] + [c for c, *_ in FAMILY_BOUNDS] + \
         ["trivial / exact", "LipSDP-Neuron / exact"]
     if not len(d):

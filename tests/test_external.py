@@ -58,9 +58,9 @@ def export(module, path, shape):
     return str(path)
 
 
-def bench(*args, cwd=None, timeout=600):
+def bench(*args, cwd=None, timeout=600, **env):
     return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or REPO, capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO))
+                          timeout=timeout, env=dict(os.environ, PYTHONPATH=REPO, **env))
 
 
 def store_rows(out, table="results"):
@@ -193,10 +193,10 @@ def test_verify_a_saved_module_a_box_and_a_class_pair(tmp_path):
 
 def test_verify_module_attribute_without_out(tmp_path):
     (tmp_path / "netdef.py").write_text("from torch import nn\nNET = nn.Sequential(nn.Linear(3, 2))\n")
-    r = bench("verify", "netdef:NET", "--verifier", "trivial", "--p", "2", cwd=str(tmp_path))
+    r = bench("verify", "netdef:NET", "--verifier", "trivial", "--p", "2", cwd=str(tmp_path), TMPDIR=str(tmp_path))
     assert r.returncode == 0, r.stderr
     folder = r.stdout.strip().splitlines()[-1].split("store: ", 1)[1].split(" ")[0]
-    assert folder.startswith(os.path.join(__import__("tempfile").gettempdir(), "lipbench-verify", "NET-"))
+    assert folder.startswith(os.path.join(str(tmp_path), "lipbench-verify", "NET-"))
     assert store_rows(folder)[0]["status"] == "ok"
 
 
@@ -245,6 +245,7 @@ networks:
   - {source: netdef:NET, name: code}
 queries: [{p: 2}, {p: inf, domain: box}]
 verify: [trivial, lower]
+certify: {eps: {2: [0.01, 0.1]}}
 """
 
 
@@ -268,6 +269,9 @@ def test_a_suite_of_networks_from_files_and_code(tmp_path):
     assert {r["network"] for r in boxed} == {nets["small"]["id"]}
     from bench.tidy import frame
     assert set(frame(out).method) == {"external tiny", "external"}
+    cert = store_rows(out, "certified")   # only the network with a data set, from its global p = 2 bound
+    assert {c["network"] for c in cert} == {nets["small"]["id"]} and {c["verifier"] for c in cert} == {"trivial"}
+    assert all(c["clean_acc"] == pytest.approx(nets["small"]["clean_acc"]) for c in cert)
 
 
 @pytest.mark.parametrize("entry,words", [
@@ -285,8 +289,12 @@ def test_bad_network_entries_name_their_line(entry, words):
 
 def test_two_networks_of_one_name_and_a_suite_of_nothing():
     from bench.suite import parse_suite
-    with pytest.raises(UserError, match="network name 'a' is used twice"):
+    with pytest.raises(UserError, match="line 1: network name 'a' is used twice"):
         parse_suite("networks: [a.onnx, x/a.onnx]\nverify: [trivial]\n")
+    with pytest.raises(UserError, match="line 2: network name 'a b': letters, digits"):
+        parse_suite("networks:\n  - {source: a.onnx, name: a b}\nverify: [trivial]\n")
+    with pytest.raises(UserError, match="line 2: .*lipbench reads networks from"):
+        parse_suite("networks:\n  - model.h5\nverify: [trivial]\n")
     with pytest.raises(UserError, match="trains networks \\(train:\\), reads them \\(networks:\\), or both"):
         parse_suite("name: x\nverify: [trivial]\n")
 

@@ -237,7 +237,7 @@ class Lower(Verifier):
                 break
             gn = grad.reshape(k, -1).norm(dim=1).clamp_min(1e-30).reshape(k, *([1] * len(shape)))
             # steps scale with the point's distance from the data box (far points move far)
-            scale = 1.0 + ((X - center).abs() / span).reshape(k, -1).amax(dim=1).reshape(gn.shape)
+            scale = 1.0 + ((X - center).abs() / span.clamp_min(1e-300)).reshape(k, -1).amax(dim=1).reshape(gn.shape)
             if use_adam:   # torch.optim.Adam's update (betas 0.9, 0.999), per point's scale
                 adam_m = 0.9 * adam_m + 0.1 * grad
                 adam_v = 0.999 * adam_v + 0.001 * grad * grad
