@@ -169,8 +169,9 @@ def _print_answers(out: str, network: str, described: str, box_file: str | None,
     from .rows import TIGHT_WITHIN, answer
     from .tidy import frame
     df = frame(out)
-    asked = [(p, t) in queries for p, t in zip(df.p, df.target)]
-    df = df[(df.network == network) & df.verifier.isin(verifiers) & asked]
+    import numpy as np
+    asked = np.array([(p, t) in queries for p, t in zip(df.p, df.target)], dtype=bool)
+    df = df[(df.network == network).to_numpy() & df.verifier.isin(verifiers).to_numpy() & asked]
     print(f"\n{network}: {described[:200]}")
     order = {"exact": 0, "upper": 1, "lower": 2}
     for (p, target, domain), g in df.groupby(["p", "target", "domain"], sort=True):
@@ -187,8 +188,9 @@ def _print_answers(out: str, network: str, described: str, box_file: str | None,
             t = r["tightness"]
             ratio = f"{t:.3g}" if t is not None and t == t else "-"
             cost = r["cost_s"] if r["status"] not in ("unsupported", "not_installed") else None
-            why = (r["error"] or "").strip().splitlines() or [r["audit"] or ""]   # unsound: the audit's note
-            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {why[0][:110]}".rstrip(": ")
+            text = lambda x: x if isinstance(x, str) else ""  # noqa: E731 (the frame's missing text is NaN)
+            why = text(r["error"]).strip().splitlines() or [text(r["audit"])]   # unsound: the audit's note
+            status = r["status"] if r["status"] == "ok" else f"{r['status']}: {why[0][:200]}".rstrip(": ")
             print(f"  {r['verifier']:<13} {f'{v:.6g}' if has else '-':>12} {r['kind'] if has else '-':<6} "
                   f"{ratio:>9} {f'{cost:.2f} s' if cost is not None and cost == cost else '-':>8}  {status}")
         tight, cheap = answer(rows)

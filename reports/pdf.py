@@ -35,7 +35,7 @@ from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from bench.rows import TIGHT_WITHIN  # noqa: E402
-from bench.store import Store  # noqa: E402
+from bench.store import EXTERNAL, Store  # noqa: E402
 from bench.tidy import frame, headline, headline_sentence  # noqa: E402
 
 from . import evidence, figures, sota  # noqa: E402
@@ -202,7 +202,8 @@ def store_info(store: Store) -> dict:
         "suite": store.meta("suite") or "(not recorded)",
         "path": os.path.abspath(store.path),
         "jobs": len(jobs), "networks": len(nets),
-        "train_failed": [j for j in jobs if j["type"] == "train" and j["status"] != "ok"],
+        "external": sum(1 for n in nets if n["trainer"] == EXTERNAL),
+        "train_failed": [j for j in jobs if j["type"] in ("train", "import") and j["status"] != "ok"],
         "versions": {k: _counted([v.get(k) for v in vers]) for k in ("lipbench", "torch", "python")},
         "device": _counted([j["device"] for j in jobs]),
         "threads": _counted([j["threads"] for j in jobs]),
@@ -210,6 +211,16 @@ def store_info(store: Store) -> dict:
         "network_ids": [n["id"] for n in nets],
         "provenance": _latest_provenance(store),
     }
+
+
+def _networks_text(info: dict) -> str:
+    """"12 trained networks", "11 networks read from elsewhere", or both."""
+    n, ext = info["networks"], info.get("external", 0)
+    if not ext:
+        return f"{n} trained networks"
+    if ext == n:
+        return f"{n} networks read from elsewhere"
+    return f"{n} networks ({n - ext} trained, {ext} read from elsewhere)"
 
 
 def _latest_provenance(store) -> dict | None:
@@ -236,7 +247,7 @@ def _header(fig, title: str, info: dict, df) -> float:
     nq = df.groupby(["network", "p", "target", "domain"]).ngroups if len(df) else 0
     lines = [
         f"suite {info['suite']}:  {len(df)} results on {df.network.nunique() if len(df) else 0} of "
-        f"{info['networks']} trained networks, {nq} queries, {df.verifier.nunique() if len(df) else 0} verifiers",
+        f"{_networks_text(info)}, {nq} queries, {df.verifier.nunique() if len(df) else 0} verifiers",
         f"jobs finished {_date(info['from'])} to {_date(info['to'])};  report written "
         f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} from {info['path']}",
         f"machine: device {info['device']}, threads {info['threads']};  versions: lipbench {v['lipbench']}, "
@@ -342,7 +353,7 @@ def headline_pages(pdf, title, info, df, h, notes):
             _save(pdf, fig)
             continue
         # under the last table: the answer in words, the legend, what is missing (onto a next page if long)
-        f = Flow(pdf, title + ": headline (continued)")
+        f = Flow(pdf, title + ": headline")   # a page it adds says "(continued)"
         f.fig, f.pages, f.y = fig, 1, y - 0.02
         if len(df):
             f.text(headline_sentence(h) if len(h) else "No upper bounds to compare.", size=9.5, weight="bold")
@@ -458,8 +469,12 @@ def audit_pages(pdf, df):
 # ---- the evidence pages (the paper's claims)
 
 def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
-    """The claims, the per-configuration table and the obstructions, one flow of pages;
-    returns the tables (name, header, body) for LaTeX."""
+    """The claims, the per-configuration table and the obstructions, one flow of pages, on
+    the networks trained here (the claims are about training; a network read from
+    elsewhere has no training configuration); returns the tables (name, header, body) for
+    LaTeX."""
+    nets = [n for n in nets if n["trainer"] != EXTERNAL]
+    df = df[df.trainer != EXTERNAL]
     if not nets or not len(df):
         return []
     f = Flow(pdf, "Evidence: the paper's claims")
@@ -603,11 +618,11 @@ def _notes(df, info, scaling_note, extra) -> list[str]:
                          "tightness is undefined, so the table shows costs and statuses only.")
         missing = sorted(set(info["network_ids"]) - set(df.network))
         if missing:
-            notes.append(f"{len(missing)} trained network(s) have no results yet: " + ", ".join(missing[:5])
+            notes.append(f"{len(missing)} network(s) have no results yet: " + ", ".join(missing[:5])
                          + (" ..." if len(missing) > 5 else ""))
     if info["train_failed"]:
         fails = [f"{json.loads(j['spec']).get('network_id', j['key'])} ({j['status']})" for j in info["train_failed"]]
-        notes.append(f"{len(fails)} training job(s) failed: " + ", ".join(fails[:5])
+        notes.append(f"{len(fails)} job(s) that train or read a network failed: " + ", ".join(fails[:5])
                      + (" ..." if len(fails) > 5 else ""))
     if scaling_note and len(df):
         notes.append(scaling_note)

@@ -86,3 +86,70 @@ def test_bad_downloads_are_one_line_and_leave_nothing(server, tmp_path, case):
     words = {"checksum": "expected c58f30108f718f92721af3b95e74349a", "truncated": "stopped at", "unreachable": "failed"}
     assert words[case] in r.stderr and "cifar" in r.stderr
     assert os.listdir(tmp_path) == []
+
+
+# --------------------------------------------------------------------------- vnncomp
+VNN_FILES = {"acasxu/net.onnx": b"onnx bytes " * 1000, "acasxu/prop_1.vnnlib": b"(assert (<= X_0 1.0))\n",
+             "eran/nets/other.onnx": b"more bytes " * 300}
+
+
+@pytest.fixture(scope="module")
+def vnn_server():
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            rel = self.path.split("/", 2)[2]          # /<mode>/<path under benchmarks/>
+            data = VNN_FILES.get(rel)
+            if data is None:
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            if self.path.startswith("/cut/") and rel.endswith("other.onnx"):   # the last file breaks off
+                self.wfile.write(data[: len(data) // 2])
+                self.wfile.flush()
+                self.connection.shutdown(2)
+                return
+            self.wfile.write(b"X" + data[1:] if self.path.startswith("/bad/") and rel.endswith("other.onnx")
+                             else data)
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def _files():
+    return {rel: (hashlib.sha256(b).hexdigest(), len(b)) for rel, b in VNN_FILES.items()}
+
+
+def test_vnncomp_download_checks_every_file_and_keeps_intact_ones(vnn_server, tmp_path):
+    from bench.data import download_vnncomp
+    folder = download_vnncomp(str(tmp_path), url=vnn_server + "/good/", files=_files(), progress=False)
+    assert folder == str(tmp_path / "vnncomp2021")
+    for rel, b in VNN_FILES.items():
+        assert (tmp_path / "vnncomp2021" / rel).read_bytes() == b
+    assert sorted(os.listdir(tmp_path / "vnncomp2021")) == ["acasxu", "eran"]   # no temporary folder left
+    # intact files are kept: a server that now serves garbage is not even asked
+    download_vnncomp(str(tmp_path), url="http://127.0.0.1:9/", files=_files(), progress=False)
+
+
+@pytest.mark.parametrize("mode,words", [("bad", "has SHA-256"), ("cut", "stopped at"), ("gone", "failed")])
+def test_vnncomp_bad_downloads_leave_nothing(vnn_server, tmp_path, mode, words):
+    from bench.api import UserError
+    from bench.data import download_vnncomp
+    url = "http://127.0.0.1:9/" if mode == "gone" else f"{vnn_server}/{mode}/"
+    with pytest.raises(UserError, match=words):
+        download_vnncomp(str(tmp_path), url=url, files=_files(), progress=False)
+    assert os.listdir(tmp_path / "vnncomp2021") == []   # not even the files that came whole
+
+
+def test_vnncomp_command_is_one_line_on_a_bad_server(vnn_server, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "bench", "-q", "data", "vnncomp", "--data-dir", str(tmp_path),
+                        "--url", vnn_server + "/good/"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    # the test server holds none of the real files: a 404, in one line, and nothing left
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "vnncomp" in r.stderr, r.stderr
+    assert os.listdir(tmp_path / "vnncomp2021") == []
