@@ -166,6 +166,7 @@ class ImportJob:
     plugins: tuple = ()
     key: str = ""
     kind: str = "upper"
+    snapshot: str | None = None   # a network from code: the file of what the driver read (bench.sources.snapshot)
 
     def ident(self) -> dict:
         from .sources import READER_VERSION

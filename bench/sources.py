@@ -10,7 +10,9 @@ A network's *source* is one of
   (``torch.jit.save``), which is exported to ONNX and read as such (its code is not
   Python, so the ONNX graph is what can be read of it);
 - ``package.module:attribute``: a module object, or a function of no arguments that
-  returns one (the current folder is on the import path).
+  returns one (the current folder is on the import path; a function is called once per
+  process, and a suite saves what it gave, :func:`snapshot`, so that every worker reads
+  the same weights even where building the module draws random numbers).
 
 :func:`fingerprint` names a source's content (the SHA-256 of a file; the content hash of
 a module from code), which keys its import job: a changed file is a new network.
@@ -137,7 +139,16 @@ def _torchscript(path: str, input_shape):
     return module, shape
 
 
+_IMPORTED: dict = {}   # spec -> the module it gave in this process (a function is called once)
+
+
 def _imported(spec: str) -> nn.Module:
+    if spec not in _IMPORTED:
+        _IMPORTED[spec] = _import(spec)
+    return _IMPORTED[spec]
+
+
+def _import(spec: str) -> nn.Module:
     mod_name, attr = spec.split(":", 1)
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
@@ -157,6 +168,31 @@ def _imported(spec: str) -> nn.Module:
     if not isinstance(obj, nn.Module):
         raise UserError(f"{spec} is a {type(obj).__name__}, not a torch nn.Module (or a function returning one)")
     return obj.eval()
+
+
+def snapshot(source: str, folder: str, input_shape=None) -> tuple[str, str]:
+    """(content hash, path of a saved copy in ``folder``) of a network from code
+    (package.module:attribute): what this process read, saved whole (``torch.save``) under
+    its content hash, for the worker that imports it (another process would build it
+    again, with other random weights where the code draws them)."""
+    import tempfile
+
+    import torch
+    from .netfile import net_hash
+    module, _ = read(source, input_shape)
+    h = net_hash(module)
+    path = os.path.join(folder, f"{source.replace(':', '.')}-{h}.pt")
+    if not os.path.exists(path):
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=folder, suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(module, tmp)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    return h, path
 
 
 def fingerprint(source, input_shape=None, module: nn.Module | None = None) -> str:

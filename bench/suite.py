@@ -181,11 +181,15 @@ class Suite:
                 if box is not None:
                     Query(domain=box)   # checked here, once
                     box = {k: list(map(float, v)) if isinstance(v, (list, tuple)) else float(v) for k, v in box.items()}
-                h = sources.fingerprint(src, e.input_shape)
+                snap = None
+                if sources.kind(src) == "import":
+                    h, snap = sources.snapshot(src, os.path.join(out_dir, "networks", "from-code"), e.input_shape)
+                else:
+                    h = sources.fingerprint(src, e.input_shape)
             except UserError as err:
                 raise UserError(f"{_where(e)}{err}") from None
             job = ImportJob(src, h, e.name, e.family, e.input_shape, e.dataset, box, box_source, "", "",
-                            self.timeout, data_dir, tuple(self.plugins))
+                            self.timeout, data_dir, tuple(self.plugins), snapshot=snap)
             key = job_key(job.ident())
             nid = f"{e.name}-{key[:6]}"
             jobs.append(replace(job, key=key, network_id=nid,

@@ -164,8 +164,9 @@ def _import(job: ImportJob) -> Outcome:
     clean accuracy on its data set (if it names one), and save what was read."""
     from . import sources
     t = time.perf_counter()
-    module, shape = sources.read(job.source, job.input_shape)
-    if job.source_hash != sources.fingerprint(job.source, job.input_shape, module):
+    module, shape = sources.read(job.snapshot or job.source, job.input_shape)
+    now = netmod.net_hash(module) if job.snapshot else sources.fingerprint(job.source, job.input_shape, module)
+    if job.source_hash != now:
         return Outcome("error", error=f"{job.source} changed after the run started (its content hash is no longer "
                                       f"{job.source_hash}; a function that builds a network must build the same one "
                                       f"each time: seed it)", versions=versions())

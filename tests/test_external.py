@@ -173,6 +173,8 @@ def test_verify_an_onnx_export_then_reuse_the_store(tmp_path):
     assert "(1 already done)" in again.stderr
     shown = bench("show", "--all", "--out", out)
     assert shown.returncode == 0 and "trivial" in shown.stdout
+    report = bench("report", "--out", out)   # the store's own suite, "verify"
+    assert report.returncode == 0 and os.path.getsize(os.path.join(out, "report.pdf")) > 0, report.stderr
 
 
 def test_verify_a_saved_module_a_box_and_a_class_pair(tmp_path):

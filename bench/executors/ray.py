@@ -93,7 +93,9 @@ def run_on_node(job, budget, blob: bytes | None):
     (outcome, the trained network's bytes or None)."""
     from .local import LocalExecutor
     out_file = None
-    if isinstance(job, ImportJob):
+    if isinstance(job, ImportJob) and job.snapshot:
+        job = dataclasses.replace(job, snapshot=_node_path(job.snapshot, blob))
+    elif isinstance(job, ImportJob):
         job = dataclasses.replace(job, source=_node_path(job.source, blob))
     if isinstance(job, MAKERS):
         try:
@@ -174,7 +176,8 @@ class RayExecutor:
         job = t.job
         if isinstance(job, MAKERS):   # paths the node can use whatever its working folder
             job = dataclasses.replace(job, out_path=os.path.abspath(job.out_path))
-            blob = self._blob(job.source) if isinstance(job, ImportJob) and os.path.isfile(job.source) else None
+            read = (job.snapshot or job.source) if isinstance(job, ImportJob) else None
+            blob = self._blob(read) if read and os.path.isfile(read) else None
         else:
             job = dataclasses.replace(job, net_path=os.path.abspath(job.net_path))
             blob = self._blob(job.net_path)
