@@ -580,7 +580,8 @@ def family_frame(df):
     trivial / exact and LipSDP-Neuron / exact.  Empty when the frame has no family."""
     import pandas as pd
     fam = df.trainer_params.map(lambda t: _family_of(t)[0])
-    d = df[fam.notna() & (df.trainer != EXTERNAL) & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
+    made_here = (df["trainer"] != EXTERNAL) if "trainer" in df else True
+    d = df[fam.notna() & made_here & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
     cols = ["family", "parameter", "value_of_parameter", "network"] + [c for c, *_ in FAMILY_BOUNDS] + \
         ["trivial / exact", "LipSDP-Neuron / exact"]
     if not len(d):
