@@ -30,7 +30,8 @@ def verify(net, verifier: str = "trivial", p=2, target=None, input_shape=None, t
     f_i - f_j); ``input_shape`` (one input's shape, without the batch dimension) is
     needed unless the network starts with a Linear layer or is an ONNX file that gives it
     (a conv, a BatchNorm, a module of your own cannot tell it).  With ``timeout`` (seconds) the job runs in a worker process that is killed
-    when the time is up (status ``timeout``); without it, in this process."""
+    when the time is up (status ``timeout``); without it, in this process.  A verifier
+    that raises gives status ``error`` with the exception's traceback in ``Bound.traceback``."""
     return _verify(net, verifier, Query(p=p, target=target or "full", domain=domain), input_shape,
                    timeout, device, threads, params)
 
@@ -78,7 +79,8 @@ def _verify(net, verifier: str, query: Query, input_shape, timeout, device, thre
             path = os.path.join(d, "net.pt")
             netmod.save(net, walked.input_shape, path)
             mods = {type(m).__module__ for m in net.modules()} | {cls.__module__}
-            plugins = tuple(sorted(m for m in mods if m != "__main__" and not m.startswith("torch.")))
+            from .registry import entry_of
+            plugins = tuple(sorted(entry_of(m) for m in mods if m != "__main__" and not m.startswith("torch.")))
             job = VerifyJob(cls.name, cls.version, params, query, "api", "", path, cls.kind, plugins=plugins,
                             key="api")
             LocalExecutor(1).run([Task(job, budget)], on_done=collect)

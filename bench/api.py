@@ -200,6 +200,8 @@ class Bound:
     error: str | None = None
     #: seconds inside the verifier's run (wall_s: the whole job, worker start included)
     solve_s: float | None = None
+    #: where a verifier that raised failed: the exception's traceback (status ``error``)
+    traceback: str | None = None
 
     def __post_init__(self):
         check_vocabulary(self.status, self.kind)
@@ -207,8 +209,21 @@ class Bound:
     def __repr__(self) -> str:
         v = "None" if self.value is None else f"{self.value:.6g}"
         extra = f", error={self.error!r}" if self.error else ""
+        if self.traceback:
+            extra += f", at {last_frame(self.traceback)}"
         t = "" if self.wall_s is None else f", wall_s={self.wall_s:.3g}"
         return f"Bound(value={v}, kind={self.kind!r}, status={self.status!r}{t}{extra})"
+
+
+def last_frame(tb: str) -> str:
+    """The innermost frame of a formatted traceback, as "file:line in function" (where
+    the exception was raised); "" if there is none."""
+    import re
+    frames = re.findall(r'File "([^"]+)", line (\d+), in (\S+)', tb or "")
+    if not frames:
+        return ""
+    f, line, fn = frames[-1]
+    return f"{f}:{line} in {fn}"
 
 
 @dataclass(frozen=True)

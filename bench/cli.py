@@ -1,11 +1,14 @@
-"""``python -m bench``: run, list, report, show, export.
+"""``python -m bench``: run, verify, list, report, show, export, data.
 
-Every error a user can cause is one line on stderr and exit code 2."""
+Every error a user can cause is one line on stderr and exit code 2; ``run`` and ``verify``
+exit with 1 while the store holds an unsound row, else 3 while a job has ended in error
+(:func:`exit_code`)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import re
 import logging
 import os
 import sys
@@ -43,7 +46,7 @@ def cmd_run(args) -> int:
             from reports import write_report
             path = write_report(out, title=f"lipbench report: suite {suite.name}")
             log.info("report: %s", path)
-    return 1 if summary["unsound"] else 0
+    return exit_code(summary)
 
 
 def _executor(args):
@@ -124,7 +127,7 @@ def cmd_verify(args) -> int:
         _print_answers(out, nid, net.describe(), args.box_file, {c.name for c in classes},
                        {(p_label(q), target_label(q)) for q in queries})
     print(f"\nstore: {out} (python -m bench show|report|export --out {out})")
-    return 1 if summary["unsound"] else 0
+    return exit_code(summary)
 
 
 def _plugin_entries(args):
@@ -184,14 +187,15 @@ def _print_answers(out: str, network: str, described: str, box_file: str | None,
         print(f"  {'verifier':<13} {'bound':>12} {'kind':<6} {'/ lower':>9} {'time':>8}  status")
         for r in rows:
             v = r["value"]
-            has = v is not None and v == v
+            has = v is not None and v == v and r["status"] != "unsound"   # an unsound value is no bound
             t = r["tightness"]
-            ratio = f"{t:.3g}" if t is not None and t == t else "-"
+            ratio = f"{t:.3g}" if has and t is not None and t == t else "-"
             cost = r["cost_s"] if r["status"] not in ("unsupported", "not_installed") else None
             text = lambda x: x if isinstance(x, str) else ""  # noqa: E731 (the frame's missing text is NaN)
             why = text(r["error"]).strip().splitlines() or [text(r["audit"])]   # unsound: the audit's note
             status = r["status"] if r["status"] == "ok" else f"{r['status']}: {why[0][:200]}".rstrip(": ")
-            print(f"  {r['verifier']:<13} {f'{v:.6g}' if has else '-':>12} {r['kind'] if has else '-':<6} "
+            shown = f"{v:.6g}" if has else ("UNSOUND" if r["status"] == "unsound" else "-")
+            print(f"  {r['verifier']:<13} {shown:>12} {r['kind'] if has else '-':<6} "
                   f"{ratio:>9} {f'{cost:.2f} s' if cost is not None and cost == cost else '-':>8}  {status}")
         tight, cheap = answer(rows)
         if tight is None:
@@ -207,6 +211,18 @@ def _print_answers(out: str, network: str, described: str, box_file: str | None,
         else:
             line += f", also the cheapest within {TIGHT_WITHIN - 1:.0%} of it ({tight['cost_s']:.2g} s)"
         print(line)
+
+
+#: exit codes of run and verify: an unsound row in the store (the worst), a user error (one
+#: line, nothing run), a job that ended in error (a plug-in raised, a worker died)
+EXIT_UNSOUND, EXIT_USER, EXIT_ERRORS = 1, 2, 3
+
+
+def exit_code(summary: dict) -> int:
+    """run's and verify's exit code from the store's state after the run: 1 while it holds an
+    unsound row, else 3 while a job has ended in ``error`` (timeouts, ``unsupported`` and
+    ``not_installed`` are answers, not errors), else 0."""
+    return EXIT_UNSOUND if summary["unsound"] else (EXIT_ERRORS if summary.get("errors") else 0)
 
 
 def cmd_list(args) -> int:
@@ -327,6 +343,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_show(args) -> int:
+    if args.errors:
+        return _show_errors(args)
     if not args.all:
         return _show_headline(args)
     from .rows import best_lower_values, cost_s, tightness
@@ -339,6 +357,33 @@ def cmd_show(args) -> int:
         val = f"{r['value']:.6g}" if r["value"] is not None else "-"
         print(f"{r['network'][:46]:<46} {r['p']:<3} {r['target']:<6} {r['verifier']:<9} {r['status']:<11} "
               f"{val:>12} {ratio:>7} {cost_s(r) or 0:>8.3f}")
+    return 0
+
+
+def _show_errors(args) -> int:
+    """Every job that ended in ``error``: what it was, the error, and the traceback where
+    the job raised (the plug-in's frames, file and line)."""
+    import json as _json
+
+    from .store import Store
+    store = Store(_out(args), create=False)
+    try:
+        jobs = [dict(j) for j in store.jobs() if j["status"] == "error"]
+    finally:
+        store.close()
+    if not jobs:
+        print(f"{_out(args)}: no job ended in error")
+        return 0
+    for j in jobs:
+        spec = _json.loads(j["spec"])
+        what = {"verify": lambda: f"verify {spec['verifier']} p={spec['query']['p']} on {spec['network']}",
+                "train": lambda: f"train {spec['network_id']}", "import": lambda: f"import {spec['network_id']}",
+                "certify": lambda: f"certify {spec['network']}"}.get(j["type"], lambda: j["type"])()
+        print(f"== {what}\n   {j['error']}")
+        if j.get("traceback"):
+            print("   " + j["traceback"].rstrip().replace("\n", "\n   "))
+        print()
+    print(f"{len(jobs)} job(s) ended in error")
     return 0
 
 
@@ -365,16 +410,22 @@ def _show_headline(args) -> int:
                 c = "-"
             elif r.applicable == 0:
                 c = r.statuses.split(" ")[0]
+            elif r.unsound:   # first: a tightness below 1 is a wrong bound, not a good one
+                c = f"UNSOUND {int(r.unsound)}/{r.applicable}"
             elif r.tight_median is None or r.tight_median != r.tight_median:   # NaN: no lower bound to compare
                 c = f"no lower bound {r.cost_median_s:.2g}s"
             else:
                 c = (f"{'*' if r.best else ''}{r.tight_median:.3g} [{r.tight_q25:.3g}-{r.tight_q75:.3g}] "
                      f"{r.cost_median_s:.2g}s {r.settled_share:.0%}")
+            errors = re.search(r"\berror (\d+)", r.statuses) if r is not None else None
+            if errors and r.applicable:
+                c += f" err {errors.group(1)}"
             line += f"{c[:w - 1]:<{w}}"
         print(line)
     print()
     print("cell: median upper / best lower bound [interquartile range], median verifier time (solve_s), share of "
-          "queries settled (exact, or within 10% of the best lower bound); * the cheapest within 10% of the best")
+          "queries it supports settled (exact, or within 10% of the best lower bound); * the cheapest within 10% of "
+          "the best")
     print(headline_sentence(h))
     return 0
 
@@ -470,6 +521,7 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show", help="print the headline table (or, with --all, every result)")
     common(s, suite_required=False)
     s.add_argument("--all", action="store_true", help="every result, one line each")
+    s.add_argument("--errors", action="store_true", help="every job that ended in error, with its traceback")
     s.set_defaults(func=cmd_show)
 
     d = sub.add_parser("data", help="download what is not bundled: cifar (CIFAR-10, 163 MB), vnncomp (the VNN-COMP "
@@ -503,13 +555,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return EXIT_USER
     except BrokenPipeError:  # e.g. `show | head`
         sys.stderr.close()
         return 0
     except OSError as e:  # a file or folder the user named: unwritable, missing, a directory
         print(f"error: {e.strerror or e}: {e.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+        return EXIT_USER
     except KeyboardInterrupt:
         print("interrupted; finished jobs are stored, rerun the same command to resume", file=sys.stderr)
         return 130

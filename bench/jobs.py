@@ -241,7 +241,7 @@ class Outcome:
 
     def bound(self) -> Bound:
         return Bound(self.value, self.kind, self.status, self.wall_s, self.cpu_s, self.peak_mem_mb,
-                     self.device or "cpu", dict(self.stats), self.error, self.solve_s)
+                     self.device or "cpu", dict(self.stats), self.error, self.solve_s, self.traceback)
 
     def with_(self, **kw) -> "Outcome":
         return replace(self, **kw)

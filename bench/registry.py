@@ -37,7 +37,9 @@ ENTRY_POINT_GROUP = "lipbench.plugins"
 
 
 def register(cls):
-    """Class decorator: register a Verifier or Trainer subclass under ``cls.name``."""
+    """Class decorator: register a Verifier or Trainer subclass under ``cls.name``.  A
+    class without its own ``description`` is described by its docstring's first
+    paragraph (what ``bench list`` shows)."""
     if not getattr(cls, "name", ""):
         raise TypeError(f"{cls.__qualname__} has no name")
     if issubclass(cls, Verifier):
@@ -51,8 +53,17 @@ def register(cls):
         # a plug-in never replaces another, built-in or not (re-importing the same module is fine)
         raise TypeError(f"plug-in name {cls.name!r} of {cls.__module__}.{cls.__qualname__} is taken by "
                         f"{old.__module__}.{old.__qualname__}")
+    if not cls.__dict__.get("description") and cls.__doc__:
+        cls.description = summary(cls.__doc__)   # its docstring's first paragraph, on one line
     table[cls.name] = cls
     return cls
+
+
+def summary(doc: str) -> str:
+    """A docstring's first paragraph as one line: a plug-in's default description."""
+    import inspect
+    first = inspect.cleandoc(doc).split("\n\n", 1)[0]
+    return " ".join(first.split())
 
 
 def load_plugins() -> None:
@@ -73,7 +84,8 @@ def _get(table: dict, what: str, name: str):
     load_plugins()
     if name not in table:
         valid = ", ".join(sorted(table)) or "(none)"
-        raise UserError(f"unknown {what} {name!r}; registered: {valid}")
+        raise UserError(f"unknown {what} {name!r}; registered: {valid} (a plug-in of your own is loaded with "
+                        f"--plugin MODULE|FILE|DIR, or a suite's plugins: list)")
     return table[name]
 
 
@@ -105,6 +117,18 @@ def _where(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}{at}"
 
 
+FILE_PLUGINS = "lipbench_plugins."
+
+
+def entry_of(module_name: str) -> str:
+    """How another process imports the plug-in module ``module_name`` with
+    :func:`import_plugin`: its file for one imported from a file or folder (registered as
+    ``lipbench_plugins.<stem>``, a name no other process knows), else the name."""
+    import sys
+    f = getattr(sys.modules.get(module_name), "__file__", None)
+    return f if module_name.startswith(FILE_PLUGINS) and f else module_name
+
+
 def import_plugin(entry: str) -> list[str]:
     """Import a plug-in: a module name (``mypkg.myverifier``), a ``.py`` file, or a folder
     whose every ``*.py`` file is a plug-in (a file dropped there works without installing
@@ -128,7 +152,7 @@ def import_plugin(entry: str) -> list[str]:
         raise UserError(f"plug-in {entry} is neither a module name, a .py file nor a folder")
     names = []
     for path in files:
-        name = "lipbench_plugins." + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
+        name = FILE_PLUGINS + os.path.splitext(os.path.basename(path))[0].replace("-", "_")
         if name not in sys.modules:
             spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(spec)

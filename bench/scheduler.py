@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from .api import Budget, Unsupported, UserError
+from .api import Budget, Unsupported, UserError, last_frame
 from .audit import audit
 from .executors.base import Executor, Task
 from .executors.local import LocalExecutor
@@ -79,6 +79,8 @@ class Progress:
             acc = out.network.metrics.get("clean_acc")
             extra = "" if acc is None else f" acc {acc:.3f}"
         err = f"  ({out.error})" if out.error and out.status != "ok" else ""
+        if out.traceback:   # where it failed (bench show --errors prints the whole traceback)
+            err += f" at {last_frame(out.traceback)}"
         self._emit("%s %-7s %s%s  %.2fs%s", self.stamp(), out.status, t.label, extra, out.wall_s or 0, err)
 
     def close(self):
@@ -297,11 +299,15 @@ def _run(suite, train_jobs, out_dir, workers, device, n_gpu, data_dir, timeout, 
         prog.total += len(tasks)
         ex.run(tasks, prog.start, record)
         unsound = store.unsound()   # this run's and every earlier run's: the store's state
+        errors = [j for j in store.jobs() if j["status"] == "error"]   # the same
         summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
-                   "unsound": len(unsound), "unsound_new": len(flagged), "wall_s": time.perf_counter() - prog.t0}
+                   "unsound": len(unsound), "unsound_new": len(flagged), "errors": len(errors),
+                   "wall_s": time.perf_counter() - prog.t0}
         prog.close()
-        log.info("done: %d networks, %d results, %d unsound (%d new in this run), %.1fs", summary["networks"],
-                 summary["results"], summary["unsound"], summary["unsound_new"], summary["wall_s"])
+        log.info("done: %d networks, %d results, %d unsound (%d new in this run), %d error(s)%s, %.1fs",
+                 summary["networks"], summary["results"], summary["unsound"], summary["unsound_new"],
+                 summary["errors"], " (python -m bench show --errors --out ... shows why)" if errors else "",
+                 summary["wall_s"])
         store.finish_run(run_id, summary)
         return summary
     finally:

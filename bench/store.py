@@ -11,6 +11,9 @@ Each job is
 written in one transaction, so the store never holds half a job; only the scheduler's
 process writes.  ``meta`` remembers the schema and the suite(s) the store holds.
 
+A job that failed by raising keeps the exception's ``traceback`` (jobs and results),
+the plug-in's frames, file and line included (``bench show --errors`` prints them).
+
 Timing columns, one meaning each: ``solve_s`` is the plug-in's own call (a verifier's
 ``run``, a trainer's ``train``), measured in the worker; ``wall_s`` the whole job, from
 its worker's start to its outcome (imports, loading the network, the walk included);
@@ -61,8 +64,8 @@ CREATE TABLE IF NOT EXISTS certified (
 """
 
 #: columns added after schema 1 (``Store`` adds them to an older store when it opens it)
-_ADDED = {"jobs": [("solve_s", "REAL"), ("threads", "INTEGER")],
-          "results": [("solve_s", "REAL"), ("threads", "INTEGER")],
+_ADDED = {"jobs": [("solve_s", "REAL"), ("threads", "INTEGER"), ("traceback", "TEXT")],
+          "results": [("solve_s", "REAL"), ("threads", "INTEGER"), ("traceback", "TEXT")],
           "networks": [("source", "TEXT"), ("box", "TEXT")]}
 
 
@@ -175,11 +178,11 @@ class Store:
                 self.db.execute(
                     "INSERT INTO results (job_key, network, net_hash, verifier, verifier_params, p, target, domain,"
                     " status, kind, value, wall_s, cpu_s, peak_mem_mb, device, versions, stats, error, created,"
-                    " solve_s, threads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    " solve_s, threads, traceback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (job.key, job.network, job.net_hash, job.verifier, dumps(job.params), p_label(q),
                      target_label(q), dumps(q.key()["domain"]), out.status, out.kind, out.value, out.wall_s,
                      out.cpu_s, out.peak_mem_mb, out.device, dumps(out.versions), dumps(out.stats), out.error,
-                     time.time(), out.solve_s, out.threads))
+                     time.time(), out.solve_s, out.threads, out.traceback))
             elif isinstance(job, CertifyJob):
                 # certified accuracy is derived data: a newer computation for the same network,
                 # verifier and p replaces the older one (its job row stays as history)
@@ -199,9 +202,9 @@ class Store:
         self.db.execute("DELETE FROM jobs WHERE key=?", (key,))
         self.db.execute(
             "INSERT INTO jobs (key, type, spec, status, error, wall_s, cpu_s, peak_mem_mb, device, versions, finished,"
-            " solve_s, threads) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " solve_s, threads, traceback) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (key, job.type, dumps(spec(job)), out.status, out.error, out.wall_s, out.cpu_s, out.peak_mem_mb,
-             out.device, dumps(out.versions), time.time(), out.solve_s, out.threads))
+             out.device, dumps(out.versions), time.time(), out.solve_s, out.threads, out.traceback))
 
     def certified(self) -> list[dict]:
         return [dict(r) for r in self.db.execute("SELECT * FROM certified ORDER BY network, verifier, p, eps")]

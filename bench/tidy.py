@@ -130,7 +130,8 @@ def headline(df):
     """The report's first table, long form: one row per (method, verifier) with the
     number of results, the median and interquartile range of tightness (upper bound /
     best lower bound, over the results that have one), the median cost, the share of
-    settled results, the statuses, the number of unsound results, and ``best``: the
+    settled results among the queries it supports (``unsupported`` and ``not_installed``
+    rows left out), the statuses, the number of unsound results, and ``best``: the
     cheapest verifier (median cost) whose median tightness is within ``TIGHT_WITHIN`` of
     the method's best median, among the verifiers with no unsound result on the method's
     networks (an unsound bound is "tight" only because it is wrong).  "Within" is judged
@@ -150,7 +151,8 @@ def headline(df):
             "tight_median": t.median() if len(t) else None,
             "tight_q25": t.quantile(0.25) if len(t) else None, "tight_q75": t.quantile(0.75) if len(t) else None,
             "cost_median_s": applicable.cost_s.median() if len(applicable) else None,
-            "settled_share": float(g.settled.mean()) if len(g) else 0.0,
+            # of the queries it supports: a query it refuses (or cannot run) is not one it failed
+            "settled_share": float(applicable.settled.mean()) if len(applicable) else 0.0,
             "statuses": ", ".join(f"{k} {v}" for k, v in g.status.value_counts().sort_index().items()),
             "unsound": int((g.status == "unsound").sum())})
     out = pd.DataFrame(rows, columns=["method", "verifier", "n", "applicable", "tight_median", "tight_q25",

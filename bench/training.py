@@ -25,13 +25,18 @@ def device_of(budget: Budget) -> torch.device:
 
 
 def accuracy(module: nn.Module, X: np.ndarray, y: np.ndarray, device=None, batch: int = 2048) -> float:
-    device = device or next(module.parameters()).device
+    """The share of inputs ``X`` whose largest output is the label ``y``, the inputs in the
+    dtype of the module's parameters."""
+    p = next(module.parameters(), None)
+    device = device or (p.device if p is not None else "cpu")
+    dtype = p.dtype if p is not None else torch.float32
     module.eval()
     correct = 0
     with torch.no_grad():
         for s in range(0, len(X), batch):
-            xb = torch.as_tensor(X[s:s + batch], device=device)
-            correct += int((module(xb).argmax(1).cpu().numpy() == y[s:s + batch]).sum())
+            xb = torch.as_tensor(np.ascontiguousarray(X[s:s + batch]), device=device, dtype=dtype)
+            out = module(xb)
+            correct += int((out.reshape(len(out), -1).argmax(1).cpu().numpy() == y[s:s + batch]).sum())
     return correct / max(len(X), 1)
 
 

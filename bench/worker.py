@@ -19,6 +19,7 @@ import torch
 from . import network as netmod
 from .api import KINDS, STATUSES, Bound, Budget, Unsupported, UserError
 from .jobs import CertifyJob, ImportJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
+from .data import measure_accuracy
 from .registry import get_trainer, get_verifier, import_plugin, load_plugins
 
 log = logging.getLogger(__name__)
@@ -150,6 +151,7 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     module = module.cpu().eval()
     net = netmod.walk(module, ds.input_shape)
     module = net.module   # what was read: a module of code is stored as its traced tree (its hash is the tree's)
+    measure_accuracy(module, ds, metrics)
     metrics.setdefault("data", ds.note or ds.name)
     metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
                               for a in net.activations]
@@ -178,26 +180,13 @@ def _import(job: ImportJob) -> Outcome:
     if job.dataset is not None:
         from .data import load as load_data
         ds = load_data(job.dataset, job.data_dir)
+        from .data import accuracy
         metrics["clean_acc"] = accuracy(module, net.input_shape, ds)
         metrics["data"] = ds.note or ds.name
     solve_s = time.perf_counter() - t
     netmod.save(module, net.input_shape, job.out_path)
     return Outcome("ok", network=TrainedNetwork(net.hash(), job.out_path, tuple(net.input_shape), net.describe(),
                                                 metrics), versions=versions(), solve_s=solve_s)
-
-
-def accuracy(module, input_shape: tuple, ds) -> float:
-    """Clean accuracy of ``module`` on ``ds``'s test set, fed in the network's input shape
-    (:func:`bench.data.fit_inputs`)."""
-    from .data import fit_inputs
-    X = fit_inputs(ds.X_test, input_shape, f"data set {ds.name}")
-    dtype = next((p.dtype for p in module.parameters()), torch.float32)
-    correct = 0
-    with torch.no_grad():
-        for i in range(0, len(X), 500):
-            out = module(torch.as_tensor(np.ascontiguousarray(X[i:i + 500]), dtype=dtype))
-            correct += int((out.reshape(len(out), -1).argmax(1).numpy() == ds.y_test[i:i + 500]).sum())
-    return correct / max(1, len(X))
 
 
 def _certify(job: CertifyJob) -> Outcome:

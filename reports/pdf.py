@@ -209,6 +209,7 @@ def store_info(store: Store) -> dict:
         "threads": _counted([j["threads"] for j in jobs]),
         "from": min(finished) if finished else None, "to": max(finished) if finished else None,
         "network_ids": [n["id"] for n in nets],
+        "accuracy_disagrees": [n["id"] for n in nets if '"accuracy_disagrees": true' in (n["metrics"] or "")],
         "provenance": _latest_provenance(store),
     }
 
@@ -318,7 +319,8 @@ def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
 
 LEGEND = [
     "Each cell: the median tightness of the verifier's bounds on the method's networks (all queries), its "
-    "interquartile range (IQR), the median time (solve_s), and the share of the queries it settled.",
+    "interquartile range (IQR), the median time (solve_s), and the share settled of the queries it supports "
+    "(those it refuses, or that need what is not installed, are not counted).",
     f"Tightness = upper bound / best sound lower bound of the same network and query (1 = tight; >= 1 for a sound "
     f"bound). Lower bounds are witnessed: the audit evaluates each one's pair of inputs again on the stored network, "
     f"so the true constant lies between. Settled: an exact result, or an upper bound within "
@@ -624,6 +626,11 @@ def _notes(df, info, scaling_note, extra) -> list[str]:
         fails = [f"{json.loads(j['spec']).get('network_id', j['key'])} ({j['status']})" for j in info["train_failed"]]
         notes.append(f"{len(fails)} job(s) that train or read a network failed: " + ", ".join(fails[:5])
                      + (" ..." if len(fails) > 5 else ""))
+    if info.get("accuracy_disagrees"):
+        bad = info["accuracy_disagrees"]
+        notes.append(f"{len(bad)} network(s) whose trainer reported another clean accuracy than the harness measured "
+                     f"on the returned network (the measured one is used): " + ", ".join(bad[:5])
+                     + (" ..." if len(bad) > 5 else ""))
     if scaling_note and len(df):
         notes.append(scaling_note)
     notes += extra

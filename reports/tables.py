@@ -42,21 +42,25 @@ def headline_grid(df, h) -> dict:
             what = ", ".join(s.replace("_", " ") for s in order_status(not_ok))
             cell.update(lines=[what or "not applicable", f"{r.n} of {r.n} queries"], color=GREY, na=True)
         else:
-            if med is not None:
+            if r.unsound:   # said first: a tightness that reads better than tight is wrong, not good
+                lines = [f"UNSOUND {int(r.unsound)} of {r.applicable}",
+                         f"median {fmt_tight(med)} (not a bound)" if med is not None else ""]
+            elif med is not None:
                 lines = [fmt_tight(med), f"IQR {fmt_tight(r.tight_q25)}-{fmt_tight(r.tight_q75)}"]
             elif g.value.notna().any():
                 lines = ["no lower bound", "to compare"]
             else:
                 lines = ["no bound", ""]
             lines += [f"median {fmt_s(r.cost_median_s)}",
-                      f"{fmt_share(r.settled_share)} settled ({int(round(r.settled_share * r.n))}/{r.n})"]
+                      f"{fmt_share(r.settled_share)} settled ({int(round(r.settled_share * r.applicable))}/"
+                      f"{r.applicable})"]
             extra = []
             for s in order_status(not_ok):
                 n = not_ok[s]
                 if s == "timeout" and g[g.status == "timeout"].value.notna().any():
                     extra.append(f"timeout {n} (anytime)")
                 elif s == "unsound":
-                    extra.append(f"UNSOUND {n}")
+                    continue   # the cell's first line
                 else:
                     extra.append(f"{s.replace('_', ' ')} {n}")
             lines.append(", ".join(extra))

@@ -3,6 +3,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -10,7 +11,9 @@ import sys
 import time
 
 import pytest
+from torch import nn
 
+import bench as bench_api
 from conftest import REPO
 from bench.tidy import COLUMNS
 
@@ -235,9 +238,58 @@ def test_missing_requirement_and_unsound_rows(tmp_path):
     assert bad["status"] == "unsound" and json.loads(bad["audit"])["lower_verifier"] == "lower"
     assert res[("trivial", "2")]["status"] == "ok"
     assert "UNSOUND" in r.stderr
+    shown = bench("show", "--out", out).stdout   # an unsound verifier's cell says so first, no tightness
+    assert next(l for l in shown.splitlines() if l.startswith("test-unsound")).split()[1] == "UNSOUND"
     lst = bench("--plugin", "testplugins", "list")
     line = next(l for l in lst.stdout.splitlines() if l.startswith("test-missing"))
     assert "no: missing no_such_package_lipbench_xyz" in line
+
+
+def test_a_plugin_that_raises_keeps_its_traceback(tmp_path):
+    """A verifier that raises in a helper of its own: the row keeps the traceback (file,
+    line, function), the live log names the frame, show --errors prints it, the run exits
+    3 (a job ended in error); from the API the Bound carries it."""
+    f = tmp_path / "s.yaml"
+    f.write_text(SMOKE_FAST % "[trivial, test-raises]")
+    out = str(tmp_path / "o")
+    r = bench("run", "--suite", str(f), "--out", out, "--no-report")
+    assert r.returncode == 3, r.stderr
+    assert re.search(r"error +verify test-raises.*ZeroDivisionError.* at .*testplugins\.py:\d+ in _author_helper",
+                     r.stderr), r.stderr
+    bad = [x for x in rows(out) if x["verifier"] == "test-raises"]
+    assert bad and all(x["status"] == "error" and "in _author_helper" in x["traceback"] for x in bad)
+    e = bench("show", "--errors", "--out", out)
+    assert e.returncode == 0 and "ZeroDivisionError" in e.stdout and "return x / 0" in e.stdout
+    assert f"{len(bad)} job(s) ended in error" in e.stdout
+    import testplugins  # noqa: F401  (registers test-raises here too)
+    from bench.registry import get_verifier
+    b = bench_api.verify(nn.Sequential(nn.Linear(3, 2)), "test-raises")
+    assert b.status == "error" and "_author_helper" in b.traceback and "in _author_helper" in repr(b)
+    assert get_verifier("test-raises").description == "Raises inside a helper of its own, as a plug-in under " \
+                                                       "development does."
+    with pytest.raises(bench_api.UserError, match="loaded with --plugin"):
+        get_verifier("no-such-verifier")
+
+
+def test_the_harness_measures_accuracy_and_flags_a_trainer_that_reports_another(tmp_path):
+    import testplugins  # noqa: F401
+    from bench.testing import ConformanceError, check_trainer
+    with pytest.raises(ConformanceError, match="but the returned network's test accuracy is"):
+        check_trainer("test-liar")
+    f = tmp_path / "s.yaml"
+    f.write_text(SMOKE_FAST.replace("trainer: standard", "trainer: test-liar").replace("params: {epochs: 2}", "")
+                 % "[trivial]")
+    out = str(tmp_path / "o")
+    r = bench("run", "--suite", str(f), "--out", out)
+    assert r.returncode == 0, r.stderr
+    db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
+    acc, metrics = db.execute("SELECT clean_acc, metrics FROM networks").fetchone()
+    db.close()
+    metrics = json.loads(metrics)
+    assert acc < 1.0 and metrics["trainer_clean_acc"] == 1.0 and metrics["accuracy_disagrees"] is True
+    from bench.data import load
+    ds = load({"name": "synthetic", "n": 120, "dim": 3, "classes": 3})
+    assert acc == pytest.approx(float((ds.y_test == 0).mean()))   # it always says class 0
 
 
 def test_hanging_job_is_killed_as_timeout_and_the_run_goes_on(tmp_path):

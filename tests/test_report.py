@@ -51,8 +51,8 @@ def _headline_numbers_are_the_frames(out, reader):
     assert len(best), h
     for r in best.itertuples():
         assert _fmt3(r.tight_median) in first, (r, first)
-        k = int(round(r.settled_share * r.n))
-        assert f"{100 * r.settled_share:.0f}% settled ({k}/{r.n})" in first, (r, first)
+        k = int(round(r.settled_share * r.applicable))
+        assert f"{100 * r.settled_share:.0f}% settled ({k}/{r.applicable})" in first, (r, first)
         assert f"{r.verifier} is the cheapest verifier" in first.replace("\n", " ")
     return h
 

@@ -61,6 +61,18 @@ def test_frame_columns_and_numbers_are_those_of_rows(tmp_path):
     assert df[df.verifier == "slow"].settled.all() and not df[df.verifier == "picky"].settled.any()
 
 
+def test_settled_share_counts_only_the_queries_a_verifier_supports(tmp_path):
+    import pandas as pd
+    _store(tmp_path)
+    df = frame(str(tmp_path))
+    refused = df[(df.verifier == "fast") & (df.method == "standard")].copy()
+    refused = refused.assign(status="unsupported", value=float("nan"), tightness=float("nan"), settled=False,
+                             query="p=2", p="2")   # another query it refuses: not one it failed to settle
+    h = headline(pd.concat([df, refused], ignore_index=True)).set_index(["method", "verifier"])
+    r = h.loc[("standard", "fast")]
+    assert (r.n, r.applicable, r.settled_share) == (2, 1, 1.0)
+
+
 def test_headline_highlights_the_cheapest_within_ten_percent(tmp_path):
     _store(tmp_path)
     h = headline(frame(str(tmp_path))).set_index(["method", "verifier"])

@@ -2,7 +2,9 @@
 Imported by suites through ``plugins: [testplugins]`` (tests/ is on sys.path)."""
 import time
 
-from bench.api import Bound, Verifier
+import numpy as np
+
+from bench.api import Bound, Trainer, Verifier
 from bench.registry import register
 
 
@@ -182,3 +184,35 @@ class Zero(Verifier):
 
     def run(self, net, query, budget):
         return Bound(0.0, "upper")
+
+
+def _author_helper(x):
+    return x / 0
+
+
+@register
+class Raises(Verifier):
+    """Raises inside a helper of its own, as a plug-in under development does.
+
+    (Its description is this docstring's first paragraph.)"""
+    name = "test-raises"
+    kind = "upper"
+
+    def run(self, net, query, budget):
+        return Bound(_author_helper(1.0), "upper")
+
+
+@register
+class Liar(Trainer):
+    """Returns a network that always says class 0 and reports a perfect accuracy."""
+    name = "test-liar"
+
+    def train(self, dataset, arch, seed, budget):
+        import torch
+        from torch import nn
+        net = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(dataset.input_shape)), dataset.n_classes))
+        with torch.no_grad():
+            net[1].weight.zero_()
+            net[1].bias.zero_()
+            net[1].bias[0] = 1.0
+        return net, {"clean_acc": 1.0, "train_s": 0.0}

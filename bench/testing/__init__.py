@@ -38,7 +38,6 @@ seconds (fewer samples, fewer epochs); they change its speed, never its soundnes
 from __future__ import annotations
 
 import math
-import sys
 import time
 
 import numpy as np
@@ -221,9 +220,9 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
         return ran
     # 1. through the harness, in a worker process, with a timeout on a wider network
     wide = _mlp([8, 48, 48, 4], "relu", True, 4)
-    t0 = time.perf_counter()
     b = verify(wide, name, p=norms[0], timeout=TIMEOUT_S, **P)
-    ran.append(f"budget of {TIMEOUT_S:g} s in a worker: {b.status} after {time.perf_counter() - t0:.1f} s")
+    own = f"{b.solve_s:.2f} s of its own" if b.solve_s is not None else "no time of its own (killed)"
+    ran.append(f"budget of {TIMEOUT_S:g} s in a worker: {b.status} after {own}")
     if b.status == "timeout" and (b.error or "").startswith("killed"):
         failures.append(f"with a {TIMEOUT_S:g} s budget it had to be killed ({b.error}); a verifier stops itself "
                         f"at its budget (budget.timeout_s) and returns its status")
@@ -233,8 +232,8 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
         raise ConformanceError(f"verifier {name!r} breaks the contract:\n  - " + "\n  - ".join(failures))
     # 2. every tiny network and query, in one worker process (a verifier that hangs or
     #    crashes fails the check instead of stopping it)
-    out = _in_worker(_tiny_checks, (name, P, cls.__module__, getattr(sys.modules.get(cls.__module__), "__file__", None)),
-                     TINY_TIMEOUT_S)
+    from ..registry import entry_of
+    out = _in_worker(_tiny_checks, (name, P, entry_of(cls.__module__)), TINY_TIMEOUT_S)
     if isinstance(out, str):
         failures.append(f"the tiny-network checks: {out}")
     else:
@@ -245,10 +244,10 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
     return ran
 
 
-def _tiny_checks(name: str, P: dict, module: str, file: str | None) -> tuple[list[str], list[str]]:
+def _tiny_checks(name: str, P: dict, entry: str) -> tuple[list[str], list[str]]:
     from ..network import walk
     from ..registry import get_verifier, import_plugin, load_plugins
-    import_plugin(file if module.startswith("lipbench_plugins.") and file else module)
+    import_plugin(entry)
     load_plugins()
     cls = get_verifier(name)
     verifier = cls(**P)
@@ -345,7 +344,8 @@ def _check_bound(cls, b, module, q: Query, where: str) -> list[str]:
 def check_trainer(name: str, params: dict | None = None) -> list[str]:
     """Check the registered trainer ``name``: declarations, and a training run on tiny
     synthetic data that returns a network the harness can walk, with the metrics it
-    promises, the same network for the same seed."""
+    promises (its clean accuracy that of the network it returns, as the harness measures
+    it), the same network for the same seed."""
     from ..data import load
     from ..network import net_hash, walk
     from ..registry import get_trainer
@@ -384,6 +384,12 @@ def check_trainer(name: str, params: dict | None = None) -> list[str]:
         acc = metrics.get("clean_acc")
         if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
             failures.append(f"metrics['clean_acc'] is {acc!r}, not a test accuracy in [0, 1]")
+        else:
+            from ..data import measure_accuracy
+            m = measure_accuracy(module, ds, dict(metrics))
+            if m.get("accuracy_disagrees"):
+                failures.append(f"metrics['clean_acc'] is {acc:.4f}, but the returned network's test accuracy is "
+                                f"{m['clean_acc']:.4f} (measure the network you return, after every change to it)")
         if not isinstance(metrics.get("train_s"), (int, float)) or metrics["train_s"] < 0:
             failures.append(f"metrics['train_s'] is {metrics.get('train_s')!r}, not seconds >= 0")
         hashes.append(net_hash(module))
