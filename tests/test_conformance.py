@@ -66,3 +66,23 @@ def test_a_plugin_imported_from_a_file_is_checked_in_its_workers(tmp_path):
     ran = check_verifier("test-from-file")
     assert ran[1].startswith("budget of 5 s in a worker: ok after") and "s of its own" in ran[1]
     assert any(r.startswith("relu 3-5-4-3") for r in ran)
+
+
+def test_a_verifier_from_an_interactive_session_is_told_what_to_do():
+    """A class defined in python's stdin (as in a notebook cell) cannot be imported by the
+    checks' worker processes: one line saying so, and what to do."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    code = ("from bench.api import Bound, Verifier\nfrom bench.registry import register\n\n"
+            "@register\nclass Cell(Verifier):\n    '''from a cell'''\n    name = 'test-cell'\n    kind = 'upper'\n\n"
+            "    def run(self, net, query, budget):\n        return Bound(1.0, 'upper')\n\n"
+            "from bench.testing import check_verifier\ntry:\n    check_verifier('test-cell')\n"
+            "except Exception as e:\n    print(type(e).__name__, e)\n")
+    r = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    out = r.stdout.strip()
+    assert out.startswith("UserError verifier 'test-cell' is defined in an interactive session") and \
+        "import_plugin" in out and len(out.splitlines()) == 1, out + r.stderr

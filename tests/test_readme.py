@@ -9,11 +9,12 @@ import pytest
 from conftest import REPO
 
 README = open(os.path.join(REPO, "README.md")).read()
+PLUGINS = open(os.path.join(REPO, "docs", "plugins.md")).read()
 
 
-def block(after: str) -> str:
-    m = re.search(re.escape(after) + r"\s*```\w*\n(.*?)```", README, re.S)
-    assert m, f"README has no code block after {after!r}"
+def block(after: str, text: str = README) -> str:
+    m = re.search(re.escape(after) + r"\s*```\w*\n(.*?)```", text, re.S)
+    assert m, f"{'README' if text is README else 'docs/plugins.md'} has no code block after {after!r}"
     return m.group(1)
 
 
@@ -78,8 +79,8 @@ def test_verify_example_shows_what_lipbench_computes(tmp_path):
 
 @pytest.mark.slow
 def test_decorator_plugin_example(tmp_path):
-    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
-    (tmp_path / "mine.yaml").write_text(block("<!-- example: mine.yaml -->"))
+    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->", PLUGINS))
+    (tmp_path / "mine.yaml").write_text(block("<!-- example: mine.yaml -->", PLUGINS))
     r = run(["run", "--suite", "mine.yaml", "--no-report"], tmp_path, str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert "my-decay" in r.stderr and "frobenius" in r.stderr
@@ -87,7 +88,7 @@ def test_decorator_plugin_example(tmp_path):
     import csv
     import io
     ok = {r["verifier"] for r in csv.DictReader(io.StringIO(e.stdout)) if r["status"] == "ok"}
-    assert {"frobenius", "trivial", "lower"} <= ok
+    assert {"frobenius", "random-pairs", "trivial", "lower"} <= ok
     lst = run(["--plugin", "my_plugins", "list"], tmp_path, str(tmp_path))
     assert "frobenius" in lst.stdout and "my-decay" in lst.stdout
     # the Frobenius bound is an upper bound at least as large as the trivial one
@@ -100,10 +101,17 @@ def test_decorator_plugin_example(tmp_path):
         net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
         assert bench.verify(net, "frobenius", p=2).value >= bench.verify(net, "trivial", p=2).value
         assert bench.verify(net, "frobenius", p=2, target=(0, 1)).status == "unsupported"
-        from bench.testing import check_trainer, check_verifier  # the README's last step
-        assert "relu 3-5-4-3, p=2" in check_verifier("frobenius") and check_trainer("my-decay")
+        lo = bench.verify(net, "random-pairs", p=2)
+        assert lo.kind == "lower" and 0 < lo.value <= bench.verify(net, "trivial", p=2).value
     finally:
         _s.path.remove(str(tmp_path))
+    (tmp_path / "check.py").write_text(block("<!-- example: check.py -->", PLUGINS))   # from a script
+    c = subprocess.run([sys.executable, "check.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                       env=dict(os.environ, PYTHONPATH=REPO))
+    assert c.returncode == 0, c.stderr
+    lines = c.stdout.strip().splitlines()
+    assert lines[0].startswith("['declarations', 'budget of 5 s in a worker: ok") and "relu 3-5-4-3" in lines[0]
+    assert "relu 3-5-4-3" in lines[1] and "trained (2)" in lines[2]
 
 
 def test_plugin_folder_needs_no_install(tmp_path):
@@ -111,8 +119,8 @@ def test_plugin_folder_needs_no_install(tmp_path):
     without PYTHONPATH or an install, also by the worker processes."""
     folder = tmp_path / "plugins"
     folder.mkdir()
-    (folder / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
-    suite = block("<!-- example: mine.yaml -->").replace("plugins: [my_plugins]", "plugins: [plugins]")
+    (folder / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->", PLUGINS))
+    suite = block("<!-- example: mine.yaml -->", PLUGINS).replace("plugins: [my_plugins]", "plugins: [plugins]")
     (tmp_path / "mine.yaml").write_text(suite)
     r = run(["run", "--suite", "mine.yaml", "--no-report"], str(tmp_path), "")
     assert r.returncode == 0, r.stderr
@@ -125,8 +133,8 @@ def test_plugin_folder_needs_no_install(tmp_path):
 
 def test_entry_point_plugin_example(tmp_path):
     """What pip installs for a package that declares the README's entry point."""
-    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->"))
-    toml = re.search(r'\[project\.entry-points\."lipbench\.plugins"\]\n(.*?)\n', README).group(1)
+    (tmp_path / "my_plugins.py").write_text(block("<!-- example: my_plugins.py -->", PLUGINS))
+    toml = re.search(r'\[project\.entry-points\."lipbench\.plugins"\]\n(.*?)\n', PLUGINS).group(1)
     info = tmp_path / "my_plugins-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-plugins\nVersion: 0.1\n")

@@ -196,8 +196,16 @@ def check_verifier(name: str, params: dict | None = None) -> list[str]:
     """Check the registered verifier ``name`` (with ``params`` over its ``quick_params``);
     returns the checks that ran, raises :class:`ConformanceError` listing violations."""
     from .. import verify
+    from ..api import UserError
     from ..registry import get_verifier
     cls = get_verifier(name)
+    import os
+    import sys
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if cls.__module__ == "__main__" and not (main_file and os.path.isfile(main_file)):
+        raise UserError(f"verifier {name!r} is defined in an interactive session (a notebook, python -c or stdin), "
+                        f"which the checks' worker processes cannot import: put the class in a .py file and load it "
+                        f"with bench.registry.import_plugin('that_file.py')")
     failures: list[str] = []
     ran = ["declarations"]
     _check_declared(cls, failures)
