@@ -299,7 +299,13 @@ def _in_worker(fn, args: tuple, timeout: float):
                 return recv.recv()
             except EOFError:
                 proc.join(5)
-                return f"the worker died after {time.perf_counter() - t0:.1f} s (exit code {proc.exitcode})"
+                dt = time.perf_counter() - t0
+                import sys
+                main = getattr(sys.modules.get("__main__"), "__file__", None)
+                hint = (f"; if {main} starts the checks outside `if __name__ == '__main__':`, each worker "
+                        f"process runs them again on import (multiprocessing's rule): guard them"
+                        if main and dt < 5 else "")
+                return f"the worker died after {dt:.1f} s (exit code {proc.exitcode}){hint}"
         return f"no answer within {timeout:g} s"
     finally:
         if proc.is_alive():
