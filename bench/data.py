@@ -176,28 +176,6 @@ def fit_inputs(X: np.ndarray, shape: tuple, name: str = "the data set") -> np.nd
     raise UserError(f"{name} has inputs of shape {tuple(X.shape[1:])}, the network reads {shape}")
 
 
-def accuracy(module, input_shape: tuple, ds: Dataset) -> float:
-    """Clean accuracy of ``module`` on ``ds``'s test split, fed in the network's input
-    shape (:func:`fit_inputs`; :func:`bench.training.accuracy`)."""
-    from .training import accuracy as share_correct
-    return share_correct(module, fit_inputs(ds.X_test, input_shape, f"data set {ds.name}"), ds.y_test)
-
-
-def measure_accuracy(module, ds: Dataset, metrics: dict) -> dict:
-    """The harness's own clean accuracy of a trained network, in ``metrics["clean_acc"]``
-    (what the store and every page use); the trainer's figure is kept as
-    ``trainer_clean_acc``, and ``accuracy_disagrees`` is set where the two differ by more
-    than one test image (rounding in another batch size can flip one)."""
-    measured = accuracy(module, ds.input_shape, ds)
-    claimed = metrics.get("clean_acc")
-    if isinstance(claimed, (int, float)) and not isinstance(claimed, bool):
-        metrics["trainer_clean_acc"] = float(claimed)
-        if abs(claimed - measured) > 1.0 / max(1, len(ds.y_test)) + 1e-12:
-            metrics["accuracy_disagrees"] = True
-    metrics["clean_acc"] = measured
-    return metrics
-
-
 def check(spec: str | dict, data_folder: str | None = None) -> None:
     """Raise the one-line UserError for a data set whose files are missing, without
     loading it (the scheduler calls this before any job starts)."""

@@ -19,8 +19,8 @@ import torch
 from . import network as netmod
 from .api import KINDS, STATUSES, Bound, Budget, Unsupported, UserError
 from .jobs import CertifyJob, ImportJob, Job, Outcome, TrainedNetwork, TrainJob, VerifyJob
-from .data import measure_accuracy
 from .registry import get_trainer, get_verifier, import_plugin, load_plugins
+from .training import measure_accuracy
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +180,8 @@ def _import(job: ImportJob) -> Outcome:
     if job.dataset is not None:
         from .data import load as load_data
         ds = load_data(job.dataset, job.data_dir)
-        from .data import accuracy
-        metrics["clean_acc"] = accuracy(module, net.input_shape, ds)
+        from .training import heldout_accuracy
+        metrics["clean_acc"] = heldout_accuracy(module, net.input_shape, ds)
         metrics["data"] = ds.note or ds.name
     solve_s = time.perf_counter() - t
     netmod.save(module, net.input_shape, job.out_path)

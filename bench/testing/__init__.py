@@ -399,7 +399,7 @@ def check_trainer(name: str, params: dict | None = None) -> list[str]:
         if not isinstance(acc, float) or not 0.0 <= acc <= 1.0:
             failures.append(f"metrics['clean_acc'] is {acc!r}, not a test accuracy in [0, 1]")
         else:
-            from ..data import measure_accuracy
+            from ..training import measure_accuracy
             m = measure_accuracy(module, ds, dict(metrics))
             if m.get("accuracy_disagrees"):
                 failures.append(f"metrics['clean_acc'] is {acc:.4f}, but the returned network's test accuracy is "
