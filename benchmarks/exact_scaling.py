@@ -1,6 +1,6 @@
 """Cost of the exact verifiers (bab, mip with HiGHS, mip with Gurobi) as networks grow.
 
-    python benchmarks/exact_scaling.py targets            # the issue's speed targets
+    python benchmarks/exact_scaling.py targets            # the speed targets (see targets())
     python benchmarks/exact_scaling.py width [--budget 60] # 2-w-w-1 over [-5, 5]^2, l_inf
     python benchmarks/exact_scaling.py depth [--budget 60] [--width 16]  # 2-w x d-1 over [-5, 5]^2
     ... [--only bab]                                       # one verifier

@@ -1,7 +1,7 @@
 """Time per call of the linear algebra one NATIVE / ECLipsE evaluation is made of, on the
 CPU and (where there is one) on CUDA, float64: which small factorisations a GPU makes
-slower, the question session 8's H200 run left open (784-256-256-10: 8.7 s on the GPU,
-5.0 s on the CPU, a few thousand evaluations of 256-row Cholesky factors and
+slower, the question an H200 run left open (README, Benchmarks: 784-256-256-10 took 8.7 s
+on the GPU, 5.0 s on the CPU, a few thousand evaluations of 256-row Cholesky factors and
 eigendecompositions).  Each primitive includes its synchronisation where the solver has
 one (a Cholesky's info check, an eigenvalue read back).
 

@@ -1,4 +1,4 @@
-"""Issue 14: what makes the trivial bound tight at p = inf for trained networks?
+"""What makes the trivial bound tight at p = inf for trained networks? (docs/pinf.md)
 
     python benchmarks/pinf_study.py --out pinf.csv                 # the exact suite's data, every variant
     python benchmarks/pinf_study.py --out pinf.csv --only lam      # one group (see VARIANTS)

@@ -1,4 +1,4 @@
-"""The p = inf decomposition of the trivial bound (docs/pinf.md, issue 14).
+"""The p = inf decomposition of the trivial bound (docs/pinf.md).
 
 For a network f = W_L A(W_{L-1} ... A(W_0 x + b_0) ...) + b_L with a piecewise-linear
 activation A whose Jacobians have entries of absolute value at most one (Abs: D in

@@ -1,4 +1,4 @@
-"""Issue 14 (docs/pinf.md): when the trivial bound is tight at p = inf.
+"""When the trivial bound is tight at p = inf (docs/pinf.md).
 
 The claims, each checked against the exact verifiers on tiny networks:
 

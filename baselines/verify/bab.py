@@ -52,7 +52,7 @@ DEFLATE = 1e-12   # a certified lower bound is the computed norm less this relat
 @register
 class BaB(Verifier):
     name = "bab"
-    version = "5"  # 5: a witnessed lower bound (bench.witness); 4: no leaf LP starts after the budget
+    version = "5"  # what each version changed: CHANGELOG.md
     graphs = True   # a residual add with one affine branch is lifted exactly (pwl._residual)
     kind = "exact"
     description = "branch and bound over input boxes and activation patterns (exact when it closes)"

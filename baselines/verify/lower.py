@@ -131,7 +131,7 @@ def top_subspace(net: Net) -> torch.Tensor | None:
 class Lower(Verifier):
     name = "lower"
     kind = "lower"
-    version = "3"   # 2: stores its witness pair (bench.witness); 3: Adam ascent, aligned samples
+    version = "3"   # what each version changed: CHANGELOG.md
     gradients_only = True   # net.module is all it needs: it accepts layers the walk does not know
     description = "sampling + projected gradient ascent on the Jacobian norm (sound lower bound)"
     params = {"samples": Param(2000, "uniform samples scored on the exact network", ge=1),

@@ -94,8 +94,7 @@ DEFLATE = 1e-12
 @register
 class MIP(Verifier):
     name = "mip"
-    version = "5"  # 5: a tie incumbent (no interior) is cut off and the program re-solved, so a tie no longer
-    #                   leaves it at kind upper; 4: a witnessed lower bound (bench.witness)
+    version = "5"  # what each version changed: CHANGELOG.md
     kind = "exact"
     graphs = True   # a residual add with one affine branch is lifted exactly (pwl._residual)
     norms = (1.0, math.inf)

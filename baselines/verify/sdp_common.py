@@ -469,7 +469,7 @@ def on_host(S, vectors: bool = False) -> bool:
     eigenproblem on a GPU is bound by latency, and torch's cuSOLVER heuristics have
     changed between versions: a 32-row one took 19 ms on CUDA against 41 us on the CPU in
     pytorch#10172, and 2.10 slowed CUDA's eigh, pytorch#183806); larger ones stay on the
-    device (the session-8 H200 ran ECLipsE at width 1,024 in 11 s against the CPU's 60)."""
+    device (README, Benchmarks: ECLipsE at width 1,024 on an H200 against the CPU)."""
     import torch
     if not S.is_cuda or S.shape[0] > HOST_EIGS_ROWS:
         return False
