@@ -228,6 +228,9 @@ def exit_code(summary: dict) -> int:
 def cmd_list(args) -> int:
     from .registry import ACTIVATIONS, BROKEN, TRAINERS, VERIFIERS, load_plugins
     load_plugins()
+    if args.markdown:
+        print(markdown_reference(), end="")
+        return 0
     if args.name:
         from .suite import shipped_suites
         if args.name in shipped_suites() or args.name.endswith((".yaml", ".yml")):
@@ -251,6 +254,47 @@ def cmd_list(args) -> int:
     from .suite import shipped_suites
     print(f"suites: {', '.join(shipped_suites())}")
     return 0
+
+
+def markdown_reference() -> str:
+    """The verifiers and trainers lipbench ships, as markdown tables generated from their
+    own declarations (name, version, kind, norms, what it reads, requirements,
+    description, every parameter with its default, range and meaning): the body of
+    docs/reference.md (``python -m bench list --markdown``).  Plug-ins of the
+    ``lipbench.plugins`` entry points only, so that the page is the same on every
+    machine."""
+    from .registry import TRAINERS, VERIFIERS
+
+    def cell(s) -> str:
+        return str(s).replace("|", "\\|").replace("\n", " ")
+
+    def params(cls) -> str:
+        decl = cls.declared()
+        if not decl:
+            return "none"
+        out = []
+        for k, p in decl.items():
+            rng = p.describe_range()
+            out.append(f"`{k}` = `{p.default!r}`" + ("" if rng == "any" else f" ({rng})") + (f": {p.doc}" if p.doc else ""))
+        return "<br>".join(cell(x) for x in out)
+
+    shipped = lambda cls: cls.__module__.split(".")[0] in ("methods", "baselines", "bench")  # noqa: E731
+    lines = ["## Verifiers", "", "| verifier | version | kind | p | reads | needs | what it is | parameters |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, cls in sorted(VERIFIERS.items()):
+        if not shipped(cls):
+            continue
+        reads = "any module (gradients)" if cls.gradients_only else ("chains and branches" if cls.graphs else "chains")
+        needs = ", ".join(f"`{r}`" for r in cls.requires) or "-"
+        lines.append(f"| `{name}` | {cls.version} | {cls.kind} | {', '.join(p_name(p) for p in cls.norms)} | "
+                     f"{reads} | {needs} | {cell(cls.description)} | {params(cls)} |")
+    lines += ["", "## Trainers", "", "| trainer | version | needs | what it is | parameters |", "|---|---|---|---|---|"]
+    for name, cls in sorted(TRAINERS.items()):
+        if not shipped(cls):
+            continue
+        needs = ", ".join(f"`{r}`" for r in cls.requires) or "-"
+        lines.append(f"| `{name}` | {cls.version} | {needs} | {cell(cls.description)} | {params(cls)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _describe_suite(name: str) -> int:
@@ -511,6 +555,8 @@ def parser() -> argparse.ArgumentParser:
     l = sub.add_parser("list", help="registered trainers and verifiers, whether they are installed, and the shipped "
                                     "suites")
     l.add_argument("name", nargs="?", help="one plug-in (its declared parameters) or suite (what it holds)")
+    l.add_argument("--markdown", action="store_true", help="the shipped verifiers and trainers as markdown tables "
+                                                           "(the body of docs/reference.md)")
     l.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="write the PDF report from the store")

@@ -142,3 +142,13 @@ def test_entry_point_plugin_example(tmp_path):
     r = run(["list"], tmp_path, str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert re.search(r"^frobenius\s+verifier\s+upper\s+2\s+yes", r.stdout, re.M), r.stdout
+
+
+def test_reference_page_is_current():
+    """docs/reference.md's tables are what `python -m bench list --markdown` prints now."""
+    page = open(os.path.join(REPO, "docs", "reference.md")).read()
+    body = re.search(r"<!-- generated: python -m bench list --markdown -->\n(.*)<!-- end of generated -->", page,
+                     re.S).group(1)
+    r = run(["list", "--markdown"], REPO, "")
+    assert r.returncode == 0, r.stderr
+    assert body == r.stdout, "docs/reference.md is stale: regenerate it with python -m bench list --markdown"
