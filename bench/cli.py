@@ -432,20 +432,35 @@ def _show_errors(args) -> int:
 
 
 def _show_headline(args) -> int:
-    """The report's headline table in the terminal, transposed to fit: one line per
-    verifier, one column per training method; a cell is the median upper / best lower
-    bound [interquartile range], the median time and the share settled; '*' marks the
-    cheapest verifier within 10% of the best for that method."""
-    from .tidy import frame, headline, headline_sentence
+    """The report's headline tables in the terminal, one per query norm (class-pair
+    margins apart), transposed to fit: one line per verifier, one column per training
+    method; a cell is the median upper / best lower bound [interquartile range], the
+    median time and the share settled; '*' marks the cheapest verifier within 10% of the
+    best for that method at that norm."""
+    from .tidy import AT, frame, headline, headline_sentence, per_norm, row_order
     df = frame(_out(args))
     if df.empty:
         print(f"{_out(args)}: the store holds no results yet")
         return 0
-    h = headline(df)
-    methods = sorted(h.method.unique())
+    h = headline(per_norm(df))
     w = 34
-    print(f"{'verifier':<14}" + "".join(f"{m[:w - 1]:<{w}}" for m in methods))
-    for v, g in h.groupby("verifier", sort=True):
+    norms = sorted({label.partition(AT)[2] for label in h.method}, key=lambda n: row_order(AT + n))
+    for norm in norms:
+        methods = sorted(label for label in h.method.unique() if label.partition(AT)[2] == norm)
+        print(f"queries at {norm}")
+        _show_norm(h, methods, w)
+        print()
+    print("cell: median upper / best lower bound [interquartile range], median verifier time (solve_s), share of "
+          "queries it supports settled (exact, or within 10% of the best lower bound); * the cheapest within 10% of "
+          "the best")
+    print(headline_sentence(h))
+    return 0
+
+
+def _show_norm(h, methods: list, w: int) -> None:
+    from .tidy import AT
+    print(f"{'verifier':<14}" + "".join(f"{m.partition(AT)[0][:w - 1]:<{w}}" for m in methods))
+    for v, g in h[h.method.isin(methods)].groupby("verifier", sort=True):
         cells = {r.method: r for r in g.itertuples()}
         line = f"{v[:13]:<14}"
         for m in methods:
@@ -466,12 +481,6 @@ def _show_headline(args) -> int:
                 c += f" err {errors.group(1)}"
             line += f"{c[:w - 1]:<{w}}"
         print(line)
-    print()
-    print("cell: median upper / best lower bound [interquartile range], median verifier time (solve_s), share of "
-          "queries it supports settled (exact, or within 10% of the best lower bound); * the cheapest within 10% of "
-          "the best")
-    print(headline_sentence(h))
-    return 0
 
 
 def cmd_data(args) -> int:

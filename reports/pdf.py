@@ -36,7 +36,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from bench.rows import TIGHT_WITHIN  # noqa: E402
 from bench.store import EXTERNAL, Store  # noqa: E402
-from bench.tidy import frame, headline, headline_sentence  # noqa: E402
+from bench.tidy import frame, headline, headline_sentence, per_norm  # noqa: E402
 
 from . import evidence, figures, sota  # noqa: E402
 from .style import (MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
@@ -281,7 +281,7 @@ def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
     width = mcol + vw * len(verifiers)
     fig.add_artist(Rectangle((left, top - head_h), width, head_h, transform=fig.transFigure, facecolor="#dddddd",
                              edgecolor="none"))
-    fig.text(left + 0.005, top - 0.008, "training method", fontsize=TEXT, weight="bold", va="top")
+    fig.text(left + 0.005, top - 0.008, "method, at norm", fontsize=TEXT, weight="bold", va="top")
     for j, v in enumerate(verifiers):
         x = left + mcol + j * vw
         c, m = style(v)
@@ -318,7 +318,8 @@ def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
 
 
 LEGEND = [
-    "Each cell: the median tightness of the verifier's bounds on the method's networks (all queries), its "
+    "Rows: a training method at one query norm (class-pair margins apart), so that a median never pools norms. "
+    "Each cell: the median tightness of the verifier's bounds on the row's networks and queries, its "
     "interquartile range (IQR), the median time (solve_s), and the share settled of the queries it supports "
     "(those it refuses, or that need what is not installed, are not counted).",
     f"Tightness = upper bound / best sound lower bound of the same network and query (1 = tight; >= 1 for a sound "
@@ -326,7 +327,7 @@ LEGEND = [
     f"so the true constant lies between. Settled: an exact result, or an upper bound within "
     f"{100 * (TIGHT_WITHIN - 1):.0f}% of the best lower bound.",
     f"Green: the cheapest verifier (median time) whose median tightness is within {100 * (TIGHT_WITHIN - 1):.0f}% "
-    f"of the method's best. Grey: the verifier does not apply (unsupported, not installed) or was not run. "
+    f"of the row's best. Grey: the verifier does not apply (unsupported, not installed) or was not run. "
     f"'anytime': bounds kept at a timeout.",
 ]
 
@@ -651,7 +652,8 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     path = path or os.path.join(out_dir, "report.pdf")
     stem = path[:-4] if path.lower().endswith(".pdf") else path
     title = title or f"lipbench report: suite {info['suite']}"
-    h = headline(df)
+    hdf = per_norm(df)   # one row per training method and query norm: medians of comparable queries
+    h = headline(hdf)
     tables, cert_table = [], None
     fams = figures.family_frame(df)   # hand-built families (a trainer with a family parameter); often empty
     comp = sota.comparison(df, certified, nets) if len(df) else None   # None: no CIFAR networks to compare
@@ -670,7 +672,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 elif comp is None:
                     extra.append("No CIFAR-10 network with certified accuracy for p = 2 in this store: the page "
                                  "next to the published state of the art (CIFAR-10, l2) is omitted.")
-            headline_pages(pdf, title, info, df, h, _notes(df, info, scaling_note, extra))
+            headline_pages(pdf, title, info, hdf, h, _notes(df, info, scaling_note, extra))
             if len(df):
                 figures.tightness_page(pdf, df)
                 figures.cactus_page(pdf, df)

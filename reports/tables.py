@@ -8,6 +8,7 @@ import json
 import math
 import os
 
+from bench.tidy import row_order
 from .style import (BEST, NOT_APPLICABLE as GREY, STATUS_COLORS, STATUS_ORDER, fmt_s, fmt_share, fmt_tight, order,
                     worst_status)
 
@@ -30,7 +31,7 @@ def headline_grid(df, h) -> dict:
     none), then its interquartile range, the median cost, the share settled and the
     statuses that are not ok."""
     verifiers = order(h.verifier.unique()) if len(h) else []
-    methods = sorted(df.method.dropna().unique()) if len(df) else []
+    methods = sorted(df.method.dropna().unique(), key=row_order) if len(df) else []
     cells = {}
     for _, r in h.iterrows():
         g = df[(df.method == r.method) & (df.verifier == r.verifier)]
@@ -82,7 +83,7 @@ def headline_rows(h) -> tuple[list[str], list[list[str]]]:
     """The headline in long form for LaTeX: one row per (method, verifier)."""
     header = ["method", "verifier", "tightness (median)", "IQR", "median time", "settled", "statuses", "best"]
     body = []
-    for m in sorted(h.method.unique()) if len(h) else []:
+    for m in sorted(h.method.unique(), key=row_order) if len(h) else []:
         g = h[h.method == m]
         for v in order(g.verifier):
             r = g[g.verifier == v].iloc[0]

@@ -120,7 +120,8 @@ def test_show_prints_the_headline_and_export_writes_the_frame(tmp_path):
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["verifier", "standard", "tb-penalty", "x", "abs"]
+    assert lines[0] == "queries at p=inf"   # one table per query norm
+    assert lines[1].split() == ["verifier", "standard", "tb-penalty", "x", "abs"]
     trivial = next(l for l in lines if l.startswith("trivial"))
     assert "*1.05" in trivial and "3 [3-3]" in trivial
     empty = tmp_path / "empty"
@@ -128,3 +129,22 @@ def test_show_prints_the_headline_and_export_writes_the_frame(tmp_path):
     r = subprocess.run([sys.executable, "-m", "bench", "show", "--out", str(empty)], cwd=REPO,
                        capture_output=True, text=True)
     assert r.returncode == 0 and "holds no results" in r.stdout
+
+
+def test_the_sentence_answers_the_papers_question_at_the_trained_norm():
+    """For networks trained for a norm, at that norm: is the trivial bound within 10% of
+    the best lower bound, and how much cheaper than the cheapest verifier as tight."""
+    import pandas as pd
+    rows = [("tb-penalty p=2 x abs, at p=2", "trivial", 1.04, 0.002, 1.0, True),
+            ("tb-penalty p=2 x abs, at p=2", "lipsdp", 1.01, 1.0, 1.0, False),
+            ("tb-penalty p=2 x abs, at p=inf", "trivial", 3.8, 0.001, 0.0, True),
+            ("tb-penalty p=inf x abs, at p=inf", "trivial", 1.5, 0.001, 0.0, False),
+            ("tb-penalty p=inf x abs, at p=inf", "bab", 1.2, 5.0, 0.0, True)]
+    h = pd.DataFrame([{"method": m, "verifier": v, "tight_median": t, "cost_median_s": c, "settled_share": s,
+                       "unsound": 0, "best": b} for m, v, t, c, s, b in rows])
+    s = headline_sentence(h)
+    assert s.startswith("On tb-penalty p=2 x abs networks at the norm they were trained for (p=2), the trivial bound "
+                        "is within 10% of the best sound lower bound (median 1.04, 100% of queries settled), 500x "
+                        "cheaper than lipsdp, the cheapest as tight; on tb-penalty p=inf x abs networks at the norm "
+                        "they were trained for (p=inf), the trivial bound is not within 10%"), s
+    assert "on tb-penalty p=2 x abs networks at p=inf, trivial is the cheapest verifier" in s
