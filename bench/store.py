@@ -155,24 +155,11 @@ class Store:
         with self.db:
             self._job_row(job, out)
             if isinstance(job, TrainJob) and out.status == "ok":
-                n = out.network
-                self.db.execute(
-                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
-                    " clean_acc, metrics, path, input_shape, description) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (job.network_id, job.key, n.net_hash, job.trainer, dumps({"arch": job.arch, **job.params}),
-                     dumps(job.dataset), job.seed, n.metrics.get("clean_acc"), dumps(n.metrics), n.path,
-                     dumps(list(n.input_shape)), n.description))
+                self._network_row(job, out.network, job.trainer, {"arch": job.arch, **job.params}, job.seed)
             elif isinstance(job, ImportJob) and out.status == "ok":
-                n = out.network
-                self.db.execute(
-                    "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed,"
-                    " clean_acc, metrics, path, input_shape, description, source, box)"
-                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (job.network_id, job.key, n.net_hash, EXTERNAL, dumps({"family": job.family}),
-                     dumps(job.dataset), 0, n.metrics.get("clean_acc"), dumps(n.metrics), n.path,
-                     dumps(list(n.input_shape)), n.description,
-                     dumps({"source": job.source, "sha256": job.source_hash, "box_source": job.box_source}),
-                     None if job.box is None else dumps(job.box)))
+                self._network_row(job, out.network, EXTERNAL, {"family": job.family}, 0,
+                                  {"source": job.source, "sha256": job.source_hash, "box_source": job.box_source},
+                                  job.box)
             elif isinstance(job, VerifyJob):
                 q = job.query
                 self.db.execute(
@@ -193,6 +180,16 @@ class Store:
                         self.db.execute("INSERT INTO certified VALUES (?,?,?,?,?,?,?,?,?)",
                                         (job.network, c["verifier"], c["verifier_params"], c["p"], e, a,
                                          c["clean_acc"], c["source"], job.key))
+
+    def _network_row(self, job, n, trainer: str, params: dict, seed: int, source: dict | None = None,
+                     box: dict | None = None) -> None:
+        """The ``networks`` row of a job that made network ``n`` (trained or imported)."""
+        self.db.execute(
+            "INSERT INTO networks (id, job_key, net_hash, trainer, trainer_params, dataset, seed, clean_acc, metrics,"
+            " path, input_shape, description, source, box) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (job.network_id, job.key, n.net_hash, trainer, dumps(params), dumps(job.dataset), seed,
+             n.metrics.get("clean_acc"), dumps(n.metrics), n.path, dumps(list(n.input_shape)), n.description,
+             None if source is None else dumps(source), None if box is None else dumps(box)))
 
     def _job_row(self, job: Job, out: Outcome):
         # a retried job replaces its earlier (failed) rows in the same transaction

@@ -153,12 +153,17 @@ def _train(job: TrainJob, budget: Budget) -> Outcome:
     module = net.module   # what was read: a module of code is stored as its traced tree (its hash is the tree's)
     measure_accuracy(module, ds, metrics)
     metrics.setdefault("data", ds.note or ds.name)
-    metrics["activations"] = [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
-                              for a in net.activations]
-    metrics["parameters"] = netmod.parameter_count(module)   # the network's size, for the report
+    metrics.update(_described(net))
     netmod.save(module, ds.input_shape, job.out_path)
     trained = TrainedNetwork(net.hash(), job.out_path, tuple(ds.input_shape), net.describe(), metrics)
     return Outcome("ok", network=trained, versions=versions(cls), solve_s=solve_s)
+
+
+def _described(net) -> dict:
+    """What the store keeps of a walked network beside its accuracy: its activations (and
+    the norms they saturate) and its size (parameters, for the report)."""
+    return {"activations": [{"name": a.name, "saturates": [str(p) for p in a.saturates]} for a in net.activations],
+            "parameters": netmod.parameter_count(net.module)}
 
 
 def _import(job: ImportJob) -> Outcome:
@@ -174,9 +179,7 @@ def _import(job: ImportJob) -> Outcome:
                                       f"each time: seed it)", versions=versions())
     net = netmod.walk(module, shape)
     module = net.module
-    metrics = {"parameters": netmod.parameter_count(module), "source": job.source,
-               "activations": [{"name": a.name, "saturates": [str(p) for p in a.saturates]}
-                               for a in net.activations]}
+    metrics = {"source": job.source, **_described(net)}
     if job.dataset is not None:
         from .data import load as load_data
         ds = load_data(job.dataset, job.data_dir)
