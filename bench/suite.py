@@ -1,7 +1,7 @@
 """Suites: YAML files -> validated, frozen dataclasses -> jobs.
 
 A suite names data sets, seeds, trainers (with architectures, parameters and grids),
-verifiers (with parameters) and queries; see README.md for the format.  Every error
+verifiers (with parameters) and queries; see docs/suites.md for the format.  Every error
 names the file and line and lists the valid choices.
 """
 from __future__ import annotations

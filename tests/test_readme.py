@@ -1,21 +1,39 @@
-"""The README's examples, run exactly as written."""
+"""The README's and docs/'s examples, run exactly as written: every Python block runs
+(the named ones by a test of their own that checks what they print), every `python -m
+bench` command line of a shell block parses and names a suite that exists."""
+import glob
 import os
 import re
+import shlex
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REFERENCE, REPO
 
 README = open(os.path.join(REPO, "README.md")).read()
-PLUGINS = open(os.path.join(REPO, "docs", "plugins.md")).read()
+DOCS = {os.path.relpath(f, REPO): open(f).read() for f in sorted(glob.glob(os.path.join(REPO, "docs", "*.md")))}
+PAGES = {"README.md": README, **DOCS}
+PLUGINS = DOCS["docs/plugins.md"]
+API = DOCS["docs/api.md"]
+#: a block named <!-- example: NAME --> is run by a test here that checks what it does
+NAMED = {"api", "residual", "my_plugins.py", "check.py", "mine.yaml"}
 
 
 def block(after: str, text: str = README) -> str:
     m = re.search(re.escape(after) + r"\s*```\w*\n(.*?)```", text, re.S)
-    assert m, f"{'README' if text is README else 'docs/plugins.md'} has no code block after {after!r}"
+    assert m, f"no code block after {after!r}"
     return m.group(1)
+
+
+def blocks(lang: str):
+    """(page, name or None, code) of every ```lang block of README.md and docs/."""
+    out = []
+    for page, text in PAGES.items():
+        for m in re.finditer(r"(<!-- example: ([^ ]+) -->\s*)?```" + lang + r"\n(.*?)```", text, re.S):
+            out.append((page, m.group(2), m.group(3)))
+    return out
 
 
 def run(args, cwd, pythonpath):
@@ -40,14 +58,14 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_them():
 
 
 def test_python_api_example():
-    code = re.search(r"## Python API\s*```python\n(.*?)```", README, re.S).group(1)
+    code = block("<!-- example: api -->", API)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert out.returncode == 0, out.stderr
     assert "upper ok" in out.stdout
 
 
 def test_residual_and_onnx_example(tmp_path):
-    code = re.search(r"<!-- example: residual -->\s*```python\n(.*?)```", README, re.S).group(1)
+    code = block("<!-- example: residual -->", API)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
                          env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert out.returncode == 0, out.stderr
@@ -152,3 +170,62 @@ def test_reference_page_is_current():
     r = run(["list", "--markdown"], REPO, "")
     assert r.returncode == 0, r.stderr
     assert body == r.stdout, "docs/reference.md is stale: regenerate it with python -m bench list --markdown"
+
+
+def test_every_named_example_is_run_by_a_test():
+    names = {name for lang in ("python", "yaml", "toml") for _, name, _ in blocks(lang) if name}
+    assert names == NAMED, "a named example no test runs, or a test whose example is gone"
+
+
+def _vnncomp_data(folder):
+    """data/vnncomp2021/ as `python -m bench data vnncomp` lays it out, linked to the
+    reference copies of the networks (the properties are not there)."""
+    from bench.data import VNNCOMP_FILES
+    ref = os.path.join(REFERENCE, "vnncomp2021")
+    for rel in VNNCOMP_FILES:
+        src = os.path.join(ref, os.path.basename(rel))
+        if os.path.exists(src):
+            dst = folder / "data" / "vnncomp2021" / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(src)
+
+
+@pytest.mark.parametrize("page,code", [(p, c) for p, n, c in blocks("python") if n is None],
+                         ids=lambda v: v if isinstance(v, str) and v.endswith(".md") else "")
+def test_every_other_python_block_runs(page, code, tmp_path):
+    _vnncomp_data(tmp_path)
+    for path in re.findall(r'"(data/vnncomp2021/[^"]+)"', code):
+        if not (tmp_path / path).exists():
+            pytest.skip(f"{path} has no reference copy in {os.path.normpath(REFERENCE)}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
+                         env=dict(os.environ, PYTHONPATH=REPO))
+    assert out.returncode == 0, f"{page}: {out.stderr[-2000:]}"
+
+
+def _bench_commands():
+    """Every `python -m bench ...` command of a ```sh block: (page, its arguments)."""
+    out = []
+    for page, _, code in blocks("sh"):
+        for line in code.splitlines():
+            line = line.split(" #")[0].strip()
+            for cmd in line.split("&&"):
+                words = shlex.split(cmd)
+                if len(words) > 2 and words[0].endswith("python") and words[1:3] == ["-m", "bench"]:
+                    out.append((page, words[3:]))
+    return out
+
+
+def test_every_bench_command_in_the_docs_parses_and_names_a_suite_that_exists():
+    from bench.cli import parser
+    from bench.suite import shipped_suites
+    cmds = _bench_commands()
+    assert {p for p, _ in cmds} >= {"README.md", "docs/data.md", "docs/networks.md", "docs/plugins.md"}
+    written = set(re.findall(r"<!-- example: (\S+\.yaml) -->", "".join(PAGES.values())))
+    for page, args in cmds:
+        try:
+            a = parser().parse_args(args)
+        except SystemExit:
+            pytest.fail(f"{page}: python -m bench {' '.join(args)} does not parse")
+        suite = getattr(a, "suite", None)
+        if suite:
+            assert suite in shipped_suites() or suite in written, f"{page}: no suite {suite!r}"
