@@ -217,12 +217,11 @@ def _networks(label: str) -> str:
     return f"{m} networks" + (f" at {at}" if at else "")
 
 
-def headline_sentence(h) -> str:
-    """The headline table's answer in words: first, for networks trained for a norm (a
-    method named "... p=P ...") at that norm, the paper's question: is the trivial bound
-    within 10% of the best sound lower bound, and how much cheaper is it than the cheapest
-    other verifier as tight; then, per row, the verifier highlighted (the cheapest within
-    10% of the best) and how tight and how fast it is."""
+def answer_parts(h) -> list[str]:
+    """The paper's question, answered per headline row of networks trained for a norm (a
+    method named "... p=P ...") at that norm: is the trivial bound within 10% of the best
+    sound lower bound, and how much cheaper is it than the cheapest other verifier as
+    tight."""
     import re
     parts = []
     for label, g in h.groupby("method", sort=True):
@@ -243,9 +242,68 @@ def headline_sentence(h) -> str:
         parts.append(f"on {m} networks at the norm they were trained for ({at}), the trivial bound is "
                      f"{'within' if within else 'not within'} 10% of the best sound lower bound (median "
                      f"{tb.tight_median:.3g}, {tb.settled_share:.0%} of queries settled){cheaper}")
-    for _, r in h[h.best].iterrows():
-        parts.append(f"on {_networks(r.method)}, {r.verifier} is the cheapest verifier within 10% of the tightest "
-                     f"(median upper / best lower {r.tight_median:.3g}, median {r.cost_median_s:.3g} s)")
+    return parts
+
+
+def best_parts(h) -> list[str]:
+    """Per headline row, the verifier highlighted (the cheapest within 10% of the
+    tightest), how tight and how fast it is."""
+    return [f"on {_networks(r.method)}, {r.verifier} is the cheapest verifier within 10% of the tightest "
+            f"(median upper / best lower {r.tight_median:.3g}, median {r.cost_median_s:.3g} s)"
+            for _, r in h[h.best].iterrows()]
+
+
+def sentence(parts: list[str]) -> str:
+    """Clauses joined into one sentence, capitalised; "" for none."""
     if not parts:
-        return "No verifier has an upper bound with a proven lower bound to compare against yet."
-    return "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + "."
+        return ""
+    s = "; ".join(parts)
+    return s[0].upper() + s[1:] + "."
+
+
+def headline_sentence(h) -> str:
+    """The headline table's answer in words: first the paper's question
+    (:func:`answer_parts`), then the verifier highlighted per row (:func:`best_parts`)."""
+    return (sentence(answer_parts(h) + best_parts(h))
+            or "No verifier has an upper bound with a proven lower bound to compare against yet.")
+
+
+#: trainer parameters that never tell two settings of one method apart
+_NOT_SETTINGS = {"arch"}
+
+
+def _short(v) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def networks_frame(nets):
+    """One row per stored network (``Store.networks()`` rows), its stored JSON read once:
+    ``network, method, trainer, activation, arch, dataset, seed, clean_acc, train_s,
+    params`` (the trainer's parameters, a dict) and ``setting``: the parameters that
+    differ between the networks of the same method in this store ("lam=0.05,
+    margin_eps=0.141"; "" where a method has one setting), the name of a grid point."""
+    import pandas as pd
+    rows = []
+    for n in nets:
+        n = dict(n)
+        try:
+            tp = json.loads(n.get("trainer_params") or "{}")
+            metrics = json.loads(n.get("metrics") or "{}")
+        except (TypeError, ValueError):
+            tp, metrics = {}, {}
+        a = tp.get("arch", {}) if isinstance(tp.get("arch"), dict) else {}
+        act = a.get("activation", "relu") if a else None
+        rows.append({"network": n["id"], "method": method_label(n["trainer"], act, tp.get("p"), tp.get("family")),
+                     "trainer": n["trainer"], "activation": act, "arch": arch_shape(a) if a else None,
+                     "dataset": _plain(n.get("dataset")), "seed": n.get("seed"), "clean_acc": n.get("clean_acc"),
+                     "train_s": metrics.get("train_s"), "params": tp})
+    df = pd.DataFrame(rows, columns=["network", "method", "trainer", "activation", "arch", "dataset", "seed",
+                                     "clean_acc", "train_s", "params"])
+    setting = {}
+    for _, g in df.groupby("method"):
+        keys = sorted({k for p in g.params for k in p} - _NOT_SETTINGS)
+        varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in g.params}) > 1]
+        for r in g.itertuples():
+            setting[r.network] = ", ".join(f"{k}={_short(r.params.get(k))}" for k in varying)
+    df["setting"] = df.network.map(setting).fillna("")
+    return df

@@ -16,9 +16,8 @@ from bench.rows import TIGHT_WITHIN
 from bench.store import EXTERNAL
 from bench.tidy import NOT_APPLICABLE
 
-from .style import SMALL, TEXT, TITLE, UNSOUND, order, style
+from .style import A4L, SMALL, TEXT, TITLE, UNSOUND, order, style
 
-A4L = (11.69, 8.27)
 RASTER_ABOVE = 2000     # scatter plots with more points are rasterised inside the PDF (small files)
 ANYTIME_PANELS = 24     # at most this many anytime panels (runs that did not close first, then the slowest)
 

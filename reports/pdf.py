@@ -36,17 +36,17 @@ from matplotlib.patches import Rectangle  # noqa: E402
 
 from bench.rows import TIGHT_WITHIN  # noqa: E402
 from bench.store import EXTERNAL, Store  # noqa: E402
-from bench.tidy import frame, headline, headline_sentence, per_norm  # noqa: E402
+from bench.tidy import (answer_parts, best_parts, frame, headline, networks_frame, per_norm,  # noqa: E402
+                        sentence)
 
-from . import evidence, figures, sota  # noqa: E402
-from .style import (MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
-                    UNSOUND, order, style)
+from . import evidence, figures, sota, tradeoff  # noqa: E402
+from .style import (A4L, MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
+                    UNSOUND, fmt_s, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
                      status_rows, to_latex, unanswered_rows, write_atomic)
 
 log = logging.getLogger(__name__)
 logging.getLogger("fontTools").setLevel(logging.WARNING)   # font subsetting would log every glyph at INFO
-A4L = (11.69, 8.27)
 HEADLINE_ROWS = 5          # training methods per headline page
 HEADLINE_COLS = 8          # verifiers per headline page
 STATUS_ROWS = 15           # rows of the status map per page
@@ -342,6 +342,12 @@ def headline_pages(pdf, title, info, df, h, notes):
         fig = plt.figure(figsize=A4L)
         if k == 0:
             y = _header(fig, title, info, df)
+            answer = sentence(answer_parts(h)) if len(h) else ""
+            if answer:   # the paper's question, answered where the reader starts
+                for w in _wrap(answer, _chars(A4L[0] * 0.92, 9.5)):
+                    fig.text(0.04, y, w, fontsize=9.5, weight="bold", va="top")
+                    y -= 0.026
+                y -= 0.01
         else:
             fig.text(0.04, 0.965, title + f": headline table (continued, {k + 1} of {len(pages)})",
                      fontsize=TITLE, va="top")
@@ -359,7 +365,9 @@ def headline_pages(pdf, title, info, df, h, notes):
         f = Flow(pdf, title + ": headline")   # a page it adds says "(continued)"
         f.fig, f.pages, f.y = fig, 1, y - 0.02
         if len(df):
-            f.text(headline_sentence(h) if len(h) else "No upper bounds to compare.", size=9.5, weight="bold")
+            best = sentence(best_parts(h)) if len(h) else ""
+            f.text(best or "No verifier has an upper bound with a proven lower bound to compare against yet.",
+                   size=TEXT)
             f.y -= 0.012
             for l in LEGEND:
                 f.text(l, size=SMALL, color="#333333")
@@ -533,6 +541,36 @@ def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
     return [("configurations", header, body), ("obstructions", abl_header, abl)]
 
 
+# ---- clean against certified accuracy
+
+def tradeoff_pages(pdf, nets, df, certified) -> tuple | None:
+    """The trade-off (:mod:`reports.tradeoff`): the figure, then one row per setting (mean
+    over seeds): clean accuracy, certified accuracy from the trivial bound and from the
+    verifier that certifies the most (named), TB / lower, training time.  Returns the
+    per-setting frame, or None when no network has certified accuracy at p = 2."""
+    t = tradeoff.table(networks_frame(nets), df, certified)
+    if not len(t):
+        return None
+    s = tradeoff.settings(t)
+    tradeoff.page(pdf, t, s)
+    f = Flow(pdf, "Clean against certified accuracy, per setting")
+    f.text("Mean over seeds. cert. (TB): certified by the sound class-pair trivial bound; cert. (best): by the "
+           "verifier whose sound bounds certify the most, named; TB / lower: the trivial bound of the whole output "
+           "over the best sound lower bound (mean, max over seeds); training time per network.", size=SMALL,
+           color="#333333")
+    f.y -= 0.006
+    header = ["method", "setting", "seeds", "clean", "eps", "cert. (TB)", "cert. (best)", "by", "TB / lower",
+              "train"]
+    body = [[r.method, r.setting or "-", str(r.seeds), f"{100 * r.clean_acc:.1f}%", tradeoff._eps_name(r.eps),
+             f"{100 * r.cert_trivial:.1f}%" if r.cert_trivial == r.cert_trivial else "-",
+             f"{100 * r.cert_best:.1f}%", r.best_by,
+             "-" if r.tb_over_lower != r.tb_over_lower else f"{r.tb_over_lower:.3g} (max {r.tb_over_lower_max:.3g})",
+             fmt_s(r.train_s)] for r in s.itertuples()]
+    f.table(header, body, widths=[0.17, 0.28, 0.04, 0.05, 0.05, 0.07, 0.07, 0.06, 0.1, 0.06])
+    f.close()
+    return s
+
+
 # ---- next to the published state of the art
 
 def published_page(pdf, comp: dict):
@@ -654,7 +692,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     title = title or f"lipbench report: suite {info['suite']}"
     hdf = per_norm(df)   # one row per training method and query norm: medians of comparable queries
     h = headline(hdf)
-    tables, cert_table = [], None
+    tables, cert_table, trade = [], None, None
     fams = figures.family_frame(df)   # hand-built families (a trainer with a family parameter); often empty
     comp = sota.comparison(df, certified, nets) if len(df) else None   # None: no CIFAR networks to compare
     tmp = path + ".tmp"
@@ -681,6 +719,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 figures.family_pages(pdf, df, fams)
                 figures.anytime_pages(pdf, df)
                 cert_table = figures.certified_page(pdf, df, certified)
+                trade = tradeoff_pages(pdf, nets, df, certified)
                 if comp is not None:
                     published_page(pdf, comp)
                 tables += evidence_pages(pdf, nets, df, certified)
@@ -692,7 +731,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     finally:
         if os.path.exists(tmp):   # a failed report leaves the previous PDF, not half a new one
             os.unlink(tmp)
-    _write_data(stem, df, h, tables, cert_table, comp, fams)
+    _write_data(stem, df, h, tables, cert_table, comp, fams, trade)
     return path
 
 
@@ -702,8 +741,10 @@ def _csv(frame_, path):
     os.replace(tmp, path)
 
 
-def _write_data(stem: str, df, h, tables, cert_table=None, comp=None, fams=None):
+def _write_data(stem: str, df, h, tables, cert_table=None, comp=None, fams=None, trade=None):
     _csv(df, stem + "-data.csv")
+    if trade is not None:
+        _csv(trade, stem + "-tradeoff.csv")
     if fams is not None and len(fams):
         _csv(fams, stem + "-families.csv")
     if cert_table is not None:

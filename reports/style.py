@@ -39,6 +39,9 @@ STATUS_ORDER = ("unsound", "error", "oom", "timeout", "license_limit", "not_inst
 STATUS_COLORS = {"unsound": "#ff8a8a", "error": "#f7b27a", "oom": "#f9cf8f", "timeout": "#fff0a0",
                  "license_limit": "#d9d2f0", "not_installed": "#e6e6e6", "unsupported": "#eeeeee", "ok": BEST}
 
+#: a landscape A4 page, in inches: every page of the report
+A4L = (11.69, 8.27)
+
 #: font sizes in points (nothing smaller than SMALL)
 TITLE, TEXT, SMALL = 11, 8, 7
 RC = {"font.size": TEXT, "axes.titlesize": TEXT, "axes.labelsize": TEXT, "xtick.labelsize": SMALL,
