@@ -281,7 +281,8 @@ def networks_frame(nets):
     ``network, method, trainer, activation, arch, dataset, seed, clean_acc, train_s,
     params`` (the trainer's parameters, a dict) and ``setting``: the parameters that
     differ between the networks of the same method in this store ("lam=0.05,
-    margin_eps=0.141"; "" where a method has one setting), the name of a grid point."""
+    margin_eps=0.141"; the architecture first where a method has several; "" where a method
+    has one setting), the name of a grid point."""
     import pandas as pd
     rows = []
     for n in nets:
@@ -303,7 +304,9 @@ def networks_frame(nets):
     for _, g in df.groupby("method"):
         keys = sorted({k for p in g.params for k in p} - _NOT_SETTINGS)
         varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in g.params}) > 1]
+        arch = g.arch.nunique(dropna=False) > 1   # architectures apart: one method, several sizes
         for r in g.itertuples():
-            setting[r.network] = ", ".join(f"{k}={_short(r.params.get(k))}" for k in varying)
+            setting[r.network] = ", ".join(([str(r.arch)] if arch else [])
+                                           + [f"{k}={_short(r.params.get(k))}" for k in varying])
     df["setting"] = df.network.map(setting).fillna("")
     return df
