@@ -17,6 +17,8 @@ from statistics import mean, median
 
 from bench.rows import TIGHT_WITHIN as TIGHT
 
+from .literature import COMPARABLE_SCALING, LIPSCHITZ_DATASETS, PUBLISHED_DIR, load_lipschitz
+
 #: "orders of magnitude": at least this factor
 ORDERS = 10.0
 #: a published network is of comparable accuracy within this many percentage points of clean accuracy
@@ -178,12 +180,11 @@ def _saturating_tb(i: dict, p: str) -> bool:
 def published_size(nets: list[dict], df, folder: str | None = None) -> list[str]:
     """The size claim against 'comparable works': the median TB of each tb-penalty
     configuration on MNIST (``mnist`` or ``mnist5k``) next to the published Lipschitz
-    bounds (reports/published/, :func:`reports.sota.load_lipschitz`) of the same norm, on
+    bounds (reports/published/, :func:`reports.literature.load_lipschitz`) of the same norm, on
     the whole output, over inputs in [0, 1], of networks within COMPARABLE_PP points of its
     clean accuracy; 'orders of magnitude' holds when each is at least ORDERS times the TB.
     A published row over other inputs (standardised, unknown) is named, not compared.  The
     published numbers are read only when the store has such networks."""
-    from .sota import COMPARABLE_SCALING, LIPSCHITZ_DATASETS, PUBLISHED_DIR, load_lipschitz
     infos = {i["id"]: i for i in (network_info(n) for n in nets)}
     b = bounds_by_network(df)
     mnist = {d for ds in LIPSCHITZ_DATASETS.values() for d in ds}

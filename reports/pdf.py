@@ -41,7 +41,7 @@ from bench.tidy import (answer_parts, best_parts, frame, headline, networks_fram
 
 from . import evidence, figures, sota, tradeoff  # noqa: E402
 from .style import (A4L, MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
-                    UNSOUND, fmt_s, order, style)
+                    UNSOUND, fmt_eps, fmt_s, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
                      status_rows, to_latex, unanswered_rows, write_atomic)
 
@@ -561,7 +561,7 @@ def tradeoff_pages(pdf, nets, df, certified) -> tuple | None:
     f.y -= 0.006
     header = ["method", "setting", "seeds", "clean", "eps", "cert. (TB)", "cert. (best)", "by", "TB / lower",
               "train"]
-    body = [[r.method, r.setting or "-", str(r.seeds), f"{100 * r.clean_acc:.1f}%", tradeoff._eps_name(r.eps),
+    body = [[r.method, r.setting or "-", str(r.seeds), f"{100 * r.clean_acc:.1f}%", fmt_eps(r.eps),
              f"{100 * r.cert_trivial:.1f}%" if r.cert_trivial == r.cert_trivial else "-",
              f"{100 * r.cert_best:.1f}%", r.best_by,
              "-" if r.tb_over_lower != r.tb_over_lower else f"{r.tb_over_lower:.3g} (max {r.tb_over_lower_max:.3g})",
@@ -578,7 +578,7 @@ def published_page(pdf, comp: dict):
     (measured rows shaded), the sources, and clean against certified accuracy at the first
     radius as a scatter."""
     from matplotlib.lines import Line2D
-    e0 = sota.eps_text(comp["columns"][0])
+    e0 = fmt_eps(comp["columns"][0])
     f = Flow(pdf, "Next to the published state of the art: CIFAR-10, l2 balls")
     f.text("Clean and certified robust accuracy (%); the certified radius eps in units of [0, 1] pixels. 'measured': "
            "this store's networks on CIFAR-10 (JPEG copy): lipbench's reference CIFAR-10 went through JPEG "

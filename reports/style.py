@@ -124,3 +124,9 @@ def fmt_count(v) -> str:
     if v < 1_000_000:
         return f"{v / 1e3:.1f}k"
     return f"{v / 1e6:.3g}M"
+
+
+def fmt_eps(e: float) -> str:
+    """A radius: 36/255 for a whole number of 255ths (pixel units, within 1e-6), else the number."""
+    k = round(e * 255)
+    return f"{k}/255" if abs(e - k / 255) <= 1e-6 else f"{e:g}"

@@ -15,7 +15,7 @@ import math
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
-from .style import A4L, SMALL, TITLE
+from .style import A4L, SMALL, TITLE, fmt_eps
 
 #: the paper's method: the trainer whose settings the sentence searches
 METHOD = "tb-penalty"
@@ -83,11 +83,6 @@ def _pct(v) -> str:
     return "-" if v is None or v != v else f"{100 * v:.1f}%"
 
 
-def _eps_name(e: float) -> str:
-    k = e * 255
-    return f"{round(k)}/255" if abs(k - round(k)) < 1e-6 else f"{e:.4g}"
-
-
 def sentence(s, eps: float) -> str | None:
     """The answer at one radius, from the per-setting means: the paper's method's best
     setting (the most certified), its clean accuracy and its trivial bound's tightness,
@@ -114,7 +109,7 @@ def sentence(s, eps: float) -> str | None:
         label = f"{m}" + (f" {top.setting}" if top.setting else "")
         item = f"{label}: {_pct(top.cert_best)} at {_pct(top.clean_acc)} clean"
         (reached if top.cert_best <= b.cert_best else not_reached).append(item)
-    parts.append(f"At l2 radius {_eps_name(eps)}, at equal training budget, the best {METHOD} setting ({where}) "
+    parts.append(f"At l2 radius {fmt_eps(eps)}, at equal training budget, the best {METHOD} setting ({where}) "
                  f"certifies {_pct(b.cert_best)} of the test images at {_pct(b.clean_acc)} clean accuracy "
                  f"(by {b.best_by}; mean of {b.seeds} seed(s)); {tight}")
     if reached:
@@ -161,7 +156,7 @@ def page(pdf, t, s) -> bool:
                 if r == r and r is not None:
                     ax.annotate(f"{r:.2g}", (xi, yi), xytext=(2, 2), textcoords="offset points", fontsize=SMALL,
                                 color=c)
-        ax.set_title(f"certified at l2 radius {_eps_name(e)}")
+        ax.set_title(f"certified at l2 radius {fmt_eps(e)}")
         ax.set_xlabel("clean accuracy (%)")
         ax.set_ylabel("certified accuracy (%)")
         ax.grid(alpha=0.3)

@@ -1,10 +1,5 @@
-"""Every registered activation description agrees with its module, and the module
-structure has no import circle."""
-import ast
+"""Every registered activation description agrees with its module."""
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,7 +10,6 @@ from bench import activations, network
 from bench.activations import ActivationSpec, describe
 from bench.api import Unsupported
 from bench.registry import load_plugins
-from conftest import REPO
 
 load_plugins()
 INF = math.inf
@@ -241,78 +235,3 @@ def test_a_new_activation_is_one_class():
 def test_unknown_activation_names_the_registered_ones():
     with pytest.raises(bench.UserError, match="unknown activation 'nope'; registered: .*relu"):
         network.build_net({"hidden": [3], "activation": "nope"}, (2,), 2)
-
-
-# ---- no import circle ------------------------------------------------------------------
-
-def _imports(module: str) -> set[str]:
-    """The modules that ``bench/<module>.py`` imports (and names it imports from them),
-    anywhere in its code."""
-    tree = ast.parse(open(os.path.join(REPO, "bench", module + ".py")).read())
-    out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom):
-            base = ".".join(x for x in ("bench" if node.level else "", node.module or "") if x)
-            out.add(base)
-            out |= {f"{base}.{a.name}" for a in node.names}
-        elif isinstance(node, ast.Import):
-            out |= {a.name for a in node.names}
-    return out
-
-
-def _bench_graph() -> dict[str, set[str]]:
-    """bench's modules -> the bench modules each imports anywhere in its code (function-
-    level imports too: a late import hides a circle, it does not remove it)."""
-    root = os.path.join(REPO, "bench")
-    graph = {}
-    for d, _, files in os.walk(root):
-        for f in files:
-            if not f.endswith(".py"):
-                continue
-            path = os.path.join(d, f)
-            parts = ["bench"] + os.path.relpath(path, root)[:-3].split(os.sep)
-            is_pkg = parts[-1] == "__init__"
-            name = ".".join(parts[:-1] if is_pkg else parts)
-            pkg = parts[:-1]
-            deps = set()
-            for node in ast.walk(ast.parse(open(path).read())):
-                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("bench")):
-                    base = pkg[:len(pkg) - node.level + 1] if node.level else []
-                    mod = ".".join(base + ([node.module] if node.module else []))
-                    # `from pkg import sub` depends on the submodule; `from mod import name` on mod
-                    deps |= {(f"{mod}.{a.name}", mod) for a in node.names}
-                elif isinstance(node, ast.Import):
-                    deps |= {(a.name, a.name) for a in node.names if a.name.startswith("bench")}
-            graph[name] = deps
-    modules = set(graph)
-    return {m: {sub if sub in modules else mod for sub, mod in deps} & modules - {m} for m, deps in graph.items()}
-
-
-def test_no_import_circle_in_bench():
-    graph = _bench_graph()
-    assert {"bench.network", "bench.registry", "bench.activations", "bench.rows"} <= set(graph)
-
-    def reaches(a, b, seen):
-        for c in graph[a]:
-            if c == b or (c not in seen and not seen.add(c) and reaches(c, b, seen)):
-                return True
-        return False
-    circles = sorted((a, b) for a in graph for b in graph[a] if reaches(b, a, set()))
-    assert not circles, f"import circles (module, what it imports that imports it back): {circles}"
-    assert "bench.network" not in graph["bench.registry"] and "bench.network" not in graph["bench.activations"]
-
-
-@pytest.mark.parametrize("order", [("bench.network", "bench.registry"), ("bench.registry", "bench.network"),
-                                   ("bench.activations", "bench.network")])
-def test_fresh_imports_in_either_order(order):
-    code = ("import importlib, sys\n"
-            f"for m in {list(order)!r}:\n    importlib.import_module(m)\n"
-            "from bench.registry import ACTIVATIONS, register_activation, get_activation\n"
-            "import bench\n"
-            "assert bench.register_activation is register_activation\n"
-            "assert {'relu', 'tanh', 'leaky_relu'} <= set(ACTIVATIONS)\n"
-            "assert type(get_activation('abs')()).__name__ == 'Abs'\n"
-            "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
-                         env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -1,5 +1,5 @@
 """The page next to the published state of the art: the published numbers are data
-(reports/published/), read and validated by reports.sota.load_published; the page exists
+(reports/published/), read and validated by reports.literature.load_published; the page exists
 only for a store with CIFAR networks certified at p = 2, and its table holds both the
 measured rows (from the store's certified table) and the reported ones, each marked."""
 import os
@@ -9,7 +9,8 @@ import pytest
 
 from bench.api import UserError
 from bench.store import Store
-from reports import sota
+from reports import literature, sota
+from reports.style import fmt_eps
 from reportstores import CIFAR_EPS, cifar_store
 from test_report import _pages_render_and_are_not_blank, _report, _text
 
@@ -31,31 +32,31 @@ def _folder(tmp_path, results, sources=SOURCES):
 # ---- the loader
 
 def test_the_shipped_numbers_load_with_their_sources():
-    rows = sota.load_published()
+    rows = literature.load_published()
     assert rows, "reports/published/ holds no result"
     for r in rows:
         assert r.source.title and r.source.authors and 2000 < r.source.year < 2100, r
-        assert r.p == "2" and r.dataset == "CIFAR-10" and sota.eps_column(r.eps, sota.EPS_GRID) is not None, r
+        assert r.p == "2" and r.dataset == "CIFAR-10" and sota.eps_column(r.eps, literature.EPS_GRID) is not None, r
         assert 0 <= r.certified_pct <= r.clean_pct <= 100, r
         assert r.parameters is None or r.parameters > 0
     # every row is its own result (the loader refuses a repeated one), and every paper is cited
     assert len({(r.method, r.model, r.source.key) for r in rows}) == len(rows)
-    bounds = sota.load_lipschitz()
+    bounds = literature.load_lipschitz()
     assert bounds, "reports/published/ holds no Lipschitz bound"
     for r in bounds:
         assert r.p in ("2", "inf") and r.bound > 0 and 0 < r.clean_pct <= 100, r
-        assert r.kind in sota.BOUND_KINDS and r.input_scaling in sota.INPUT_SCALINGS, r
+        assert r.kind in literature.BOUND_KINDS and r.input_scaling in literature.INPUT_SCALINGS, r
         assert r.source.arxiv, r     # every source has an arXiv identifier checked against its abstract page
     assert len({(r.method, r.model, r.source.key) for r in bounds}) == len(bounds)
     assert ({r.source.key for r in rows} | {r.source.key for r in bounds}
-            == set(sota.load_sources(os.path.join(sota.PUBLISHED_DIR, "sources.csv"))))
+            == set(literature.load_sources(os.path.join(literature.PUBLISHED_DIR, "sources.csv"))))
 
 
 def test_a_good_file(tmp_path):
     folder = _folder(tmp_path, "# a comment line\n" + HEADER + "\n"
                      "AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n"
                      "X,CIFAR-10,l2,0.5,50,20.5,Big,1234567,,p24\n")
-    a, b = sota.load_published(folder)
+    a, b = literature.load_published(folder)
     assert (a.method, a.p, a.clean_pct, a.certified_pct, a.parameters, a.budget) == ("AOL", "2", 73.4, 61.0, None,
                                                                                      "24 h")
     assert a.eps == pytest.approx(36 / 255) and a.eps_text == "36/255" and a.where == "cifar10.csv, line 4"
@@ -82,7 +83,7 @@ def test_a_malformed_results_file_is_one_line_naming_the_line(tmp_path, line, wo
     folder = _folder(tmp_path, HEADER + "# a comment\nAOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n"
                      + line + "\n")
     with pytest.raises(UserError) as e:
-        sota.load_published(folder)
+        literature.load_published(folder)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(os.path.join(folder, "cifar10.csv") + ", line 4: "), msg
     assert words in msg, msg
@@ -98,7 +99,7 @@ def test_a_malformed_results_file_is_one_line_naming_the_line(tmp_path, line, wo
 def test_a_malformed_sources_file_is_one_line_naming_the_line(tmp_path, sources, where, words):
     folder = _folder(tmp_path, HEADER, sources)
     with pytest.raises(UserError) as e:
-        sota.load_published(folder)
+        literature.load_published(folder)
     msg = str(e.value)
     assert "\n" not in msg and words in msg, msg
     if where:
@@ -106,11 +107,11 @@ def test_a_malformed_sources_file_is_one_line_naming_the_line(tmp_path, sources,
 
 
 def test_a_stored_eps_is_matched_with_a_tolerance():
-    assert sota.eps_column(0.1411764705882353, sota.EPS_GRID) == 0
-    assert sota.eps_column(108 / 255 + 1e-9, sota.EPS_GRID) == 2
-    assert sota.eps_column(0.141, sota.EPS_GRID) is None
-    assert [sota.eps_text(e) for e in CIFAR_EPS] == ["36/255", "72/255", "108/255"]
-    assert sota.eps_text(0.5) == "0.5"
+    assert sota.eps_column(0.1411764705882353, literature.EPS_GRID) == 0
+    assert sota.eps_column(108 / 255 + 1e-9, literature.EPS_GRID) == 2
+    assert sota.eps_column(0.141, literature.EPS_GRID) is None
+    assert [fmt_eps(e) for e in CIFAR_EPS] == ["36/255", "72/255", "108/255"]
+    assert fmt_eps(0.5) == "0.5"
 
 
 # ---- the page
@@ -133,7 +134,7 @@ def _expected_measured(out):
     finally:
         s.close()
     c["trainer"] = c.network.map(lambda n: nets[n]["trainer"])
-    c["col"] = c.eps.map(lambda e: sota.eps_column(e, sota.EPS_GRID))
+    c["col"] = c.eps.map(lambda e: sota.eps_column(e, literature.EPS_GRID))
     exp = {}
     for trainer, g in c.groupby("trainer"):
         at36 = g[g.col == 0].groupby("verifier").certified_acc.mean()
@@ -163,7 +164,7 @@ def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
         assert words in text, words
 
     table = pd.read_csv(pdf.parent / "r-published.csv")
-    published = sota.load_published()
+    published = literature.load_published()
     rep = table[table["mark"] == "reported"]
     assert len(rep) == len(published)
     for r in published:   # each published row as its file says, with its source
@@ -216,7 +217,7 @@ def test_no_page_and_no_file_read_without_cifar(tmp_path):
     folder cannot break the report of a digits store."""
     broken = _folder(tmp_path, "not,a,valid,header\n")
     with pytest.raises(UserError):
-        sota.load_published(broken)
+        literature.load_published(broken)
     assert sota.comparison(pd.DataFrame(), [], [], folder=broken) is None
 
 
@@ -248,9 +249,9 @@ def _lip_folder(tmp_path, rows, results=HEADER):
 def test_a_good_bounds_file_next_to_a_results_file(tmp_path):
     folder = _lip_folder(tmp_path, LIP_ROW + "HKR,MNIST,linf,1.5,certified upper,standardised,96.06,CNN,27920,p24\n",
                          HEADER + "AOL,CIFAR-10,l2,36/255,73.4,61.0,ConvNetM,,24 h,p24\n")
-    both = sota.load_folder(folder)
-    assert [r.method for r in both["certified"]] == ["AOL"] == [r.method for r in sota.load_published(folder)]
-    a, b = sota.load_lipschitz(folder)
+    both = literature.load_folder(folder)
+    assert [r.method for r in both["certified"]] == ["AOL"] == [r.method for r in literature.load_published(folder)]
+    a, b = literature.load_lipschitz(folder)
     assert (a.method, a.p, a.bound, a.kind, a.input_scaling, a.clean_pct, a.parameters, a.where) == \
         ("LBDN", "2", 5.0, "by construction", "pixels/255", 97.24, None, "lipschitz_mnist.csv, line 3")
     assert (b.p, b.bound, b.kind, b.input_scaling, b.parameters) == ("inf", 1.5, "certified upper", "standardised",
@@ -275,7 +276,7 @@ def test_a_good_bounds_file_next_to_a_results_file(tmp_path):
 ])
 def test_a_malformed_bounds_file_is_one_line_naming_the_line(tmp_path, line, words):
     folder = _lip_folder(tmp_path, LIP_ROW + line + "\n")
-    for load in (sota.load_lipschitz, sota.load_published):    # every file is validated, whichever is asked for
+    for load in (literature.load_lipschitz, literature.load_published):    # every file is validated, whichever is asked for
         with pytest.raises(UserError) as e:
             load(folder)
         msg = str(e.value)
@@ -286,7 +287,7 @@ def test_a_malformed_bounds_file_is_one_line_naming_the_line(tmp_path, line, wor
 def test_a_file_of_no_known_kind_names_both_headers(tmp_path):
     folder = _folder(tmp_path, "# c\nmethod,dataset,norm,bound\n")
     with pytest.raises(UserError) as e:
-        sota.load_folder(folder)
+        literature.load_folder(folder)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(os.path.join(folder, "cifar10.csv") + ", line 2: the header must be ")
     assert "(certified accuracy) or method,dataset,norm,lipschitz_bound" in msg
