@@ -5,7 +5,6 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))  # tests/exact.py and test plug-ins, also for worker processes
 
@@ -51,16 +50,9 @@ def pytest_runtest_setup(item):
             pytest.skip(why)
 
 
-def mlp(sizes, act=nn.ReLU, bias=True, seed=0):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b, bias=bias), act()]
-    return nn.Sequential(*layers[:-1])
-
-
 @pytest.fixture
 def tiny_relu():
+    from helpers import mlp
     return mlp([2, 6, 5, 3], seed=1)
 
 
@@ -68,7 +60,7 @@ def tiny_relu():
 def hostile(tmp_path_factory):
     """The hostile suite (plug-ins that lie, crash, hog and hang, beside trivial and lower)
     run once through the CLI with the local executor: (folder, results folder, process)."""
-    from test_cli import HOSTILE, bench
+    from helpers import HOSTILE, bench
     d = tmp_path_factory.mktemp("hostile")
     (d / "s.yaml").write_text(HOSTILE)
     out = str(d / "o")

@@ -4,7 +4,7 @@ import pytest
 
 import bench
 import testplugins  # noqa: F401  (registers test-sleep)
-from conftest import mlp
+from helpers import mlp
 
 
 def test_verify_returns_a_bound_with_costs():

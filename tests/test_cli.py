@@ -17,48 +17,7 @@ import bench as bench_api
 from conftest import REPO
 from bench.tidy import COLUMNS
 
-TESTS = os.path.dirname(__file__)
-SMOKE_FAST = """\
-name: fast
-datasets: [{name: synthetic, n: 120, dim: 3, classes: 3}]
-seeds: [0]
-timeout: 60
-plugins: [testplugins]
-train:
-  - trainer: standard
-    archs: [{hidden: [4], activation: relu}]
-    params: {epochs: 2}
-queries: [{p: 2}, {p: inf, target: [0, 1]}]
-verify: %s
-"""
-HOSTILE = SMOKE_FAST % """
-  - trivial
-  - lower
-  - test-fake-lower
-  - test-fake-witness
-  - test-unsound
-  - test-zero
-  - test-exit
-  - test-kill
-  - {verifier: test-hog, timeout: 60}
-  - {verifier: test-sleep, timeout: 1}
-""" + "mem_limit: 400\n"
-
-
-def bench(*args, cwd=None, timeout=300, env_extra=None):
-    env = dict(os.environ, PYTHONPATH=TESTS)
-    env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def rows(out):
-    db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
-    db.row_factory = sqlite3.Row
-    try:
-        return [dict(r) for r in db.execute("SELECT * FROM results ORDER BY id")]
-    finally:
-        db.close()
+from helpers import SMOKE_FAST, TESTS, bench, killed_midway, rows
 
 
 @pytest.fixture(scope="module")
@@ -305,33 +264,6 @@ def test_hanging_job_is_killed_as_timeout_and_the_run_goes_on(tmp_path):
     assert len(sleeps) == 2 and all(x["status"] == "timeout" and x["value"] is None for x in sleeps)
     assert all(1.0 <= x["wall_s"] < 10 for x in sleeps)
     assert all(x["status"] == "ok" for x in res if x["verifier"] == "trivial")
-
-
-def killed_midway(tmp_path, *args, wait_s=120):
-    """A 12-job run started with ``args`` and killed (SIGKILL, the whole process group) once
-    4 results are stored: (suite file, results folder, the dead driver, its rows)."""
-    f = tmp_path / "s.yaml"
-    f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 0.4}}]")
-                 .replace("seeds: [0]", "seeds: [0, 1, 2]"))
-    out = str(tmp_path / "o")
-    env = dict(os.environ, PYTHONPATH=TESTS)
-    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report",
-                             *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    db = os.path.join(out, "lipbench.sqlite")
-    deadline = time.time() + wait_s
-    while time.time() < deadline:
-        time.sleep(0.2)
-        try:
-            if os.path.exists(db) and len(rows(out)) >= 4:
-                break
-        except sqlite3.OperationalError:  # the file exists, its tables not yet
-            pass
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = rows(out)
-    assert 4 <= len(first) < 12, len(first)
-    return f, out, proc, first
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pytest
 
 from bench.store import Store
 from reports import evidence
-from test_cli import bench
+from helpers import bench
 
 MINI = """\
 name: mini-paper
@@ -142,7 +142,7 @@ def _mnist_store(folder, dataset="mnist"):
     configuration of two seeds at 97.5 / 97.3 % (TB 0.25, 0.30), one at 97.0 % with TB 1.0
     (another width), one at 93 % (MaxMin); a standard ReLU network; a tb-penalty network
     with a margin (not in the claim)."""
-    from reportstores import add_network, add_result
+    from helpers import add_network, add_result
     s = Store(folder)
     s.claim_suite("mnist-handmade")
     ds = {"name": dataset}
@@ -209,7 +209,7 @@ def test_mnist5k_says_its_test_set_is_not_the_mnist_test_set(tmp_path):
 
 
 def test_digits_is_not_compared_and_reads_no_published_file(tmp_path):
-    from reportstores import add_network, add_result
+    from helpers import add_network, add_result
     out = str(tmp_path / "o")
     s = Store(out)
     s.claim_suite("digits-handmade")
@@ -231,7 +231,7 @@ def test_a_broken_published_file_fails_an_mnist_report_in_one_line(tmp_path):
 
 
 def test_no_mnist_or_digits_networks_no_line(tmp_path):
-    from reportstores import every_status_store
+    from helpers import every_status_store
     out = every_status_store(str(tmp_path / "o"))
     lines = _claims(out, _pub(tmp_path, header="not,a,header\n"))
     assert not any(l.startswith("Size against published bounds") for l in lines)

@@ -13,7 +13,8 @@ import bench
 from bench import witness
 from bench.api import Query
 from bench.network import from_npz
-from conftest import REFERENCE, have, mlp
+from conftest import REFERENCE, have
+from helpers import mlp
 from bench.testing.exact import norm, regions
 from methods.layers import Abs, CReLU, MaxMin
 

@@ -13,9 +13,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from conftest import REFERENCE, REPO
+from helpers import mlp
 from bench.api import Query, UserError
 from bench.sources import read, read_box
 
@@ -43,12 +43,9 @@ ACAS_PROP_1 = """; ACAS Xu property 1 (its input box)
 """
 
 
-def mlp(seed=0, sizes=(4, 8, 3)):
-    torch.manual_seed(seed)
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1]).eval()
+def small(seed=0):
+    """The 4-8-3 ReLU MLP these tests read back, in eval mode."""
+    return mlp([4, 8, 3], seed=seed).eval()
 
 
 def export(module, path, shape):
@@ -74,7 +71,7 @@ def store_rows(out, table="results"):
 
 # --------------------------------------------------------------------------- sources
 def test_every_source_reads_the_same_function(tmp_path):
-    m = mlp()
+    m = small()
     x = torch.randn(5, 4)
     want = m(x).double()
     onnx_path = export(m, tmp_path / "m.onnx", (4,))
@@ -100,7 +97,7 @@ def test_every_source_reads_the_same_function(tmp_path):
 
 
 def test_unreadable_sources_are_one_line_errors(tmp_path):
-    torch.save(mlp().state_dict(), tmp_path / "weights.pt")
+    torch.save(small().state_dict(), tmp_path / "weights.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     cases = {str(tmp_path / "weights.pt"): "a state dict", str(tmp_path / "junk.pt"): "not a readable torch file",
              str(tmp_path / "none.onnx"): "no such file", "nosuchpackage_xyz:NET": "cannot import",
@@ -137,7 +134,7 @@ def test_verifiers_bound_a_box_of_unequal_sides_soundly():
     """bab and lower on a box whose sides differ, against the constant enumerated over it."""
     import bench
     from bench.testing.exact import exact_lipschitz
-    m = mlp(3).double()
+    m = small(3).double()
     box = {"lower": [-0.2, 0.1, -1.0, 0.3], "upper": [0.3, 0.15, 1.0, 0.35]}
     for p in (2, "inf"):
         exact = exact_lipschitz(m, Query(p=p).p, None, np.array(box["lower"]), np.array(box["upper"]))
@@ -151,7 +148,7 @@ def test_verifiers_bound_a_box_of_unequal_sides_soundly():
 
 # --------------------------------------------------------------------------- bench verify
 def test_verify_an_onnx_export_then_reuse_the_store(tmp_path):
-    path = export(mlp(), tmp_path / "net.onnx", (4,))
+    path = export(small(), tmp_path / "net.onnx", (4,))
     out = str(tmp_path / "out")
     r = bench("verify", path, "--verifier", "trivial", "lower", "lipsdp", "--p", "2", "inf", "--out", out)
     assert r.returncode == 0, r.stderr
@@ -178,7 +175,7 @@ def test_verify_an_onnx_export_then_reuse_the_store(tmp_path):
 
 
 def test_verify_a_saved_module_a_box_and_a_class_pair(tmp_path):
-    torch.save(mlp(1), tmp_path / "net.pt")
+    torch.save(small(1), tmp_path / "net.pt")
     (tmp_path / "box.txt").write_text("\n".join(f"{-0.1 * i} {0.1 * i + 0.05}" for i in range(4)))
     out = str(tmp_path / "out")
     r = bench("verify", str(tmp_path / "net.pt"), "--verifier", "trivial", "bab", "lower", "--p", "inf",
@@ -204,13 +201,13 @@ def test_verify_module_attribute_without_out(tmp_path):
 
 @pytest.mark.parametrize("case", ["missing", "unreadable", "verifier", "box", "shape", "state_dict"])
 def test_verify_errors_are_one_line_and_touch_nothing(tmp_path, case):
-    good = export(mlp(), tmp_path / "net.onnx", (4,))
+    good = export(small(), tmp_path / "net.onnx", (4,))
     out = str(tmp_path / "out")
     first = bench("verify", good, "--verifier", "trivial", "--p", "2", "--out", out)
     assert first.returncode == 0, first.stderr
     before = store_rows(out, "jobs")
     (tmp_path / "junk.onnx").write_bytes(b"\x08\x07junk")
-    torch.save(mlp().state_dict(), tmp_path / "sd.pt")
+    torch.save(small().state_dict(), tmp_path / "sd.pt")
     args, words = {
         "missing": ([str(tmp_path / "nope.onnx")], "no such file"),
         "unreadable": ([str(tmp_path / "junk.onnx")], "not a readable ONNX model"),
@@ -252,7 +249,7 @@ certify: {eps: {2: [0.01, 0.1]}}
 
 
 def test_a_suite_of_networks_from_files_and_code(tmp_path):
-    export(mlp(), tmp_path / "net.onnx", (4,))
+    export(small(), tmp_path / "net.onnx", (4,))
     (tmp_path / "netdef.py").write_text("from torch import nn\nNET = nn.Sequential(nn.Linear(4, 3))\n")
     (tmp_path / "ext.yaml").write_text(SUITE)
     listed = bench("list", str(tmp_path / "ext.yaml"), cwd=str(tmp_path))

@@ -1,7 +1,6 @@
 """Networks that branch (residual adds, concatenations), modules of code (traced) and ONNX
 files: one tree of modules, walked, checked against the module's own forward or the file's
 own evaluation, and bounded by the verifiers that read graphs."""
-import io
 import math
 import os
 import warnings

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from test_cli import SMOKE_FAST, bench, rows
+from helpers import SMOKE_FAST, bench, rows
 
 
 @pytest.mark.slow
@@ -59,7 +59,7 @@ def test_solve_s_of_a_trivial_job_is_the_in_process_call(tmp_path):
     from bench.api import Budget, Query
     from bench.network import walk
     from bench.registry import get_verifier
-    from conftest import mlp
+    from helpers import mlp
     net = mlp([16, 64, 64, 10], seed=0)
     api.verify(net, "trivial", timeout=30)   # the fork server's start is not the job's
     walked, verifier = walk(net), get_verifier("trivial")()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import bench
-from conftest import mlp
+from helpers import mlp
 from bench.testing.exact import exact_lipschitz, regions, norm
 
 

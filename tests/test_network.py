@@ -5,7 +5,7 @@ from torch import nn
 
 import bench
 from bench import network
-from conftest import mlp
+from helpers import mlp
 
 
 def test_walk_records_affines_activations_and_slopes():

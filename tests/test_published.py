@@ -11,8 +11,7 @@ from bench.api import UserError
 from bench.store import Store
 from reports import literature, sota
 from reports.style import fmt_eps
-from reportstores import CIFAR_EPS, cifar_store
-from test_report import _pages_render_and_are_not_blank, _report, _text
+from helpers import CIFAR_EPS, cifar_store, pages_render, pdf_text, report_pdf
 
 pypdf = pytest.importorskip("pypdf")
 
@@ -121,7 +120,7 @@ def cifar(tmp_path_factory):
     d = tmp_path_factory.mktemp("cifar")
     out = cifar_store(str(d / "o"), str(d))
     pdf = d / "r.pdf"
-    return out, pdf, _report(out, pdf)
+    return out, pdf, report_pdf(out, pdf)
 
 
 def _expected_measured(out):
@@ -150,14 +149,14 @@ def _expected_measured(out):
 @pytest.mark.poppler
 def test_the_published_report_pages_render(cifar, tmp_path):
     _, pdf, reader = cifar
-    assert _pages_render_and_are_not_blank(pdf, tmp_path) == len(reader.pages)
+    assert pages_render(pdf, tmp_path) == len(reader.pages)
 
 
 def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
     out, pdf, reader = cifar
     pages = [i for i, p in enumerate(reader.pages) if "Next to the published state of the art" in p.extract_text()]
     assert len(pages) == 1, pages
-    text = _text(reader, pages[0])
+    text = pdf_text(reader, pages[0])
     for words in ("measured", "reported", "CIFAR-10 (JPEG copy)", "at 36/255", "at 72/255",
                   "at 108/255", "Prach et al. 2024 [1]", "1-Lipschitz Layers Compared", "arXiv 2311.16833",
                   "clean accuracy (%)"):
@@ -203,10 +202,10 @@ def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
 
 def test_absent_without_cifar_networks(tmp_path):
     """A store whose certified accuracy is not on CIFAR (synthetic data, as digits) has no such page."""
-    from reportstores import every_status_store
+    from helpers import every_status_store
     out = every_status_store(str(tmp_path / "o"))
-    reader = _report(out, tmp_path / "r.pdf")
-    text = _text(reader)
+    reader = report_pdf(out, tmp_path / "r.pdf")
+    text = pdf_text(reader)
     assert "Next to the published state of the art" not in text
     assert "No CIFAR-10 network with certified accuracy for p = 2" in text
     assert not (tmp_path / "r-published.csv").exists()

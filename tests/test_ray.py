@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from test_cli import SMOKE_FAST, TESTS, bench, killed_midway, rows
+from helpers import SMOKE_FAST, TESTS, bench, killed_midway, rows
 
 # token authentication for the test cluster; set before Ray is imported, which reads it then
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": os.urandom(16).hex(), "RAY_USAGE_STATS_ENABLED": "0"}

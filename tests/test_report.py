@@ -1,42 +1,13 @@
 """The PDF report: built from hand-made stores (every status; empty; partial) and from the
 smoke suite; every page renders and is not blank, the headline's numbers are those of
 bench.tidy.headline, the data and tables are written next to the PDF."""
-import subprocess
-
 import pytest
 
 from bench.store import Store
 from bench.tidy import frame, headline, per_norm
-from reportstores import add_network, add_result, every_status_store
-from test_cli import bench
+from helpers import add_network, add_result, bench, every_status_store, pages_render, pdf_text, report_pdf
 
 pypdf = pytest.importorskip("pypdf")
-
-
-def _report(out, pdf):
-    r = bench("report", "--out", str(out), "--file", str(pdf))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == str(pdf)
-    assert pdf.read_bytes()[:5] == b"%PDF-"
-    return pypdf.PdfReader(str(pdf))
-
-
-def _text(reader, page=None):
-    pages = reader.pages if page is None else [reader.pages[page]]
-    return "\n".join(p.extract_text() for p in pages)
-
-
-def _pages_render_and_are_not_blank(pdf, tmp_path):
-    from matplotlib.image import imread
-    d = tmp_path / "png"
-    d.mkdir()
-    subprocess.run(["pdftoppm", "-png", "-r", "30", str(pdf), str(d / "p")], check=True, timeout=120)
-    pngs = sorted(d.glob("p-*.png"))
-    assert pngs
-    for png in pngs:
-        img = imread(png)
-        assert (img[..., :3] < 0.9).any(), f"{png.name} is blank"
-    return len(pngs)
 
 
 def _fmt3(v):   # the headline's format of tightness: three significant digits, zeros kept
@@ -82,13 +53,13 @@ def every(tmp_path_factory):
     d = tmp_path_factory.mktemp("every")
     out = every_status_store(str(d / "o"))
     pdf = d / "r.pdf"
-    return out, pdf, _report(out, pdf)
+    return out, pdf, report_pdf(out, pdf)
 
 
 @pytest.mark.poppler
 def test_every_status_pages_render(every, tmp_path):
     _, pdf, reader = every
-    assert _pages_render_and_are_not_blank(pdf, tmp_path) == len(reader.pages)
+    assert pages_render(pdf, tmp_path) == len(reader.pages)
 
 
 def test_every_status(every, tmp_path):
@@ -97,7 +68,7 @@ def test_every_status(every, tmp_path):
     _side_files(pdf.parent / "r")
     import pandas as pd
     assert len(pd.read_csv(pdf.parent / "r-data.csv")) == len(frame(out))
-    text = _text(reader)
+    text = pdf_text(reader)
     for words in ("suite handmade", "lipbench 0.2.0", "torch 2.13.0+cpu", "python 3.11.7", "device cpu",
                   "Tightness against cost", "Cactus plot", "Scaling", "Anytime bounds", "Certified robust accuracy",
                   "Status of every result", "Audit: 2 UNSOUND", "no witness pair in the stats",
@@ -111,7 +82,7 @@ def test_every_status(every, tmp_path):
 
 
 def test_anytime_titles_print_absolute_bounds(every):
-    text = _text(every[2])
+    text = pdf_text(every[2])
     assert "bab, p=inf: timeout after 10 s: upper 4.5, lower 2.8" in text
     assert "bab, p=2: exact 2 after 0.5 s" in text
     assert "Lipschitz bound (p=inf)" in text
@@ -120,8 +91,8 @@ def test_anytime_titles_print_absolute_bounds(every):
 def test_empty_store_says_so(tmp_path):
     out = tmp_path / "o"
     Store(str(out)).close()
-    reader = _report(out, tmp_path / "r.pdf")
-    assert "holds no results" in _text(reader)
+    reader = report_pdf(out, tmp_path / "r.pdf")
+    assert "holds no results" in pdf_text(reader)
     assert len(reader.pages) == 1
     assert "\\toprule" in (tmp_path / "r-headline.tex").read_text()
 
@@ -131,12 +102,12 @@ def test_trained_but_not_verified_and_no_lower_bounds(tmp_path):
     s = Store(str(out))
     add_network(s, "net-a")
     s.close()
-    text = _text(_report(out, tmp_path / "r.pdf"))
+    text = pdf_text(report_pdf(out, tmp_path / "r.pdf"))
     assert "holds no results" in text and "1 network(s) trained, nothing verified" in text
     s = Store(str(out))
     add_result(s, "net-a", "trivial", "ok", 3.0, "2")
     s.close()
-    text = _text(_report(out, tmp_path / "r2.pdf"))
+    text = pdf_text(report_pdf(out, tmp_path / "r2.pdf"))
     assert "No sound lower bound in this store" in text
     assert "Scaling page omitted: every network has width 8 and depth 1" in text
     assert "no lower bound" in text
@@ -162,17 +133,17 @@ def smoke(tmp_path_factory):
 @pytest.mark.poppler
 def test_smoke_report_pages_render(smoke, tmp_path):
     pdf = tmp_path / "smoke.pdf"
-    reader = _report(smoke, pdf)
-    assert _pages_render_and_are_not_blank(pdf, tmp_path) == len(reader.pages)
+    reader = report_pdf(smoke, pdf)
+    assert pages_render(pdf, tmp_path) == len(reader.pages)
 
 
 @pytest.mark.slow
 def test_smoke_report(smoke, tmp_path):
     pdf = tmp_path / "smoke.pdf"
-    reader = _report(smoke, pdf)
+    reader = report_pdf(smoke, pdf)
     _side_files(tmp_path / "smoke")
     _headline_numbers_are_the_frames(smoke, reader)
-    text = _text(reader)
+    text = pdf_text(reader)
     assert "suite smoke" in text and "Audit: clean" in text and "Certified robust accuracy" in text
     assert "Appendix" not in text   # the per-row appendix is the csv now
 
@@ -182,11 +153,11 @@ def test_a_10000_row_store_reports_in_under_30_s(tmp_path):
     import time
 
     from reports import write_report
-    from reportstores import big_store
+    from helpers import big_store
     out = big_store(str(tmp_path / "o"), 10_000)
     t0 = time.perf_counter()
     pdf = write_report(out, str(tmp_path / "r.pdf"))
     took = time.perf_counter() - t0
     assert took < 30, f"{took:.1f} s"
     assert len(pypdf.PdfReader(pdf).pages) >= 8
-    assert "one row per training method" in _text(pypdf.PdfReader(pdf))   # 250 networks: the status map groups
+    assert "one row per training method" in pdf_text(pypdf.PdfReader(pdf))   # 250 networks: the status map groups

@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 import bench
-from conftest import REFERENCE, mlp
+from conftest import REFERENCE
+from helpers import mlp
 from bench.testing.exact import exact_lipschitz
 
 pytest.importorskip("cvxpy", reason="the sdp extra is not installed")

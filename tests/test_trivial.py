@@ -8,7 +8,7 @@ from torch import nn
 
 import bench
 import bench.network
-from conftest import mlp
+from helpers import mlp
 from bench.testing.exact import exact_lipschitz
 
 P = [1.0, 2.0, math.inf]

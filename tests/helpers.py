@@ -1,10 +1,22 @@
-"""Hand-made result stores for the report's tests (and for timing the report): networks and
-results recorded through Store.record as the scheduler would, without training or
-verifying anything."""
+"""What several test modules share (test modules never import each other): the command
+line as a user runs it (:func:`bench`, the small suites it runs, :func:`killed_midway`),
+the stored rows, the PDF's pages and text, small networks, and hand-made result stores
+for the report's tests (networks and results recorded through Store.record as the
+scheduler would, without training or verifying anything)."""
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+from torch import nn
+
+from conftest import REPO
 
 from bench.api import Query
 from bench.jobs import CertifyJob, Outcome, TrainedNetwork, TrainJob, VerifyJob
@@ -178,8 +190,7 @@ def big_store(folder: str, rows: int = 10_000, seed: int = 0) -> str:
     return folder
 
 
-if __name__ == "__main__":   # python tests/reportstores.py every|cifar|big FOLDER [rows]
-    import sys
+if __name__ == "__main__":   # python tests/helpers.py every|cifar|big FOLDER [rows]
     kind, folder = sys.argv[1], sys.argv[2]
     if kind == "every":
         every_status_store(folder)
@@ -188,3 +199,122 @@ if __name__ == "__main__":   # python tests/reportstores.py every|cifar|big FOLD
     else:
         big_store(folder, int(sys.argv[3]) if len(sys.argv) > 3 else 10_000)
     print(json.dumps({"folder": folder}))
+
+
+# ---- the command line
+
+TESTS = os.path.dirname(__file__)
+SMOKE_FAST = """\
+name: fast
+datasets: [{name: synthetic, n: 120, dim: 3, classes: 3}]
+seeds: [0]
+timeout: 60
+plugins: [testplugins]
+train:
+  - trainer: standard
+    archs: [{hidden: [4], activation: relu}]
+    params: {epochs: 2}
+queries: [{p: 2}, {p: inf, target: [0, 1]}]
+verify: %s
+"""
+HOSTILE = SMOKE_FAST % """
+  - trivial
+  - lower
+  - test-fake-lower
+  - test-fake-witness
+  - test-unsound
+  - test-zero
+  - test-exit
+  - test-kill
+  - {verifier: test-hog, timeout: 60}
+  - {verifier: test-sleep, timeout: 1}
+""" + "mem_limit: 400\n"
+
+
+def bench(*args, cwd=None, timeout=300, env_extra=None):
+    """`python -m bench ARGS` in a fresh process, the test plug-ins importable."""
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    env.update(env_extra or {})
+    return subprocess.run([sys.executable, "-m", "bench", *args], cwd=cwd or REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def rows(out):
+    """Every stored result of the store in ``out``, as dicts."""
+    db = sqlite3.connect(os.path.join(out, "lipbench.sqlite"))
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM results ORDER BY id")]
+    finally:
+        db.close()
+
+
+def killed_midway(tmp_path, *args, wait_s=120):
+    """A 12-job run started with ``args`` and killed (SIGKILL, the whole process group) once
+    4 results are stored: (suite file, results folder, the dead driver, its rows)."""
+    f = tmp_path / "s.yaml"
+    f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 0.4}}]")
+                 .replace("seeds: [0]", "seeds: [0, 1, 2]"))
+    out = str(tmp_path / "o")
+    env = dict(os.environ, PYTHONPATH=TESTS)
+    proc = subprocess.Popen([sys.executable, "-m", "bench", "run", "--suite", str(f), "--out", out, "--no-report",
+                             *args], cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    db = os.path.join(out, "lipbench.sqlite")
+    deadline = time.time() + wait_s
+    while time.time() < deadline:
+        time.sleep(0.2)
+        try:
+            if os.path.exists(db) and len(rows(out)) >= 4:
+                break
+        except sqlite3.OperationalError:  # the file exists, its tables not yet
+            pass
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = rows(out)
+    assert 4 <= len(first) < 12, len(first)
+    return f, out, proc, first
+
+
+# ---- the PDF
+
+def report_pdf(out, pdf):
+    """`python -m bench report` into ``pdf``; its pypdf reader."""
+    import pypdf
+    r = bench("report", "--out", str(out), "--file", str(pdf))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(pdf)
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    return pypdf.PdfReader(str(pdf))
+
+
+def pdf_text(reader, page=None):
+    pages = reader.pages if page is None else [reader.pages[page]]
+    return "\n".join(p.extract_text() for p in pages)
+
+
+def pages_render(pdf, tmp_path):
+    """Every page of ``pdf`` rendered by pdftoppm, none blank; how many."""
+    from matplotlib.image import imread
+    d = tmp_path / "png"
+    d.mkdir()
+    subprocess.run(["pdftoppm", "-png", "-r", "30", str(pdf), str(d / "p")], check=True, timeout=120)
+    pngs = sorted(d.glob("p-*.png"))
+    assert pngs
+    for png in pngs:
+        img = imread(png)
+        assert (img[..., :3] < 0.9).any(), f"{png.name} is blank"
+    return len(pngs)
+
+
+# ---- small networks
+
+def mlp(sizes, act=nn.ReLU, bias=True, seed=0) -> nn.Sequential:
+    """A seeded MLP of the given layer sizes (``mlp([4, 8, 3])``: 4 inputs, 8 hidden, 3
+    outputs), ``act`` between the layers."""
+    import torch
+    torch.manual_seed(seed)
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b, bias=bias), act()]
+    return nn.Sequential(*layers[:-1])
