@@ -278,8 +278,10 @@ def _short(v) -> str:
 
 def networks_frame(nets):
     """One row per stored network (``Store.networks()`` rows), its stored JSON read once:
-    ``network, method, trainer, activation, arch, dataset, seed, clean_acc, train_s,
-    params`` (the trainer's parameters, a dict) and ``setting``: the parameters that
+    ``network, method, trainer, activation, arch, dataset, seed, clean_acc, train_s``,
+    ``params`` (the trainer's parameters, a dict), ``metrics`` (the training record, a
+    dict), ``dataset_spec`` (the data set as the suite gave it: a name or a dict),
+    ``path``, ``description`` and ``setting``: the parameters that
     differ between the networks of the same method in this store ("lam=0.05,
     margin_eps=0.141"; the architecture first where a method has several; "" where a method
     has one setting), the name of a grid point."""
@@ -292,14 +294,20 @@ def networks_frame(nets):
             metrics = json.loads(n.get("metrics") or "{}")
         except (TypeError, ValueError):
             tp, metrics = {}, {}
+        try:
+            spec = json.loads(n.get("dataset") or '""')
+        except (TypeError, ValueError):
+            spec = n.get("dataset")
         a = tp.get("arch", {}) if isinstance(tp.get("arch"), dict) else {}
         act = a.get("activation", "relu") if a else None
         rows.append({"network": n["id"], "method": method_label(n["trainer"], act, tp.get("p"), tp.get("family")),
                      "trainer": n["trainer"], "activation": act, "arch": arch_shape(a) if a else None,
                      "dataset": _plain(n.get("dataset")), "seed": n.get("seed"), "clean_acc": n.get("clean_acc"),
-                     "train_s": metrics.get("train_s"), "params": tp})
+                     "train_s": metrics.get("train_s"), "params": tp, "metrics": metrics, "dataset_spec": spec,
+                     "path": n.get("path"), "description": n.get("description")})
     df = pd.DataFrame(rows, columns=["network", "method", "trainer", "activation", "arch", "dataset", "seed",
-                                     "clean_acc", "train_s", "params"])
+                                     "clean_acc", "train_s", "params", "metrics", "dataset_spec", "path",
+                                     "description"])
     setting = {}
     for _, g in df.groupby("method"):
         keys = sorted({k for p in g.params for k in p} - _NOT_SETTINGS)

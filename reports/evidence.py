@@ -10,7 +10,6 @@ An activation *saturates* p when the network walk says so (recorded at training 
 """
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from statistics import mean, median
@@ -39,14 +38,15 @@ def _p(v) -> str:
 
 
 def network_info(n: dict) -> dict:
-    tp = json.loads(n["trainer_params"])
+    """What the claims read of one network: a record of :func:`bench.tidy.networks_frame`."""
+    tp = n["params"]
     arch = tp.get("arch", {})
-    m = json.loads(n["metrics"] or "{}")
+    m = n["metrics"]
     acts = m.get("activations", [])
     sat = None
     if acts:
         sat = set.intersection(*[{_p(x) for x in a.get("saturates", [])} for a in acts])
-    ds = json.loads(n["dataset"])
+    ds = n["dataset_spec"]
     ds = ds if isinstance(ds, str) else ds.get("name")
     trained_p = _p(tp.get("p")) if n["trainer"] == "tb-penalty" else "-"
     margin = tp.get("margin_eps", 0.0) or 0.0
@@ -55,7 +55,7 @@ def network_info(n: dict) -> dict:
     from bench.network import arch_name   # conv layers included: two archs never share a configuration
     config = (f"{ds} {arch_name(arch)} {n['trainer']}"
               + (f" p={trained_p}" if trained_p != "-" else "") + (f" margin={margin:g}" if margin else ""))
-    return {"id": n["id"], "dataset": ds, "trainer": n["trainer"], "activation": act, "bias": bias,
+    return {"id": n["network"], "dataset": ds, "trainer": n["trainer"], "activation": act, "bias": bias,
             "hidden": tuple(arch.get("hidden", [])), "trained_p": trained_p, "margin": margin,
             "saturates": sat or set(), "clean_acc": n["clean_acc"], "metrics": m, "config": config,
             "seed": n["seed"]}
@@ -78,9 +78,10 @@ def bounds_by_network(df) -> dict:
     return out
 
 
-def config_table(nets: list[dict], df, certified: list[dict], ps=("2", "inf")) -> list[dict]:
-    """One row per configuration: accuracy, TB, best lower, TB / lower, certified accuracy."""
-    infos = [network_info(n) for n in nets]
+def config_table(nf, df, certified: list[dict], ps=("2", "inf")) -> list[dict]:
+    """One row per configuration: accuracy, TB, best lower, TB / lower, certified accuracy
+    (``nf``: the networks frame)."""
+    infos = [network_info(n) for n in nf.to_dict("records")]
     b = bounds_by_network(df)
     cert = defaultdict(dict)  # (network, p) -> {eps: acc} from trivial
     for c in certified:
@@ -110,10 +111,11 @@ def config_table(nets: list[dict], df, certified: list[dict], ps=("2", "inf")) -
     return table
 
 
-def claims(nets: list[dict], df, folder: str | None = None) -> list[str]:
+def claims(nf, df, folder: str | None = None) -> list[str]:
     """The claims, each as lines of text with the numbers; 'HOLDS' or 'DOES NOT HOLD'.
-    ``folder``: the published numbers (default reports/published/)."""
-    infos = {i["id"]: i for i in (network_info(n) for n in nets)}
+    ``nf``: the networks frame; ``folder``: the published numbers (default
+    reports/published/)."""
+    infos = {i["id"]: i for i in (network_info(n) for n in nf.to_dict("records"))}
     b = bounds_by_network(df)
     out = []
     # 1. tightness of TB for tb-penalty networks with activations that saturate p
@@ -168,7 +170,7 @@ def claims(nets: list[dict], df, folder: str | None = None) -> list[str]:
                        f"{median(v['std_best']):.4g} (best upper bound of any verifier): {f:.1f}x and {fb:.1f}x "
                        f"smaller, 10^{math.log10(fb):.1f}. 'Orders of magnitude' (>= 10x against the best "
                        f"verifier): {verdict}.")
-    out += published_size(nets, df, folder)
+    out += published_size(nf, df, folder)
     return out
 
 
@@ -177,7 +179,7 @@ def _saturating_tb(i: dict, p: str) -> bool:
     return i["trainer"] == "tb-penalty" and i["trained_p"] == p and p in i["saturates"] and not i["margin"]
 
 
-def published_size(nets: list[dict], df, folder: str | None = None) -> list[str]:
+def published_size(nf, df, folder: str | None = None) -> list[str]:
     """The size claim against 'comparable works': the median TB of each tb-penalty
     configuration on MNIST (``mnist`` or ``mnist5k``) next to the published Lipschitz
     bounds (reports/published/, :func:`reports.literature.load_lipschitz`) of the same norm, on
@@ -185,7 +187,7 @@ def published_size(nets: list[dict], df, folder: str | None = None) -> list[str]
     clean accuracy; 'orders of magnitude' holds when each is at least ORDERS times the TB.
     A published row over other inputs (standardised, unknown) is named, not compared.  The
     published numbers are read only when the store has such networks."""
-    infos = {i["id"]: i for i in (network_info(n) for n in nets)}
+    infos = {i["id"]: i for i in (network_info(n) for n in nf.to_dict("records"))}
     b = bounds_by_network(df)
     mnist = {d for ds in LIPSCHITZ_DATASETS.values() for d in ds}
     configs: dict = defaultdict(list)     # (p, config) -> [(TB, clean accuracy, info)]
@@ -249,10 +251,10 @@ def published_size(nets: list[dict], df, folder: str | None = None) -> list[str]
     return out
 
 
-def ablation(nets: list[dict], df) -> list[list[str]]:
+def ablation(nf, df) -> list[list[str]]:
     """Rows: configuration, zero-derivative fraction, bias, spread before -> after
     (median over layers and seeds), TB / lower at p = 2 and inf."""
-    table = config_table(nets, df, [])
+    table = config_table(nf, df, [])
     out = []
     for r in table:
         ms = [m["metrics"] for m in r["members"]]

@@ -479,19 +479,19 @@ def audit_pages(pdf, df):
 
 # ---- the evidence pages (the paper's claims)
 
-def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
+def evidence_pages(pdf, nf, df, certified) -> list[tuple[str, list, list]]:
     """The claims, the per-configuration table and the obstructions, one flow of pages, on
     the networks trained here (the claims are about training; a network read from
     elsewhere has no training configuration); returns the tables (name, header, body) for
     LaTeX."""
-    nets = [n for n in nets if n["trainer"] != EXTERNAL]
+    nf = nf[nf.trainer != EXTERNAL]
     df = df[df.trainer != EXTERNAL]
-    if not nets or not len(df):
+    if not len(nf) or not len(df):
         return []
     f = Flow(pdf, "Evidence: the paper's claims")
     f.text("What the numbers say about the claims of arXiv 2603.28113, measured on this store (TB = the trivial "
            "bound, lower = the best sound lower bound of the same network and query).")
-    claim_lines = evidence.claims(nets, df)
+    claim_lines = evidence.claims(nf, df)
     if not claim_lines:
         claim_lines = ["(no tb-penalty networks with saturating activations, or no lower bounds: the claims are not "
                        "tested by this suite)"]
@@ -500,7 +500,7 @@ def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
         f.text(l.strip(), indent=4 if sub else 0, space_before=0 if sub else 0.012,
                color="#333333" if sub else "black")
 
-    table = evidence.config_table(nets, df, certified)
+    table = evidence.config_table(nf, df, certified)
     grids = {p: sorted({e for r in table for e in r[f"cert_{p}"]}) for p in ("2", "inf")}
     header = ["configuration", "seeds", "acc", "TB p=2", "lower p=2", "TB / lower p=2", "TB p=inf", "lower p=inf",
               "TB / lower p=inf"]
@@ -531,7 +531,7 @@ def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
     f.table(header, body, widths=widths, colors=colors)
     abl_header = ["configuration", "zero-derivative fraction", "spread init -> trained", "TB / lower p=2",
                   "TB / lower p=inf"]
-    abl = evidence.ablation(nets, df)
+    abl = evidence.ablation(nf, df)
     f.text("Obstructions: dead neurons, biases, conditioning", size=TITLE - 1, weight="bold", space_before=0.02)
     f.text("The fraction of zero derivatives (dead neurons); conditioning: sigma_max / sigma_min of the weight "
            "matrices, median over layers, at initialisation -> after training.", size=SMALL, color="#333333")
@@ -543,12 +543,12 @@ def evidence_pages(pdf, nets, df, certified) -> list[tuple[str, list, list]]:
 
 # ---- clean against certified accuracy
 
-def tradeoff_pages(pdf, nets, df, certified) -> tuple | None:
+def tradeoff_pages(pdf, nf, df, certified) -> tuple | None:
     """The trade-off (:mod:`reports.tradeoff`): the figure, then one row per setting (mean
     over seeds): clean accuracy, certified accuracy from the trivial bound and from the
     verifier that certifies the most (named), TB / lower, training time.  Returns the
     per-setting frame, or None when no network has certified accuracy at p = 2."""
-    t = tradeoff.table(networks_frame(nets), df, certified)
+    t = tradeoff.table(nf, df, certified)
     if not len(t):
         return None
     s = tradeoff.settings(t)
@@ -684,7 +684,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
         info = store_info(store)
         df = frame(store)
         certified = store.certified()
-        nets = [dict(n) for n in store.networks()]
+        nf = networks_frame(store.networks())
     finally:
         store.close()
     path = path or os.path.join(out_dir, "report.pdf")
@@ -694,7 +694,7 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
     h = headline(hdf)
     tables, cert_table, trade = [], None, None
     fams = figures.family_frame(df)   # hand-built families (a trainer with a family parameter); often empty
-    comp = sota.comparison(df, certified, nets) if len(df) else None   # None: no CIFAR networks to compare
+    comp = sota.comparison(df, certified, nf) if len(df) else None   # None: no CIFAR networks to compare
     tmp = path + ".tmp"
     try:
         with plt.rc_context(RC), PdfPages(tmp) as pdf:
@@ -719,10 +719,10 @@ def write_report(out_dir: str, path: str | None = None, title: str | None = None
                 figures.family_pages(pdf, df, fams)
                 figures.anytime_pages(pdf, df)
                 cert_table = figures.certified_page(pdf, df, certified)
-                trade = tradeoff_pages(pdf, nets, df, certified)
+                trade = tradeoff_pages(pdf, nf, df, certified)
                 if comp is not None:
                     published_page(pdf, comp)
-                tables += evidence_pages(pdf, nets, df, certified)
+                tables += evidence_pages(pdf, nf, df, certified)
                 status_pages(pdf, df)
                 unanswered_pages(pdf, df)
                 audit_pages(pdf, df)

@@ -11,7 +11,6 @@ the store has such networks.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from .evidence import network_info
@@ -26,14 +25,6 @@ def eps_column(e: float, columns) -> int | None:
         if abs(float(e) - c) <= EPS_TOL:
             return i
     return None
-
-
-def _json(s, default):
-    try:
-        v = json.loads(s) if s else default
-    except (TypeError, ValueError):
-        return default
-    return v if isinstance(v, type(default)) else default
 
 
 def _parameters(n: dict, metrics: dict) -> int | None:
@@ -55,7 +46,7 @@ def _budget(infos: list[dict]) -> str:
     secs = [x["train_s"] for x in m if isinstance(x.get("train_s"), (int, float))]
     epochs = {x.get("epochs_done") for x in m if x.get("epochs_done") is not None}
     if not epochs:
-        epochs = {_json(i["trainer_params"], {}).get("epochs") for i in infos} - {None}
+        epochs = {i["params"].get("epochs") for i in infos} - {None}
     devices = sorted({str(x["device"]) for x in m if x.get("device")})
     parts = []
     if epochs:
@@ -75,10 +66,10 @@ def _dataset_label(ds, recorded: str | None = None) -> str:
     return label + (f", {sub} test images" if sub else "")
 
 
-def measured(df, certified: list[dict], nets: list[dict], columns=EPS_GRID) -> list[dict]:
-    """One row per configuration of the store's CIFAR networks with certified accuracy at
-    p = 2 (see the module's doc)."""
-    by_id = {n["id"]: n for n in nets}
+def measured(df, certified: list[dict], nf, columns=EPS_GRID) -> list[dict]:
+    """One row per configuration of the store's CIFAR networks (``nf``: the networks
+    frame) with certified accuracy at p = 2 (see the module's doc)."""
+    by_id = {n["network"]: n for n in nf.to_dict("records")}
     cert = [c for c in certified if c["p"] == "2" and c["network"] in by_id
             and network_info(by_id[c["network"]])["dataset"] in MEASURED_DATASET]
     if not cert:
@@ -88,9 +79,9 @@ def measured(df, certified: list[dict], nets: list[dict], columns=EPS_GRID) -> l
     for nid in sorted({c["network"] for c in cert}):
         n = by_id[nid]
         info = network_info(n)
-        info["trainer_params"] = n["trainer_params"]
+        info["params"] = n["params"]
         info["parameters"] = _parameters(n, info["metrics"])
-        info["dataset_raw"] = _json(n["dataset"], "") or _json(n["dataset"], {})
+        info["dataset_raw"] = n["dataset_spec"]
         known = first is not None and nid in first.index
         info["method"] = first.at[nid, "method"] if known else n["trainer"]
         arch = first.at[nid, "arch"] if known else None
@@ -136,13 +127,13 @@ def measured(df, certified: list[dict], nets: list[dict], columns=EPS_GRID) -> l
     return rows
 
 
-def comparison(df, certified: list[dict], nets: list[dict], folder: str = PUBLISHED_DIR) -> dict | None:
+def comparison(df, certified: list[dict], nf, folder: str = PUBLISHED_DIR) -> dict | None:
     """The page's data: {"columns": radii, "rows": measured and reported rows (dicts),
     "sources": [Source]}, or None when the store has no CIFAR network with certified
     accuracy at p = 2 (then there is no page).  The published numbers are read only then."""
     if not certified:
         return None
-    ours = measured(df, certified, nets, EPS_GRID)
+    ours = measured(df, certified, nf, EPS_GRID)
     if not ours:
         return None
     pub = [r for r in load_published(folder) if DATASETS[r.dataset] == "cifar" and r.p == "2"]

@@ -42,9 +42,9 @@ def mini(tmp_path_factory):
 @pytest.mark.slow
 def test_claims_are_measured(mini):
     s = Store(mini, create=False)
-    nets = [dict(n) for n in s.networks()]
+    from bench.tidy import frame, networks_frame
+    nets = networks_frame(s.networks())
     s.close()
-    from bench.tidy import frame
     rows = frame(mini)   # the evidence reads the tidy frame
     lines = evidence.claims(nets, rows)
     tight = [l for l in lines if l.startswith("Tightness, p=2")]
@@ -53,10 +53,10 @@ def test_claims_are_measured(mini):
     size = [l for l in lines if l.startswith("Size, synthetic 16-16, p=2")]
     assert len(size) == 1 and "x smaller" in size[0]
     # the numbers in the claim are the store's numbers
-    ab = next(n for n in nets if "abs" in n["id"])
+    ab = next(n for n in nets.network if "abs" in n)
     recs = rows.to_dict("records")
-    tb = next(r["value"] for r in recs if r["network"] == ab["id"] and r["verifier"] == "trivial" and r["p"] == "2")
-    lo = next(r["value"] for r in recs if r["network"] == ab["id"] and r["verifier"] == "lower" and r["p"] == "2")
+    tb = next(r["value"] for r in recs if r["network"] == ab and r["verifier"] == "trivial" and r["p"] == "2")
+    lo = next(r["value"] for r in recs if r["network"] == ab and r["verifier"] == "lower" and r["p"] == "2")
     assert f"median {tb / lo:.3f}" in tight[0]
     table = evidence.config_table(nets, rows, [])
     assert {r["config"] for r in table} == {"synthetic mlp16-16-relu standard", "synthetic mlp16-16-abs-nobias tb-penalty p=2",
@@ -163,10 +163,10 @@ def _mnist_store(folder, dataset="mnist"):
 
 
 def _claims(out, folder):
-    from bench.tidy import frame
+    from bench.tidy import frame, networks_frame
     s = Store(out, create=False)
     try:
-        nets = [dict(n) for n in s.networks()]
+        nets = networks_frame(s.networks())
     finally:
         s.close()
     return evidence.claims(nets, frame(out), folder=folder)

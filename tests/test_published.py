@@ -223,10 +223,10 @@ def test_no_page_and_no_file_read_without_cifar(tmp_path):
 def test_a_broken_data_file_fails_a_cifar_report_in_one_line(tmp_path):
     out = cifar_store(str(tmp_path / "o"))
     broken = _folder(tmp_path, HEADER + "AOL,CIFAR-10,l2,36/255,73.4,sixty,ConvNetM,,24 h,p24\n")
-    from bench.tidy import frame
+    from bench.tidy import frame, networks_frame
     s = Store(out, create=False)
     try:
-        certified, nets = s.certified(), [dict(n) for n in s.networks()]
+        certified, nets = s.certified(), networks_frame(s.networks())
     finally:
         s.close()
     with pytest.raises(UserError, match=r"cifar10.csv, line 2: certified_pct 'sixty' is not a number"):
