@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 
 from .api import Budget, Unsupported, UserError, last_frame
 from .audit import audit
@@ -174,8 +175,8 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
             s.claim_suite(suite.name, mix_suites)
         finally:
             s.close()
-        return _run(suite, makers, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor,
-                    mem_limit)
+        return _run(suite, makers, out_dir, RunOptions(workers, device, n_gpu, data_dir, timeout, threads, retry,
+                                                        executor, mem_limit))
 
 
 _HELD: dict = {}  # folder -> [file, depth]: this process's locks (re-entered, not re-taken)
@@ -222,17 +223,35 @@ def _take(out_dir: str):
     return fh
 
 
-def _run(suite, train_jobs, out_dir, workers, device, n_gpu, data_dir, timeout, threads, retry, executor,
-         mem_limit) -> dict:
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run runs, as :func:`run_suite` resolved it: worker processes, the device and
+    how many GPUs, the data folder, the timeout that overrides every job's (None: each
+    job's own), torch threads a job, whether failed jobs are retried, the executor (None:
+    a local one) and the memory cap a job (MB; None: no cap)."""
+    workers: int
+    device: str
+    n_gpu: int
+    data_dir: str | None
+    timeout: float | None
+    threads: int
+    retry: bool
+    executor: Executor | None
+    mem_limit: float | None
+
+
+def _run(suite, train_jobs, out_dir, o: RunOptions) -> dict:
     """Run ``train_jobs`` (the jobs that make networks: training and import) and what
     follows them."""
+    workers, device, n_gpu, data_dir, timeout, threads, mem_limit = (o.workers, o.device, o.n_gpu, o.data_dir,
+                                                                     o.timeout, o.threads, o.mem_limit)
     store = Store(out_dir)
-    skip = RETRYABLE if retry else ()
+    skip = RETRYABLE if o.retry else ()
     done = store.done_keys(skip)
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(len(train_jobs) * (1 + n_verify_each), skipped_train)  # refined as networks appear
-    ex = executor or LocalExecutor(workers, gpus=n_gpu)
+    ex = o.executor or LocalExecutor(workers, gpus=n_gpu)
     how = {"workers": workers, "threads": threads, "mem_limit_mb": mem_limit, "device": device, "gpus": n_gpu,
            **ex.describe()}
     log.info("suite %s: %d networks to train or read (%d already done), up to %d verify jobs; %s executor, "

@@ -13,7 +13,7 @@ activation, nor first), and folding into the layer after it is wrong for a padde
 (the padding would carry the shift); so one rule, a diagonal affine map of its own,
 holds everywhere.  Every verifier then reads it through the same Affine interface
 (``matrix``, ``bias``, ``abs_row_sums``, ``abs_col_sums``): the exact verifiers
-(``pwl``) and the SDP verifiers (``sdp_common.chain``) compose consecutive affine maps
+(``pwl``) and the SDP verifiers (``sdp.chain.chain``) compose consecutive affine maps
 exactly, and the trivial bound multiplies its exact norm max_i |s_i| (the same for every
 p), which is sound, if looser than the norm of a folded layer.
 

@@ -8,7 +8,7 @@ one (a Cholesky's info check, an eigenvalue read back).
     python benchmarks/gpu_latency.py [--sizes 10 64 256 1024] [--repeats 50]
 
 The last row is one pass of the matrix-free operator's first layer, for its 10 outputs;
-on CUDA a last line says where ``sdp_common.eigs`` sends each size's eigenproblems (the
+on CUDA a last line says where ``sdp.linalg.eigs`` sends each size's eigenproblems (the
 host's LAPACK or cuSOLVER, whichever it timed faster on first use).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from baselines.verify.sdp_common import _host_eigh
+from baselines.verify.sdp.linalg import host_eigh
 
 
 def spd(n: int, device: str):
@@ -37,7 +37,7 @@ def primitives(n: int, device: str):
         "solve_triangular": lambda: torch.linalg.solve_triangular(C, B, upper=False),
         "eigvalsh + read top": lambda: float(torch.linalg.eigvalsh(S)[-1]),
         "eigh": lambda: torch.linalg.eigh(S),
-        "host eigh (scipy, copies both ways)": lambda: _host_eigh(S),
+        "host eigh (scipy, copies both ways)": lambda: host_eigh(S),
     }
 
 
@@ -92,8 +92,8 @@ def main():
     times = [1e3 * per_call(conv_pass(d), d, args.repeats) for d in devices]
     print("| 10 x 3,072 | conv2d + conv_transpose2d (16 channels, 3x3, stride 2) | "
           + " | ".join(f"{t:.3f}" for t in times) + " |")
-    if "cuda" in devices:  # where sdp_common.eigs sends each size's eigenproblems on this machine
-        from baselines.verify.sdp_common import HOST_EIGS_ROWS, on_host
+    if "cuda" in devices:  # where sdp.linalg.eigs sends each size's eigenproblems on this machine
+        from baselines.verify.sdp.linalg import HOST_EIGS_ROWS, on_host
         routes = {n: "/".join("host" if on_host(spd(n, "cuda")[1], v) else "cuda" for v in (False, True))
                   for n in args.sizes}
         print(f"eigs route, values/vectors (timed on first use, up to {HOST_EIGS_ROWS} rows): "

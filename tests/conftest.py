@@ -10,6 +10,7 @@ sys.path.insert(0, os.path.dirname(__file__))  # tests/exact.py and test plug-in
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = os.path.join(REPO, "..", "shared", "reference")
+sys.path.insert(1, REPO)  # studies/: the research studies, used by their tests, not installed
 
 #: What a test may need that a fresh set-up (the README's command) does not install: the
 #: marker a test carries (``@pytest.mark.auto_lirpa``) -> (is it here?, what to do).  A

@@ -2,7 +2,7 @@
 
 The claims, each checked against the exact verifiers on tiny networks:
 
-- TB >= M >= P >= exact (``methods.pinf``), and P is the largest Jacobian norm over
+- TB >= M >= P >= exact (``studies.pinf``), and P is the largest Jacobian norm over
   every activation pattern (checked against brute force);
 - rank-one sign patterns (here: nonnegative weights, up to row signs before an Abs and
   sign flips of the inputs) with chained row sums make TB equal to the exact constant;
@@ -25,7 +25,7 @@ from bench import data, verify
 from bench.api import Budget, UserError
 from bench.registry import get_trainer, load_plugins
 from methods.layers import Abs, MaxMin
-from methods.pinf import coherence, linears, majorant, pattern_bound
+from studies.pinf import coherence, linears, majorant, pattern_bound
 
 INF = math.inf
 

@@ -13,7 +13,9 @@ from helpers import mlp
 from bench.testing.exact import exact_lipschitz
 
 pytest.importorskip("cvxpy", reason="the sdp extra is not installed")
-from baselines.verify.sdp_common import Chain, RepairError, certify, check  # noqa: E402
+from baselines.verify.sdp.certificate import certify  # noqa: E402
+from baselines.verify.sdp.chain import Chain, RepairError  # noqa: E402
+from baselines.verify.sdp.lmi import check  # noqa: E402
 
 LIPSDP = os.path.join(REFERENCE, "lipsdp")
 
@@ -216,7 +218,8 @@ def test_symmetric_sectors_are_a_product_of_rescaled_norms():
     ``symmetric_multipliers`` make each block singular: rho(u) is the least rho for them
     (the dense LMI passes just above it and fails just below), u = 0 gives the trivial
     bound, and the class-pair row is read the same way."""
-    from baselines.verify.sdp_common import symmetric, symmetric_factors, symmetric_multipliers, torch_chain
+    from baselines.verify.sdp.chain import torch_chain
+    from baselines.verify.sdp.symmetric import symmetric, symmetric_factors, symmetric_multipliers
     rng = np.random.default_rng(0)
     for c, pair in [(1.0, False), (0.5, True)]:
         Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(1 if pair else 3, 5))]
@@ -268,7 +271,9 @@ def test_one_block_description_builds_the_same_matrix_in_numpy_torch_and_cvxpy(s
     """assemble (numpy) and the CVXPY terms of lmi_terms are one matrix, and the block
     elimination of NATIVE (torch, differentiable) gives that matrix's least rho."""
     import cvxpy as cp
-    from baselines.verify.sdp_common import CVXPY, NUMPY, assemble, block_offsets, lmi_terms, rho_of, torch_chain
+    from baselines.verify.sdp.chain import torch_chain
+    from baselines.verify.sdp.elimination import rho_of
+    from baselines.verify.sdp.lmi import assemble, block_offsets, CVXPY, lmi_terms, NUMPY
     rng = np.random.default_rng(3)
     a, b = slopes
     ch = Chain([rng.normal(size=(5, 3)), rng.normal(size=(4, 5)), rng.normal(size=(2, 4))], [a, a], [b, b])
@@ -329,7 +334,9 @@ def test_the_elimination_gradient_in_closed_form_equals_autograd(slopes):
     through Cholesky factors); it must equal autograd through the same steps (input_gram,
     stage), the a b terms of negative lower slopes included, for any weights on the
     eigenvalues (the soft maximum's)."""
-    from baselines.verify.sdp_common import eigs, input_gram, rho_of, stage, torch_chain
+    from baselines.verify.sdp.chain import torch_chain
+    from baselines.verify.sdp.elimination import input_gram, rho_of, stage
+    from baselines.verify.sdp.linalg import eigs
     rng = np.random.default_rng(1)
     Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(7, 5)), rng.normal(size=(3, 7))]
     tc = torch_chain(Chain([W / np.linalg.norm(W, 2) for W in Ws], [slopes[0]] * 3, [slopes[1]] * 3))
@@ -361,7 +368,9 @@ def test_an_eclipse_stage_is_the_elimination_of_one_stage(slopes):
     dropped (``stage(..., drop_ab=True)``), and its closed-form gradient equals autograd
     through that stage, a leaky ReLU's a > 0 included."""
     from baselines.verify.eclipse import _stage_value
-    from baselines.verify.sdp_common import eigs, input_gram, stage, torch_chain
+    from baselines.verify.sdp.chain import torch_chain
+    from baselines.verify.sdp.elimination import input_gram, stage
+    from baselines.verify.sdp.linalg import eigs
     rng = np.random.default_rng(2)
     Ws = [rng.normal(size=(6, 4)), rng.normal(size=(5, 6)), rng.normal(size=(3, 5))]
     tc = torch_chain(Chain([W / np.linalg.norm(W, 2) for W in Ws], [slopes[0]] * 2, [slopes[1]] * 2))
@@ -409,7 +418,7 @@ def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     from bench.api import Query
     from bench.network import walk
     from baselines.verify.lipsdp import LipSDP
-    from baselines.verify.sdp_common import chain
+    from baselines.verify.sdp.chain import chain
     wide = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 16 * 16, 3))
     native = LipSDP(solver="NATIVE")
     assert native.operator(chain(walk(wide, (1, 16, 16)), Query(), "x")) == "layers"  # 2,048 units
@@ -519,7 +528,7 @@ def test_the_solvers_survive_a_gpu_eigensolver(request):
     tolerance (the certificate, a float64 Cholesky factorisation, is unchanged)."""
     from bench.network import walk
     from bench.api import Query
-    from baselines.verify.sdp_common import chain
+    from baselines.verify.sdp.chain import chain
     ch = chain(walk(mlp([20, 64, 64, 10], seed=3), (20,)), Query(p=2), "t")  # W_0 W_0^T: rank 20 of 64
     plain = _sdp_answers(ch)
     request.getfixturevalue("cusolver_like")
@@ -532,7 +541,7 @@ def test_the_top_eigenvalue_survives_lanczos_failing(monkeypatch):
     ECLipsE stage leaving its top eigenvalues clustered) the dense solver answers."""
     import scipy.sparse.linalg
 
-    from baselines.verify.sdp_common import top_eig_estimate
+    from baselines.verify.sdp.linalg import top_eig_estimate
     rng = np.random.default_rng(0)
     Q = np.linalg.qr(rng.normal(size=(600, 600)))[0]
     lam = np.concatenate([rng.uniform(0, 1, 597), [2.0, 2.0 - 1e-13, 2.0 - 2e-13]])  # a clustered top
@@ -553,8 +562,8 @@ def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
     must not change with it (CPU tensors here, routed as CUDA's would be)."""
     import time
 
-    from baselines.verify import sdp_common
-    from baselines.verify.sdp_common import eigs, faster
+    from baselines.verify.sdp import chain as sdp_chain, linalg
+    from baselines.verify.sdp.linalg import eigs, faster
 
     def slow():
         time.sleep(0.002)
@@ -563,22 +572,22 @@ def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
         raise torch.linalg.LinAlgError("error code: 6")
     assert faster(lambda: None, slow) and not faster(slow, lambda: None)
     assert faster(slow, broken) and not faster(broken, slow)
-    assert not sdp_common.on_host(torch.eye(3, dtype=torch.float64))  # a CPU tensor stays where it is
+    assert not linalg.on_host(torch.eye(3, dtype=torch.float64))  # a CPU tensor stays where it is
     # the choice itself (what on_host does for a CUDA tensor, with CUDA's synchronisation)
-    monkeypatch.setattr(sdp_common, "_EIGS_ON_HOST", {})
-    real_host, real_eigvalsh = sdp_common._host_eigh, torch.linalg.eigvalsh
-    monkeypatch.setattr(sdp_common, "_host_eigh", lambda S: (slow(), real_host(S))[1])
+    monkeypatch.setattr(linalg, "_EIGS_ON_HOST", {})
+    real_host, real_eigvalsh = linalg.host_eigh, torch.linalg.eigvalsh
+    monkeypatch.setattr(linalg, "host_eigh", lambda S: (slow(), real_host(S))[1])
     S4, S5 = torch.eye(4, dtype=torch.float64), torch.eye(5, dtype=torch.float64)
-    assert not sdp_common.route(torch.full((4, 4), math.nan, dtype=torch.float64), False, lambda: None)
-    assert sdp_common._EIGS_ON_HOST == {}  # no choice made on a matrix that is not finite
-    assert not sdp_common.route(S4, False, lambda: None)  # the host is slower: torch's eigvalsh
+    assert not linalg.route(torch.full((4, 4), math.nan, dtype=torch.float64), False, lambda: None)
+    assert linalg._EIGS_ON_HOST == {}  # no choice made on a matrix that is not finite
+    assert not linalg.route(S4, False, lambda: None)  # the host is slower: torch's eigvalsh
     monkeypatch.setattr(torch.linalg, "eigvalsh", lambda *a, **k: broken())
-    assert sdp_common.route(S5, False, lambda: None)  # torch's raises: the host
-    assert not sdp_common.route(S4, False, lambda: None)  # kept per size
-    assert not sdp_common.route(S5, True, lambda: None)  # and per kind: torch's eigh works, the host is slow
-    assert sdp_common._EIGS_ON_HOST == {(4, "cpu", False): False, (5, "cpu", False): True, (5, "cpu", True): False}
+    assert linalg.route(S5, False, lambda: None)  # torch's raises: the host
+    assert not linalg.route(S4, False, lambda: None)  # kept per size
+    assert not linalg.route(S5, True, lambda: None)  # and per kind: torch's eigh works, the host is slow
+    assert linalg._EIGS_ON_HOST == {(4, "cpu", False): False, (5, "cpu", False): True, (5, "cpu", True): False}
     monkeypatch.setattr(torch.linalg, "eigvalsh", real_eigvalsh)
-    monkeypatch.setattr(sdp_common, "_host_eigh", real_host)
+    monkeypatch.setattr(linalg, "host_eigh", real_host)
     rng = np.random.default_rng(0)
     A = torch.tensor(rng.normal(size=(7, 7)), requires_grad=True)
     w = torch.linspace(0.1, 1, 7, dtype=torch.float64)
@@ -587,9 +596,9 @@ def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
     ref_grad, A.grad = A.grad.clone(), None
     from bench.api import Query
     from bench.network import walk
-    ch = sdp_common.chain(walk(mlp([20, 64, 64, 10], seed=3), (20,)), Query(p=2), "t")
+    ch = sdp_chain.chain(walk(mlp([20, 64, 64, 10], seed=3), (20,)), Query(p=2), "t")
     plain = _sdp_answers(ch)
-    monkeypatch.setattr(sdp_common, "on_host", lambda S, vectors=False: True)
+    monkeypatch.setattr(linalg, "on_host", lambda S, vectors=False: True)
     lam, V = eigs(A.detach(), vectors=True)
     assert torch.allclose(lam, ref_lam, rtol=0, atol=1e-12) and torch.allclose(abs(V.T @ ref_V), torch.eye(7,
                                                                                  dtype=torch.float64), atol=1e-9)
@@ -604,7 +613,7 @@ def _conv_chain(query=None, act=nn.ReLU):
     dilation, groups, a BatchNorm, an average pooling, and (MaxMin) a ReLU form."""
     from bench.api import Query
     from bench.network import walk
-    from baselines.verify.sdp_common import chain
+    from baselines.verify.sdp.chain import chain
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(2, 4, 3, stride=2, padding=1), nn.BatchNorm2d(4).eval(), act(),
                         nn.Conv2d(4, 4, 3, padding=2, dilation=2, groups=2), act(), nn.AvgPool2d(2), nn.Flatten(),
@@ -639,12 +648,13 @@ def test_the_layer_maps_are_the_chain_s_matrices_and_their_adjoints(case):
 @pytest.mark.parametrize("slopes", [(0.0, 1.0), (0.1, 1.0)])  # ReLU, leaky ReLU (the a b terms)
 def test_the_matrix_free_objective_is_the_dense_one(slopes):
     """The conjugate-gradient rho(L) and its gradient equal the dense elimination's
-    (sdp_common.rho_of) on a conv chain; multipliers outside the feasible set, where a
+    (sdp.elimination.rho_of) on a conv chain; multipliers outside the feasible set, where a
     Cholesky factor fails, are infeasible for conjugate gradients too."""
     from baselines.verify.eclipse import eclipse
     from baselines.verify.implicit import Operator
     from baselines.verify.lipsdp import scaled
-    from baselines.verify.sdp_common import rho_of, torch_chain
+    from baselines.verify.sdp.chain import torch_chain
+    from baselines.verify.sdp.elimination import rho_of
     ch, _ = _conv_chain()
     ch.a, ch.b = [slopes[0]] * len(ch.a), [slopes[1]] * len(ch.b)
     sch, s = scaled(ch)
@@ -688,7 +698,8 @@ def _deep_net(sizes, gain, act=nn.ReLU, seed=0, tail=None):
 def test_balancing_the_blocks_is_a_congruence_of_the_lmi():
     """D M(rho, T; W) D = M(rho, T'; W') for D = diag(I, 2^e_1 I, ...): the same LMI, so
     certifying the balanced one certifies the network's."""
-    from baselines.verify.sdp_common import assemble, balanced, block_offsets
+    from baselines.verify.sdp.certificate import balanced
+    from baselines.verify.sdp.lmi import assemble, block_offsets
     rng = np.random.default_rng(0)
     sizes = [4, 5, 3, 2]
     Ws = [rng.normal(size=(b, a)) * 20 for a, b in zip(sizes[:-1], sizes[1:])]

@@ -1,9 +1,7 @@
-"""The phase branch and bound of benchmarks/smooth_reference.py: a sound upper bound on the
+"""The phase branch and bound of studies/smooth_reference.py: a sound upper bound on the
 l2 constant of sinusoidal networks, exact against closed forms, never below a witnessed
 lower bound."""
 import math
-import os
-import sys
 
 import pytest
 import torch
@@ -12,8 +10,7 @@ from torch import nn
 import bench
 from methods.layers import SinCos
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
-from smooth_reference import sinusoidal_layers, torus_bound  # noqa: E402
+from studies.smooth_reference import sinusoidal_layers, torus_bound
 
 
 def _net(W0, W1, b0=None):

@@ -1,28 +1,28 @@
 """``eclipse`` and ``eclipse-fast``: ECLipsE (Xu & Sivaranjani, NeurIPS 2024), our own
-implementation, on the block machinery of :mod:`baselines.verify.sdp_common`.
+implementation, on the block machinery of :mod:`baselines.verify.sdp`.
 
 Both solve LipSDP-Neuron layer by layer.  Divide the LMI by rho and write
 L_k = 2 T_k / rho, m_k = (a_k + b_k) / 2: eliminating the blocks from the input forward
 leaves Y_0 = I and Y_k = L_k - m_k^2 L_k G_{k-1} L_k with G_{k-1} = W_{k-1} Y_{k-1}^{-1} W_{k-1}^T,
-which must stay positive definite; at the end rho = lambda_max(G_K) (``sdp_common.stage``).
+which must stay positive definite; at the end rho = lambda_max(G_K) (``sdp.elimination.stage``).
 
 - ``eclipse-fast`` takes L_k = l_k I with l_k = 1 / (2 m_k^2 lambda_max(G_{k-1})) (the l
   that maximises the smallest eigenvalue of Y_k): closed form, no solver.
 - ``eclipse`` chooses a diagonal L_k at each stage to maximise s with Y_k >= s W_k^T W_k
   (ECLipsE's stage problem, a small convex SDP), i.e. to minimise
   lambda_max(W_k Y_k^{-1} W_k^T) = lambda_max(G_k).  We solve it natively: L-BFGS on log L_k
-  from the closed form (``sdp_common.minimise``), one Cholesky factor of Y_k and one
+  from the closed form (``sdp.optimise.minimise``), one Cholesky factor of Y_k and one
   eigenvalue problem of the next layer's size per step, the gradient by the
-  elimination's adjoint (``sdp_common.rho_of`` on the one-stage chain), on CPU or CUDA;
+  elimination's adjoint (``sdp.elimination.rho_of`` on the one-stage chain), on CPU or CUDA;
   ``eps`` is its tolerance and ``max_iters`` caps its evaluations per stage.  Each stage is
   certified in float64 (Y_k must have a Cholesky factor); a stage whose answer fails, or
   that is no better than the closed form, takes the closed form, and the stats say which.
 
 Either way the multipliers T_k = rho L_k / 2 are then certified on the full LipSDP matrix
-(``sdp_common.certify``, block by block), so the reported value is a checked bound on the
+(``sdp.certificate.certify``, block by block), so the reported value is a checked bound on the
 network.  The elimination drops the -2 a b W^T T W terms, which is sound only for a_k >= 0
 (ReLU, tanh, sigmoid, leaky ReLU); |x|, CReLU and MaxMin are read through their exact
-ReLU forms (``sdp_common.relu_form``), and an elementwise map with a negative lower slope
+ReLU forms (``sdp.chain.relu_form``), and an elementwise map with a negative lower slope
 and no such form (GELU) is ``unsupported``.
 
 Conv layers are unrolled (``unsupported`` above the dense limit); a layer wider than
@@ -39,8 +39,11 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import (Chain, RepairError, certify, chain, chain_reason, device, input_gram, minimise, rho_of,
-                         size_reason, stage, top_eig_estimate, torch_chain)
+from .sdp.certificate import certify
+from .sdp.chain import Chain, chain, chain_reason, device, RepairError, size_reason, torch_chain
+from .sdp.elimination import input_gram, rho_of, stage
+from .sdp.linalg import top_eig_estimate
+from .sdp.optimise import minimise
 
 
 def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, deadline: float = math.inf,

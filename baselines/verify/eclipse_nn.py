@@ -15,7 +15,7 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import chain, chain_reason, size_reason
+from .sdp.chain import chain, chain_reason, size_reason
 
 
 @register

@@ -2,7 +2,7 @@
 network's own layers (conv2d and its adjoint conv_transpose2d, linear maps, BatchNorm
 scales), its linear systems solved by conjugate gradients, in torch on CPU or CUDA.
 
-The objective is the dense path's (``sdp_common.rho_of``), computed another way.  For
+The objective is the dense path's (``sdp.elimination.rho_of``), computed another way.  For
 normalised multipliers L_k = 2 T_k / rho, with m_k = (a_k + b_k) / 2 and c_k = a_k b_k,
 
   P(L) = (-M(rho, T) + C) / rho,   C = diag(0, ..., W_L^T W_L) = R R^T,   R = (0, ..., W_L^T),
@@ -30,7 +30,7 @@ those directions does; that, or no convergence within ``MAX_STEPS``, is reported
 infeasible and the line search steps back, as the dense path does where a Cholesky factor
 fails.  A right-hand side blind to a negative direction could pass unseen (on 120 random
 small chains the answer always agreed with the dense elimination's); nothing here
-certifies: the multipliers are certified on the dense blocks (``sdp_common.certify``) like
+certifies: the multipliers are certified on the dense blocks (``sdp.certificate.certify``) like
 any solver's, and the dense blocks are still built for that certificate, so the per-layer
 size limit stands: the gain is time (an evaluation's products through the layers instead
 of a Cholesky factor per layer), not memory.
@@ -42,7 +42,9 @@ import time
 
 import numpy as np
 
-from .sdp_common import Chain, _Deadline, eigs
+from .sdp.chain import Chain
+from .sdp.linalg import eigs
+from .sdp.optimise import Deadline
 
 #: conjugate-gradient steps per solve before it is called infeasible
 MAX_STEPS = 2000
@@ -137,7 +139,7 @@ def layer_map(f, device):
 class Operator:
     """P(L) of a chain read from a network (``chain.factors``), each W_k divided by
     ``scales[k]`` as in lipsdp's rescaled problem, on ``device``.  Past ``deadline`` (a
-    ``time.perf_counter()`` value) a solve stops the minimisation (``sdp_common.minimise``
+    ``time.perf_counter()`` value) a solve stops the minimisation (``sdp.optimise.minimise``
     keeps the best point so far)."""
 
     def __init__(self, ch: Chain, scales, device="cpu", deadline: float = math.inf):
@@ -284,7 +286,7 @@ class Operator:
                 P, rr = Rs, (Rs * Rs).sum(1)
                 done = torch.zeros_like(done)
             if step % 16 == 15 and time.perf_counter() > self.deadline:
-                raise _Deadline
+                raise Deadline
             AP = self._hat(Ls, d, sd, P)
             pAp = (P * AP).sum(1)
             if not bool((pAp[~done] > 0).all()):  # negative curvature: P(L) is not positive definite

@@ -1,19 +1,19 @@
 """``lipsdp``: LipSDP-Neuron and LipSDP-Layer (Fazlyab et al., NeurIPS 2019), through cvxpy or natively.
 
-The SDP of :mod:`baselines.verify.sdp_common` is solved in a well-conditioned, smaller
+The SDP of :mod:`baselines.verify.sdp` is solved in a well-conditioned, smaller
 but equivalent form, and the answer is certified on the original network:
 
 - each weight is divided by its spectral norm, estimated (the LMI is invariant under any
   such rescaling with T_k scaled by d_k^2, d_k = prod_{j >= k} s_j; rho scales by
   (prod s_j)^2; the s_k only condition the problem, so an estimate serves:
-  ``sdp_common.norm_estimate``, exact up to 512 rows or columns, power iterations above,
+  ``sdp.linalg.norm_estimate``, exact up to 512 rows or columns, power iterations above,
   where LAPACK's SVD of a conv net's unrolled 4,096 x 3,072 layer took 26 s on one thread);
 - the input block is reduced exactly to the rank of W_0 (with W_0 = U S V^T, the LMI
   only sees W_0 through U S: directions orthogonal to V meet -rho I alone; NATIVE needs
   the reduction only where the first activation's a b term puts W_0 inside a factorised
   block, and takes it there from a QR factor on the device);
 - the solver's multipliers, mapped back, are certified in float64 on the full,
-  unreduced matrix (``sdp_common.certify``): the reported value is that certificate, the
+  unreduced matrix (``sdp.certificate.certify``): the reported value is that certificate, the
   solver's own value is in the stats.
 
 ``form``: ``neuron`` (one multiplier per neuron) or ``layer`` (one per layer).  ``solver``:
@@ -22,9 +22,9 @@ needed 6.7 GB and 278 s for a 192-row LMI here: use it on small networks only), 
 (needs its licence); ``eps`` is the solver's tolerance (the certified value does not
 depend on it for soundness, only for tightness).  NATIVE is ours, for scale: it minimises
 rho(L), the largest eigenvalue of the output-sized matrix W_L Y_K^{-1} W_L^T left by the
-forward block elimination (``sdp_common.rho_of``: one Cholesky factor per hidden layer,
+forward block elimination (``sdp.elimination.rho_of``: one Cholesky factor per hidden layer,
 the -2ab terms included, differentiable), over log L with L-BFGS on a soft maximum of
-those eigenvalues (``sdp_common.minimise``), from ECLipsE's multipliers, in torch on
+those eigenvalues (``sdp.optimise.minimise``), from ECLipsE's multipliers, in torch on
 the budget's device (CPU or CUDA); ``eps`` sets how far the soft maximum is sharpened,
 ``max_iters`` caps the evaluations, and 80% of the budget caps its time.  Its answer is no
 optimum certificate: it is a feasible point, certified like any other, and usually at or
@@ -37,10 +37,10 @@ themselves, conjugate gradients for the output's r right-hand sides), about 70 s
 dense, one layer at a time, so the per-layer limit stands.  On networks of
 |x| alone (every slope range symmetric, so the layers decouple) it minimises LipSDP's
 equivalent form, the product of diagonally rescaled layer norms
-(``sdp_common.symmetric_factors``), from the trivial bound; the layer form is the
+(``sdp.symmetric.symmetric_factors``), from the trivial bound; the layer form is the
 trivial bound there.
 
-Every solver's multipliers are certified by ``sdp_common.certify`` (a block Cholesky
+Every solver's multipliers are certified by ``sdp.certificate.certify`` (a block Cholesky
 factorisation per layer), so the structured path needs no dense LMI.  Conv layers are
 unrolled into dense matrices per layer for that certificate (``unsupported`` above the
 dense limit).  With a
@@ -61,8 +61,13 @@ from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
 
-from .sdp_common import (CVXPY, Chain, RepairError, certify, chain, chain_reason, device, lmi_terms, minimise,
-                         norm_estimate, rho_of, size_reason, symmetric, symmetric_factors, symmetric_multipliers, torch_chain)
+from .sdp.certificate import certify
+from .sdp.chain import Chain, chain, chain_reason, device, RepairError, size_reason, torch_chain
+from .sdp.elimination import rho_of
+from .sdp.linalg import norm_estimate
+from .sdp.lmi import CVXPY, lmi_terms
+from .sdp.optimise import minimise
+from .sdp.symmetric import symmetric, symmetric_factors, symmetric_multipliers
 
 SOLVERS = ("SCS", "CLARABEL", "MOSEK", "NATIVE")
 
@@ -84,7 +89,7 @@ def unscale_T(T: list[np.ndarray], s: list[float]) -> list[np.ndarray]:
 
 def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: float | None, device=None,
                  op=None):
-    """Minimise rho(L) (``sdp_common.rho_of``: the block elimination, one Cholesky factor per
+    """Minimise rho(L) (``sdp.elimination.rho_of``: the block elimination, one Cholesky factor per
     hidden layer and an eigenvalue problem of the output's size; with ``op``, the same
     function matrix-free, ``implicit.Operator.rho``) over log L with L-BFGS, from ECLipsE's
     multipliers (the layer form from ECLipsE-Fast's); returns T = rho L / 2 for the chain
@@ -94,7 +99,7 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     would see the last multipliers alone and the others only through feasibility, a wall
     L-BFGS cannot follow (it stopped 17% above SCS), so NATIVE minimises LipSDP's
     equivalent form instead, the product of diagonally rescaled layer norms
-    (``sdp_common.symmetric_factors``), from u = 0 (the trivial bound).  Any other
+    (``sdp.symmetric.symmetric_factors``), from u = 0 (the trivial bound).  Any other
     negative lower slope (a chain mixing |x| with other activations, GELU) is refused."""
     import torch
     from .eclipse import eclipse

@@ -1,8 +1,8 @@
 """What makes the trivial bound tight at p = inf for trained networks? (docs/pinf.md)
 
-    python benchmarks/pinf_study.py --out pinf.csv                 # the exact suite's data, every variant
-    python benchmarks/pinf_study.py --out pinf.csv --only lam      # one group (see VARIANTS)
-    python benchmarks/pinf_study.py --out digits.csv --digits      # digits: TB against M and `lower`
+    python studies/pinf_study.py --out pinf.csv                 # the exact suite's data, every variant
+    python studies/pinf_study.py --out pinf.csv --only lam      # one group (see VARIANTS)
+    python studies/pinf_study.py --out digits.csv --digits      # digits: TB against M and `lower`
 
 Trains ``tb-penalty`` (the project's trainer, ``p: inf``) on the ``exact`` suite's
 synthetic data (800 points, 4-d, 3 classes, 16-16 unless the variant says otherwise)
@@ -16,7 +16,7 @@ constant it records the decomposition of docs/pinf.md,
 permutation for MaxMin): TB / M is the row-sum *chaining* gap, M / P the *sign
 cancellation* gap (no choice of activation Jacobians makes every path from an input to
 the maximising output agree in sign), P / exact the *reachability* gap (the aligning
-choice is no input's pattern); the functions are in ``methods/pinf.py``.  P is exact by
+choice is no input's pattern); the functions are in ``studies/pinf.py``.  P is exact by
 enumeration of the first hidden layer's patterns (closed form for the second); it needs
 2 hidden layers, at most 12 inputs and, for Abs / ReLU, a first hidden layer of at most
 16 units (NaN otherwise).  The per-layer sign
@@ -51,7 +51,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 from bench import data, verify  # noqa: E402
 from bench.api import Budget  # noqa: E402
 from bench.registry import get_trainer, load_plugins  # noqa: E402
-from methods.pinf import coherence, linears, majorant, pattern_bound  # noqa: E402
+from studies.pinf import coherence, linears, majorant, pattern_bound  # noqa: E402
 
 INF = math.inf
 #: the exact suite's tb-penalty configuration

@@ -19,7 +19,7 @@ l_inf constant is bracketed by
   coh = 1 exactly when sign(W) is rank one, which M = P requires of every layer on the
   units that matter (docs/pinf.md).
 
-Analysis helpers for ``benchmarks/pinf_study.py`` and ``tests/test_pinf.py``; no verifier
+Analysis helpers for ``studies/pinf_study.py`` and ``tests/test_pinf.py``; no verifier
 depends on them.
 """
 from __future__ import annotations

@@ -7,8 +7,8 @@ bound weak?  This script brackets the true global constant L on small instances:
 - Sinusoidal layers (Linear -> SinCos -> Linear -> ... -> Linear, biases allowed): the
   *phase branch and bound* below, :func:`torus_bound`.
 
-    python benchmarks/smooth_reference.py                       # small set, CSV on stdout
-    python benchmarks/smooth_reference.py --set digits --out d.csv   # the paper's 128-128 nets on digits
+    python studies/smooth_reference.py                       # small set, CSV on stdout
+    python studies/smooth_reference.py --set digits --out d.csv   # the paper's 128-128 nets on digits
 
 Each network is trained here (``tb-penalty``, p = 2, the project's trainer) and bounded
 by ``trivial``, ``lower`` as version 2 did (``ascent: normalized, aligned: 0``), ``lower``
@@ -62,7 +62,6 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
