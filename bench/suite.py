@@ -266,6 +266,30 @@ def load_suite(name_or_path: str) -> Suite:
 
 
 def parse_suite(text: str, path: str = "<suite>") -> Suite:
+    """A suite from its YAML text (``path``: where it was read, for relative plug-ins and
+    the default name); every error is a one-line UserError naming the line."""
+    doc = _yaml(text)
+    _keys(doc, TOP_KEYS, "suite")
+    plugins = _plugins(doc, path)
+    if "train" not in doc and "networks" not in doc:
+        raise UserError(f"line {_line(doc)}: a suite trains networks (train:), reads them (networks:), or both")
+    datasets = [_dataset(ds, _line(doc["datasets"], i))
+                for i, ds in enumerate(_list(doc, "datasets", None if "train" in doc else []))]
+    seeds = _seeds(doc)   # checked in the order of the file's usual layout: the first error is reported
+    timeout = _num(doc, "timeout", DEFAULT_TIMEOUT)
+    threads = _threads(doc)
+    mem_limit = _num(doc, "mem_limit", None, "megabytes")
+    networks = _networks(doc)
+    train = _train(doc)
+    queries = tuple(_queries(doc, "queries", [Query()]))
+    verify = _verify(doc)
+    certify_eps = _certify(doc)
+    name = doc.get("name") or os.path.splitext(os.path.basename(path))[0]
+    return Suite(str(name), str(doc.get("description", "")), tuple(datasets), seeds, timeout, train, verify,
+                 queries, plugins, path, certify_eps, threads, mem_limit, networks)
+
+
+def _yaml(text: str) -> dict:
     try:
         doc = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
@@ -274,7 +298,12 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         raise UserError(f"{where}malformed YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(doc, dict):
         raise UserError("line 1: a suite is a YAML mapping (name:, datasets:, train:, verify:, ...)")
-    _keys(doc, TOP_KEYS, "suite")
+    return doc
+
+
+def _plugins(doc: dict, path: str) -> tuple:
+    """The suite's plug-in modules, imported now (relative to the suite's folder), then the
+    registry's own."""
     plugins = []
     for i, mod in enumerate(_list(doc, "plugins", [])):
         plugins.append(plugin_entry(str(mod), os.path.dirname(os.path.abspath(path))))
@@ -282,23 +311,25 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
             import_plugin(plugins[-1])
         except UserError as e:
             raise UserError(f"line {_line(doc['plugins'], i)}: {e}") from None
-    plugins = tuple(plugins)
     load_plugins()
+    return tuple(plugins)
 
-    if "train" not in doc and "networks" not in doc:
-        raise UserError(f"line {_line(doc)}: a suite trains networks (train:), reads them (networks:), or both")
-    datasets = [_dataset(ds, _line(doc["datasets"], i))
-                for i, ds in enumerate(_list(doc, "datasets", None if "train" in doc else []))]
+
+def _seeds(doc: dict) -> tuple:
     seeds = _list(doc, "seeds", [0])
     if not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
         raise UserError(f"line {_line(doc, 'seeds')}: seeds must be integers in [0, 2^32), got {list(seeds)!r}")
-    timeout = _num(doc, "timeout", DEFAULT_TIMEOUT)
+    return tuple(seeds)
+
+
+def _threads(doc: dict) -> int | None:
     threads = doc.get("threads")
     if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
         raise UserError(f"line {_line(doc, 'threads')}: threads must be a whole number >= 1, got {threads!r}")
-    mem_limit = _num(doc, "mem_limit", None, "megabytes")
+    return threads
 
-    networks = _networks(doc)
+
+def _train(doc: dict) -> tuple:
     train = []
     for i, e in enumerate(_list(doc, "train", [])):
         ln = _line(doc["train"], i)
@@ -312,8 +343,10 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         archs = tuple(_check_arch(a) for a in archs)
         params, grid = _params(e, cls)
         train.append(TrainEntry(cls.name, archs, params, grid, _num(e, "timeout", None)))
+    return tuple(train)
 
-    queries = tuple(_queries(doc, "queries", [Query()]))
+
+def _verify(doc: dict) -> tuple:
     verify = []
     named = {e["verifier"] for e in _list(doc, "verify", []) if isinstance(e, dict) and "verifier" in e} | \
             {e for e in _list(doc, "verify", []) if isinstance(e, str) and e != "all"}
@@ -332,21 +365,21 @@ def parse_suite(text: str, path: str = "<suite>") -> Suite:
         params, grid = _params(e, cls)
         qs = tuple(_queries(e, "queries", None)) if "queries" in e else None
         verify.append(VerifyEntry(cls.name, params, grid, qs, _num(e, "timeout", None)))
+    return tuple(verify)
 
-    certify_eps = None
-    if "certify" in doc:
-        c = doc["certify"]
-        if not isinstance(c, dict) or set(c) != {"eps"}:
-            raise UserError(f"line {_line(doc, 'certify')}: certify is {{eps: [e1, e2, ...]}} or "
-                            f"{{eps: {{2: [...], inf: [...]}}}}")
-        from .certify import eps_by_p
-        try:
-            certify_eps = eps_by_p(c["eps"])
-        except (UserError, TypeError, ValueError) as err:
-            raise UserError(f"line {_line(c, 'eps')}: bad eps grid ({err})") from None
-    name = doc.get("name") or os.path.splitext(os.path.basename(path))[0]
-    return Suite(str(name), str(doc.get("description", "")), tuple(datasets), tuple(seeds), timeout,
-                 tuple(train), tuple(verify), queries, plugins, path, certify_eps, threads, mem_limit, networks)
+
+def _certify(doc: dict) -> dict | None:
+    if "certify" not in doc:
+        return None
+    c = doc["certify"]
+    if not isinstance(c, dict) or set(c) != {"eps"}:
+        raise UserError(f"line {_line(doc, 'certify')}: certify is {{eps: [e1, e2, ...]}} or "
+                        f"{{eps: {{2: [...], inf: [...]}}}}")
+    from .certify import eps_by_p
+    try:
+        return eps_by_p(c["eps"])
+    except (UserError, TypeError, ValueError) as err:
+        raise UserError(f"line {_line(c, 'eps')}: bad eps grid ({err})") from None
 
 
 def _dataset(ds, ln: int):

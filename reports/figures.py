@@ -98,6 +98,70 @@ def _strip_row(r) -> int | None:
     return None
 
 
+def _verifier_points(ax, strip, g, plotted, v, i, verifiers, xhi, raster, flags: set):
+    """One verifier's results on a tightness panel: its points (hollow: anytime; red:
+    unsound), its median (returned as (cost, tightness, name), or None) and, in the strip
+    above, its results that gave no tightness.  ``flags`` collects what the legend needs."""
+    c, m = style(v)
+    median = None
+    gv = plotted[plotted.verifier == v]
+    x = gv.cost_s.clip(lower=1e-4)
+    ok = (gv.status != "unsound") & ~gv.anytime
+    ax.scatter(x[ok], gv.tightness[ok], marker=m, color=c, s=22, alpha=0.75, lw=0, rasterized=raster)
+    at = gv.anytime & (gv.status != "unsound")
+    if at.any():
+        flags.add("anytime")
+        ax.scatter(x[at], gv.tightness[at], marker=m, facecolors="none", edgecolors=c, s=26, lw=1,
+                   rasterized=raster)
+    bad = gv.status == "unsound"
+    if bad.any():
+        flags.add("unsound")
+        ax.scatter(x[bad], gv.tightness[bad], marker=m, color=UNSOUND, edgecolors="black", s=40, lw=0.6,
+                   zorder=5)
+        for xx, yy in list(zip(x[bad], gv.tightness[bad]))[:6]:
+            ax.annotate(f"{v} UNSOUND", (xx, yy), xytext=(4, -8), textcoords="offset points",
+                        fontsize=SMALL, color=UNSOUND)
+    good = gv[gv.status != "unsound"]
+    if len(good):
+        mx, my = max(good.cost_s.median(), 1e-4), good.tightness.median()
+        median = (mx, my, v)
+        if good.anytime.all():   # a median of anytime bounds only is hollow too
+            ax.scatter([mx], [my], marker=m, facecolors="white", edgecolors=c, s=110, lw=2.2, zorder=6)
+        else:
+            ax.scatter([mx], [my], marker=m, color=c, s=110, edgecolors="black", lw=1.2, zorder=6)
+        flags.add("median")
+    # rows with no tightness: the strip above (one scatter per verifier, row and fill)
+    if strip is not None:
+        pts = {}
+        for r in g[g.verifier == v].itertuples():
+            row = _strip_row(r)
+            if row is not None:
+                cx = r.cost_s if r.cost_s == r.cost_s and r.cost_s is not None else xhi
+                pts.setdefault((row, r.status == "timeout"), []).append(max(cx, 1e-4))
+        for (row, hollow), xs_ in pts.items():
+            strip.scatter(xs_, [row + (i - len(verifiers) / 2) * 0.06] * len(xs_), marker=m, s=24,
+                          edgecolors=c, facecolors="none" if hollow else c, lw=1, rasterized=raster)
+    return median
+
+
+def _tightness_handles(verifiers, flags: set) -> list:
+    """The tightness page's legend: the verifiers, then the marks this page used."""
+    handles = _verifier_handles(verifiers)
+    if "median" in flags:
+        handles.append(Line2D([], [], marker="o", color="#999999", mec="black", mew=1.2, ms=9, ls="",
+                              label="median of a verifier"))
+        handles.append(Line2D([], [], color="black", ls="--", lw=1, label="Pareto front of the medians"))
+    if "anytime" in flags:
+        handles.append(Line2D([], [], marker="o", mfc="none", color="#555555", ls="",
+                              label="hollow: anytime bound (kept at a timeout)"))
+    if "unsound" in flags:
+        handles.append(Line2D([], [], marker="o", color=UNSOUND, mec="black", ls="",
+                              label="red: UNSOUND (below a sound lower bound)"))
+    handles += [Line2D([], [], color="#444444", lw=0.9, label="tightness 1 (tight)"),
+                Line2D([], [], color="#444444", lw=0.8, ls=":", label=f"within {100 * (TIGHT_WITHIN - 1):.0f}%")]
+    return handles
+
+
 def tightness_page(pdf, df):
     up = upper_rows(df)
     ps = _p_sorted(up.p.unique())
@@ -118,7 +182,7 @@ def tightness_page(pdf, df):
                           "Every result that ran gave a bound. ") + "Tightness 1: the bound equals the best sound "
              "lower bound; lower is better, left is cheaper.", ha="center", fontsize=SMALL, color="#333333")
     verifiers = order(up.verifier.unique())
-    any_anytime = any_unsound = any_median = False
+    flags: set = set()
     for k, p in enumerate(ps):
         g = up[up.p == p]
         row0 = (k // ncol) * per
@@ -131,44 +195,9 @@ def tightness_page(pdf, df):
         raster = len(g) > RASTER_ABOVE
         medians = []
         for i, v in enumerate(verifiers):
-            c, m = style(v)
-            gv = plotted[plotted.verifier == v]
-            x = gv.cost_s.clip(lower=1e-4)
-            ok = (gv.status != "unsound") & ~gv.anytime
-            ax.scatter(x[ok], gv.tightness[ok], marker=m, color=c, s=22, alpha=0.75, lw=0, rasterized=raster)
-            at = gv.anytime & (gv.status != "unsound")
-            if at.any():
-                any_anytime = True
-                ax.scatter(x[at], gv.tightness[at], marker=m, facecolors="none", edgecolors=c, s=26, lw=1,
-                           rasterized=raster)
-            bad = gv.status == "unsound"
-            if bad.any():
-                any_unsound = True
-                ax.scatter(x[bad], gv.tightness[bad], marker=m, color=UNSOUND, edgecolors="black", s=40, lw=0.6,
-                           zorder=5)
-                for xx, yy in list(zip(x[bad], gv.tightness[bad]))[:6]:
-                    ax.annotate(f"{v} UNSOUND", (xx, yy), xytext=(4, -8), textcoords="offset points",
-                                fontsize=SMALL, color=UNSOUND)
-            good = gv[gv.status != "unsound"]
-            if len(good):
-                mx, my = max(good.cost_s.median(), 1e-4), good.tightness.median()
-                medians.append((mx, my, v))
-                if good.anytime.all():   # a median of anytime bounds only is hollow too
-                    ax.scatter([mx], [my], marker=m, facecolors="white", edgecolors=c, s=110, lw=2.2, zorder=6)
-                else:
-                    ax.scatter([mx], [my], marker=m, color=c, s=110, edgecolors="black", lw=1.2, zorder=6)
-                any_median = True
-            # rows with no tightness: the strip above (one scatter per verifier, row and fill)
-            if has_strip:
-                pts = {}
-                for r in g[g.verifier == v].itertuples():
-                    row = _strip_row(r)
-                    if row is not None:
-                        cx = r.cost_s if r.cost_s == r.cost_s and r.cost_s is not None else xhi
-                        pts.setdefault((row, r.status == "timeout"), []).append(max(cx, 1e-4))
-                for (row, hollow), xs_ in pts.items():
-                    strip.scatter(xs_, [row + (i - len(verifiers) / 2) * 0.06] * len(xs_), marker=m, s=24,
-                                  edgecolors=c, facecolors="none" if hollow else c, lw=1, rasterized=raster)
+            med = _verifier_points(ax, strip, g, plotted, v, i, verifiers, xhi, raster, flags)
+            if med is not None:
+                medians.append(med)
         front = _pareto(medians)
         if len(front) > 1:
             ax.step([f[0] for f in front], [f[1] for f in front], where="post", color="black", lw=1, ls="--",
@@ -206,19 +235,7 @@ def tightness_page(pdf, df):
             txt = "not applicable (unsupported / not installed): " + ", ".join(parts)
             ax.text(0.0, -0.13 if nrow == 1 else -0.2, "\n".join(textwrap.wrap(txt, 62)[:3]),
                     transform=ax.transAxes, va="top", fontsize=SMALL, color="#555555")
-    handles = _verifier_handles(verifiers)
-    if any_median:
-        handles.append(Line2D([], [], marker="o", color="#999999", mec="black", mew=1.2, ms=9, ls="",
-                              label="median of a verifier"))
-        handles.append(Line2D([], [], color="black", ls="--", lw=1, label="Pareto front of the medians"))
-    if any_anytime:
-        handles.append(Line2D([], [], marker="o", mfc="none", color="#555555", ls="",
-                              label="hollow: anytime bound (kept at a timeout)"))
-    if any_unsound:
-        handles.append(Line2D([], [], marker="o", color=UNSOUND, mec="black", ls="",
-                              label="red: UNSOUND (below a sound lower bound)"))
-    handles += [Line2D([], [], color="#444444", lw=0.9, label="tightness 1 (tight)"),
-                Line2D([], [], color="#444444", lw=0.8, ls=":", label=f"within {100 * (TIGHT_WITHIN - 1):.0f}%")]
+    handles = _tightness_handles(verifiers, flags)
     _legend_below(fig, handles, ncol=min(7, len(handles)))
     _save(pdf, fig)
 
