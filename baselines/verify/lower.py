@@ -168,24 +168,36 @@ class Lower(Verifier):
         dev = torch.device(budget.device if budget.device != "auto" else "cpu")
         g = torch.Generator(device="cpu").manual_seed(int(P["seed"]))
         exact = referenced(copy.deepcopy(net.module)).double().eval().to(dev)
-        shape = net.input_shape
-        far = 0.0
-        if query.domain == "global":
-            lo = torch.full(shape, P["low"], dtype=torch.float64)
-            hi = torch.full(shape, P["high"], dtype=torch.float64)
-            far = P["far"]
-            box_lo, box_hi = lo.clamp(max=-P["far_radius"]), hi.clamp(min=P["far_radius"])
-        else:
-            lo, hi = (torch.as_tensor(a).reshape(shape) for a in query.box())
-            box_lo, box_hi = lo, hi
-        lo, hi, box_lo, box_hi = lo.to(dev), hi.to(dev), box_lo.to(dev), box_hi.to(dev)
-
-        top_dirs = top_subspace(net)
-        aligned_radius = 0.0
-        if top_dirs is not None:   # global: beyond the data box along the subspace; a box: its half-width
-            aligned_radius = float((hi - lo).max()) * (math.sqrt(top_dirs.shape[0]) if query.domain == "global" else 0.5)
-        best, evaluated = 0.0, 0
+        box = _Box(net, query, P, dev)
         # 1. uniform samples, scored on the exact network
+        X, V, evaluated = self._sample(exact, box, query, g, deadline)
+        best = sample_best = float(V.max())
+        # 2. projected gradient ascent on a smoothed surrogate from the best samples
+        cand_x, cand_v, steps_done, ascent_best, ascended = self._ascend(exact, box, query, X, V, deadline)
+        best, evaluated = max(best, ascent_best), evaluated + ascended
+        # 3. certify the best candidates by difference quotients of real evaluations
+        CX, CV = torch.cat(cand_x), torch.cat(cand_v)
+        top = torch.topk(CV, min(P["certify"], len(CV))).indices
+        dq, X1, X2 = pairs(exact, CX[top], query, box.box_lo, box.box_hi, steps=(P["dq_step"],))
+        k = int(dq.argmax())
+        value = float(dq[k])
+        stats = {"points": evaluated, "sample_best": sample_best,
+                 "aligned_dims": 0 if box.top_dirs is None or not P["aligned"] else int(box.top_dirs.shape[0]),
+                 "ascent_steps": steps_done,
+                 "jacobian_best": best, "certified_points": len(top),
+                 "jacobian_at_certified_best": float(CV[top][k]), "witness": as_stats(X1[k], X2[k]),
+                 "domain": "global box" if query.domain == "global" else "box",
+                 "stopped_early": steps_done < P["steps"]}
+        return Bound(value, "lower", "ok", stats=stats)
+
+    def _sample(self, exact, box: "_Box", query: Query, g, deadline: float):
+        """Uniform samples of the box (a share ``far`` far outside it for a global query, a
+        share ``aligned`` along the first layer's top singular directions), scored by their
+        Jacobian norms on the exact network: (points, norms, how many)."""
+        P, shape, top_dirs = self.opts, box.shape, box.top_dirs
+        lo, hi, box_lo, box_hi, far = box.lo, box.hi, box.box_lo, box.box_hi, box.far
+        dev = lo.device
+        evaluated = 0
         pool_x, pool_v = [], []
         with torch.no_grad():
             for s in range(0, P["samples"], P["batch"]):
@@ -196,7 +208,7 @@ class Lower(Verifier):
                 if n_al:
                     a = torch.randn(n_al, top_dirs.shape[0], generator=g, dtype=torch.float64)
                     d = (a / a.norm(dim=1, keepdim=True)) @ top_dirs
-                    rad = torch.rand(n_al, 1, generator=g, dtype=torch.float64) * aligned_radius
+                    rad = torch.rand(n_al, 1, generator=g, dtype=torch.float64) * box.aligned_radius
                     Xa = ((lo + hi) / 2).reshape(1, -1).cpu() + rad * d
                     X[n - n_al:] = Xa.reshape(n_al, *shape).to(dev).clamp(box_lo, box_hi)
                 if n_far:
@@ -210,11 +222,16 @@ class Lower(Verifier):
                 pool_v.append(v)
                 if time.perf_counter() > deadline:
                     break
-        X = torch.cat(pool_x)
-        V = torch.cat(pool_v)
-        best = float(V.max())
-        sample_best = best
-        # 2. projected gradient ascent on a smoothed surrogate from the best samples
+        return torch.cat(pool_x), torch.cat(pool_v), evaluated
+
+    def _ascend(self, exact, box: "_Box", query: Query, X, V, deadline: float):
+        """Projected ascent (Adam, or normalised gradient steps on a kinked network) of the
+        Jacobian norm of a smoothed surrogate, from the ``restarts`` best samples, sharpened
+        1x -> 10x over the steps: (candidate points and their norms on the exact network,
+        one tensor per step, the steps done, the best norm, points evaluated)."""
+        P, shape = self.opts, box.shape
+        lo, hi, box_lo, box_hi = box.lo, box.hi, box.box_lo, box.box_hi
+        best, evaluated = 0.0, 0
         k = min(P["restarts"], len(X))
         cand_x, cand_v = [X[torch.topk(V, k).indices]], [torch.topk(V, k).values]
         X = cand_x[0].clone()
@@ -253,16 +270,30 @@ class Lower(Verifier):
             cand_x.append(X.clone())
             cand_v.append(v)
             steps_done += 1
-        # 3. certify the best candidates by difference quotients of real evaluations
-        CX, CV = torch.cat(cand_x), torch.cat(cand_v)
-        top = torch.topk(CV, min(P["certify"], len(CV))).indices
-        dq, X1, X2 = pairs(exact, CX[top], query, box_lo, box_hi, steps=(P["dq_step"],))
-        k = int(dq.argmax())
-        value = float(dq[k])
-        stats = {"points": evaluated, "sample_best": sample_best,
-                 "aligned_dims": 0 if top_dirs is None or not P["aligned"] else int(top_dirs.shape[0]), "ascent_steps": steps_done,
-                 "jacobian_best": best, "certified_points": len(top),
-                 "jacobian_at_certified_best": float(CV[top][k]), "witness": as_stats(X1[k], X2[k]),
-                 "domain": "global box" if query.domain == "global" else "box",
-                 "stopped_early": steps_done < P["steps"]}
-        return Bound(value, "lower", "ok", stats=stats)
+        return cand_x, cand_v, steps_done, best, evaluated
+
+
+class _Box:
+    """Where ``lower`` searches: the sampling box (lo, hi) and the box points are kept in
+    (box_lo, box_hi).  A global query samples the data box [low, high] and keeps points
+    within ``far_radius`` of it, ``far`` of them sampled out there; a box query samples and
+    keeps its own box.  ``top_dirs``: the first layer's top singular directions, sampled
+    along up to ``aligned_radius``."""
+
+    def __init__(self, net: Net, query: Query, P: dict, dev):
+        self.shape = shape = net.input_shape
+        self.far = 0.0
+        if query.domain == "global":
+            lo = torch.full(shape, P["low"], dtype=torch.float64)
+            hi = torch.full(shape, P["high"], dtype=torch.float64)
+            self.far = P["far"]
+            box_lo, box_hi = lo.clamp(max=-P["far_radius"]), hi.clamp(min=P["far_radius"])
+        else:
+            lo, hi = (torch.as_tensor(a).reshape(shape) for a in query.box())
+            box_lo, box_hi = lo, hi
+        self.lo, self.hi, self.box_lo, self.box_hi = lo.to(dev), hi.to(dev), box_lo.to(dev), box_hi.to(dev)
+        self.top_dirs = top_subspace(net)
+        self.aligned_radius = 0.0
+        if self.top_dirs is not None:   # global: beyond the data box along the subspace; a box: its half-width
+            self.aligned_radius = float((self.hi - self.lo).max()) * (
+                math.sqrt(self.top_dirs.shape[0]) if query.domain == "global" else 0.5)
