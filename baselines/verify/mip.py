@@ -167,57 +167,81 @@ class _Expr:
 
 
 def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_kind: str):
-    """The program; returns (model, objective vector, layout)."""
-    n = pw.in_dim
-    lo, hi = pwl.domain_box(pw, query)
-    # count variables first: the expressions are dense over all of them
-    unst = [np.nonzero(s == 0)[0] for s in status]
-    m = pw.out_dim
-    gl, gu = g_bounds
-    G = np.maximum(np.abs(gl), np.abs(gu))
-    q = dual(query.p)
+    """The program; returns (model, objective vector, objective constant, layout): the
+    variables, then the rows of the global domain's faces, the forward pass (the
+    activations of the unstable units), the backward pass (the gradient) and the
+    objective (its dual norm)."""
     M = _Model()
-    X = M.var(n + 1, lo, hi, name="x")
-    glob = pwl.is_global(pw, query)
-    faces = M.var(2 * n + (1 if pw.has_bias else 0), 0, 1, True, "face") if glob else None
-    R = [M.var(len(u), 0, np.inf, name=f"r{li}") for li, u in enumerate(unst)]
-    Abin = [M.var(len(u), 0, 1, True, f"a{li}") for li, u in enumerate(unst)]
-    beta = M.var(m, 0, 1, True, "c") if c_kind != "pair" else None
-    U = [M.var(len(u), -np.inf, np.inf, name=f"u{li}") for li, u in enumerate(unst)]
-    if math.isinf(q):
-        mu = M.var(1, 0, float(G.max()), name="mu")
-        gam = M.var(2 * n, 0, 1, True, "gamma")
-    else:
-        mixed = np.nonzero((gl < 0) & (gu > 0))[0]
-        gp = M.var(mixed.size, 0, gu[mixed], name="gp")
-        gn = M.var(mixed.size, 0, -gl[mixed], name="gn")
-        sig = M.var(mixed.size, 0, 1, True, "sigma")
-    NV = M.n
+    V = _Vars(M, pw, query, status, g_bounds, c_kind)
+    if V.faces is not None:
+        _face_rows(M, V, pw)
+    _forward(M, V, pw, bounds, status)
+    g = _backward(M, V, pw, query, status, w_bounds, c_kind)
+    obj, const = _objective(M, V, g, g_bounds)
+    layout = {"x": V.X, "a": V.Abin, "unst": V.unst}
+    return M, obj, const, layout
 
-    def unit(idx, coef=1.0):
-        e = np.zeros(NV)
+
+class _Vars:
+    """The program's variables: the input x (with t, the homogenising coordinate), the
+    global domain's face choice, per unstable unit its activation r, its pattern bit a
+    and its backward value u, the output selection c, and the norm's variables (p = inf:
+    mu and the sign choice gamma; otherwise the split g = gp - gn of the gradient's mixed
+    coordinates and its bit sigma).  ``unit(idx, coef)`` is a row over all of them."""
+
+    def __init__(self, M: "_Model", pw, query, status, g_bounds, c_kind):
+        n = self.n = pw.in_dim
+        lo, hi = pwl.domain_box(pw, query)
+        # count variables first: the expressions are dense over all of them
+        self.unst = unst = [np.nonzero(s == 0)[0] for s in status]
+        self.m = pw.out_dim
+        gl, gu = g_bounds
+        self.G = np.maximum(np.abs(gl), np.abs(gu))
+        self.q = dual(query.p)
+        self.X = M.var(n + 1, lo, hi, name="x")
+        glob = pwl.is_global(pw, query)
+        self.faces = M.var(2 * n + (1 if pw.has_bias else 0), 0, 1, True, "face") if glob else None
+        self.R = [M.var(len(u), 0, np.inf, name=f"r{li}") for li, u in enumerate(unst)]
+        self.Abin = [M.var(len(u), 0, 1, True, f"a{li}") for li, u in enumerate(unst)]
+        self.beta = M.var(self.m, 0, 1, True, "c") if c_kind != "pair" else None
+        self.U = [M.var(len(u), -np.inf, np.inf, name=f"u{li}") for li, u in enumerate(unst)]
+        if math.isinf(self.q):
+            self.mu = M.var(1, 0, float(self.G.max()), name="mu")
+            self.gam = M.var(2 * n, 0, 1, True, "gamma")
+        else:
+            self.mixed = np.nonzero((gl < 0) & (gu > 0))[0]
+            self.gp = M.var(self.mixed.size, 0, gu[self.mixed], name="gp")
+            self.gn = M.var(self.mixed.size, 0, -gl[self.mixed], name="gn")
+            self.sig = M.var(self.mixed.size, 0, 1, True, "sigma")
+        self.NV = M.n
+
+    def unit(self, idx, coef=1.0):
+        e = np.zeros(self.NV)
         e[idx] = coef
         return e
 
-    def rows_of(ex: _Expr, i):
-        return ex.E[i], ex.k[i]
 
-    if glob:   # max(||y||_inf, t) = 1: one face is chosen and lies on it
-        M.row(unit(faces), 1, 1)
-        for i in range(n):
-            r = unit(X[i]); r[faces[2 * i + 1]] = -2.0            # y_i >= 2 phi - 1
-            M.row(r, -1, np.inf)
-            r = unit(X[i]); r[faces[2 * i]] = 2.0                 # y_i <= 1 - 2 phi
-            M.row(r, -np.inf, 1)
-        if pw.has_bias:
-            r = unit(X[n]); r[faces[2 * n]] = -1.0                # t >= phi
-            M.row(r, 0, np.inf)
+def _face_rows(M: "_Model", V: _Vars, pw):
+    """max(||y||_inf, t) = 1: one face is chosen and lies on it."""
+    n, X, faces, unit = V.n, V.X, V.faces, V.unit
+    M.row(unit(faces), 1, 1)
+    for i in range(n):
+        r = unit(X[i]); r[faces[2 * i + 1]] = -2.0            # y_i >= 2 phi - 1
+        M.row(r, -1, np.inf)
+        r = unit(X[i]); r[faces[2 * i]] = 2.0                 # y_i <= 1 - 2 phi
+        M.row(r, -np.inf, 1)
+    if pw.has_bias:
+        r = unit(X[n]); r[faces[2 * n]] = -1.0                # t >= phi
+        M.row(r, 0, np.inf)
 
-    # forward
+
+def _forward(M: "_Model", V: _Vars, pw, bounds, status):
+    """The forward pass: each unstable unit's r = relu(d) by its big-M rows."""
+    n, NV, unit = V.n, V.NV, V.unit
     E = np.zeros((n, NV))
-    E[np.arange(n), X[:n]] = 1.0
+    E[np.arange(n), V.X[:n]] = 1.0
     h = _Expr(E, np.zeros(n))
-    tvec = unit(X[n])
+    tvec = unit(V.X[n])
     for li, (L, (dl, du), s) in enumerate(zip(pw.hidden, bounds, status)):
         z = h.map(L.W)
         z.E = z.E + np.outer(L.b, tvec)
@@ -226,9 +250,9 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
         rE, rk = np.zeros((k, NV)), np.zeros(k)
         on = s > 0
         rE[on], rk[on] = d.E[on], d.k[on]
-        for j, ui in enumerate(unst[li]):
-            r, a = R[li][j], Abin[li][j]
-            de, dk = rows_of(d, ui)
+        for j, ui in enumerate(V.unst[li]):
+            r, a = V.R[li][j], V.Abin[li][j]
+            de, dk = d.E[ui], d.k[ui]
             l_, u_ = float(dl[ui]), float(du[ui])
             M.row(unit(r) - de, dk, np.inf)                        # r >= d
             row = unit(r) - de
@@ -238,16 +262,20 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
             rE[ui] = unit(r)
         h = z.map(L.P) + _Expr(L.Q @ rE, L.Q @ rk)
 
-    # backward
+
+def _backward(M: "_Model", V: _Vars, pw, query, status, w_bounds, c_kind) -> "_Expr":
+    """The backward pass from the selected output (or the class pair): the gradient, an
+    (n, NV) expression, each unstable unit's u = a w by its big-M rows."""
+    m, NV, unit = V.m, V.NV, V.unit
     C = pwl.targets(pw, query)
     if c_kind == "pair":
         c = _Expr(np.zeros((m, NV)), C[0].copy())
     else:
         cE = np.zeros((m, NV))
-        cE[np.arange(m), beta] = 1.0 if c_kind == "select" else 2.0
+        cE[np.arange(m), V.beta] = 1.0 if c_kind == "select" else 2.0
         c = _Expr(cE, np.zeros(m) if c_kind == "select" else -np.ones(m))
         if c_kind == "select":
-            M.row(unit(beta), 1, 1)
+            M.row(unit(V.beta), 1, 1)
     v = c.map(pw.W_out.T)
     for li in reversed(range(len(pw.hidden))):
         L, s = pw.hidden[li], status[li]
@@ -257,9 +285,9 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
         uE, uk = np.zeros((k, NV)), np.zeros(k)
         on = s > 0
         uE[on], uk[on] = w.E[on], w.k[on]
-        for j, ui in enumerate(unst[li]):
-            uu, a = U[li][j], Abin[li][j]
-            we, wk = rows_of(w, ui)
+        for j, ui in enumerate(V.unst[li]):
+            uu, a = V.U[li][j], V.Abin[li][j]
+            we, wk = w.E[ui], w.k[ui]
             l_, h_ = float(wl[ui]), float(wu[ui])
             row = unit(uu) - we; row[a] -= l_
             M.row(row, -np.inf, wk - l_)                           # u <= w - wl (1 - a)
@@ -270,35 +298,40 @@ def build(pw: pwl.PWLNet, query: Query, bounds, status, w_bounds, g_bounds, c_ki
             uE[ui] = unit(uu)
         vz = v.map(L.P.T) + _Expr(L.A.T @ uE, L.A.T @ uk)
         v = vz.map(L.W.T)
-    g = v                                   # (n, NV): the gradient, an expression
+    return v
 
-    obj = np.zeros(NV)
+
+def _objective(M: "_Model", V: _Vars, g: "_Expr", g_bounds) -> tuple[np.ndarray, float]:
+    """The gradient's dual norm to maximise: max_i |g_i| (p = inf) by a chosen sign and
+    coordinate, else sum_i |g_i| (mixed-sign coordinates split)."""
+    n, unit = V.n, V.unit
+    gl, gu = g_bounds
+    obj = np.zeros(V.NV)
     const = 0.0
-    if math.isinf(q):                       # max_i |g_i|
-        Mbig = 2.0 * float(G.max()) + 1.0
-        M.row(unit(gam), 1, 1)
+    if math.isinf(V.q):                     # max_i |g_i|
+        Mbig = 2.0 * float(V.G.max()) + 1.0
+        M.row(unit(V.gam), 1, 1)
         for i in range(n):
-            for sgn, gi in ((1.0, gam[2 * i]), (-1.0, gam[2 * i + 1])):
-                row = unit(mu) - sgn * g.E[i]
+            for sgn, gi in ((1.0, V.gam[2 * i]), (-1.0, V.gam[2 * i + 1])):
+                row = unit(V.mu) - sgn * g.E[i]
                 row[gi] += Mbig
                 M.row(row, -np.inf, sgn * g.k[i] + Mbig)           # mu <= s g_i + M (1 - gamma)
-        obj[mu] = 1.0
+        obj[V.mu] = 1.0
     else:                                   # sum_i |g_i|
-        mixed_set = {int(i): j for j, i in enumerate(mixed)}
+        mixed_set = {int(i): j for j, i in enumerate(V.mixed)}
         for i in range(n):
             if i in mixed_set:
                 j = mixed_set[i]
-                M.row(g.E[i] - unit(gp[j]) + unit(gn[j]), -g.k[i], -g.k[i])   # g = gp - gn
-                M.row(unit(gp[j]) - gu[i] * unit(sig[j]), -np.inf, 0.0)
-                M.row(unit(gn[j]) - gl[i] * unit(sig[j]), -np.inf, -gl[i])   # gn <= -gl (1 - sigma)
-                obj[gp[j]] += 1.0
-                obj[gn[j]] += 1.0
+                M.row(g.E[i] - unit(V.gp[j]) + unit(V.gn[j]), -g.k[i], -g.k[i])   # g = gp - gn
+                M.row(unit(V.gp[j]) - gu[i] * unit(V.sig[j]), -np.inf, 0.0)
+                M.row(unit(V.gn[j]) - gl[i] * unit(V.sig[j]), -np.inf, -gl[i])   # gn <= -gl (1 - sigma)
+                obj[V.gp[j]] += 1.0
+                obj[V.gn[j]] += 1.0
             else:
                 sgn = 1.0 if gl[i] >= 0 else -1.0
                 obj += sgn * g.E[i]
                 const += sgn * g.k[i]
-    layout = {"x": X, "a": Abin, "unst": unst}
-    return M, obj, const, layout
+    return obj, const
 
 
 def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5,
