@@ -118,6 +118,10 @@ def sentence(s, eps: float) -> str | None:
         parts.append("it does not reach " + "; ".join(not_reached))
     if none_as_accurate:
         parts.append("no setting of " + ", ".join(none_as_accurate) + " is as accurate")
+    top = base.loc[base.cert_best.idxmax()]
+    parts.append(f"the most any baseline setting certifies, at any clean accuracy, is {_pct(top.cert_best)} "
+                 f"({top.method}" + (f" {top.setting}" if top.setting else "") + f", at {_pct(top.clean_acc)} "
+                 f"clean): {'at most' if top.cert_best <= b.cert_best else 'more than'} the best {METHOD} setting's")
     return ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
 

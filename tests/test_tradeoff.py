@@ -41,5 +41,7 @@ def test_sentence_names_the_best_setting_and_each_baseline_at_that_clean_accurac
     assert "It does not reach gloro p=2: 33.0% at 47.0% clean" in w
     assert "No setting of aol x maxmin (at most 40.0% clean) is as accurate" in w
     assert "standard" not in w
+    assert "The most any baseline setting certifies, at any clean accuracy, is 39.0% (aol x maxmin, at 40.0% " \
+           "clean): more than the best tb-penalty setting's." in w
     assert tradeoff.sentence(s[s.trainer != "tb-penalty"], E) is None   # nothing to answer without the method
     assert tradeoff.sentence(s, 72 / 255) is None                       # no rows at that radius
