@@ -7,7 +7,7 @@ but equivalent form, and the answer is certified on the original network:
   such rescaling with T_k scaled by d_k^2, d_k = prod_{j >= k} s_j; rho scales by
   (prod s_j)^2; the s_k only condition the problem, so an estimate serves:
   ``sdp.linalg.norm_estimate``, exact up to 512 rows or columns, power iterations above,
-  where LAPACK's SVD of a conv net's unrolled 4,096 x 3,072 layer took 26 s on one thread);
+  where a dense SVD of a conv net's unrolled layer would cost more than the solve);
 - the input block is reduced exactly to the rank of W_0 (with W_0 = U S V^T, the LMI
   only sees W_0 through U S: directions orthogonal to V meet -rho I alone; NATIVE needs
   the reduction only where the first activation's a b term puts W_0 inside a factorised
@@ -46,9 +46,8 @@ unrolled into dense matrices per layer for that certificate (``unsupported`` abo
 dense limit).  With a
 cvxpy solver a network of more than ``MAX_NEURONS`` hidden neurons (a conv counts
 channels x pixels) is ``unsupported`` with its size: one dense LMI of that order does
-not solve within a suite's budget (two ReLU convs, SCS, one thread: 2 x 256 neurons 122 s;
-2 x 512 not certified after 144 s; 2 x 1024 a timeout at 150 s with 11.9 GB).  NATIVE
-has ECLipsE's limit per layer.
+not solve within a suite's budget (the limit is where SCS stopped finishing in 150 s on
+one thread: docs/performance.md).  NATIVE has ECLipsE's limit per layer.
 """
 from __future__ import annotations
 

@@ -92,9 +92,8 @@ def on_host(S, vectors: bool = False) -> bool:
     never for a CPU tensor; on CUDA, for up to ``HOST_EIGS_ROWS`` rows, where the host was
     the faster of the two on the first such matrix of that size (:func:`route`; a small
     eigenproblem on a GPU is bound by latency, and torch's cuSOLVER heuristics have
-    changed between versions: a 32-row one took 19 ms on CUDA against 41 us on the CPU in
-    pytorch#10172, and 2.10 slowed CUDA's eigh, pytorch#183806); larger ones stay on the
-    device (README, Benchmarks: ECLipsE at width 1,024 on an H200 against the CPU)."""
+    changed between versions: pytorch#10172, pytorch#183806); larger ones stay on the
+    device (docs/performance.md: ECLipsE at width 1,024 on a GPU against the CPU)."""
     if not S.is_cuda or S.shape[0] > HOST_EIGS_ROWS:
         return False
     return route(S, vectors, lambda: torch.cuda.synchronize(S.device))

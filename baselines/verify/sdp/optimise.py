@@ -20,9 +20,8 @@ class Deadline(Exception):
 ROUND_ITERS = 100
 
 
-#: the first round's tau, relative to the value.  1e-3 ended 0.5% / 0.2% lower than this
-#: after 25 s / 60 s on 784-512-512-10 / 784-1024-1024-10, but stalled 0.13% above
-#: Clarabel's optimum on a small conv net, where 1e-2 ends 0.02% above it
+#: the first round's tau, relative to the value: a smaller first tau ends slightly lower on
+#: wide MLPs but can stall above the optimum on small conv nets, where this one does not
 FIRST_TAU = 1e-2
 
 
