@@ -28,6 +28,7 @@ def test_pair_out_of_range_is_unsupported():
     assert b.status == "unsupported" and b.value is None and "out of range" in b.error
 
 
+@pytest.mark.slow
 def test_timeout_kills_a_worker_and_says_timeout():
     net = mlp([8, 64, 64, 4])
     b = bench.lower_bound(net, p=2, timeout=5.0, samples=10**9, batch=64)
@@ -39,6 +40,7 @@ def test_timeout_kills_a_worker_and_says_timeout():
     assert b2.status == "ok" and b2.value == pytest.approx(bench.verify(net, "trivial", p=math.inf).value)
 
 
+@pytest.mark.slow
 def test_a_gpu_job_s_fresh_interpreter_is_not_on_its_clock(monkeypatch):
     """CUDA jobs (and "auto" where a GPU is present) start in a fresh interpreter, not from
     the fork server (CUDA does not survive its fork); the seconds of imports there do not

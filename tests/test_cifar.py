@@ -29,6 +29,7 @@ def cifar_folder(tmp_path_factory):
     return str(dest)
 
 
+@pytest.mark.slow
 def test_a_small_conv_net_learns_cifar_in_one_epoch(cifar_folder):
     ds = load({"name": "cifar", "subset": 2000, "test_subset": 2000}, cifar_folder)
     assert ds.input_shape == (3, 32, 32) and len(ds.X_train) == 2000 and len(set(ds.y_train.tolist())) == 10

@@ -136,6 +136,7 @@ def test_rerun_does_nothing_and_show_prints(smoke):
     assert s.returncode == 0 and "trivial" in s.stdout
 
 
+@pytest.mark.slow
 def test_list_shows_plugins_and_missing_requirements():
     r = bench("list")
     assert r.returncode == 0
@@ -156,6 +157,7 @@ def test_list_shows_plugins_and_missing_requirements():
     pytest.param(["run", "--suite", "smoke", "--device", "cuda"], "no CUDA device",
                  marks=pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA present")),
 ])
+@pytest.mark.slow
 def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
     r = bench(*args, "--out", str(tmp_path / "o"))
     assert r.returncode == 2, (r.stdout, r.stderr)
@@ -163,6 +165,7 @@ def test_bad_input_is_one_line_exit_2(args, words, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
 
 
+@pytest.mark.slow
 def test_bad_suite_files_keep_the_store(tmp_path):
     out = tmp_path / "o"
     ok = tmp_path / "ok.yaml"
@@ -183,6 +186,7 @@ def test_bad_suite_files_keep_the_store(tmp_path):
     assert "train-images-idx3-ubyte" in r.stderr  # the missing data file is named
 
 
+@pytest.mark.slow
 def test_missing_requirement_and_unsound_rows(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(SMOKE_FAST % "[trivial, lower, test-missing, test-unsound]")
@@ -204,6 +208,7 @@ def test_missing_requirement_and_unsound_rows(tmp_path):
     assert "no: missing no_such_package_lipbench_xyz" in line
 
 
+@pytest.mark.slow
 def test_a_plugin_that_raises_keeps_its_traceback(tmp_path):
     """A verifier that raises in a helper of its own: the row keeps the traceback (file,
     line, function), the live log names the frame, show --errors prints it, the run exits
@@ -230,6 +235,7 @@ def test_a_plugin_that_raises_keeps_its_traceback(tmp_path):
         get_verifier("no-such-verifier")
 
 
+@pytest.mark.slow
 def test_the_harness_measures_accuracy_and_flags_a_trainer_that_reports_another(tmp_path):
     import testplugins  # noqa: F401
     from bench.testing import ConformanceError, check_trainer
@@ -251,6 +257,7 @@ def test_the_harness_measures_accuracy_and_flags_a_trainer_that_reports_another(
     assert acc == pytest.approx(float((ds.y_test == 0).mean()))   # it always says class 0
 
 
+@pytest.mark.slow
 def test_hanging_job_is_killed_as_timeout_and_the_run_goes_on(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(SMOKE_FAST % "[trivial, {verifier: test-sleep, timeout: 1}]")
@@ -301,6 +308,7 @@ def test_smoke_on_gpu(tmp_path):
     assert {"trivial", "lower", "bab"} <= ok, ok
 
 
+@pytest.mark.slow
 def test_more_bad_suites_name_their_line(tmp_path):
     base = SMOKE_FAST % "[trivial]"
     cases = {
@@ -323,6 +331,7 @@ def test_more_bad_suites_name_their_line(tmp_path):
     assert r.returncode == 2 and "UTF-8" in r.stderr
 
 
+@pytest.mark.slow
 def test_duplicate_jobs_and_retry(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text((SMOKE_FAST % "[trivial, {verifier: test-sleep, timeout: 1, params: {seconds: 0.1}}]")
@@ -340,6 +349,7 @@ def test_duplicate_jobs_and_retry(tmp_path):
     assert all(x["status"] == "ok" for x in again if x["verifier"] == "trivial")
 
 
+@pytest.mark.slow
 def test_list_one_plugin_shows_its_declared_parameters():
     r = bench("list", "tb-penalty")
     assert r.returncode == 0, r.stderr
@@ -350,6 +360,7 @@ def test_list_one_plugin_shows_its_declared_parameters():
     assert bad.returncode == 2 and "unknown plug-in 'nope'" in bad.stderr and "tb-penalty" in bad.stderr
 
 
+@pytest.mark.slow
 def test_a_second_driver_on_the_same_store_is_refused(tmp_path):
     f = tmp_path / "s.yaml"
     f.write_text(SMOKE_FAST % "[trivial, {verifier: test-sleep, params: {seconds: 30.0}}]")
@@ -370,6 +381,7 @@ def test_a_second_driver_on_the_same_store_is_refused(tmp_path):
         first.wait()
 
 
+@pytest.mark.slow
 def test_a_plugin_cannot_take_a_builtin_name(tmp_path):
     (tmp_path / "shadow.py").write_text(
         "from bench.api import Bound, Verifier\nfrom bench.registry import register\n\n"

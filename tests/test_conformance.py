@@ -23,6 +23,7 @@ NEEDS = {"lirpa": pytest.mark.auto_lirpa}
 @pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param(n, marks=NEEDS[n]) if n in NEEDS else n
                                   for n in sorted(n for n in VERIFIERS if not n.startswith("test-"))])
+@pytest.mark.slow
 def test_verifier_conforms(name):
     check_verifier(name)
 
@@ -33,6 +34,7 @@ def test_trainer_conforms(name):
     check_trainer(name)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,words", sorted(BROKEN.items()))
 def test_broken_verifier_fails_with_a_clear_message(name, words):
     with pytest.raises(ConformanceError) as e:
@@ -44,6 +46,7 @@ def test_missing_requirement_is_not_installed_not_a_failure():
     assert "not installed: says so" in check_verifier("test-missing")
 
 
+@pytest.mark.slow
 def test_a_plugin_imported_from_a_file_is_checked_in_its_workers(tmp_path):
     """import_plugin's file route registers the module under a name only this process
     knows; the conformance workers import the file itself."""
@@ -68,6 +71,7 @@ def test_a_plugin_imported_from_a_file_is_checked_in_its_workers(tmp_path):
     assert any(r.startswith("relu 3-5-4-3") for r in ran)
 
 
+@pytest.mark.slow
 def test_a_verifier_from_an_interactive_session_is_told_what_to_do():
     """A class defined in python's stdin (as in a notebook cell) cannot be imported by the
     checks' worker processes: one line saying so, and what to do."""

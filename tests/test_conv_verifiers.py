@@ -50,6 +50,7 @@ def check_sound(b, truth, where):
     return True
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act,bias", NETS)
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_every_verifier_is_sound_or_refuses_on_a_tiny_conv_net(act, bias, p):
@@ -94,6 +95,7 @@ def test_lirpa_refuses_crelu_whose_jacobian_bounds_auto_lirpa_gets_wrong():
     assert b.status == "unsupported" and "crelu" in b.error
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,p", [("bab", 2.0), ("bab", INF), ("mip", 1.0)])
 def test_exact_verifiers_are_anytime_on_a_larger_conv_net(name, p):
     """A 1 x 6 x 6 input and two convs of 3 and 4 channels (63 units): within a 3 s

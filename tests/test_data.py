@@ -90,6 +90,7 @@ def test_real_mnist_test_set():
     assert np.bincount(y).tolist()[:2] == [980, 1135]  # the published class counts
 
 
+@pytest.mark.slow
 def test_digits_mnist5k_synthetic():
     d = data.load("digits")
     assert d.input_shape == (1, 8, 8) and len(d.X_train) + len(d.X_test) == 1797

@@ -75,6 +75,7 @@ def test_download_checks_and_extracts(server, tmp_path):
     assert ds.X_train.shape == (20, 3, 32, 32) and ds.X_test.shape == (4, 3, 32, 32)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["checksum", "truncated", "unreachable"])
 def test_bad_downloads_are_one_line_and_leave_nothing(server, tmp_path, case):
     url, md5 = server

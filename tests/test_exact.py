@@ -52,6 +52,7 @@ def truth(act, seed, dom, p, target):
 ACTS = [nn.ReLU, Abs, CReLU, MaxMin]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a.__name__)
 @pytest.mark.parametrize("dom", ["global", "box"])
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -66,6 +67,7 @@ def test_mip_equals_enumeration(act, dom, backend):
             assert b.stats["lower"] <= exact * (1 + 1e-9) <= b.value * (1 + 2e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ACTS, ids=lambda a: a.__name__)
 @pytest.mark.parametrize("dom", ["global", "box"])
 def test_bab_equals_enumeration(act, dom):
@@ -120,6 +122,7 @@ def test_class_pair_trap(verifier, params):
         assert b.value == pytest.approx(0.0, abs=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1])
 def test_soundness_chain_on_random_networks(seed):
     """lower <= mip = bab <= trivial where they close; lower <= exact <= bab's upper <=
@@ -228,6 +231,7 @@ def test_gurobi_size_limit_is_a_status():
 LIPBAB = os.path.join(REFERENCE, "lipbab")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(LIPBAB), reason="../shared/reference/lipbab absent")
 @pytest.mark.parametrize("name", ["iris_net_4-5-5-3", "SDnet_10-15-10-3", "SDnet_10-20-15-10-3"])
 def test_lipbab_reference_networks(name):
@@ -273,6 +277,7 @@ def test_lirpa_bounds_the_exact_constant():
     assert bench.verify(net, "lirpa", p=INF).status == "unsupported"   # global: no box
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", [nn.ReLU, Abs, MaxMin], ids=lambda a: a.__name__)
 def test_box_around_the_origin_of_a_bias_free_net(act):
     """Every region of a bias-free network is a cone at 0: a box holding the origin meets
@@ -315,6 +320,7 @@ def tie_net(seed):
     return mlp([2, 4, 4, 4, 1], seed=seed)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("seed,p", [(2, INF), (2, 1.0), (8, INF)])
 def test_mip_cuts_tie_patterns_until_its_incumbent_is_a_real_region(seed, p, backend):

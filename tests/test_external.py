@@ -147,6 +147,7 @@ def test_verifiers_bound_a_box_of_unequal_sides_soundly():
 
 
 # --------------------------------------------------------------------------- bench verify
+@pytest.mark.slow
 def test_verify_an_onnx_export_then_reuse_the_store(tmp_path):
     path = export(small(), tmp_path / "net.onnx", (4,))
     out = str(tmp_path / "out")
@@ -174,6 +175,7 @@ def test_verify_an_onnx_export_then_reuse_the_store(tmp_path):
     assert report.returncode == 0 and os.path.getsize(os.path.join(out, "report.pdf")) > 0, report.stderr
 
 
+@pytest.mark.slow
 def test_verify_a_saved_module_a_box_and_a_class_pair(tmp_path):
     torch.save(small(1), tmp_path / "net.pt")
     (tmp_path / "box.txt").write_text("\n".join(f"{-0.1 * i} {0.1 * i + 0.05}" for i in range(4)))
@@ -190,6 +192,7 @@ def test_verify_a_saved_module_a_box_and_a_class_pair(tmp_path):
     assert json.loads(store_rows(out, "networks")[0]["box"])["lower"][3] == pytest.approx(-0.3)
 
 
+@pytest.mark.slow
 def test_verify_module_attribute_without_out(tmp_path):
     (tmp_path / "netdef.py").write_text("from torch import nn\nNET = nn.Sequential(nn.Linear(3, 2))\n")
     r = bench("verify", "netdef:NET", "--verifier", "trivial", "--p", "2", cwd=str(tmp_path), TMPDIR=str(tmp_path))
@@ -199,6 +202,7 @@ def test_verify_module_attribute_without_out(tmp_path):
     assert store_rows(folder)[0]["status"] == "ok"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["missing", "unreadable", "verifier", "box", "shape", "state_dict"])
 def test_verify_errors_are_one_line_and_touch_nothing(tmp_path, case):
     good = export(small(), tmp_path / "net.onnx", (4,))
@@ -222,6 +226,7 @@ def test_verify_errors_are_one_line_and_touch_nothing(tmp_path, case):
     assert store_rows(out, "jobs") == before
 
 
+@pytest.mark.slow
 @needs_vnn
 def test_verify_acas_xu_over_its_property_box(tmp_path):
     (tmp_path / "prop_1.vnnlib").write_text(ACAS_PROP_1)
@@ -248,6 +253,7 @@ certify: {eps: {2: [0.01, 0.1]}}
 """
 
 
+@pytest.mark.slow
 def test_a_suite_of_networks_from_files_and_code(tmp_path):
     export(small(), tmp_path / "net.onnx", (4,))
     (tmp_path / "netdef.py").write_text("from torch import nn\nNET = nn.Sequential(nn.Linear(4, 3))\n")
@@ -298,6 +304,7 @@ def test_two_networks_of_one_name_and_a_suite_of_nothing():
         parse_suite("name: x\nverify: [trivial]\n")
 
 
+@pytest.mark.slow
 def test_vnncomp_without_its_files_names_the_command(tmp_path):
     r = bench("run", "--suite", "vnncomp", "--data-dir", str(tmp_path), "--out", str(tmp_path / "out"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -150,6 +150,7 @@ RESIDUAL_NETS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(RESIDUAL_NETS))
 def test_bab_and_mip_close_residual_networks_exactly(name):
     """A residual ReLU (or |x|) network is piecewise linear: with the block's input carried
@@ -256,6 +257,7 @@ ROUND_TRIPS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(ROUND_TRIPS))
 def test_onnx_round_trip_equals_the_module_and_onnxruntime(name, tmp_path):
     make, shape = ROUND_TRIPS[name]
@@ -353,6 +355,7 @@ def test_an_open_input_shape_must_be_given(tmp_path):
 VNN_FILES = sorted(f for f in os.listdir(VNNCOMP) if f.endswith(".onnx")) if os.path.isdir(VNNCOMP) else []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not VNN_FILES, reason="../shared/reference/vnncomp2021 absent: the VNN-COMP networks are not here")
 @pytest.mark.parametrize("name", VNN_FILES)
 def test_the_vnncomp_networks_are_read_and_checked(name):

@@ -79,6 +79,7 @@ def test_solve_s_of_a_trivial_job_is_the_in_process_call(tmp_path):
     ("def f(:\n    pass\n", "SyntaxError: invalid syntax at {f}:1"),
     ("import no_such_module_lipbench_xyz\n", "ModuleNotFoundError: No module named 'no_such_module_lipbench_xyz' at {f}:1"),
 ])
+@pytest.mark.slow
 def test_a_plugin_that_fails_at_import_is_one_line_with_its_line(tmp_path, source, words):
     f = tmp_path / "broken_plugin.py"
     f.write_text(source)

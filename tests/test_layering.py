@@ -92,6 +92,7 @@ def test_the_architecture_document_states_the_rules():
 
 @pytest.mark.parametrize("order", [("bench.network", "bench.registry"), ("bench.registry", "bench.network"),
                                    ("bench.activations", "bench.network")])
+@pytest.mark.slow
 def test_fresh_imports_in_either_order(order):
     code = ("import importlib, sys\n"
             f"for m in {list(order)!r}:\n    importlib.import_module(m)\n"

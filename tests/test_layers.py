@@ -81,6 +81,7 @@ def mixed_net(act, seed=0, sizes=(2, 6, 4, 3), bias=True):
     return nn.Sequential(*layers, nn.Linear(d, sizes[-1], bias=bias))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", [Abs, CReLU, MaxMin])
 @pytest.mark.parametrize("p", [1.0, 2.0, INF])
 def test_trivial_and_lower_bracket_the_exact_constant_on_polyactivation_nets(act, p):
@@ -105,6 +106,7 @@ def tiny_conv(act, bias, seed=0):
 
 @pytest.mark.parametrize("act,bias", [("relu", True), ("abs", False), ("crelu", False), ("maxmin", False),
                                       ("maxmin", True)])
+@pytest.mark.slow
 def test_polyactivations_in_conv_form_bracket_the_exact_constant(act, bias):
     """Conv nets with each polyactivation (bias-free too): the walk's piecewise-linear
     form is the network, and trivial >= exact >= lower for every p (the exact constant

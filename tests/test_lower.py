@@ -11,6 +11,7 @@ from helpers import mlp
 from bench.testing.exact import exact_lipschitz, regions, norm
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", [1.0, 2.0, math.inf])
 @pytest.mark.parametrize("target", [None, (1, 2)])
 def test_lower_is_below_exact_and_close_on_tiny_nets(p, target):

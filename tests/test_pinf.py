@@ -165,6 +165,7 @@ def test_decomposition_brackets_the_exact_constant(act, cls, seed):
     assert T >= M * (1 - 1e-9) and M >= P * (1 - 1e-12) and P >= E * (1 - 1e-6)
 
 
+@pytest.mark.slow
 def test_coherence_exact_and_local_search():
     rng = np.random.default_rng(0)
     rank_one = np.outer(rng.choice((-1.0, 1.0), 7), rng.choice((-1.0, 1.0), 5)) * rng.uniform(0.1, 1, (7, 5))

@@ -146,6 +146,7 @@ def _expected_measured(out):
     return exp, nets
 
 
+@pytest.mark.slow
 @pytest.mark.poppler
 def test_the_published_report_pages_render(cifar, tmp_path):
     _, pdf, reader = cifar
@@ -200,6 +201,7 @@ def test_the_page_sets_measured_next_to_reported(cifar, tmp_path):
     assert "\\toprule" in (pdf.parent / "r-published.tex").read_text()
 
 
+@pytest.mark.slow
 def test_absent_without_cifar_networks(tmp_path):
     """A store whose certified accuracy is not on CIFAR (synthetic data, as digits) has no such page."""
     from helpers import every_status_store

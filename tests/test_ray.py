@@ -77,6 +77,7 @@ def test_hostile_suite_through_ray_ends_as_with_the_local_executor(cluster, host
     assert prov["run"]["workers"] == 2   # the cluster's CPUs / 1 thread a job
 
 
+@pytest.mark.slow
 def test_driver_cancels_a_task_past_its_deadline_with_force(cluster, tmp_path, monkeypatch):
     """Ray has no task timeout: the driver's deadline (timeout + grace + slack) cancels an
     unanswered task with force.  Here the slack is made negative so that the driver's
@@ -108,6 +109,7 @@ def test_killed_driver_resumes_with_one_row_per_job(cluster, tmp_path):
     assert final[:len(first)] == first   # nothing redone, nothing rewritten
 
 
+@pytest.mark.slow
 def test_bad_address_and_address_without_ray_are_one_line_errors(tmp_path):
     out = str(tmp_path / "o")
     r = bench("run", "--suite", "smoke", "--out", out, "--address", "127.0.0.1:1")

@@ -57,6 +57,7 @@ def test_readme_starts_with_the_two_commands_and_ci_runs_them():
     assert 'bash -euxo pipefail -c "$cmd1"' in ci and 'bash -euxo pipefail -c "$cmd2"' in ci
 
 
+@pytest.mark.slow
 def test_python_api_example():
     code = block("<!-- example: api -->", API)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
@@ -64,6 +65,7 @@ def test_python_api_example():
     assert "upper ok" in out.stdout
 
 
+@pytest.mark.slow
 def test_residual_and_onnx_example(tmp_path):
     code = block("<!-- example: residual -->", API)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path,
@@ -132,6 +134,7 @@ def test_decorator_plugin_example(tmp_path):
     assert "relu 3-5-4-3" in lines[1] and "trained (2)" in lines[2]
 
 
+@pytest.mark.slow
 def test_plugin_folder_needs_no_install(tmp_path):
     """A plug-in file dropped into a folder, named with --plugin or in the suite, is found
     without PYTHONPATH or an install, also by the worker processes."""
@@ -192,6 +195,7 @@ def _vnncomp_data(folder):
 
 @pytest.mark.parametrize("page,code", [(p, c) for p, n, c in blocks("python") if n is None],
                          ids=lambda v: v if isinstance(v, str) and v.endswith(".md") else "")
+@pytest.mark.slow
 def test_every_other_python_block_runs(page, code, tmp_path):
     _vnncomp_data(tmp_path)
     for path in re.findall(r'"(data/vnncomp2021/[^"]+)"', code):

@@ -56,6 +56,7 @@ def every(tmp_path_factory):
     return out, pdf, report_pdf(out, pdf)
 
 
+@pytest.mark.slow
 @pytest.mark.poppler
 def test_every_status_pages_render(every, tmp_path):
     _, pdf, reader = every
@@ -88,6 +89,7 @@ def test_anytime_titles_print_absolute_bounds(every):
     assert "Lipschitz bound (p=inf)" in text
 
 
+@pytest.mark.slow
 def test_empty_store_says_so(tmp_path):
     out = tmp_path / "o"
     Store(str(out)).close()
@@ -97,6 +99,7 @@ def test_empty_store_says_so(tmp_path):
     assert "\\toprule" in (tmp_path / "r-headline.tex").read_text()
 
 
+@pytest.mark.slow
 def test_trained_but_not_verified_and_no_lower_bounds(tmp_path):
     out = tmp_path / "o"
     s = Store(str(out))

@@ -31,6 +31,7 @@ def from_mat(name):
     return nn.Sequential(*layers).double()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(LIPSDP), reason="../shared/reference/lipsdp absent")
 @pytest.mark.parametrize("solver", ["CLARABEL", "SCS", "NATIVE"])
 def test_reproduces_the_published_lipsdp_values(solver):
@@ -59,6 +60,7 @@ def test_mnist_reference_network_ordering():
     assert low <= neuron <= fast * (1 + 1e-4) and fast <= triv * (1 + 1e-9)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_ordering_on_random_networks(seed):
     net = mlp([5, 12, 10, 3], seed=seed, act=nn.ReLU if seed < 2 else nn.Tanh)
@@ -73,6 +75,7 @@ def test_ordering_on_random_networks(seed):
     assert v["lipsdp"] <= v["eclipse"] * tol and v["eclipse"] <= v["eclipse-fast"] * tol
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [None, (0, 2)])
 def test_sdp_bounds_are_above_the_exact_constant(target):
     for seed in (1, 2):
@@ -176,6 +179,7 @@ def test_unsupported_inputs_say_why():
     assert bench.verify(gelu, "lipsdp", p=2).status == "ok"  # LipSDP takes the slope range [-0.13, 1.13]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", ["abs", "maxmin", "crelu"])
 def test_polyactivations_through_their_relu_forms_are_sound(act):
     """|x|, MaxMin and CReLU: every SDP verifier answers (|x| in its sector [-1, 1] where
@@ -238,6 +242,7 @@ def test_symmetric_sectors_are_a_product_of_rescaled_norms():
         assert zero == pytest.approx(tb, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_native_on_abs_equals_an_interior_point_solver():
     """NATIVE on |x| networks (the product of rescaled norms, from the trivial bound) reaches
     Clarabel's LipSDP value; its layer form is the trivial bound; a chain that mixes |x|
@@ -390,6 +395,7 @@ def test_an_eclipse_stage_is_the_elimination_of_one_stage(slopes):
         L.grad = None
 
 
+@pytest.mark.slow
 def test_native_reaches_the_sdp_optimum_of_an_interior_point_solver():
     """NATIVE (L-BFGS on the block elimination) against Clarabel at a tight tolerance:
     the same SDP value, on MLPs and on a small conv net, there both matrix-free (operator
@@ -521,6 +527,7 @@ def _same_answers(ours, ref):
         assert ours[k] == pytest.approx(v, rel=PATH_TOLERANCE[name[k]]), k
 
 
+@pytest.mark.slow
 def test_the_solvers_survive_a_gpu_eigensolver(request):
     """Where torch's eigensolver fails (cuSOLVER on a rank-deficient Gram matrix), LAPACK
     on the host answers, differentiably, and a NaN factor is a step outside the feasible
@@ -554,6 +561,7 @@ def test_the_top_eigenvalue_survives_lanczos_failing(monkeypatch):
     assert top_eig_estimate(G) == pytest.approx(2.0, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_small_eigenproblems_may_go_to_the_host(monkeypatch):
     """On CUDA, ``eigs`` sends a size's eigenproblems to LAPACK on the host where that was
     the faster on first use (``faster``: best of three after a warm-up; a device solver
@@ -716,6 +724,7 @@ def test_balancing_the_blocks_is_a_congruence_of_the_lmi():
     assert np.allclose(d[:, None] * M * d[None, :], Mb, rtol=1e-12, atol=1e-12 * np.abs(Mb).max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("act", [nn.ReLU, nn.Sigmoid], ids=["relu", "sigmoid"])
 def test_deep_nets_with_large_layer_norms_are_certified(act):
     """Where the multipliers span orders of magnitude (one shift sized by the largest block
@@ -734,6 +743,7 @@ def test_deep_nets_with_large_layer_norms_are_certified(act):
     assert any(e != 0 for e in fast.stats["block_scales_log2"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("tail", [nn.ReLU(), nn.Sigmoid(), nn.Tanh()], ids=["relu", "sigmoid", "tanh"])
 def test_a_network_that_ends_with_an_activation_is_bounded_by_dropping_it(tail):
     """An elementwise activation at the output (ERAN's nets end with a ReLU) multiplies the
@@ -755,6 +765,7 @@ def test_a_network_that_ends_with_an_activation_is_bounded_by_dropping_it(tail):
     assert b.status == "unsupported" and "power of 2" in b.error
 
 
+@pytest.mark.slow
 def test_a_network_that_starts_with_an_activation_is_bounded_by_dropping_it():
     """The same at the input: the constant of the rest times the activation's (sigmoid: 1/4);
     class pairs too (the margin of the rest, evaluated at phi(x))."""
@@ -779,6 +790,7 @@ VNN = os.path.join(REFERENCE, "vnncomp2021")
                                                    "are not here")
 @pytest.mark.parametrize("name", ["ACASXU_run2a_1_1_batch_2000", "mnist-net_256x4", "ffnnSIGMOID__Point_6x200",
                                   "mnist_relu_9_200"])
+@pytest.mark.slow
 def test_the_sdp_verifiers_certify_the_vnncomp_networks(name):
     path = os.path.join(VNN, name + ".onnx")
     low = bench.lower_bound(path, p=2, samples=200, restarts=2, steps=10).value

@@ -114,6 +114,7 @@ def test_the_best_verifier_is_judged_on_the_queries_both_answered(tmp_path):
     assert h.loc[("standard", "trivial"), "best"] and not h.loc[("standard", "sdp"), "best"]
 
 
+@pytest.mark.slow
 def test_show_prints_the_headline_and_export_writes_the_frame(tmp_path):
     _store(tmp_path)
     r = subprocess.run([sys.executable, "-m", "bench", "show", "--out", str(tmp_path)], cwd=REPO,

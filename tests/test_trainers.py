@@ -110,6 +110,7 @@ def test_spectral_norm_divides_by_the_sound_norm():
 
 @pytest.mark.parametrize("arch", [{"hidden": [8, 6]}, {"conv": [[3, 3, 1, 1], [4, 3, 2, 1]], "hidden": [6]}],
                          ids=["dense", "conv"])
+@pytest.mark.slow
 def test_sll_export_is_exact_and_one_lipschitz(arch, digits):
     from baselines.train.sll import SLLConv, SLLDense, build_sll, export_sll
     torch.manual_seed(3)

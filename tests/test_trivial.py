@@ -14,6 +14,7 @@ from bench.testing.exact import exact_lipschitz
 P = [1.0, 2.0, math.inf]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", P)
 @pytest.mark.parametrize("target", [None, (0, 2)])
 @pytest.mark.parametrize("seed", [1, 2, 3])

@@ -363,6 +363,7 @@ def exact(name, p, dom):
     return max(norm(J, p) for J in _EXACT[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(NETS))
 def test_every_verifier_is_sound_on_tiny_networks(name):
     net = NETS[name]
@@ -405,6 +406,7 @@ SMOOTH_NETS = {"gelu": nn.GELU, "gelu-tanh": lambda: nn.GELU(approximate="tanh")
                "elu": nn.ELU, "elu-neg": lambda: nn.ELU(alpha=-0.5), "softplus": nn.Softplus}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(SMOOTH_NETS))
 def test_smooth_activation_networks_bound_above_the_lower_bound(name):
     torch.manual_seed(3)
@@ -616,6 +618,7 @@ def convnet_like():
                          ).double().eval()
 
 
+@pytest.mark.slow
 def test_every_verifier_is_sound_on_a_tiny_convnet_with_these_layers():
     from bench.testing.exact import exact_lipschitz
     net = convnet_like()
