@@ -306,29 +306,40 @@ def _run(suite, train_jobs, out_dir, o: RunOptions) -> dict:
         flagged = audit(store)
 
         # 4. certified accuracy of every network from its bounds (if the suite asks for it)
-        done = store.done_keys(skip)
-        by_net: dict[str, list] = {}
-        for r in store.results():
-            by_net.setdefault(r["network"], []).append(dict(r))
-        tasks = []
-        for n in nets:
-            j = suite.certify_job(n, by_net.get(n["id"], []), data_dir)
-            if j is not None and j.key not in done:
-                tasks.append(Task(j, budget(j.timeout), j.label))
+        tasks = [Task(j, budget(j.timeout), j.label) for j in _certify_jobs(suite, store, nets, data_dir, skip)]
         prog.total += len(tasks)
         ex.run(tasks, prog.start, record)
-        unsound = store.unsound()   # this run's and every earlier run's: the store's state
-        errors = [j for j in store.jobs() if j["status"] == "error"]   # the same
-        summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
-                   "unsound": len(unsound), "unsound_new": len(flagged), "errors": len(errors),
-                   "wall_s": time.perf_counter() - prog.t0}
-        prog.close()
-        log.info("done: %d networks, %d results, %d unsound (%d new in this run), %d error(s)%s, %.1fs",
-                 summary["networks"], summary["results"], summary["unsound"], summary["unsound_new"],
-                 summary["errors"], " (python -m bench show --errors --out ... shows why)" if errors else "",
-                 summary["wall_s"])
+        summary = _summary(store, nets, train_jobs, flagged, prog)
         store.finish_run(run_id, summary)
         return summary
     finally:
         getattr(ex, "close", lambda: None)()
         store.close()
+
+
+def _certify_jobs(suite, store, nets: list, data_dir, skip) -> list:
+    """The certification jobs still to run: one per network, from its stored bounds (none
+    when the suite does not certify); a job whose rows changed (a retried bound) has a new
+    key and runs again."""
+    done = store.done_keys(skip)
+    by_net: dict[str, list] = {}
+    for r in store.results():
+        by_net.setdefault(r["network"], []).append(dict(r))
+    jobs = [suite.certify_job(n, by_net.get(n["id"], []), data_dir) for n in nets]
+    return [j for j in jobs if j is not None and j.key not in done]
+
+
+def _summary(store, nets: list, train_jobs: list, flagged: list, prog) -> dict:
+    """The run's summary, logged: the store's unsound rows and errors (this run's and every
+    earlier run's: the store's state) and this run's new unsound rows."""
+    unsound = store.unsound()
+    errors = [j for j in store.jobs() if j["status"] == "error"]
+    summary = {"networks": len(nets), "train_jobs": len(train_jobs), "results": len(store.results()),
+               "unsound": len(unsound), "unsound_new": len(flagged), "errors": len(errors),
+               "wall_s": time.perf_counter() - prog.t0}
+    prog.close()
+    log.info("done: %d networks, %d results, %d unsound (%d new in this run), %d error(s)%s, %.1fs",
+             summary["networks"], summary["results"], summary["unsound"], summary["unsound_new"],
+             summary["errors"], " (python -m bench show --errors --out ... shows why)" if errors else "",
+             summary["wall_s"])
+    return summary
