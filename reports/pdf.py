@@ -41,7 +41,7 @@ from bench.tidy import (answer_parts, best_parts, frame, headline, networks_fram
 
 from . import evidence, figures, sota, tradeoff  # noqa: E402
 from .style import (A4L, MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
-                    UNSOUND, fmt_eps, fmt_s, order, style)
+                    UNSOUND, fmt_eps, fmt_pct, fmt_s, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
                      status_rows, to_latex, unanswered_rows, write_atomic)
 
@@ -561,9 +561,8 @@ def tradeoff_pages(pdf, nf, df, certified) -> tuple | None:
     f.y -= 0.006
     header = ["method", "setting", "seeds", "clean", "eps", "cert. (TB)", "cert. (best)", "by", "TB / lower",
               "train"]
-    body = [[r.method, r.setting or "-", str(r.seeds), f"{100 * r.clean_acc:.1f}%", fmt_eps(r.eps),
-             f"{100 * r.cert_trivial:.1f}%" if r.cert_trivial == r.cert_trivial else "-",
-             f"{100 * r.cert_best:.1f}%", r.best_by,
+    body = [[r.method, r.setting or "-", str(r.seeds), fmt_pct(r.clean_acc), fmt_eps(r.eps),
+             fmt_pct(r.cert_trivial), fmt_pct(r.cert_best), r.best_by,
              "-" if r.tb_over_lower != r.tb_over_lower else f"{r.tb_over_lower:.3g} (max {r.tb_over_lower_max:.3g})",
              fmt_s(r.train_s)] for r in s.itertuples()]
     f.table(header, body, widths=[0.17, 0.28, 0.04, 0.05, 0.05, 0.07, 0.07, 0.06, 0.1, 0.06])

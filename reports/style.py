@@ -102,6 +102,11 @@ def fmt_share(v) -> str:
     return "-" if not _finite(v) else f"{100 * float(v):.0f}%"
 
 
+def fmt_pct(v) -> str:
+    """A share as a percentage to one decimal: '41.3%'."""
+    return "-" if not _finite(v) else f"{100 * float(v):.1f}%"
+
+
 def fmt_duration(v) -> str:
     """A training time: '42 s', '12 min', '3.5 h'."""
     if not _finite(v):

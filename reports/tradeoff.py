@@ -15,7 +15,7 @@ import math
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
-from .style import A4L, SMALL, TITLE, fmt_eps
+from .style import A4L, SMALL, TITLE, fmt_eps, fmt_pct
 
 #: the paper's method: the trainer whose settings the sentence searches
 METHOD = "tb-penalty"
@@ -36,12 +36,12 @@ def table(nf, df, certified, p: str = "2"):
     g = df[(df.p == p) & (df.target == "full") & (df.domain == "global")] if len(df) else df
     tb = g[(g.verifier == "trivial") & (g.status == "ok")].groupby("network").value.min() if len(g) else {}
     low = g.groupby("network").best_lower.max() if len(g) else {}
+    by_id = nf.drop_duplicates("network").set_index("network")
     rows = []
     for (net, eps), h in c.groupby(["network", "eps"]):
-        n = nf[nf.network == net]
-        if not len(n):
+        if net not in by_id.index:
             continue
-        n = n.iloc[0]
+        n = by_id.loc[net]
         triv = h[h.verifier == "trivial"].certified_acc
         best = h.loc[h.certified_acc.idxmax()]
         t, lo = tb.get(net), low.get(net)
@@ -79,10 +79,6 @@ def front(points):
     return sorted(out)
 
 
-def _pct(v) -> str:
-    return "-" if v is None or v != v else f"{100 * v:.1f}%"
-
-
 def sentence(s, eps: float) -> str | None:
     """The answer at one radius, from the per-setting means: the paper's method's best
     setting (the most certified), its clean accuracy and its trivial bound's tightness,
@@ -103,14 +99,14 @@ def sentence(s, eps: float) -> str | None:
     for m, g in base.groupby("method"):
         acc = g[g.clean_acc >= b.clean_acc]
         if not len(acc):
-            none_as_accurate.append(f"{m} (at most {_pct(g.clean_acc.max())} clean)")
+            none_as_accurate.append(f"{m} (at most {fmt_pct(g.clean_acc.max())} clean)")
             continue
         top = acc.loc[acc.cert_best.idxmax()]
         label = f"{m}" + (f" {top.setting}" if top.setting else "")
-        item = f"{label}: {_pct(top.cert_best)} at {_pct(top.clean_acc)} clean"
+        item = f"{label}: {fmt_pct(top.cert_best)} at {fmt_pct(top.clean_acc)} clean"
         (reached if top.cert_best <= b.cert_best else not_reached).append(item)
     parts.append(f"At l2 radius {fmt_eps(eps)}, at equal training budget, the best {METHOD} setting ({where}) "
-                 f"certifies {_pct(b.cert_best)} of the test images at {_pct(b.clean_acc)} clean accuracy "
+                 f"certifies {fmt_pct(b.cert_best)} of the test images at {fmt_pct(b.clean_acc)} clean accuracy "
                  f"(by {b.best_by}; mean of {b.seeds} seed(s)); {tight}")
     if reached:
         parts.append("it reaches " + "; ".join(reached) + " (the most each certifies at that clean accuracy or above)")
@@ -119,8 +115,8 @@ def sentence(s, eps: float) -> str | None:
     if none_as_accurate:
         parts.append("no setting of " + ", ".join(none_as_accurate) + " is as accurate")
     top = base.loc[base.cert_best.idxmax()]
-    parts.append(f"the most any baseline setting certifies, at any clean accuracy, is {_pct(top.cert_best)} "
-                 f"({top.method}" + (f" {top.setting}" if top.setting else "") + f", at {_pct(top.clean_acc)} "
+    parts.append(f"the most any baseline setting certifies, at any clean accuracy, is {fmt_pct(top.cert_best)} "
+                 f"({top.method}" + (f" {top.setting}" if top.setting else "") + f", at {fmt_pct(top.clean_acc)} "
                  f"clean): {'at most' if top.cert_best <= b.cert_best else 'more than'} the best {METHOD} setting's")
     return ". ".join(p[0].upper() + p[1:] for p in parts) + "."
 
