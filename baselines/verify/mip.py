@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -334,11 +335,25 @@ def _objective(M: "_Model", V: _Vars, g: "_Expr", g_bounds) -> tuple[np.ndarray,
     return obj, const
 
 
-def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5,
-          max_cuts=10_000, net: Net | None = None) -> Bound:
-    t0 = time.perf_counter()
-    if query.p == 2:
-        raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
+@dataclass
+class _Program:
+    """The program of one query with what its result is read against: the network in
+    torch, the domain box, the model and its matrix, the objective's constant and size."""
+    T: pwl.Torch
+    lo: np.ndarray
+    hi: np.ndarray
+    model: object
+    obj: np.ndarray
+    const: float
+    layout: dict
+    A: sp.csr_matrix
+    rlo: np.ndarray
+    rhi: np.ndarray
+    size: dict
+
+
+def _program(pw: pwl.PWLNet, query: Query) -> _Program:
+    """Sound bounds on every unit and on the backward pass, then the program (``build``)."""
     T = pwl.Torch(pw, "cpu")
     lo, hi = pwl.domain_box(pw, query)
     Lo = torch.as_tensor(lo, dtype=torch.float64)[None]
@@ -362,63 +377,88 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
     model, obj, const, layout = build(pw, query, np_bounds, np_status, w_bounds,
                                       (gl[0, 0].numpy(), gu[0, 0].numpy()), c_kind)
     A, rlo, rhi = model.matrix()
-    sampled = _sampled_lower(pw, T, query)
     size = {"variables": model.n, "binaries": int(sum(model.integer)), "constraints": A.shape[0],
             "unstable_units": int(sum(len(u) for u in layout["unst"])), "units": pw.n_units}
+    return _Program(T, lo, hi, model, obj, const, layout, A, rlo, rhi, size)
+
+
+@dataclass
+class _Solves:
+    """Where the solve loop ended: the last solver result (``out``; None when the budget
+    ran out before the first solve), the best dual bound, why it stopped early (``stop``),
+    whether the last incumbent was a tie, the cuts spent and the witnessed points."""
+    points: list
+    out: dict | None = None
+    upper: float | None = None
+    stop: str | None = None
+    nodes: int = 0
+    tie: bool = False
+    t_first: float | None = None
+    t_cut: float | None = None
+    cuts: list = field(default_factory=list)   # no-good cuts, one row each over the model's variables
+
+
+def _solve_with_cuts(pw, query, prog: _Program, budget: Budget, backend, rtol, margin_s, max_cuts, t0) -> _Solves:
+    """Solve; while the incumbent's pattern is a tie with an empty region, cut it off with
+    a no-good cut and solve again (the module's docstring: Ties)."""
     run = _gurobi if backend == "gurobi" else _highs
-    points = [sampled] if sampled is not None else []
-    cuts: list[np.ndarray] = []           # no-good cuts, one row each over the model's variables
-    upper, out, stop, nodes, tie, t_first, t_cut = None, None, None, 0, False, None, None
+    sampled = _sampled_lower(pw, prog.T, query)
+    s = _Solves(points=[sampled] if sampled is not None else [])
+    A, rlo, rhi = prog.A, prog.rlo, prog.rhi
     while True:
         left = math.inf if budget.timeout_s is None else budget.timeout_s - margin_s - (time.perf_counter() - t0)
         if left <= 0:
-            if out is None:
-                return Bound(None, "upper", "timeout", stats=size, error="the budget ran out while building the program")
-            stop = "budget"
-            break
-        if cuts:
-            Ac = sp.vstack([A, sp.csr_matrix(np.array(cuts))]).tocsr()
-            lo_c = np.r_[rlo, [1.0 - float(np.sum(c < 0)) for c in cuts]]
-            hi_c = np.r_[rhi, np.full(len(cuts), np.inf)]
+            s.stop = "budget"
+            return s
+        if s.cuts:
+            Ac = sp.vstack([A, sp.csr_matrix(np.array(s.cuts))]).tocsr()
+            lo_c = np.r_[rlo, [1.0 - float(np.sum(c < 0)) for c in s.cuts]]
+            hi_c = np.r_[rhi, np.full(len(s.cuts), np.inf)]
         else:
             Ac, lo_c, hi_c = A, rlo, rhi
-        res = run(model, Ac, lo_c, hi_c, obj, left, rtol / 10, budget.threads)
-        t_first = res["t_start"] if t_first is None else t_first
+        res = run(prog.model, Ac, lo_c, hi_c, prog.obj, left, rtol / 10, budget.threads)
+        s.t_first = res["t_start"] if s.t_first is None else s.t_first
         if res.get("license_limit") or res["upper"] is None:
-            if out is None:
-                out = res
+            if s.out is None:
+                s.out = res
             else:   # a re-solve with cuts gave nothing: the last solve's bounds stand
-                stop = "license_limit" if res.get("license_limit") else (
+                s.stop = "license_limit" if res.get("license_limit") else (
                     "budget" if res.get("timed_out") else f"{res['backend']}: {res['status_text']}")
-            break
-        out = res
-        nodes += out.get("nodes") or 0
-        upper = out["upper"] if upper is None else min(upper, out["upper"])   # every one is sound (docstring)
+            return s
+        s.out = out = res
+        s.nodes += out.get("nodes") or 0
+        s.upper = out["upper"] if s.upper is None else min(s.upper, out["upper"])   # every one is sound (docstring)
         if out["timed_out"] or out["x"] is None:
-            break
-        state, inc, binaries = _certify_incumbent(pw, T, query, out["x"], layout, lo, hi)
+            return s
+        state, inc, binaries = _certify_incumbent(pw, prog.T, query, out["x"], prog.layout, prog.lo, prog.hi)
         if state == "in":
-            points.append(inc)
-            tie = False
-            break
-        tie = True
-        if points and (upper + const) - max(v for v, _ in points) <= rtol * (upper + const) * 0.5:
-            tie = False   # a real region (the sampled one) already meets the dual bound
-            break
+            s.points.append(inc)
+            s.tie = False
+            return s
+        s.tie = True
+        if s.points and (s.upper + prog.const) - max(v for v, _ in s.points) <= rtol * (s.upper + prog.const) * 0.5:
+            s.tie = False   # a real region (the sampled one) already meets the dual bound
+            return s
         if state != "empty" or not binaries.size:   # (no binaries: a fixed pattern has no tie)
-            break   # undecided: a region too thin for the LP to say; cutting it could drop a real one
-        if len(cuts) >= max_cuts:
-            stop = "max_cuts"
-            break
-        t_cut = time.perf_counter() if t_cut is None else t_cut
+            return s   # undecided: a region too thin for the LP to say; cutting it could drop a real one
+        if len(s.cuts) >= max_cuts:
+            s.stop = "max_cuts"
+            return s
+        s.t_cut = time.perf_counter() if s.t_cut is None else s.t_cut
         # the no-good cut: sum_{K, a*=1} (1 - a) + sum_{K, a*=0} a >= 1 over the unit binaries K (_tie_cut)
         ones = np.round(np.asarray(out["x"])[binaries]) > 0.5
-        row = np.zeros(model.n)
+        row = np.zeros(prog.model.n)
         row[binaries] = np.where(ones, -1.0, 1.0)
-        cuts.append(row)
-    stats = {**size, "backend": out["backend"], "nodes": nodes if upper is not None else out.get("nodes"),
-             "build_s": t_first - t0, "solver_status": out["status_text"], "cuts": len(cuts),
-             "cuts_s": 0.0 if t_cut is None else time.perf_counter() - t_cut}
+        s.cuts.append(row)
+
+
+def _verdict(pw, query, net, prog: _Program, s: _Solves, rtol, max_cuts, t0) -> Bound:
+    """The bound the solves support: exact when the witnessed lower bound meets the dual
+    bound, otherwise an upper bound (with why, at a timeout or an uncut tie)."""
+    out, upper, cuts, model, A = s.out, s.upper, s.cuts, prog.model, prog.A
+    stats = {**prog.size, "backend": out["backend"], "nodes": s.nodes if upper is not None else out.get("nodes"),
+             "build_s": s.t_first - t0, "solver_status": out["status_text"], "cuts": len(cuts),
+             "cuts_s": 0.0 if s.t_cut is None else time.perf_counter() - s.t_cut}
     if upper is None:
         if out.get("license_limit"):
             return Bound(None, "upper", "license_limit", stats=stats,
@@ -426,15 +466,16 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
                                f"{A.shape[0]} constraints; limit 2,000 each): use backend highs")
         status_ = "timeout" if out["timed_out"] else "error"
         return Bound(None, "upper", status_, stats=stats, error=f"{out['backend']}: {out['status_text']}, no bound")
-    upper = (upper + const) * (1 + pwl.REPORT_INFLATE) + 1e-300
+    upper = (upper + prog.const) * (1 + pwl.REPORT_INFLATE) + 1e-300
     lower, wit = None, None
-    if points and net is not None:   # the reported lower bound is a witnessed one (bench.witness)
-        claimed = max(v for v, _ in points)
-        lower, wit = pwl.witness(net, pw, query, torch.stack([y for _, y in points]))
+    if s.points and net is not None:   # the reported lower bound is a witnessed one (bench.witness)
+        claimed = max(v for v, _ in s.points)
+        lower, wit = pwl.witness(net, pw, query, torch.stack([y for _, y in s.points]))
         lower = settle(claimed, lower)   # 0 without a witness: a bound that needs none
-    stats.update(upper=upper, lower=lower, witness=wit, incumbent=None if out["obj"] is None else out["obj"] + const)
+    stats.update(upper=upper, lower=lower, witness=wit,
+                 incumbent=None if out["obj"] is None else out["obj"] + prog.const)
     stats["gap"] = None if lower is None else (upper - lower) / upper if upper > 0 else 0.0
-    if out["timed_out"] or stop == "budget":
+    if out["timed_out"] or s.stop == "budget":
         return Bound(upper, "upper", "timeout", stats=stats,
                      error=f"budget reached{f' after {len(cuts)} tie cuts' if cuts else ''}: upper {upper:.6g}, "
                            f"lower {lower if lower is None else f'{lower:.6g}'}")
@@ -444,7 +485,8 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
                            f"{lower:.9g}: a solver tolerance failure, no value reported")
     if lower is not None and upper - lower <= rtol * upper + 1e-12:
         return Bound(upper, "exact", "ok", stats=stats)
-    if tie:
+    if s.tie:
+        stop = s.stop
         why = ("the region LP could not decide whether it has one" if stop is None else
                f"the size-limited Gurobi licence refused the program with {len(cuts)} cuts" if stop == "license_limit"
                else f"max_cuts = {max_cuts} no-good cuts were spent" if stop == "max_cuts"
@@ -452,6 +494,18 @@ def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e
         stats["note"] = ("the solver closed, but the incumbent's activation pattern has no interior point in the "
                          f"domain (a tie) and {why}: the value is a sound upper bound, not certified exact")
     return Bound(upper, "upper", "ok", stats=stats)
+
+
+def solve(pw: pwl.PWLNet, query: Query, budget: Budget, backend="highs", rtol=1e-6, margin_s=0.5,
+          max_cuts=10_000, net: Net | None = None) -> Bound:
+    t0 = time.perf_counter()
+    if query.p == 2:
+        raise Unsupported("mip: the l2 norm of the gradient is not linear; use p = 1 or inf (or bab for p = 2)")
+    prog = _program(pw, query)
+    s = _solve_with_cuts(pw, query, prog, budget, backend, rtol, margin_s, max_cuts, t0)
+    if s.out is None:
+        return Bound(None, "upper", "timeout", stats=prog.size, error="the budget ran out while building the program")
+    return _verdict(pw, query, net, prog, s, rtol, max_cuts, t0)
 
 
 def _sampled_lower(pw, T, query, n=256, seed=0) -> tuple[float, torch.Tensor] | None:
