@@ -16,9 +16,6 @@ import torch
 from bench.api import Query, Unsupported
 from bench.network import Activation, Affine, Net
 
-
-
-
 EPS = float(np.finfo(np.float64).eps)
 
 
@@ -86,6 +83,27 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
     c (folded into W_L or W_0, exactly: c must be a power of 2, as for ReLU, sigmoid, tanh),
     bounds the network's.  Sound, not exact; a class pair's margin relu(u_i) - relu(u_j)
     is not bounded so by dropping the output's, and is refused."""
+    layers, head, tail, head_gain, gain = _chain_layers(net, query, name)
+    Ws, a, b, forms, factors = _compose(layers, name, nonnegative)
+    if query.is_pair:
+        i, j = query.target
+        row = np.zeros((1, Ws[-1].shape[0]))
+        row[0, i], row[0, j] = 1.0, -1.0
+        Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
+        factors[-1].append(row)
+    if gain:  # the dropped activation's Lipschitz constant c = 2^gain, folded into W_L exactly
+        Ws[-1] = np.ldexp(Ws[-1], gain)
+        factors[-1].append(np.ldexp(np.eye(Ws[-1].shape[0]), gain))
+    if head_gain:   # the same for one at the input, into W_0
+        Ws[0] = np.ldexp(Ws[0], head_gain)
+        factors[0].insert(0, np.ldexp(np.eye(Ws[0].shape[1]), head_gain))
+    return Chain(Ws, a, b, tuple(forms), factors, tuple(l.name for l in (head, tail) if l is not None))
+
+
+def _chain_layers(net: Net, query: Query, name: str) -> tuple:
+    """The layers between the dropped activations (:func:`dropped_activations`), those two
+    and their gains (:func:`_gain`), or Unsupported where the query or the layers are not a
+    chain's."""
     if query.p != 2:
         raise Unsupported(f"{name} bounds the l2 Lipschitz constant only (p = 2)")
     if query.domain != "global":
@@ -109,6 +127,12 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
         shown = (["S"] if head else []) + kinds + (["S"] if tail else [])
         raise Unsupported(f"{name} needs affine layers separated by single activations (one elementwise "
                           f"activation before the first and after the last is dropped) (got {' '.join(shown)})")
+    return layers, head, tail, head_gain, gain
+
+
+def _compose(layers: list, name: str, nonnegative: bool) -> tuple[list, list, list, list, list]:
+    """(W_k, a_k, b_k, the activations read through ReLU forms, each W_k's factors) of an
+    alternating chain of layers (:func:`chain`)."""
     Ws, a, b, forms, factors = [], [], [], [], []
     prev_affine, after = False, None
     for l in layers:
@@ -141,19 +165,7 @@ def chain(net: Net, query: Query, name: str, nonnegative: bool = False) -> Chain
         else:
             raise Unsupported(f"{name} needs elementwise slope-restricted activations or a piecewise-linear "
                               f"form; {l.name} has neither")
-    if query.is_pair:
-        i, j = query.target
-        row = np.zeros((1, Ws[-1].shape[0]))
-        row[0, i], row[0, j] = 1.0, -1.0
-        Ws[-1] = (Ws[-1][i] - Ws[-1][j])[None, :]
-        factors[-1].append(row)
-    if gain:  # the dropped activation's Lipschitz constant c = 2^gain, folded into W_L exactly
-        Ws[-1] = np.ldexp(Ws[-1], gain)
-        factors[-1].append(np.ldexp(np.eye(Ws[-1].shape[0]), gain))
-    if head_gain:   # the same for one at the input, into W_0
-        Ws[0] = np.ldexp(Ws[0], head_gain)
-        factors[0].insert(0, np.ldexp(np.eye(Ws[0].shape[1]), head_gain))
-    return Chain(Ws, a, b, tuple(forms), factors, tuple(l.name for l in (head, tail) if l is not None))
+    return Ws, a, b, forms, factors
 
 
 def _gain(act: Activation, name: str) -> int:
