@@ -505,14 +505,21 @@ def parser() -> argparse.ArgumentParser:
                     help="import a plug-in first: a module name, a .py file, or a folder of .py files "
                          "(plug-ins registered with the decorator); repeatable")
     sub = ap.add_subparsers(dest="verb", required=True)
+    _add_run(sub)
+    _add_verify(sub)
+    _add_small(sub)
+    return ap
 
-    def common(p, suite_required=True):
-        p.add_argument("--suite", required=suite_required, default="digits",
-                       help="a shipped suite's name or a path to a suite YAML file")
-        p.add_argument("--out", help="results folder (default: ./results/<suite>)")
 
+def _suite_args(p) -> None:
+    """--suite and --out, which every verb that reads a suite's store takes."""
+    p.add_argument("--suite", default="digits", help="a shipped suite's name or a path to a suite YAML file")
+    p.add_argument("--out", help="results folder (default: ./results/<suite>)")
+
+
+def _add_run(sub) -> None:
     r = sub.add_parser("run", help="train, verify, audit and report a suite (resumes an earlier run)")
-    common(r, suite_required=False)
+    _suite_args(r)
     r.add_argument("-j", "--jobs", type=int, help="jobs at once (default: 1 locally; with --executor ray, as many "
                                                   "as the cluster's CPUs hold)")
     r.add_argument("--executor", choices=("local", "ray"), default="local",
@@ -533,6 +540,8 @@ def parser() -> argparse.ArgumentParser:
                    help="run again the jobs that ended in timeout, error or oom (their rows are replaced)")
     r.set_defaults(func=cmd_run)
 
+
+def _add_verify(sub) -> None:
     v = sub.add_parser("verify", help="bound one network's Lipschitz constant with every verifier: an ONNX file, a "
                                       "saved module (.pt, .pth) or package.module:attribute")
     v.add_argument("model", help="an .onnx file, a .pt / .pth file (a whole module or TorchScript), or "
@@ -561,6 +570,9 @@ def parser() -> argparse.ArgumentParser:
                    help="run again the jobs that ended in timeout, error or oom (their rows are replaced)")
     v.set_defaults(func=cmd_verify)
 
+
+def _add_small(sub) -> None:
+    """The verbs of a few options each: list, report, show, data, export."""
     l = sub.add_parser("list", help="registered trainers and verifiers, whether they are installed, and the shipped "
                                     "suites")
     l.add_argument("name", nargs="?", help="one plug-in (its declared parameters) or suite (what it holds)")
@@ -569,12 +581,12 @@ def parser() -> argparse.ArgumentParser:
     l.set_defaults(func=cmd_list)
 
     p = sub.add_parser("report", help="write the PDF report from the store")
-    common(p, suite_required=False)
+    _suite_args(p)
     p.add_argument("--file", help="PDF path (default: <out>/report.pdf)")
     p.set_defaults(func=cmd_report)
 
     s = sub.add_parser("show", help="print the headline table (or, with --all, every result)")
-    common(s, suite_required=False)
+    _suite_args(s)
     s.add_argument("--all", action="store_true", help="every result, one line each")
     s.add_argument("--errors", action="store_true", help="every job that ended in error, with its traceback")
     s.set_defaults(func=cmd_show)
@@ -589,11 +601,10 @@ def parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_data)
 
     e = sub.add_parser("export", help="write the store as one tidy row per result")
-    common(e, suite_required=False)
+    _suite_args(e)
     e.add_argument("--format", choices=["csv", "parquet", "jsonl"], default="csv")
     e.add_argument("--file", help="output file (default: standard output)")
     e.set_defaults(func=cmd_export)
-    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
