@@ -21,7 +21,7 @@ import logging
 from collections import defaultdict
 
 from . import witness
-from .rows import audit_note, best_lower, claimed_lower, is_upper, query_key, query_of, stats
+from .rows import audit_note, best_lower, claimed_lower, is_upper, mapping, query_key, query_of, stats
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,8 @@ def check_witnesses(store: Store) -> list[dict]:
 
 def _before_witnesses(r) -> str | None:
     """The lipbench version of a row stored before lower bounds carried witnesses (0.2)."""
-    import json
+    v = mapping(r["versions"]).get("lipbench")
     try:
-        v = json.loads(r["versions"] or "{}").get("lipbench")
         return v if v and tuple(int(x) for x in v.split(".")[:2]) < (0, 2) else None
     except (ValueError, AttributeError):
         return None

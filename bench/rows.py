@@ -60,14 +60,22 @@ def query_key(r: Mapping) -> tuple:
     return tuple(r[c] for c in QUERY_COLUMNS)
 
 
-def stats(r: Mapping) -> dict:
-    s = r.get("stats") if hasattr(r, "get") else r["stats"]
-    if isinstance(s, dict):
-        return s
+def mapping(js) -> dict:
+    """A stored JSON field that holds a mapping (a row's stats or audit, a job's spec or
+    versions, a network's trainer parameters or training record, a run's provenance), read
+    the one way every reader reads it: a dict as it is, {} where the field is empty, not
+    JSON or not a mapping."""
+    if isinstance(js, dict):
+        return js
     try:
-        return json.loads(s or "{}")
+        v = json.loads(js or "{}")
     except (TypeError, ValueError):
         return {}
+    return v if isinstance(v, dict) else {}
+
+
+def stats(r: Mapping) -> dict:
+    return mapping(r.get("stats") if hasattr(r, "get") else r["stats"])
 
 
 def claimed_lower(r: Mapping) -> float | None:
@@ -82,10 +90,9 @@ def claimed_lower(r: Mapping) -> float | None:
 
 def audit_note(r: Mapping) -> dict:
     try:
-        a = json.loads(r["audit"] or "{}")
-    except (KeyError, TypeError, ValueError):
+        return mapping(r["audit"])
+    except KeyError:
         return {}
-    return a if isinstance(a, dict) else {}
 
 
 def proven_lower(r: Mapping) -> float | None:

@@ -35,7 +35,7 @@ import json
 
 from .api import p_name, parse_p
 from .network import arch_shape
-from .rows import TIGHT_WITHIN, best_lower_values, cost_s, query_key, tightness
+from .rows import TIGHT_WITHIN, best_lower_values, cost_s, mapping, query_key, tightness
 
 #: the frame's columns, in order
 COLUMNS = ["network", "method", "trainer", "activation", "arch", "width", "depth", "bias", "dataset", "seed",
@@ -45,10 +45,7 @@ COLUMNS = ["network", "method", "trainer", "activation", "arch", "width", "depth
 
 
 def _arch(trainer_params: str) -> dict:
-    try:
-        a = json.loads(trainer_params or "{}").get("arch", {})
-    except (TypeError, ValueError, AttributeError):
-        return {}
+    a = mapping(trainer_params).get("arch", {})
     return a if isinstance(a, dict) else {}
 
 
@@ -64,10 +61,7 @@ def method_label(trainer: str, activation: str | None, p=None, family: str | Non
 
 def _trained(trainer_params: str, key: str):
     """A trainer parameter of a stored network (``p``, ``family``), or None."""
-    try:
-        return json.loads(trainer_params or "{}").get(key)
-    except (TypeError, ValueError, AttributeError):
-        return None
+    return mapping(trainer_params).get(key)
 
 
 def _plain(js: str | None):
@@ -79,6 +73,20 @@ def _plain(js: str | None):
     except (TypeError, ValueError):
         return js
     return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
+
+
+def dataset_name(value) -> str:
+    """A data set's name from the frame's ``dataset`` column: 'digits', or the name inside
+    a mapping ('{"name": "synthetic", ...}')."""
+    spec = mapping(value)
+    return str(spec.get("name", value)) if spec else str(value)
+
+
+def varying(params: list[dict], skip=()) -> list[str]:
+    """The keys (sorted; those in ``skip`` apart) whose values differ between parameter
+    mappings: what names a grid point among its neighbours."""
+    keys = sorted({k for p in params for k in p} - set(skip))
+    return [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in params}) > 1]
 
 
 def query_label(p: str, target: str) -> str:
@@ -289,11 +297,7 @@ def networks_frame(nets):
     rows = []
     for n in nets:
         n = dict(n)
-        try:
-            tp = json.loads(n.get("trainer_params") or "{}")
-            metrics = json.loads(n.get("metrics") or "{}")
-        except (TypeError, ValueError):
-            tp, metrics = {}, {}
+        tp, metrics = mapping(n.get("trainer_params")), mapping(n.get("metrics"))
         try:
             spec = json.loads(n.get("dataset") or '""')
         except (TypeError, ValueError):
@@ -310,11 +314,10 @@ def networks_frame(nets):
                                      "description"])
     setting = {}
     for _, g in df.groupby("method"):
-        keys = sorted({k for p in g.params for k in p} - _NOT_SETTINGS)
-        varying = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in g.params}) > 1]
+        keys = varying(list(g.params), skip=_NOT_SETTINGS)
         arch = g.arch.nunique(dropna=False) > 1   # architectures apart: one method, several sizes
         for r in g.itertuples():
             setting[r.network] = ", ".join(([str(r.arch)] if arch else [])
-                                           + [f"{k}={_short(r.params.get(k))}" for k in varying])
+                                           + [f"{k}={_short(r.params.get(k))}" for k in keys])
     df["setting"] = df.network.map(setting).fillna("")
     return df

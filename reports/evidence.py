@@ -17,6 +17,7 @@ from statistics import mean, median
 from bench.rows import TIGHT_WITHIN as TIGHT
 
 from .literature import COMPARABLE_SCALING, LIPSCHITZ_DATASETS, PUBLISHED_DIR, load_lipschitz
+from .style import fmt_g
 
 #: "orders of magnitude": at least this factor
 ORDERS = 10.0
@@ -263,9 +264,5 @@ def ablation(nf, df) -> list[list[str]]:
         sa = [x for m in ms for x in m.get("spread_after", []) if x is not None and math.isfinite(x)]
         out.append([r["config"], f"{mean(zdf):.2f}" if zdf else "-",
                     f"{median(sb):.3g} -> {median(sa):.3g}" if sb and sa else "-",
-                    _fmt(r.get("ratio_2")), _fmt(r.get("ratio_inf"))])
+                    fmt_g(r.get("ratio_2")), fmt_g(r.get("ratio_inf"))])
     return out
-
-
-def _fmt(v, d=4):
-    return "-" if v is None else f"{v:.{d}g}"

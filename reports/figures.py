@@ -3,7 +3,6 @@ tightness against cost, the cactus plot, scaling, anytime bounds, certified accu
 Colours and markers per verifier come from :func:`reports.style.style`."""
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 
@@ -12,9 +11,9 @@ import numpy as np
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
 
-from bench.rows import TIGHT_WITHIN
+from bench.rows import TIGHT_WITHIN, mapping
 from bench.store import EXTERNAL
-from bench.tidy import NOT_APPLICABLE
+from bench.tidy import NOT_APPLICABLE, dataset_name, varying
 
 from .style import A4L, SMALL, TEXT, TITLE, UNSOUND, order, style
 
@@ -390,14 +389,6 @@ def scaling_page(pdf, df):
 
 # ---- 5. anytime bounds
 
-def _stats(s) -> dict:
-    try:
-        d = json.loads(s or "{}")
-    except (TypeError, ValueError):
-        return {}
-    return d if isinstance(d, dict) else {}
-
-
 def anytime_runs(df) -> list:
     """(row, stats) of bab and mip (any verifier with a trace, and mip's final bounds), the
     runs that did not close first, then the slowest; at most ANYTIME_PANELS."""
@@ -405,7 +396,7 @@ def anytime_runs(df) -> list:
               & (df.verifier.isin(["bab", "mip"]) | df.stats.str.contains('"trace"', regex=False, na=False))]
     runs = []
     for r in cand.itertuples():
-        st = _stats(r.stats)
+        st = mapping(r.stats)
         if st.get("trace") or (st.get("lower") is not None and st.get("upper", r.value) is not None):
             runs.append((r, st))
     rank = {v: i for i, v in enumerate(order(df.verifier.unique()))}
@@ -494,15 +485,6 @@ def anytime_pages(pdf, df):
 
 # ---- certified accuracy
 
-def _dataset_name(d) -> str:
-    """A data set's name: 'digits', or the name inside a stored mapping ('{"name": "synthetic", ...}')."""
-    try:
-        v = json.loads(d)
-    except (TypeError, ValueError):
-        return str(d)
-    return str(v.get("name", d)) if isinstance(v, dict) else str(v)
-
-
 LINES_PER_PANEL = 8
 
 
@@ -517,7 +499,7 @@ def certified_page(pdf, df, certified):
     c = pd.DataFrame(certified)
     nets = df.drop_duplicates("network").set_index("network")
     c["method"] = c.network.map(nets.method).fillna("(network without results)")
-    c["dataset"] = c.network.map(nets.dataset).fillna("").map(_dataset_name)
+    c["dataset"] = c.network.map(nets.dataset).fillna("").map(dataset_name)
     c["source"] = c["source"].fillna("")
     mean = c.groupby(["dataset", "p", "method", "verifier", "eps"], as_index=False).agg(
         certified_acc=("certified_acc", "mean"), clean_acc=("clean_acc", "mean"), networks=("network", "nunique"),
@@ -579,14 +561,6 @@ FAMILY_BOUNDS = (("trivial", "trivial", {}, "global"), ("LipSDP-Neuron", "lipsdp
                  ("lower", "lower", {}, "global"), ("exact", None, {}, "global"), ("exact (box)", None, {}, "box"))
 
 
-def _family_of(trainer_params):
-    try:
-        d = json.loads(trainer_params or "{}")
-    except (TypeError, ValueError):
-        return None, {}
-    return (d.get("family"), d) if isinstance(d, dict) else (None, {})
-
-
 def family_frame(df):
     """One row per network of a hand-built family (not a family of networks read from
     elsewhere) at p = 2 (the global query, and for
@@ -595,7 +569,7 @@ def family_frame(df):
     parameter sets or solvers answer; "exact": an ``ok`` row of kind exact), and the ratios
     trivial / exact and LipSDP-Neuron / exact.  Empty when the frame has no family."""
     import pandas as pd
-    fam = df.trainer_params.map(lambda t: _family_of(t)[0])
+    fam = df.trainer_params.map(lambda t: mapping(t).get("family"))
     made_here = (df["trainer"] != EXTERNAL) if "trainer" in df else True
     d = df[fam.notna() & made_here & (df.p == "2") & (df.target == "full") & (df.status == "ok") & df.value.notna()].copy()
     cols = ["family", "parameter", "value_of_parameter", "network"] + [c for c, *_ in FAMILY_BOUNDS] + \
@@ -607,9 +581,9 @@ def family_frame(df):
     d["where"] = d.domain.map(lambda x: "global" if x == "global" else ("box" if boxes and x == boxes[0] else None))
     rows = []
     for family, g in d.groupby("family", sort=True):
-        params = {n: _family_of(t)[1] for n, t in g.groupby("network").trainer_params.first().items()}
+        params = {n: mapping(t) for n, t in g.groupby("network").trainer_params.first().items()}
         keys = sorted({k for p in params.values() for k in p if k not in ("arch", "family")})
-        varies = [k for k in keys if len({json.dumps(p.get(k)) for p in params.values()}) > 1]
+        varies = varying(list(params.values()), skip=("arch", "family"))
         key = varies[0] if varies else (keys[0] if keys else "network")
         for net, h in g.groupby("network"):
             row = {"family": family, "parameter": key, "value_of_parameter": params[net].get(key, net), "network": net}
@@ -620,7 +594,7 @@ def family_frame(df):
                 else:
                     r = r[r.verifier == verifier]
                     if need:
-                        r = r[r.verifier_params.map(lambda s: all(_family_of(s)[1].get(k) == v for k, v in need.items()))]
+                        r = r[r.verifier_params.map(lambda s: all(mapping(s).get(k) == v for k, v in need.items()))]
                 row[label] = (r.value.max() if verifier == "lower" else r.value.min()) if len(r) else None
             ex = row["exact"]
             for label, top in (("trivial / exact", "trivial"), ("LipSDP-Neuron / exact", "LipSDP-Neuron")):

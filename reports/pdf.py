@@ -20,7 +20,6 @@ Next to the PDF: ``<stem>-data.csv`` (the frame) and each table as LaTeX
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import textwrap
@@ -34,14 +33,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
-from bench.rows import TIGHT_WITHIN  # noqa: E402
+from bench.rows import TIGHT_WITHIN, mapping  # noqa: E402
 from bench.store import EXTERNAL, Store  # noqa: E402
 from bench.tidy import (answer_parts, best_parts, frame, headline, networks_frame, per_norm,  # noqa: E402
                         sentence)
 
 from . import evidence, figures, sota, tradeoff  # noqa: E402
 from .style import (A4L, MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
-                    UNSOUND, fmt_eps, fmt_pct, fmt_s, order, style)
+                    UNSOUND, fmt_eps, fmt_g, fmt_pct, fmt_s, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
                      status_rows, to_latex, unanswered_rows, write_atomic)
 
@@ -190,12 +189,7 @@ def _counted(values, unit="jobs") -> str:
 
 def store_info(store: Store) -> dict:
     jobs = [dict(j) for j in store.jobs()]
-    vers = []
-    for j in jobs:
-        try:
-            vers.append(json.loads(j["versions"] or "{}"))
-        except (TypeError, ValueError):
-            vers.append({})
+    vers = [mapping(j["versions"]) for j in jobs]
     finished = [j["finished"] for j in jobs if j["finished"]]
     nets = store.networks()
     return {
@@ -229,10 +223,7 @@ def _latest_provenance(store) -> dict | None:
     runs = store.runs()
     if not runs:
         return None
-    try:
-        return json.loads(runs[-1]["provenance"])
-    except (TypeError, ValueError):
-        return None
+    return mapping(runs[-1]["provenance"]) or None
 
 
 def _date(t) -> str:
@@ -512,7 +503,7 @@ def evidence_pages(pdf, nf, df, certified) -> list[tuple[str, list, list]]:
 
     def cert(d):
         return " / ".join(f"{d[e]:.2f}" if e in d else "-" for e in sorted(d)) or "-"
-    fmt = evidence._fmt
+    fmt = fmt_g
     body, colors = [], []
     green = "#c8f0c8"
     for r in table:
@@ -661,7 +652,7 @@ def _notes(df, info, scaling_note, extra) -> list[str]:
             notes.append(f"{len(missing)} network(s) have no results yet: " + ", ".join(missing[:5])
                          + (" ..." if len(missing) > 5 else ""))
     if info["train_failed"]:
-        fails = [f"{json.loads(j['spec']).get('network_id', j['key'])} ({j['status']})" for j in info["train_failed"]]
+        fails = [f"{mapping(j['spec']).get('network_id', j['key'])} ({j['status']})" for j in info["train_failed"]]
         notes.append(f"{len(fails)} job(s) that train or read a network failed: " + ", ".join(fails[:5])
                      + (" ..." if len(fails) > 5 else ""))
     if info.get("accuracy_disagrees"):

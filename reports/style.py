@@ -82,6 +82,11 @@ def fmt_num(v, digits: int = 3) -> str:
     return s[:-1] if s.endswith(".") else s
 
 
+def fmt_g(v, digits: int = 4) -> str:
+    """A number with at most ``digits`` significant digits, trailing zeros dropped (1, 13.94); "-" for None."""
+    return "-" if v is None else f"{v:.{digits}g}"
+
+
 def fmt_tight(v) -> str:
     """Tightness (upper / best lower) as every page prints it: three significant digits."""
     return fmt_num(v, 3)

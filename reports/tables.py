@@ -4,10 +4,10 @@ Everything here is read from the tidy frame (:func:`bench.tidy.frame`) and the h
 (:func:`bench.tidy.headline`); nothing recomputes tightness or a lower bound."""
 from __future__ import annotations
 
-import json
 import math
 import os
 
+from bench.rows import mapping
 from bench.tidy import row_order
 from .style import (BEST, NOT_APPLICABLE as GREY, STATUS_COLORS, STATUS_ORDER, fmt_s, fmt_share, fmt_tight, order,
                     worst_status)
@@ -117,12 +117,7 @@ def cell_color(counts: dict | None) -> str:
 
 def audit_note_text(audit_json) -> str:
     """What the audit said about an unsound row, in words."""
-    try:
-        a = json.loads(audit_json or "{}")
-    except (TypeError, ValueError):
-        return str(audit_json)
-    if not isinstance(a, dict):
-        return str(a)
+    a = mapping(audit_json)
     was = f" (was {a['was']})" if a.get("was") else ""
     if "lower_verifier" in a:
         return (f"below the sound lower bound {fmt_num6(a.get('lower'))} of {a['lower_verifier']}"
@@ -130,7 +125,7 @@ def audit_note_text(audit_json) -> str:
     w = a.get("witness", {}) if isinstance(a.get("witness"), dict) else {}
     if w.get("failed"):
         return f"lower bound claim {fmt_num6(a.get('claimed_lower'))} not shown by its witness: {w['failed']}{was}"
-    return json.dumps(a, sort_keys=True)
+    return str(audit_json)   # a note of another kind, as stored
 
 
 def fmt_num6(v) -> str:

@@ -105,3 +105,41 @@ def test_fresh_imports_in_either_order(order):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO,
                          env=dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", "")))
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def _trees():
+    for top in PACKAGES:
+        for d, _, files in os.walk(os.path.join(REPO, top)):
+            for f in files:
+                if f.endswith(".py"):
+                    path = os.path.join(d, f)
+                    yield os.path.relpath(path, REPO), ast.parse(open(path).read())
+
+
+def test_only_public_names_cross_modules():
+    """`from mod import _name` and `mod._name` stay inside a module: what another module
+    needs is public."""
+    crossing = []
+    for path, tree in _trees():
+        imported = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in PACKAGES):
+                imported |= {a.asname or a.name for a in node.names}
+                crossing += [f"{path}:{node.lineno} imports {a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+            elif isinstance(node, ast.Import):
+                imported |= {(a.asname or a.name).split(".")[0] for a in node.names
+                             if a.name.split(".")[0] in PACKAGES}
+        crossing += [f"{path}:{node.lineno} reads {node.value.id}.{node.attr}" for node in ast.walk(tree)
+                     if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                     and node.value.id in imported and node.attr.startswith("_") and not node.attr.startswith("__")]
+    assert not crossing, "private names used from another module: " + ", ".join(crossing)
+
+
+def test_reports_read_stored_json_through_bench():
+    """Stored JSON (stats, audit notes, parameters, versions, provenance) is read by
+    bench.rows.mapping and tidy's frames, the one reading; no report module parses it."""
+    parsing = [path for path, tree in _trees() if path.startswith("reports") and any(
+        isinstance(n, ast.Import) and any(a.name == "json" for a in n.names) or
+        isinstance(n, ast.ImportFrom) and n.module == "json" for n in ast.walk(tree))]
+    assert not parsing, f"report modules that parse JSON themselves: {parsing}"
