@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 import scipy.linalg
+import torch
 
 from bench.api import Bound, Budget, Query, Verifier, dual, p_name
 from bench.network import Affine, Branch, Diagonal, Net, Pool, Scaling, Translation
@@ -85,7 +86,6 @@ def full_kernel(module, weight=None):
     it) as a dense kernel (c_out, c_in, kh, kw), float64: groups become a
     block-diagonal kernel and dilation zeros between the taps, so that the conv is a plain
     cross-correlation with it (then strided).  Differentiable in the weight."""
-    import torch
     W = (module.weight if weight is None else weight).double()
     g = module.groups
     co, ci_g, kh, kw = W.shape
@@ -140,7 +140,6 @@ def conv_spectral_fft(module, in_shape, weight=None):
     """max over the phase grid's frequencies of ||K^(w)||_2, the c_out x (c_in s_h s_w)
     matrices of the phase kernel's 2-D DFT (float64 torch; differentiable in the weight,
     no rounding margin); ``weight`` in place of the module's."""
-    import torch
     K, (mh, mw) = phase_kernel(module, in_shape, weight)
     with torch.no_grad():
         lam, _fro2 = _phase_grams(K.detach(), mh, mw)
@@ -162,7 +161,6 @@ def _phase_grams(K, mh: int, mw: int):
     ||K^(w)||_F^2.  Only the frequencies (u, v) with v <= m_w / 2, in the order of
     ``rfft2``: the kernel is real, so K^(-w) is the conjugate of K^(w), with the same
     singular values."""
-    import torch
     F = torch.fft.rfft2(K, s=(mh, mw))                     # (c_out, c_in s^2, mh, mw // 2 + 1)
     M = F.permute(2, 3, 0, 1).reshape(-1, K.shape[0], K.shape[1])
     G = M @ M.mH if M.shape[1] <= M.shape[2] else M.mH @ M
@@ -195,7 +193,6 @@ def conv_spectral_upper(layer: Affine) -> float:
     (N grid points; a generous bound for a float64 FFT), so the exact matrix's norm is at
     most the computed one plus the Frobenius norm of that error; the computed singular
     value's rounding (computed from the Gram matrix) is :func:`gram_bound`'s."""
-    import torch
     m = layer.module
     with torch.no_grad():
         K, (nh, nw) = phase_kernel(m, layer.in_shape)
@@ -330,7 +327,6 @@ def branch_rule(kind: str, weights, L: list, p: float):
 def spectral_norm_torch(W):
     """||W||_2 of a dense matrix, differentiable: the square root of the top eigenvalue of
     the smaller Gram matrix (~3x faster than an SVD; no rounding margin)."""
-    import torch
     G = W @ W.T if W.shape[0] <= W.shape[1] else W.T @ W
     return torch.linalg.eigvalsh(G)[-1].clamp_min(0).sqrt()
 
@@ -350,7 +346,6 @@ class TorchTrivialBound:
     Linear."""
 
     def __init__(self, module, input_shape, p: float):
-        import torch
         from bench.api import parse_p, Unsupported
         from bench.network import walk
         self.p = parse_p(p)
@@ -378,7 +373,6 @@ class TorchTrivialBound:
         return items
 
     def _norm(self, l: Affine):
-        import torch
         if isinstance(l, Diagonal):   # max |gamma| / sqrt(var + eps), differentiable in gamma
             m = l.module
             g = m.weight.double() if m.weight is not None else torch.ones_like(m.running_var, dtype=torch.float64)
@@ -406,7 +400,6 @@ class TorchTrivialBound:
 
     def pairs(self):
         """(C, C) tensor: TB of every margin f_i - f_j (zero on the diagonal)."""
-        import torch
         if not self.last_is_affine:
             from bench.api import Unsupported
             raise Unsupported("class-pair trivial bounds (training form) need a network that ends with a Linear layer")

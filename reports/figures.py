@@ -15,6 +15,7 @@ from bench.rows import TIGHT_WITHIN, mapping
 from bench.store import EXTERNAL
 from bench.tidy import NOT_APPLICABLE, dataset_name, varying
 
+from .layout import save
 from .style import A4L, SMALL, TEXT, TITLE, UNSOUND, order, style
 
 RASTER_ABOVE = 2000     # scatter plots with more points are rasterised inside the PDF (small files)
@@ -23,11 +24,6 @@ ANYTIME_PANELS = 24     # at most this many anytime panels (runs that did not cl
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
 _G4 = FuncFormatter(lambda v, _: f"{v:.4g}")
 P_ORDER = {"1": 0, "2": 1, "inf": 2}
-
-
-def _save(pdf, fig):
-    pdf.savefig(fig)
-    plt.close(fig)
 
 
 def _p_sorted(ps):
@@ -236,7 +232,7 @@ def tightness_page(pdf, df):
                     transform=ax.transAxes, va="top", fontsize=SMALL, color="#555555")
     handles = _tightness_handles(verifiers, flags)
     _legend_below(fig, handles, ncol=min(7, len(handles)))
-    _save(pdf, fig)
+    save(pdf, fig)
 
 
 def _pareto(points):
@@ -302,7 +298,7 @@ def cactus_page(pdf, df):
         f"A query (network, p, target) is settled by a result that is exact, or by an upper bound within "
         f"{100 * (TIGHT_WITHIN - 1):.0f}% of the best sound lower bound. A curve counts the results of a verifier "
         f"that settled their query within the time on the x axis.", 40)), fontsize=SMALL, va="top", color="#333333")
-    _save(pdf, fig)
+    save(pdf, fig)
 
 
 # ---- 4. scaling
@@ -384,7 +380,7 @@ def scaling_page(pdf, df):
     if any_error:
         handles.append(Line2D([], [], marker="x", color="black", ls="", label="error or oom"))
     _legend_below(fig, handles, ncol=min(6, len(handles)), y=0.02)
-    _save(pdf, fig)
+    save(pdf, fig)
 
 
 # ---- 5. anytime bounds
@@ -480,7 +476,7 @@ def anytime_pages(pdf, df):
                         Line2D([], [], marker="^", mfc="none", color="#555555", ls="", label="final lower (no trace)")]
         handles += _verifier_handles(order({r.verifier for r, _ in chunk}))
         _legend_below(fig, handles, ncol=len(handles), y=0.02)
-        _save(pdf, fig)
+        save(pdf, fig)
 
 
 # ---- certified accuracy
@@ -548,7 +544,7 @@ def certified_page(pdf, df, certified):
              "At eps = 0 the clean accuracy." + (" Per method only its best verifier (more lines would not be "
                                                  "readable)." if reduced else ""),
              fontsize=SMALL, color="#333333")
-    _save(pdf, fig)
+    save(pdf, fig)
     return mean
 
 
@@ -661,4 +657,4 @@ def family_pages(pdf, df, fams=None):
         t.auto_set_font_size(False)
         t.set_fontsize(SMALL)
         t.scale(1, 1.0)
-        _save(pdf, fig)
+        save(pdf, fig)

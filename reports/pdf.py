@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import os
-import textwrap
 from collections import Counter
 from datetime import datetime, timezone
 
@@ -39,6 +38,7 @@ from bench.tidy import (answer_parts, best_parts, frame, headline, networks_fram
                         sentence)
 
 from . import evidence, figures, sota, tradeoff  # noqa: E402
+from .layout import Flow, chars, save, wrap  # noqa: E402
 from .style import (A4L, MEASURED, NOT_APPLICABLE as GREY, RC, SMALL, STATUS_COLORS, TEXT, TITLE,  # noqa: E402
                     UNSOUND, fmt_eps, fmt_g, fmt_pct, fmt_s, order, style)
 from .tables import (audit_rows, cell_color, headline_grid, headline_rows, order_status, status_counts,  # noqa: E402
@@ -52,128 +52,6 @@ STATUS_ROWS = 15           # rows of the status map per page
 STATUS_BY_NETWORK_UP_TO = 60   # beyond this many networks the status map has one row per training method
 AUDIT_PAGES = 10           # unsound rows beyond these pages are in <stem>-audit.tex and the csv
 UNANSWERED_PAGES = 3       # the rest of the reasons are in the csv
-
-
-def _save(pdf, fig):
-    pdf.savefig(fig)
-    plt.close(fig)
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    return textwrap.wrap(text, width, break_long_words=True, break_on_hyphens=False) or [""]
-
-
-def _chars(width_in: float, size: float) -> int:
-    """How many characters of the report's font at ``size`` pt fit ``width_in`` inches
-    (DejaVu Sans averages about half an em per character; a little margin)."""
-    return max(4, int(width_in * 72 / (size * 0.55)))
-
-
-class Flow:
-    """Text and tables laid out one after the other on landscape pages, each line wrapped to
-    the page and each table cell to its column; a new page (with the title, continued, and
-    the table's header again) when the page is full."""
-    LEFT, WIDTH, TOP, BOTTOM = 0.04, 0.92, 0.9, 0.05
-
-    def __init__(self, pdf, title: str, max_pages: int | None = None):
-        self.pdf, self.title, self.max_pages = pdf, title, max_pages
-        self.fig, self.pages, self.y, self.full = None, 0, 0.0, False
-
-    def _new(self):
-        if self.fig is not None:
-            _save(self.pdf, self.fig)
-        self.pages += 1
-        self.fig = plt.figure(figsize=A4L)
-        self.fig.text(self.LEFT, 0.955, self.title + (" (continued)" if self.pages > 1 else ""), fontsize=TITLE,
-                      va="top")
-        self.y = self.TOP
-
-    def _room(self, h: float) -> bool:
-        """Make room for ``h`` (figure fraction); False once max_pages are full."""
-        if self.fig is None:
-            self._new()
-        elif self.y - h < self.BOTTOM:
-            if self.max_pages and self.pages >= self.max_pages:
-                self.full = True
-                return False
-            self._new()
-        return True
-
-    @staticmethod
-    def line_h(size: float) -> float:
-        return size * 1.35 / 72 / A4L[1]
-
-    def text(self, s: str, size=TEXT, color="black", weight="normal", indent: int = 0, space_before=0.0):
-        width = _chars(A4L[0] * self.WIDTH, size) - indent
-        self.y -= space_before
-        for j, w in enumerate(_wrap(s.strip(), width - (4 if indent == 0 else 0))):
-            if not self._room(self.line_h(size)):
-                return
-            x = self.LEFT + (indent + (4 if j else 0)) * size * 0.55 / 72 / A4L[0]
-            self.fig.text(x, self.y, w, fontsize=size, color=color, weight=weight, va="top")
-            self.y -= self.line_h(size)
-
-    def table(self, header, body, widths, colors=None, text_colors=None, size=SMALL) -> int:
-        """Draw a table; returns how many rows were drawn (fewer once max_pages are full)."""
-        total = sum(widths)
-        ws = [w * self.WIDTH / total for w in widths]
-        xs = [self.LEFT + sum(ws[:j]) for j in range(len(ws))]
-        cols = [_chars(w * A4L[0] - 0.1, size) for w in ws]
-        lh = size * 1.22 / 72 / A4L[1]
-
-        def cells(row):
-            return [_wrap(str(c), n) for c, n in zip(row, cols)]
-        head = cells(header)
-        head_h = max(len(c) for c in head) * lh + 0.012
-
-        def draw_header():
-            self.fig.add_artist(Rectangle((self.LEFT, self.y - head_h), self.WIDTH, head_h,
-                                          transform=self.fig.transFigure, facecolor="#dddddd", edgecolor="none"))
-            for x, c in zip(xs, head):
-                self.fig.text(x + 0.004, self.y - 0.005, "\n".join(c), va="top", fontsize=size, weight="bold",
-                              linespacing=1.1)
-            self.y -= head_h
-        if not self._room(head_h + lh * 2):
-            return 0
-        draw_header()
-        if not body:
-            self.fig.text(self.LEFT + 0.004, self.y - 0.005, "(no rows)", va="top", fontsize=size)
-            self.y -= lh + 0.01
-        for i, row in enumerate(body):
-            wr = cells(row)
-            h = max(len(c) for c in wr) * lh + 0.008
-            if self.y - h < self.BOTTOM:
-                if not self._room(h + head_h):
-                    return i
-                draw_header()
-            rc = colors[i] if colors else None
-            tc = text_colors[i] if text_colors else None
-            for j, (x, c) in enumerate(zip(xs, wr)):
-                cc = rc[j] if isinstance(rc, (list, tuple)) else rc
-                if cc:
-                    self.fig.add_artist(Rectangle((x, self.y - h), ws[j], h, transform=self.fig.transFigure,
-                                                  facecolor=cc, edgecolor="none"))
-                t = tc[j] if isinstance(tc, (list, tuple)) else tc
-                self.fig.text(x + 0.004, self.y - 0.004, "\n".join(c), va="top", fontsize=size,
-                              color=t or "black", linespacing=1.1)
-            self.fig.add_artist(plt.Line2D([self.LEFT, self.LEFT + self.WIDTH], [self.y - h] * 2,
-                                           transform=self.fig.transFigure, color="#cccccc", lw=0.5))
-            self.y -= h
-        self.y -= 0.01
-        return len(body)
-
-    def area(self, h: float):
-        """Reserve ``h`` (figure fraction) for a drawing: below what is there when it fits,
-        else on a new page; returns (figure, the top of the area)."""
-        if self.fig is None or self.y - h < self.BOTTOM:
-            self._new()
-        top, self.y = self.y, self.BOTTOM
-        return self.fig, top
-
-    def close(self):
-        if self.fig is not None:
-            _save(self.pdf, self.fig)
-            self.fig = None
 
 
 # ---- the store's facts, for the headline
@@ -250,7 +128,7 @@ def _header(fig, title: str, info: dict, df) -> float:
         lines += ["latest run: " + l for l in summary(info["provenance"]).splitlines() if l]
     y = 0.925
     for l in lines:
-        for w in _wrap(l, _chars(A4L[0] * 0.92, TEXT)):
+        for w in wrap(l, chars(A4L[0] * 0.92, TEXT)):
             fig.text(0.04, y, w, fontsize=TEXT, va="top")
             y -= 0.022
     n_bad = int((df.status == "unsound").sum()) if len(df) else 0
@@ -278,13 +156,13 @@ def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
         c, m = style(v)
         fig.add_artist(plt.Line2D([x + 0.012], [top - 0.017], marker=m, color=c, ms=7, ls="",
                                   transform=fig.transFigure))
-        fig.text(x + 0.022, top - 0.017, v, fontsize=9 if len(v) <= _chars(vw * A4L[0] - 0.3, 9 * 1.1) else TEXT,
+        fig.text(x + 0.022, top - 0.017, v, fontsize=9 if len(v) <= chars(vw * A4L[0] - 0.3, 9 * 1.1) else TEXT,
                  weight="bold", va="center")
         fig.text(x + 0.008, top - 0.036, grid["kinds"].get(v, ""), fontsize=SMALL, color="#555555", va="center")
     y = top - head_h
-    cell_chars = _chars(vw * A4L[0] - 0.12, 7.5)
+    cell_chars = chars(vw * A4L[0] - 0.12, 7.5)
     for m in methods:
-        fig.text(left + 0.005, y - 0.01, "\n".join(_wrap(m, _chars(mcol * A4L[0] - 0.1, 9))), fontsize=9,
+        fig.text(left + 0.005, y - 0.01, "\n".join(wrap(m, chars(mcol * A4L[0] - 0.1, 9))), fontsize=9,
                  weight="bold", va="top")
         fig.text(left + 0.005, y - row_h + 0.012, f"{grid['networks'].get(m, 0)} network(s)", fontsize=SMALL,
                  color="#555555", va="bottom")
@@ -299,7 +177,7 @@ def _table(fig, grid, methods, verifiers, top: float, row_h: float) -> float:
             ink = "#555555" if na else "black"
             fig.text(x + 0.008, y - 0.01, cell["lines"][0], fontsize=8 if na else 11, weight="normal" if na else "bold",
                      va="top", color=ink)
-            rest = [w for l in cell["lines"][1:] if l for w in _wrap(l, cell_chars)][:5]
+            rest = [w for l in cell["lines"][1:] if l for w in wrap(l, cell_chars)][:5]
             fig.text(x + 0.008, y - (0.03 if na else 0.036), "\n".join(rest), fontsize=7.5, va="top", color=ink,
                      linespacing=1.15)
         fig.add_artist(plt.Line2D([left, left + width], [y - row_h] * 2, transform=fig.transFigure,
@@ -335,7 +213,7 @@ def headline_pages(pdf, title, info, df, h, notes):
             y = _header(fig, title, info, df)
             answer = sentence(answer_parts(h)) if len(h) else ""
             if answer:   # the paper's question, answered where the reader starts
-                for w in _wrap(answer, _chars(A4L[0] * 0.92, 9.5)):
+                for w in wrap(answer, chars(A4L[0] * 0.92, 9.5)):
                     fig.text(0.04, y, w, fontsize=9.5, weight="bold", va="top")
                     y -= 0.026
                 y -= 0.01
@@ -350,7 +228,7 @@ def headline_pages(pdf, title, info, df, h, notes):
                      fontsize=TITLE, va="top")
             y -= 0.05
         if k < len(pages) - 1:
-            _save(pdf, fig)
+            save(pdf, fig)
             continue
         # under the last table: the answer in words, the legend, what is missing (onto a next page if long)
         f = Flow(pdf, title + ": headline")   # a page it adds says "(continued)"
@@ -389,7 +267,7 @@ def status_pages(pdf, df):
             c, m = style(v)
             x = left + j * cw + cw / 2
             fig.add_artist(plt.Line2D([x], [top + 0.04], marker=m, color=c, ms=6, ls="", transform=fig.transFigure))
-            size = TEXT if len(v) <= _chars(cw * A4L[0] - 0.05, TEXT * 1.1) else SMALL
+            size = TEXT if len(v) <= chars(cw * A4L[0] - 0.05, TEXT * 1.1) else SMALL
             fig.text(x, top + 0.015, v, ha="center", va="center", fontsize=size, weight="bold")
         for i, k in enumerate(chunk):
             y = top - i * rh
@@ -416,7 +294,7 @@ def status_pages(pdf, df):
                    title_fontsize=SMALL)
         if note:
             fig.text(0.04, 0.02, note, fontsize=SMALL)
-        _save(pdf, fig)
+        save(pdf, fig)
 
 
 def unanswered_pages(pdf, df):

@@ -111,7 +111,6 @@ def status_rows(df, by: str = "network") -> tuple[list[str], list[list[str]]]:
 
 
 def cell_color(counts: dict | None) -> str:
-    from .style import STATUS_COLORS
     return STATUS_COLORS.get(worst_status(counts), "#ffffff") if counts else "#ffffff"
 
 

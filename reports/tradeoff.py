@@ -15,6 +15,7 @@ import math
 import matplotlib.pyplot as plt
 from matplotlib.lines import Line2D
 
+from .layout import save, wrap
 from .style import A4L, SMALL, TITLE, fmt_eps, fmt_pct
 
 #: the paper's method: the trainer whose settings the sentence searches
@@ -177,10 +178,8 @@ def page(pdf, t, s) -> bool:
             "number beside it is its trivial bound over the best sound lower bound (1 = tight); dashed: each method's "
             "Pareto front. "
             + " ".join(words))
-    from textwrap import wrap
     fig.text(0.07, 0.19, "\n".join(wrap(text, 190)), fontsize=SMALL, va="top")
-    pdf.savefig(fig)
-    plt.close(fig)
+    save(pdf, fig)
     return True
 
 

@@ -34,6 +34,7 @@ import math
 import time
 
 import numpy as np
+import torch
 
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
@@ -51,7 +52,6 @@ def eclipse(ch: Chain, fast: bool, eps: float = 1e-4, max_iters: int = 200, dead
     """Multipliers T (for LipSDP-Neuron), ECLipsE's own value, and what each stage did.
     Past ``deadline`` (a ``time.perf_counter()`` value) the remaining stages take the
     closed form: still a certified bound, looser, and the stages say so."""
-    import torch
     tc = torch_chain(ch, device)
     G = input_gram(tc, drop_ab=True)
     Ls, stages = [], []

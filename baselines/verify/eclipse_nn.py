@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import time
 
+import torch
+
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
 from bench.registry import register
@@ -38,7 +40,6 @@ class ECLipsENN(Verifier):
                 or chain_reason(net, query, self.name, nonnegative_slopes=True))
 
     def run(self, net: Net, query: Query, budget: Budget) -> Bound:
-        import torch
         ch = chain(net, query, self.name, nonnegative=True)
         ws = [torch.tensor(W, dtype=torch.float64) for W in ch.Ws]
         t0 = time.perf_counter()

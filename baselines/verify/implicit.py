@@ -41,6 +41,7 @@ import math
 import time
 
 import numpy as np
+import torch
 
 from .sdp.chain import Chain
 from .sdp.linalg import eigs
@@ -56,7 +57,6 @@ class _Dense:
     """A matrix (numpy factors: ReLU forms, a pair row; layers without a faster map)."""
 
     def __init__(self, M, device):
-        import torch
         self.M = torch.as_tensor(np.asarray(M), dtype=torch.float64, device=device)
 
     def fwd(self, X):
@@ -70,7 +70,6 @@ class _Scale(_Dense):
     """A diagonal map (BatchNorm in eval mode): its scale per coordinate."""
 
     def __init__(self, s, device):
-        import torch
         self.s = torch.as_tensor(np.asarray(s), dtype=torch.float64, device=device)
 
     def fwd(self, X):
@@ -84,7 +83,6 @@ class _Conv:
     that gives back the input's size."""
 
     def __init__(self, module, in_shape, out_shape, device):
-        import torch
         self.w = module.weight.detach().to(device=device, dtype=torch.float64)
         self.in_shape, self.out_shape = tuple(in_shape), tuple(out_shape)
         self.kw = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
@@ -143,7 +141,6 @@ class Operator:
     keeps the best point so far)."""
 
     def __init__(self, ch: Chain, scales, device="cpu", deadline: float = math.inf):
-        import torch
         if ch.factors is None:
             raise ValueError("the chain holds no layers to apply (read it from a network)")
         self.maps = [[layer_map(f, device) for f in fs] for fs in ch.factors]
@@ -177,7 +174,6 @@ class Operator:
 
     def apply(self, Ls, X):
         """P(L) applied to the rows of X."""
-        import torch
         xs = self._blocks(X)
         Z = [self.fwd(k, xs[k]) for k in range(self.K)]  # W_k x_k
         out = []
@@ -233,7 +229,6 @@ class Operator:
         return out
 
     def _split(self, Ls):
-        import torch
         d = torch.cat([torch.ones(self.n[0], dtype=self.B.dtype, device=self.B.device)] + list(Ls))
         return d, torch.sqrt(d)
 
@@ -242,7 +237,6 @@ class Operator:
         factor): with w = D^{1/2} v and t = (D + E^T)^{-1} w it is
         D^{1/2} (t + (D + E)^{-1} (w - D t + F t)), one backward and one forward substitution,
         the cost of one product with P (Eisenstat's trick)."""
-        import torch
         w = V * sd
         ts = self._upper(Ls, self._blocks(w))
         t = torch.cat(ts, 1)
@@ -262,7 +256,6 @@ class Operator:
         transformed tolerance.  On the cifar suite's conv net symmetric Gauss-Seidel took the
         steps of P's diagonal (Jacobi) from 51 to 22 at ECLipsE-Fast's multipliers, and
         Eisenstat's trick makes a step cost one product with P."""
-        import torch
         B = self.B
         d, sd = self._split(Ls)
         Bh = sd * torch.cat(self._lower(Ls, self._blocks(B)), 1)  # C^{-1} b
@@ -303,7 +296,6 @@ class Operator:
         """The eigenvalues of R^T P(L)^{-1} R (ascending; the largest is the least rho),
         differentiable in ``Ls``; None where P(L) is not positive definite.  The number of
         conjugate-gradient steps is added to ``self.steps``."""
-        import torch
         with torch.no_grad():
             X, steps = self.solve([l.detach() for l in Ls])
         self.steps += steps

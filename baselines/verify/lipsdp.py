@@ -55,6 +55,7 @@ import math
 import time
 
 import numpy as np
+import torch
 
 from bench.api import Bound, Budget, Param, Query, Verifier
 from bench.network import Net
@@ -100,7 +101,6 @@ def solve_native(ch: Chain, form: str, eps: float, max_iters: int, time_limit: f
     equivalent form instead, the product of diagonally rescaled layer norms
     (``sdp.symmetric.symmetric_factors``), from u = 0 (the trivial bound).  Any other
     negative lower slope (a chain mixing |x| with other activations, GELU) is refused."""
-    import torch
     from .eclipse import eclipse
     t0 = time.perf_counter()
     if op is not None and symmetric(ch):
