@@ -4,9 +4,10 @@ import torch
 import numpy  # noqa: F401
 import scipy.linalg  # noqa: F401
 
-from bench.registry import load_plugins
+from bench.registry import load_plugins, preload_imports
 from bench import worker  # noqa: F401
 
 load_plugins()
-# torch.func's first vmap(jacrev) call loads its machinery (~2 s here): once, not per job
+preload_imports()   # what the plug-ins declare in their ``preload``
+# torch.func's first vmap(jacrev) call loads its machinery (seconds): once, not per job
 torch.func.vmap(torch.func.jacrev(lambda x: x.sin()))(torch.zeros(1, 1))

@@ -293,6 +293,9 @@ class Plugin:
     description: ClassVar[str] = ""
     #: how a user installs what ``requires`` names, shown when it is missing
     install_hint: ClassVar[str] = ""
+    #: import names the fork server imports once, where installed, so that a job does not
+    #: pay for importing them (a library whose import costs about what a small run does)
+    preload: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, **params):
         self.opts = self.resolve_params(params)

@@ -80,6 +80,23 @@ def load_plugins() -> None:
             log.warning("plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
 
 
+def preload_imports() -> list[str]:
+    """Import what the registered plug-ins declare in ``preload`` (once, in the fork
+    server); a name that is not installed or fails to import is skipped (its plug-in's
+    jobs import it, or say why they cannot).  Returns the names imported."""
+    import importlib
+    load_plugins()
+    done = []
+    for name in sorted({m for table in (VERIFIERS, TRAINERS) for cls in table.values() for m in cls.preload}):
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - a job that needs it reports the failure itself
+            log.debug("preload of %s skipped: %s", name, e)
+            continue
+        done.append(name)
+    return done
+
+
 def _get(table: dict, what: str, name: str):
     load_plugins()
     if name not in table:

@@ -318,3 +318,9 @@ def mlp(sizes, act=nn.ReLU, bias=True, seed=0) -> nn.Sequential:
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b, bias=bias), act()]
     return nn.Sequential(*layers[:-1])
+
+
+def modules_loaded(q, names) -> None:
+    """In a worker process: which of ``names`` are already imported, put on ``q``."""
+    import sys
+    q.put({n: n in sys.modules for n in names})

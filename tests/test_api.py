@@ -4,7 +4,7 @@ import pytest
 
 import bench
 import testplugins  # noqa: F401  (registers test-sleep)
-from helpers import mlp
+from helpers import mlp, modules_loaded
 
 
 def test_verify_returns_a_bound_with_costs():
@@ -92,3 +92,33 @@ def test_bad_timeouts_and_negative_bounds_are_refused():
     assert b.status == "unsupported" and "out of range" in b.error
     b = bench.verify(net, "test-negative", p=2)
     assert b.status == "error" and b.value is None and ">= 0" in b.error
+
+
+def test_the_fork_server_imports_what_plugins_declare_to_preload(monkeypatch):
+    import importlib.util
+    import sys
+
+    from bench import registry
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    declares = type("Declares", (), {"preload": ("colorsys", "no_such_module_for_lipbench")})
+    monkeypatch.setitem(registry.VERIFIERS, "test-declares-preload", declares)
+    done = registry.preload_imports()
+    assert "colorsys" in done and "colorsys" in sys.modules       # imported
+    assert "no_such_module_for_lipbench" not in done                # not installed: skipped, no error
+    if importlib.util.find_spec("cvxpy") is not None:
+        assert "cvxpy" in done                                       # lipsdp's declaration
+
+
+@pytest.mark.slow
+def test_a_cpu_job_starts_with_the_declared_imports_done():
+    import importlib.util
+    pytest.importorskip("cvxpy", reason="lipsdp's preload needs cvxpy ('sdp' extra)")
+    from bench.executors.local import context
+    ctx = context("cpu")
+    q = ctx.Queue()
+    p = ctx.Process(target=modules_loaded, args=(q, ("cvxpy", "torch")))
+    p.start()
+    got = q.get(timeout=120)
+    p.join(30)
+    assert got == {"cvxpy": True, "torch": True}, got
+    assert importlib.util.find_spec("cvxpy") is not None

@@ -219,6 +219,7 @@ class LipSDP(Verifier):
     kind = "upper"
     norms = (2.0,)
     requires = ("cvxpy", "scs", "clarabel")
+    preload = ("cvxpy",)   # imported once in the fork server, not by every job (docs/performance.md)
     install_hint = "pip install 'lipbench[sdp]'"
     description = "LipSDP-Neuron / -Layer through cvxpy or the NATIVE solver, certified in float64 layer by layer"
     # eps 1e-5: SCS within ~0.1% of the optimum, 3-10x faster than 1e-6 (digits networks)
