@@ -116,9 +116,9 @@ def test_a_cpu_job_starts_with_the_declared_imports_done():
     from bench.executors.local import context
     ctx = context("cpu")
     q = ctx.Queue()
-    p = ctx.Process(target=modules_loaded, args=(q, ("cvxpy", "torch")))
+    p = ctx.Process(target=modules_loaded, args=(q, ("cvxpy", "torch", "sklearn.datasets")))
     p.start()
     got = q.get(timeout=120)
     p.join(30)
-    assert got == {"cvxpy": True, "torch": True}, got
+    assert got == {"cvxpy": True, "torch": True, "sklearn.datasets": True}, got
     assert importlib.util.find_spec("cvxpy") is not None
