@@ -80,21 +80,22 @@ def load_plugins() -> None:
             log.warning("plug-in %s (%s) failed to load: %s", ep.name, ep.value, e)
 
 
-def preload_imports() -> list[str]:
-    """Import what the registered plug-ins declare in ``preload`` (once, in the fork
-    server); a name that is not installed or fails to import is skipped (its plug-in's
-    jobs import it, or say why they cannot).  Returns the names imported."""
-    import importlib
+def preloads(verifiers=(), trainers=()) -> list[str]:
+    """What the named plug-ins declare in ``preload`` and is installed, sorted: the
+    modules a run's fork server imports once for its jobs (an unknown name or a library
+    that is not installed adds nothing: its jobs say why they cannot run)."""
+    import importlib.util
     load_plugins()
-    done = []
-    for name in sorted({m for table in (VERIFIERS, TRAINERS) for cls in table.values() for m in cls.preload}):
+    names = {m for table, wanted in ((VERIFIERS, verifiers), (TRAINERS, trainers))
+             for n in wanted if n in table for m in table[n].preload}
+    out = []
+    for m in sorted(names):
         try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - a job that needs it reports the failure itself
-            log.debug("preload of %s skipped: %s", name, e)
-            continue
-        done.append(name)
-    return done
+            if importlib.util.find_spec(m) is not None:
+                out.append(m)
+        except (ImportError, ValueError):
+            pass
+    return out
 
 
 def _get(table: dict, what: str, name: str):

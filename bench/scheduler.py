@@ -18,7 +18,7 @@ from .audit import audit
 from .executors.base import Executor, Task
 from .executors.local import LocalExecutor
 from .jobs import MAKERS, Outcome, VerifyJob
-from .registry import get_verifier
+from .registry import get_verifier, preloads
 from .store import Store
 from .suite import Suite
 from .worker import not_installed_reason, resolve_device, versions
@@ -251,7 +251,8 @@ def _run(suite, train_jobs, out_dir, o: RunOptions) -> dict:
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(len(train_jobs) * (1 + n_verify_each), skipped_train)  # refined as networks appear
-    ex = o.executor or LocalExecutor(workers, gpus=n_gpu)
+    ex = o.executor or LocalExecutor(workers, gpus=n_gpu, preload=preloads([e.verifier for e in suite.verify],
+                                                                          [e.trainer for e in suite.train]))
     how = {"workers": workers, "threads": threads, "mem_limit_mb": mem_limit, "device": device, "gpus": n_gpu,
            **ex.describe()}
     log.info("suite %s: %d networks to train or read (%d already done), up to %d verify jobs; %s executor, "

@@ -1,10 +1,12 @@
 import math
+import os
 
 import pytest
 
 import bench
 import testplugins  # noqa: F401  (registers test-sleep)
-from helpers import mlp, modules_loaded
+from conftest import REPO
+from helpers import SMOKE_FAST, TESTS, mlp
 
 
 def test_verify_returns_a_bound_with_costs():
@@ -94,31 +96,43 @@ def test_bad_timeouts_and_negative_bounds_are_refused():
     assert b.status == "error" and b.value is None and ">= 0" in b.error
 
 
-def test_the_fork_server_imports_what_plugins_declare_to_preload(monkeypatch):
+def test_a_run_preloads_what_its_plugins_declare_and_is_installed(monkeypatch):
     import importlib.util
-    import sys
 
     from bench import registry
-    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
-    declares = type("Declares", (), {"preload": ("colorsys", "no_such_module_for_lipbench")})
+    declares = type("Declares", (), {"preload": ("tabnanny", "no_such_module_for_lipbench")})
     monkeypatch.setitem(registry.VERIFIERS, "test-declares-preload", declares)
-    done = registry.preload_imports()
-    assert "colorsys" in done and "colorsys" in sys.modules       # imported
-    assert "no_such_module_for_lipbench" not in done                # not installed: skipped, no error
-    if importlib.util.find_spec("cvxpy") is not None:
-        assert "cvxpy" in done                                       # lipsdp's declaration
+    assert registry.preloads(["test-declares-preload", "trivial", "no-such-verifier"]) == ["tabnanny"]
+    assert registry.preloads(["trivial", "lower"], ["standard"]) == []   # nothing declared: nothing imported
+    has_cvxpy = importlib.util.find_spec("cvxpy") is not None
+    assert registry.preloads(["lipsdp"]) == (["cvxpy"] if has_cvxpy else [])
 
 
 @pytest.mark.slow
-def test_a_cpu_job_starts_with_the_declared_imports_done():
+def test_the_scheduler_hands_the_suites_preloads_to_the_fork_server(tmp_path, monkeypatch):
+    """The run's executor gets what the suite's plug-ins declare; its fork server (a fresh
+    one, in a fresh process) imports it, so a job starts with it loaded."""
     import importlib.util
-    pytest.importorskip("cvxpy", reason="lipsdp's preload needs cvxpy ('sdp' extra)")
-    from bench.executors.local import context
-    ctx = context("cpu")
-    q = ctx.Queue()
-    p = ctx.Process(target=modules_loaded, args=(q, ("cvxpy", "torch", "sklearn.datasets")))
-    p.start()
-    got = q.get(timeout=120)
-    p.join(30)
-    assert got == {"cvxpy": True, "torch": True, "sklearn.datasets": True}, got
-    assert importlib.util.find_spec("cvxpy") is not None
+    import subprocess
+    import sys
+
+    import bench.scheduler as sched
+    from bench.suite import parse_suite
+    seen = []
+
+    class Recording(sched.LocalExecutor):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            seen.append(self.preload)
+    monkeypatch.setattr(sched, "LocalExecutor", Recording)
+    sched.run_suite(parse_suite(SMOKE_FAST % "[trivial, lipsdp]"), str(tmp_path / "o"))
+    has_cvxpy = importlib.util.find_spec("cvxpy") is not None
+    assert seen == [("cvxpy",) if has_cvxpy else ()]
+    code = ("from bench.executors.local import context\n"
+            "from helpers import modules_loaded\n"
+            "ctx = context('cpu', ['tabnanny'])\n"
+            "q = ctx.Queue(); p = ctx.Process(target=modules_loaded, args=(q, ('tabnanny', 'torch', 'pyclbr')))\n"
+            "p.start(); print(sorted(q.get(timeout=120).items())); p.join(30)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert out.stdout.strip() == "[('pyclbr', False), ('tabnanny', True), ('torch', True)]", out.stderr[-2000:]

@@ -26,9 +26,10 @@ from .base import OnDone, OnStart, Task
 log = logging.getLogger(__name__)
 GRACE_S = 2.0  # beyond the timeout before the hard kill (verifiers stop themselves first)
 _ctx = None
+_preload: set[str] = set()   # what the fork server imports besides bench._preload (see context)
 
 
-def context(device: str = "cpu"):
+def context(device: str = "cpu", preload: Iterable[str] = ()):
     """The multiprocessing context a job on ``device`` starts in: the fork server (torch
     and the plug-ins preloaded) for CPU jobs; a fresh interpreter ("spawn", seconds of
     imports, which a job's clock does not count: it starts when the worker says it is
@@ -36,16 +37,20 @@ def context(device: str = "cpu"):
     fork of a process that has initialised its driver: on an H200 (torch 2.11) every CUDA
     job forked from the fork server failed at its first CUDA call with "CUDA error:
     initialization error"; a fork after each step of the preload showed its torch.func
-    warm-up to be what initialises the driver."""
+    warm-up to be what initialises the driver.  ``preload``: modules the fork server
+    imports after ``bench._preload`` (what the run's plug-ins declare); they count only
+    until the fork server has started, which happens once per process."""
     global _ctx
     if device.startswith("cuda") or (device == "auto" and _has_gpu()):
         return mp.get_context("spawn")
     if _ctx is None:
         if "forkserver" in mp.get_all_start_methods():
             _ctx = mp.get_context("forkserver")
-            _ctx.set_forkserver_preload(["bench._preload"])
         else:  # pragma: no cover - not Linux
             _ctx = mp.get_context("spawn")
+    if _ctx.get_start_method() == "forkserver":   # (a list to import when it starts; cheap)
+        _preload.update(preload)
+        _ctx.set_forkserver_preload(["bench._preload", *sorted(_preload)])
     return _ctx
 
 
@@ -92,9 +97,10 @@ class LocalExecutor:
     """At most ``workers`` jobs at once; with ``gpus`` > 0, a job whose budget names
     device "cuda" gets a GPU of its own ("cuda:k") for as long as it runs."""
 
-    def __init__(self, workers: int = 1, gpus: int = 0):
+    def __init__(self, workers: int = 1, gpus: int = 0, preload: Iterable[str] = ()):
         self.workers = max(1, int(workers))
         self.gpus = int(gpus)
+        self.preload = tuple(preload)   # modules the fork server imports once (registry.preloads)
 
     def describe(self) -> dict:
         import os
@@ -115,7 +121,7 @@ class LocalExecutor:
                             break
                         pending[-1].budget = replace(pending[-1].budget, device=f"cuda:{free_gpus.pop(0)}")
                     t = pending.pop()
-                    ctx = context(t.budget.device)
+                    ctx = context(t.budget.device, self.preload)
                     recv, send = ctx.Pipe(duplex=False)
                     proc = ctx.Process(target=worker.child_main, args=(send, t.job, t.budget), daemon=True)
                     proc.start()   # the first one waits for the fork server's preload (seconds) ...
