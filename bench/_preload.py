@@ -1,11 +1,10 @@
 """Imported once by the fork server, so that every worker process starts with torch,
-numpy, scikit-learn's data sets and the plug-ins already loaded (a fork costs
-milliseconds, an import seconds).  What a run's plug-ins declare in ``preload`` follows
-it (:class:`bench.executors.local.LocalExecutor`)."""
+numpy and the plug-ins already loaded (a fork costs milliseconds, an import seconds).
+What a run's plug-ins declare in ``preload`` and its data sets' loaders import
+(``bench.data.LOADER_IMPORTS``) follow it (:class:`bench.executors.local.LocalExecutor`)."""
 import torch
 import numpy  # noqa: F401
 import scipy.linalg  # noqa: F401
-import sklearn.datasets  # noqa: F401  (bench.data's digits loader, which train and certify jobs call)
 
 from bench.registry import load_plugins
 from bench import worker  # noqa: F401

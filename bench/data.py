@@ -85,6 +85,17 @@ def check_params(name: str, given: dict) -> dict:
     return params
 
 
+#: what a data set's loader imports that a run's fork server imports once, instead of each
+#: train and certify job (docs/performance.md: the fork it makes larger costs every job)
+LOADER_IMPORTS = {"digits": ("sklearn.datasets",)}
+
+
+def preloads(specs) -> list[str]:
+    """The modules the loaders of these data set specs import (:data:`LOADER_IMPORTS`)."""
+    names = {s if isinstance(s, str) else s.get("name") for s in specs}
+    return sorted({m for n in names for m in LOADER_IMPORTS.get(n, ())})
+
+
 def load(spec: str | dict, data_folder: str | None = None) -> Dataset:
     """Load a data set from its spec: a name, or ``{name: ..., <params>}``."""
     if isinstance(spec, str):

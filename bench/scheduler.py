@@ -165,9 +165,11 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
             n_gpu = torch.cuda.device_count()
     threads = threads or suite.threads or 1
     mem_limit = mem_limit or suite.mem_limit
-    from .data import check
-    for ds in suite.datasets + tuple(e.dataset for e in suite.networks if e.dataset is not None):
+    from .data import check, preloads as data_preloads
+    datasets = suite.datasets + tuple(e.dataset for e in suite.networks if e.dataset is not None)
+    for ds in datasets:
         check(ds, data_dir)  # a missing file is a one-line error before anything runs
+    preload = preloads([e.verifier for e in suite.verify], [e.trainer for e in suite.train]) + data_preloads(datasets)
     makers = _unique(suite.train_jobs(out_dir, data_dir) + suite.import_jobs(out_dir, data_dir))
     with folder_lock(out_dir):  # one driver per store
         s = Store(out_dir)
@@ -176,7 +178,7 @@ def run_suite(suite: Suite, out_dir: str, workers: int = 1, device: str = "cpu",
         finally:
             s.close()
         return _run(suite, makers, out_dir, RunOptions(workers, device, n_gpu, data_dir, timeout, threads, retry,
-                                                        executor, mem_limit))
+                                                        executor, mem_limit, tuple(preload)))
 
 
 _HELD: dict = {}  # folder -> [file, depth]: this process's locks (re-entered, not re-taken)
@@ -228,7 +230,8 @@ class RunOptions:
     """How a run runs, as :func:`run_suite` resolved it: worker processes, the device and
     how many GPUs, the data folder, the timeout that overrides every job's (None: each
     job's own), torch threads a job, whether failed jobs are retried, the executor (None:
-    a local one) and the memory cap a job (MB; None: no cap)."""
+    a local one), the memory cap a job (MB; None: no cap) and what a local executor's fork
+    server imports once for this suite (its plug-ins' ``preload``, its data sets' loaders)."""
     workers: int
     device: str
     n_gpu: int
@@ -238,6 +241,7 @@ class RunOptions:
     retry: bool
     executor: Executor | None
     mem_limit: float | None
+    preload: tuple = ()
 
 
 def _run(suite, train_jobs, out_dir, o: RunOptions) -> dict:
@@ -251,8 +255,7 @@ def _run(suite, train_jobs, out_dir, o: RunOptions) -> dict:
     n_verify_each = sum(len(list(e.combos())) * len(e.queries or suite.queries) for e in suite.verify)
     skipped_train = sum(1 for j in train_jobs if j.key in done)
     prog = Progress(len(train_jobs) * (1 + n_verify_each), skipped_train)  # refined as networks appear
-    ex = o.executor or LocalExecutor(workers, gpus=n_gpu, preload=preloads([e.verifier for e in suite.verify],
-                                                                          [e.trainer for e in suite.train]))
+    ex = o.executor or LocalExecutor(workers, gpus=n_gpu, preload=o.preload)
     how = {"workers": workers, "threads": threads, "mem_limit_mb": mem_limit, "device": device, "gpus": n_gpu,
            **ex.describe()}
     log.info("suite %s: %d networks to train or read (%d already done), up to %d verify jobs; %s executor, "

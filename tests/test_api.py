@@ -106,6 +106,9 @@ def test_a_run_preloads_what_its_plugins_declare_and_is_installed(monkeypatch):
     assert registry.preloads(["trivial", "lower"], ["standard"]) == []   # nothing declared: nothing imported
     has_cvxpy = importlib.util.find_spec("cvxpy") is not None
     assert registry.preloads(["lipsdp"]) == (["cvxpy"] if has_cvxpy else [])
+    from bench.data import preloads
+    assert preloads(["digits", {"name": "synthetic", "n": 10}]) == ["sklearn.datasets"]   # the digits loader's
+    assert preloads([{"name": "synthetic"}]) == []
 
 
 @pytest.mark.slow
